@@ -1,0 +1,344 @@
+"""Arithmetic expressions: grammar, safe evaluation, depth labels, generation, loading, batching.
+
+Grammar: 2 to 4 integers from 1 to 99, binary operators + - *, usual precedence (* before + -,
+left-associative), and parentheses. Values are computed by a recursive-descent parser over the
+string; nothing is ever passed to Python's `eval`.
+
+    python -m src.data --seed 42 --out data     # writes the five files of SPEC section 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from src.errors import UserError, run_main
+from src.tokenizer import IGNORE_INDEX, PAD_ID, prompt_ids, sequence_ids
+
+OPERATORS = "+-*"
+MIN_OPERAND, MAX_OPERAND = 1, 99
+MIN_OPERANDS, MAX_OPERANDS = 2, 4
+EXPR_CHARACTERS = set("0123456789()" + OPERATORS)
+FIELDS = ("expr", "result", "depth")
+
+# name -> (number of examples, maximum nesting depths to draw from, in turn)
+SPLITS = {
+    "pilot_train": (2000, (0, 1, 2)),
+    "pilot_val": (200, (0, 1, 2)),
+    "pilot_test_flat": (2000, (0,)),
+    "pilot_test_paren": (2000, (1, 2)),
+    "pilot_test_depth3": (2000, (3,)),
+}
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+class ExpressionError(ValueError):
+    """The string is not an expression of the grammar."""
+
+
+def evaluate(expr: str) -> int:
+    """Exact integer value of `expr` under standard precedence; raises ExpressionError."""
+    pos = 0
+
+    def peek():
+        return expr[pos] if pos < len(expr) else ""
+
+    def parse_sum():
+        nonlocal pos
+        value = parse_product()
+        while peek() in ("+", "-"):
+            op = peek()
+            pos += 1
+            rhs = parse_product()
+            value = value + rhs if op == "+" else value - rhs
+        return value
+
+    def parse_product():
+        nonlocal pos
+        value = parse_atom()
+        while peek() == "*":
+            pos += 1
+            value *= parse_atom()
+        return value
+
+    def parse_atom():
+        nonlocal pos
+        if peek() == "(":
+            pos += 1
+            value = parse_sum()
+            if peek() != ")":
+                raise ExpressionError(f"expected ')' at position {pos}")
+            pos += 1
+            return value
+        start = pos
+        while peek().isdigit():
+            pos += 1
+        if start == pos:
+            raise ExpressionError(f"expected a number or '(' at position {pos}")
+        digits = expr[start:pos]
+        if digits[0] == "0" or not MIN_OPERAND <= int(digits) <= MAX_OPERAND:
+            raise ExpressionError(f"number {digits} at position {start} is not an integer from 1 to 99")
+        return int(digits)
+
+    if not expr:
+        raise ExpressionError("empty expression")
+    value = parse_sum()
+    if pos != len(expr):
+        raise ExpressionError(f"unexpected {expr[pos]!r} at position {pos}")
+    return value
+
+
+def depth_labels(expr: str) -> list[int]:
+    """Nesting depth at each character: '(' counts once open, ')' once closed."""
+    depth, labels = 0, []
+    for ch in expr:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        labels.append(depth)
+    return labels
+
+
+def operand_count(expr: str) -> int:
+    return sum(1 for i, ch in enumerate(expr) if ch.isdigit() and (i == 0 or not expr[i - 1].isdigit()))
+
+
+# ---------------------------------------------------------------------------- generation
+
+
+def _random_tree(rng: random.Random, n_operands: int):
+    """A random binary expression tree: an int leaf or (op, left, right)."""
+    if n_operands == 1:
+        return rng.randint(MIN_OPERAND, MAX_OPERAND)
+    n_left = rng.randint(1, n_operands - 1)
+    return (rng.choice(OPERATORS), _random_tree(rng, n_left), _random_tree(rng, n_operands - n_left))
+
+
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2}
+
+
+def _render(rng: random.Random, node, p_extra: float) -> str:
+    """Text of a tree: parentheses where precedence requires them, and optional ones at random."""
+    if isinstance(node, int):
+        return str(node)
+    op, left, right = node
+    parts = []
+    for side, child in (("left", left), ("right", right)):
+        text = _render(rng, child, p_extra)
+        if not isinstance(child, int):
+            child_prec, prec = _PRECEDENCE[child[0]], _PRECEDENCE[op]
+            # brackets the value needs: a lower-precedence child (a*(b+c)), and a sum or
+            # difference on the right of '-' (a-(b+c)); others only at random
+            needed = child_prec < prec or (side == "right" and child_prec == prec and op == "-")
+            if needed or rng.random() < p_extra:
+                text = f"({text})"
+        parts.append(text)
+    return parts[0] + op + parts[1]
+
+
+def random_expression(rng: random.Random, max_depth: int) -> str:
+    """An expression whose maximum nesting depth is exactly `max_depth`."""
+    # depth d needs at least d + 1 operands: every pair of brackets encloses an operation
+    n_operands = rng.randint(max(MIN_OPERANDS, max_depth + 1), MAX_OPERANDS)
+    while True:
+        tree = _random_tree(rng, n_operands)
+        expr = _render(rng, tree, p_extra=0.5)
+        if max_depth > 0 and rng.random() < 0.25:
+            expr = f"({expr})"  # the whole expression in brackets, as in "(1+(2*3))"
+        if max(depth_labels(expr)) == max_depth:
+            return expr
+
+
+@dataclass(frozen=True)
+class Record:
+    expr: str
+    result: int
+    depth: list
+
+    def to_json(self) -> str:
+        return json.dumps({"expr": self.expr, "result": self.result, "depth": list(self.depth)})
+
+
+def make_record(expr: str) -> Record:
+    return Record(expr, evaluate(expr), depth_labels(expr))
+
+
+def generate_splits(seed: int, max_seq_len: int = 32) -> dict[str, list[Record]]:
+    """Every split of SPEC section 4; no expression appears twice, within or across splits."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    splits = {}
+    for name, (count, depths) in SPLITS.items():
+        records = []
+        while len(records) < count:
+            expr = random_expression(rng, depths[len(records) % len(depths)])
+            record = make_record(expr)
+            if expr in seen or len(sequence_ids(expr, record.result)) > max_seq_len:
+                continue
+            seen.add(expr)
+            records.append(record)
+        splits[name] = records
+    return splits
+
+
+def write_splits(splits: dict[str, list[Record]], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, records in splits.items():
+        text = "".join(r.to_json() + "\n" for r in records)
+        (out_dir / f"{name}.jsonl").write_text(text, encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _check_record(obj, max_seq_len: int) -> Record:
+    """The record in `obj`, or ValueError saying what is wrong with it."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    missing = [f for f in FIELDS if f not in obj]
+    if missing:
+        raise ValueError(f"missing field {missing[0]!r} (a record has {', '.join(FIELDS)})")
+    extra = sorted(set(obj) - set(FIELDS))
+    if extra:
+        raise ValueError(f"unknown field {extra[0]!r} (a record has {', '.join(FIELDS)})")
+    expr, result, depth = obj["expr"], obj["result"], obj["depth"]
+    if not isinstance(expr, str):
+        raise ValueError(f"field 'expr' must be a string, got {type(expr).__name__}")
+    if not isinstance(result, int) or isinstance(result, bool):
+        raise ValueError(f"field 'result' must be an integer, got {type(result).__name__}")
+    if not isinstance(depth, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in depth):
+        raise ValueError("field 'depth' must be a list of integers")
+    bad = [ch for ch in expr if ch not in EXPR_CHARACTERS]
+    if bad:
+        raise ValueError(f"expr {expr!r} has character {bad[0]!r}, outside the grammar's 0-9 + - * ( )")
+    try:
+        value = evaluate(expr)
+    except ExpressionError as err:
+        raise ValueError(f"expr {expr!r} is not a valid expression: {err}") from None
+    if not MIN_OPERANDS <= operand_count(expr) <= MAX_OPERANDS:
+        raise ValueError(f"expr {expr!r} has {operand_count(expr)} numbers; the grammar allows 2 to 4")
+    if value != result:
+        raise ValueError(f"result {result} does not match expr {expr!r}, which evaluates to {value}")
+    if depth != depth_labels(expr):
+        raise ValueError(f"depth {depth} does not match expr {expr!r}; expected {depth_labels(expr)}")
+    length = len(sequence_ids(expr, result))
+    if length > max_seq_len:
+        raise ValueError(
+            f"sequence of {length} tokens (<BOS>expr = result<EOS>) is longer than max_seq_len {max_seq_len}; "
+            "shorten the expression or raise model.max_seq_len"
+        )
+    return Record(expr, result, depth)
+
+
+def load_jsonl(path, max_seq_len: int) -> list[Record]:
+    """Every record of a JSONL file, validated; a UserError names the file and line of the first bad one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: data file not found; generate it with `python -m src.data --seed 42 --out {path.parent}`")
+    records = []
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                raise UserError(f"{path}:{line_no}: empty line; every line must hold one JSON record")
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{line_no}: not valid JSON ({err.msg}); fix or regenerate the file") from None
+            try:
+                records.append(_check_record(obj, max_seq_len))
+            except ValueError as err:
+                raise UserError(f"{path}:{line_no}: {err}") from None
+    if not records:
+        raise UserError(f"{path}: file is empty; it must hold at least one record")
+    return records
+
+
+# ---------------------------------------------------------------------------- batching
+
+
+@dataclass
+class Batch:
+    """Padded tensors for a list of records, all of width `max_seq_len`.
+
+    inputs[i]      <BOS>expr = result   (tokens[:-1]), <PAD> after
+    labels[i]      expr = result<EOS>   (tokens[1:]), -100 after
+    answer_mask    label positions of the answer digits and <EOS>
+    eos_pos        label position of <EOS>
+    prompt_len     length of <BOS>expr = , where greedy decoding starts
+    depth          bracket depth of each input position (-1 outside the expression)
+    """
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    answer_mask: torch.Tensor
+    eos_pos: torch.Tensor
+    prompt_len: torch.Tensor
+    depth: torch.Tensor
+    results: list
+
+    def to(self, device) -> "Batch":
+        fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Batch(**fields)
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def select(self, idx) -> "Batch":
+        fields = {k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        fields["results"] = [self.results[i] for i in torch.as_tensor(idx).tolist()]
+        return Batch(**fields)
+
+
+def make_batch(records: list[Record], max_seq_len: int) -> Batch:
+    n = len(records)
+    inputs = torch.full((n, max_seq_len), PAD_ID, dtype=torch.long)
+    labels = torch.full((n, max_seq_len), IGNORE_INDEX, dtype=torch.long)
+    answer_mask = torch.zeros((n, max_seq_len), dtype=torch.bool)
+    depth = torch.full((n, max_seq_len), -1, dtype=torch.long)
+    eos_pos = torch.empty(n, dtype=torch.long)
+    prompt_len = torch.empty(n, dtype=torch.long)
+    for i, r in enumerate(records):
+        seq = sequence_ids(r.expr, r.result)
+        if len(seq) > max_seq_len:
+            raise UserError(f"expression {r.expr!r} needs {len(seq)} tokens, more than max_seq_len {max_seq_len}")
+        m = len(seq) - 1
+        inputs[i, :m] = torch.tensor(seq[:-1])
+        labels[i, :m] = torch.tensor(seq[1:])
+        p = len(prompt_ids(r.expr))
+        # label position j predicts token j+1; the answer starts at token p
+        answer_mask[i, p - 1 : m] = True
+        eos_pos[i] = m - 1
+        prompt_len[i] = p
+        depth[i, 1 : 1 + len(r.expr)] = torch.tensor(r.depth)
+    return Batch(inputs, labels, answer_mask, eos_pos, prompt_len, depth, [r.result for r in records])
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m src.data", description="Generate the five data files of SPEC section 4."
+    )
+    parser.add_argument("--seed", type=int, default=42, help="random seed (the shipped files use 42)")
+    parser.add_argument("--out", type=Path, default=Path("data"), help="directory to write the .jsonl files into")
+    parser.add_argument("--max-seq-len", type=int, default=32, help="longest sequence allowed, in tokens")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on error")
+    args = parser.parse_args(argv)
+    splits = generate_splits(args.seed, args.max_seq_len)
+    write_splits(splits, args.out)
+    for name, records in splits.items():
+        print(f"{args.out / (name + '.jsonl')}: {len(records)} records")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

@@ -1,0 +1,26 @@
+"""One exception type for mistakes a user can fix, and the one place that reports them.
+
+Entry points wrap `main` in `run_main`: a `UserError` becomes one or two plain lines on stderr
+and exit status 2; a traceback is printed only with `--debug`.
+"""
+
+import sys
+
+
+class UserError(Exception):
+    """A bad input: says what is wrong, where (file:line, config key, flag) and what to do."""
+
+    exit_code = 2
+
+
+def run_main(main, argv=None) -> int:
+    """Run `main(argv)`; turn a UserError into a short message and exit status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    try:
+        return main(argv) or 0
+    except UserError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code

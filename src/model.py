@@ -1,0 +1,210 @@
+"""CompactTransformer: the one model class of both scales (SPEC section 3).
+
+A pre-LayerNorm decoder with rotary position embedding, bias-free attention projections, a GELU
+feed-forward with biases, and an output head tied to the token embedding. For interpretability the
+forward pass takes its interventions as arguments, in the spirit of TransformerLens:
+
+    out = model(tokens, cache={"blocks.0.attn.hook_z"}, ablation=HeadAblation({(0, 2)}))
+    out.cache["blocks.0.attn.hook_z"]       # [batch, seq, heads, head_dim]
+
+Activation sites (stable names):
+    hook_embed                      residual stream after the embedding      [B, T, d_model]
+    blocks.{l}.hook_resid_post      residual stream after block l            [B, T, d_model]
+    blocks.{l}.attn.hook_z          each head's output before out-projection [B, T, H, head_dim]
+    blocks.{l}.attn.hook_pattern    attention probabilities (analysis path)  [B, H, T, T]
+
+Training uses the fused `scaled_dot_product_attention`; asking for a pattern switches that layer
+to an explicit softmax that computes the same function.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from src.config import ModelConfig
+from src.tokenizer import IGNORE_INDEX
+
+
+@dataclass
+class HeadAblation:
+    """Heads to ablate in one forward pass, as (layer, head) pairs.
+
+    With `means` None each head's output is set to zero; otherwise to `means[layer, head]`, a tensor
+    of shape [num_layers, num_heads, head_dim] (one mean vector per head) or
+    [num_layers, num_heads, seq, head_dim] (a mean per position). Weights are never touched.
+    """
+
+    heads: frozenset = field(default_factory=frozenset)
+    means: torch.Tensor | None = None
+
+    def __post_init__(self):
+        self.heads = frozenset((int(layer), int(head)) for layer, head in self.heads)
+
+    def in_layer(self, layer: int) -> list[int]:
+        return sorted(h for l, h in self.heads if l == layer)
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    cache: dict = field(default_factory=dict)
+
+
+def activation_names(cfg: ModelConfig, pattern: bool = False) -> list[str]:
+    """Every activation site of a model with config `cfg`, in forward order."""
+    names = ["hook_embed"]
+    for layer in range(cfg.num_layers):
+        names.append(f"blocks.{layer}.attn.hook_z")
+        if pattern:
+            names.append(f"blocks.{layer}.attn.hook_pattern")
+        names.append(f"blocks.{layer}.hook_resid_post")
+    return names
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., i], x[..., i + d/2]) of x [B, H, T, d] by position-dependent angles."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos[: x.shape[-2]].to(x.dtype), sin[: x.shape[-2]].to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.layer, self.num_heads, self.head_dim = layer, cfg.num_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, ablation: HeadAblation | None, cache: dict | None, want: set):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        p_drop = self.dropout if self.training else 0.0
+        pattern_name = f"blocks.{self.layer}.attn.hook_pattern"
+        if pattern_name in want:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            pattern = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+            cache[pattern_name] = pattern
+            z = F.dropout(pattern, p_drop, self.training) @ v
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop, is_causal=True)
+        z = z.transpose(1, 2)  # [B, T, H, head_dim]
+        if ablation is not None and ablation.in_layer(self.layer):
+            z = ablate_heads(z, self.layer, ablation)
+        z_name = f"blocks.{self.layer}.attn.hook_z"
+        if z_name in want:
+            cache[z_name] = z
+        return self.resid_dropout(self.out(z.reshape(B, T, C)))
+
+
+def ablate_heads(z: torch.Tensor, layer: int, ablation: HeadAblation) -> torch.Tensor:
+    """z [B, T, H, d] with the ablated heads of `layer` set to zero or to their mean."""
+    heads = ablation.in_layer(layer)
+    drop = torch.zeros(z.shape[2], dtype=torch.bool, device=z.device)
+    drop[heads] = True
+    drop = drop.view(1, 1, -1, 1)
+    if ablation.means is None:
+        return z.masked_fill(drop, 0.0)
+    means = ablation.means[layer].to(device=z.device, dtype=z.dtype)  # [H, d] or [H, T_max, d]
+    if means.dim() == 3:
+        means = means[:, : z.shape[1]].transpose(0, 1)  # [T, H, d]
+    return torch.where(drop, means.expand_as(z), z)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg, layer)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, x, cos, sin, ablation, cache, want):
+        x = x + self.attn(self.ln1(x), cos, sin, ablation, cache, want)
+        return x + self.ffn(self.ln2(x))
+
+
+class CompactTransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed_dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.num_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        cos, sin = rotary_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_base)
+        # derived from the config, so kept out of the state dict and the parameter count
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for block in self.blocks:  # GPT-2: scale residual projections by depth
+            for proj in (block.attn.out.weight, block.ffn.down.weight):
+                nn.init.normal_(proj, mean=0.0, std=0.02 / math.sqrt(2 * cfg.num_layers))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        cache=(),
+        ablation: HeadAblation | None = None,
+    ) -> ModelOutput:
+        """Logits [B, T, vocab]; mean cross-entropy over labels != -100 when labels are given;
+        and the activations named in `cache` (see the module docstring)."""
+        B, T = tokens.shape
+        if T > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {self.cfg.max_seq_len}")
+        want = set(cache)
+        unknown = want - set(activation_names(self.cfg, pattern=True))
+        if unknown:
+            raise KeyError(f"unknown activation name {sorted(unknown)[0]!r}; see activation_names()")
+        store: dict = {}
+        x = self.embed_dropout(self.embed(tokens))
+        if "hook_embed" in want:
+            store["hook_embed"] = x
+        for layer, block in enumerate(self.blocks):
+            x = block(x, self.rope_cos, self.rope_sin, ablation, store, want)
+            if f"blocks.{layer}.hook_resid_post" in want:
+                store[f"blocks.{layer}.hook_resid_post"] = x
+        logits = F.linear(self.ln_f(x), self.embed.weight)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return ModelOutput(logits, loss, store)

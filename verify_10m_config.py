@@ -1,0 +1,64 @@
+"""Check a config before a long run: exact parameter count against its target, and CUDA status.
+
+    python verify_10m_config.py                          # configs/scale_10m.yaml
+    python verify_10m_config.py --config configs/pilot.yaml
+    python verify_10m_config.py --require-cuda           # also exit 1 without a CUDA device
+
+Exit status 1, with an [ERROR] line, when the count is more than 10% off the config's
+target_parameters, the config is invalid, or (with --require-cuda) CUDA is not available.
+"""
+
+import argparse
+import sys
+
+import torch
+
+from src.config import load_config
+from src.errors import UserError
+from src.model import CompactTransformer
+
+TOLERANCE = 0.10
+
+
+def human(n: int) -> str:
+    """10651776 -> '10.65M', 10000000 -> '10M', 660000 -> '0.66M'."""
+    text = f"{n / 1e6:.2f}".rstrip("0").rstrip(".")
+    return f"{text}M"
+
+
+def cuda_status() -> tuple[bool, str]:
+    if not torch.cuda.is_available():
+        return False, f"CUDA: not available (torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'})"
+    props = torch.cuda.get_device_properties(0)
+    return True, f"CUDA: available - {props.name}, {props.total_memory / 1024**3:.1f} GB (torch {torch.__version__})"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/scale_10m.yaml", help="YAML config to check (default: %(default)s)")
+    parser.add_argument("--require-cuda", action="store_true", help="exit 1 when no CUDA device is available")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except UserError as err:
+        print(f"[ERROR] Invalid configuration: {err}")
+        return 1
+    total = CompactTransformer(cfg.model).num_parameters()
+    target = cfg.target_parameters
+    diff = (total - target) / target
+    print(f"Total parameters: {total:,}")
+    print(f"                  {human(total)}")
+    print(f"Target: {human(target)}")
+    print(f"Difference: {diff:+.1%}".replace("+", ""))
+    ok = abs(diff) <= TOLERANCE
+    print("[OK] Configuration verified" if ok else f"[ERROR] Parameter count is more than {TOLERANCE:.0%} off the target")
+    has_cuda, line = cuda_status()
+    print(line)
+    if args.require_cuda and not has_cuda:
+        print("[ERROR] CUDA is required (--require-cuda) but not available")
+        return 1
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
