@@ -24,3 +24,9 @@ def run_main(main, argv=None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except RuntimeError as err:
+        # the device policy's refusals (--gpu-only) are RuntimeErrors by contract: report them plainly
+        if debug or type(err).__name__ != "GpuOnlyError":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1

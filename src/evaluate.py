@@ -1,0 +1,184 @@
+"""The metrics of SPEC section 5, defined once and used by training, ablation and reports.
+
+    python -m src.evaluate --run runs/scale_10m [--checkpoint best|latest|PATH] [--device cuda]
+
+Metrics of a set of examples (all from one teacher-forced pass plus batched greedy decoding):
+    loss, perplexity     mean cross-entropy over every supervised label position
+    exact_match          greedy decoding from "<BOS>expr = " gives exactly str(result) then <EOS>:
+                         the task's accuracy
+    answer_token_acc     teacher-forced accuracy over answer tokens, <EOS> included
+    answer_loss          mean cross-entropy over the same answer tokens
+    end_of_answer_acc    teacher-forced accuracy at the <EOS> position only: the figure the
+                         original study called "accuracy"; reported under its own name
+Accuracies carry 95% intervals (Wilson for per-example proportions, a bootstrap over examples
+for token-weighted ones); losses carry bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from src import stats
+from src.data import Batch, load_jsonl, make_batch
+from src.errors import run_main
+from src.model import CompactTransformer, HeadAblation
+from src.tokenizer import EOS_ID, IGNORE_INDEX, PAD_ID, decode
+
+EVAL_SPLITS = ("val", "test_flat", "test_paren", "test_depth3")
+# per-example (numerator, denominator) of each metric; see per_example_scores
+METRIC_PARTS = {
+    "loss": ("token_loss_sum", "n_tokens"),
+    "answer_loss": ("answer_loss_sum", "n_answer"),
+    "answer_token_acc": ("answer_correct", "n_answer"),
+    "end_of_answer_acc": ("eos_correct", "one"),
+    "exact_match": ("exact_match", "one"),
+}
+PROPORTIONS = ("end_of_answer_acc", "exact_match")
+
+
+def autocast(device: torch.device | str, fp16: bool):
+    """float16 autocast on CUDA when asked; a no-op context otherwise."""
+    if fp16 and torch.device(device).type == "cuda":
+        return torch.amp.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def greedy_decode(model: CompactTransformer, batch: Batch, ablation=None, fp16=False) -> torch.Tensor:
+    """Greedy continuation of every prompt at once: [N, T] tokens, prompts then generated ids.
+
+    Each step is one forward pass over the whole fixed-width buffer; the causal mask makes the
+    padding after each example's frontier irrelevant, so examples of different lengths advance
+    together.
+    """
+    device = batch.inputs.device
+    n, width = batch.inputs.shape
+    positions = torch.arange(width, device=device)
+    tokens = torch.where(positions < batch.prompt_len[:, None], batch.inputs, PAD_ID)
+    frontier = batch.prompt_len.clone()  # index where the next generated token goes
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    rows = torch.arange(n, device=device)
+    for _ in range(width):
+        active = ~done & (frontier < width)
+        if not bool(active.any()):
+            break
+        with autocast(device, fp16):
+            logits = model(tokens, ablation=ablation).logits
+        next_id = logits[rows, (frontier - 1).clamp(max=width - 1)].argmax(-1)
+        write = active.nonzero().squeeze(1)
+        tokens[write, frontier[write]] = next_id[write]
+        done |= active & (next_id == EOS_ID)
+        frontier = torch.where(active, frontier + 1, frontier)
+    return tokens
+
+
+@torch.no_grad()
+def per_example_scores(model, batch: Batch, ablation: HeadAblation | None = None, fp16=False,
+                       chunk: int = 2048, decode_answers: bool = True) -> dict:
+    """Per-example parts of every metric (float64 tensors on the CPU, one entry per example)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    parts = {k: [] for k in ("token_loss_sum", "n_tokens", "answer_loss_sum", "n_answer",
+                             "answer_correct", "eos_correct", "exact_match")}
+    for start in range(0, len(batch), chunk):
+        b = batch.select(torch.arange(start, min(start + chunk, len(batch)))).to(device)
+        with autocast(device, fp16):
+            logits = model(b.inputs, ablation=ablation).logits.float()
+        supervised = b.labels != IGNORE_INDEX
+        token_loss = F.cross_entropy(logits.transpose(1, 2), b.labels.clamp(min=0), reduction="none")
+        token_loss = token_loss * supervised
+        correct = (logits.argmax(-1) == b.labels) & supervised
+        rows = torch.arange(len(b), device=device)
+        parts["token_loss_sum"].append(token_loss.sum(1))
+        parts["n_tokens"].append(supervised.sum(1))
+        parts["answer_loss_sum"].append((token_loss * b.answer_mask).sum(1))
+        parts["n_answer"].append(b.answer_mask.sum(1))
+        parts["answer_correct"].append((correct & b.answer_mask).sum(1))
+        parts["eos_correct"].append(correct[rows, b.eos_pos])
+        if decode_answers:
+            generated = greedy_decode(model, b, ablation, fp16)
+            em = [decode(generated[i, b.prompt_len[i]:].tolist()) == str(r) and
+                  EOS_ID in generated[i, b.prompt_len[i]:].tolist() for i, r in enumerate(b.results)]
+            parts["exact_match"].append(torch.tensor(em, device=device))
+        else:
+            parts["exact_match"].append(torch.full((len(b),), float("nan"), device=device))
+    model.train(was_training)
+    out = {k: torch.cat(v).double().cpu() for k, v in parts.items()}
+    out["one"] = torch.ones(len(batch), dtype=torch.float64)
+    return out
+
+
+def summarize(scores: dict, with_intervals: bool = True) -> dict:
+    """Metric values (and 95% intervals) from per-example scores."""
+    n = len(scores["one"])
+    result = {"n_examples": n}
+    for name, (num, den) in METRIC_PARTS.items():
+        value = (scores[num].sum() / scores[den].sum()).item()
+        result[name] = value
+        if not with_intervals or math.isnan(value):
+            continue
+        if name in PROPORTIONS:
+            result[f"{name}_ci95"] = list(stats.wilson_interval(int(scores[num].sum()), n))
+        else:
+            result[f"{name}_ci95"] = list(stats.bootstrap_ratio_interval(scores[num], scores[den]))
+    result["perplexity"] = math.exp(result["loss"])
+    return result
+
+
+def evaluate_batch(model, batch: Batch, fp16=False, ablation=None, with_intervals=True) -> dict:
+    return summarize(per_example_scores(model, batch, ablation, fp16), with_intervals)
+
+
+def load_split_batches(cfg, splits=EVAL_SPLITS) -> dict[str, Batch]:
+    """Validated data of each split as one padded batch."""
+    max_len = cfg.model.max_seq_len
+    return {s: make_batch(load_jsonl(cfg.data.path(s), max_len), max_len) for s in splits}
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """A plain-text table, one row per split, every accuracy with its interval."""
+    cols = ("exact_match", "end_of_answer_acc", "answer_token_acc", "answer_loss", "loss")
+    lines = [f"{'split':<12} {'n':>5}  " + "  ".join(f"{c:>24}" for c in cols)]
+    for split, r in results.items():
+        cells = []
+        for c in cols:
+            lo, hi = r.get(f"{c}_ci95", (float("nan"), float("nan")))
+            cells.append(f"{r[c]:>8.4f} [{lo:.3f},{hi:.3f}]".rjust(24))
+        lines.append(f"{split:<12} {r['n_examples']:>5}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from src.checkpoint import load_model
+    from src.config import config_from_dict
+    from src.train import resolve_device
+
+    parser = argparse.ArgumentParser(prog="python -m src.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, type=Path, help="run directory written by src.train")
+    parser.add_argument("--checkpoint", default="best", help="best, latest, or a checkpoint path (default: best)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--fp16", action="store_true", help="float16 autocast on CUDA, as the 10M run trained")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on error")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device, gpu_only=False)
+    model, ckpt = load_model(args.run, args.checkpoint, device)
+    cfg = config_from_dict(ckpt["config"], f"{args.run} checkpoint")
+    results = {s: evaluate_batch(model, b.to(device), fp16=args.fp16) for s, b in load_split_batches(cfg).items()}
+    print(format_table(results))
+    out = {"run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"], "fp16": args.fp16,
+           "metrics": results}
+    (args.run / "eval.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.run / 'eval.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

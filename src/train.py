@@ -1,0 +1,609 @@
+"""Train a CompactTransformer: the entrypoint of both runs.
+
+    python -m src.train --config configs/scale_10m.yaml --output-dir runs/scale_10m \
+        --seed 42 --device cuda --fp16 --gpu-only
+
+The training step is written once (`Trainer.train_step`) with all of its bookkeeping on the
+device: the batch is gathered from the dataset tensor by a device-side permutation, the loss
+scale, found-inf flag, learning rate and step counter are tensors, and the optimizer is a fused
+AdamW that skips the update when a gradient is non-finite. Nothing in the step reads a value
+back to the host, so on CUDA the whole step can be compiled (`training.compile`) and captured
+as one CUDA graph (`training.cuda_graph`); on the CPU the same function runs eagerly.
+`reference_training` is the textbook loop (host batches, GradScaler, LambdaLR, unfused AdamW)
+that the tests and the benchmark hold the fast path against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm import tqdm
+
+from src.checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
+from src.config import Config, check_data_paths, load_config
+from src.data import Batch, load_jsonl, make_batch
+from src.errors import UserError, run_main
+from src.evaluate import evaluate_batch
+from src.model import CompactTransformer
+from src.tokenizer import IGNORE_INDEX, PAD_ID
+
+# dynamic loss scaling, as torch.amp.GradScaler's defaults
+INIT_SCALE, GROWTH_FACTOR, BACKOFF_FACTOR, GROWTH_INTERVAL = 2.0**16, 2.0, 0.5, 2000
+PROGRESS_EVERY = 50  # steps between progress-bar refreshes (each one reads the loss back)
+OOM_ADVICE = (
+    "CUDA out of memory. Nothing was retried and nothing was scaled down. To fit the run, edit the "
+    "config by hand: training.batch_size, or the model size (model.d_model, model.num_layers, "
+    "model.d_ff, model.max_seq_len); or free the GPU of other processes."
+)
+
+
+class GpuOnlyError(RuntimeError):
+    """--gpu-only could not be honoured; raised before anything is read, built or written."""
+
+
+class TrainingStopped(UserError):
+    """Training stopped on purpose (non-finite loss); the last good checkpoint is intact."""
+
+    exit_code = 3
+
+
+# ---------------------------------------------------------------------------- device policy
+
+
+def resolve_device(requested: str, gpu_only: bool, fp16: bool = False) -> tuple[torch.device, str | None]:
+    """The device to train on and, when CUDA was asked for but is missing, why we fell back.
+
+    Order matters: the GPU-only checks raise RuntimeError before anything else happens.
+    """
+    if gpu_only:
+        if requested != "cuda":
+            raise GpuOnlyError(f"GPU-only mode requires --device cuda (got --device {requested}). Aborting.")
+        if not torch.cuda.is_available():
+            raise GpuOnlyError("CUDA requested but not available. Aborting. (--gpu-only forbids CPU training.)")
+    if requested not in ("cpu", "cuda"):
+        raise UserError(f"--device {requested!r} is not a device this script knows; use cpu or cuda")
+    fallback = None
+    if requested == "cuda" and not torch.cuda.is_available():
+        fallback = "CUDA requested but not available; training on the CPU instead"
+        bar = "!" * 78
+        print(f"{bar}\nWARNING: {fallback}.\nWARNING: pass --gpu-only to abort instead. The summary records this fallback.\n{bar}",
+              file=sys.stderr)
+        warnings.warn(fallback, RuntimeWarning, stacklevel=2)
+        requested = "cpu"
+    device = torch.device(requested)
+    if fp16 and device.type != "cuda":
+        raise UserError("--fp16 needs a CUDA device: float16 autocast on the CPU is not what the 10M run specifies. "
+                        "Drop --fp16 or train on --device cuda.")
+    return device, fallback
+
+
+# ---------------------------------------------------------------------------- schedule
+
+
+def lr_factor(step, warmup: int, total: int):
+    """Linear warm-up over `warmup` steps, then linear decay to zero at `total` steps.
+
+    Works on a Python number or a device tensor, so the CUDA graph computes it in place.
+    """
+    if isinstance(step, torch.Tensor):
+        s = step.to(torch.float32)
+        warm = (s + 1) / max(warmup, 1)
+        decay = ((total - s) / max(total - warmup, 1)).clamp(min=0.0)
+        return torch.where(s < warmup, warm, decay)
+    if step < warmup:
+        return (step + 1) / max(warmup, 1)
+    return max(0.0, (total - step) / max(total - warmup, 1))
+
+
+# ---------------------------------------------------------------------------- data on the device
+
+
+class DeviceData:
+    """Training data as padded tensors on the device, with one all-padding row at the end.
+
+    An epoch's permutation is padded to a whole number of batches with the index of that row,
+    which carries no supervised label: the mean loss over supervised positions of a padded final
+    batch equals that of the short batch, so every step has the same shape.
+    """
+
+    def __init__(self, batch: Batch, cfg: Config, device: torch.device):
+        labels = batch.labels
+        if cfg.training.loss_on == "answer":
+            labels = labels.masked_fill(~batch.answer_mask, IGNORE_INDEX)
+        self.n = len(batch)
+        self.batch_size = cfg.training.batch_size
+        self.steps_per_epoch = math.ceil(self.n / self.batch_size)
+        pad_in = torch.full((1, batch.inputs.shape[1]), PAD_ID, dtype=torch.long)
+        pad_lab = torch.full((1, labels.shape[1]), IGNORE_INDEX, dtype=torch.long)
+        self.inputs = torch.cat([batch.inputs, pad_in]).to(device)
+        self.labels = torch.cat([labels, pad_lab]).to(device)
+        self.device = device
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        """A shuffled order of the examples, padded with the empty row to whole batches."""
+        order = torch.randperm(self.n, generator=generator, device=generator.device).to(self.device)
+        fill = self.steps_per_epoch * self.batch_size - self.n
+        return torch.cat([order, torch.full((fill,), self.n, dtype=torch.long, device=self.device)])
+
+
+def make_optimizer(model, cfg: Config, device: torch.device, lr) -> torch.optim.AdamW:
+    t = cfg.training
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay,
+                             fused=True, capturable=device.type == "cuda")
+
+
+# ---------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Owns the model, optimizer and every piece of training state that a checkpoint holds."""
+
+    def __init__(self, cfg: Config, model: CompactTransformer, data: DeviceData, device: torch.device,
+                 fp16: bool, seed: int, log=print):
+        self.cfg, self.model, self.data, self.device, self.fp16 = cfg, model, data, device, fp16
+        t = cfg.training
+        self.total_steps = t.epochs * data.steps_per_epoch
+        dev = dict(device=device)
+        self.lr = torch.tensor(t.learning_rate * lr_factor(0, t.warmup_steps, self.total_steps), dtype=torch.float32, **dev)
+        self.opt = make_optimizer(model, cfg, device, self.lr)
+        # the fused AdamW kernel skips its update where found_inf is set (the hook GradScaler uses)
+        self.found_inf = torch.zeros((), dtype=torch.float32, **dev)
+        self.opt.found_inf = self.found_inf
+        self.scale = torch.tensor(INIT_SCALE if fp16 else 1.0, **dev)
+        self.growth_tracker = torch.zeros((), dtype=torch.int32, **dev)
+        self.step = torch.zeros((), dtype=torch.long, **dev)
+        self.epoch_step = torch.zeros((), dtype=torch.long, **dev)
+        self.order = torch.zeros(data.steps_per_epoch * data.batch_size, dtype=torch.long, **dev)
+        self.offsets = torch.arange(data.batch_size, **dev)
+        # running sums, read back only at progress refreshes and epoch ends
+        self.loss_sum = torch.zeros((), dtype=torch.float64, **dev)
+        self.good_steps = torch.zeros((), dtype=torch.long, **dev)
+        self.skipped_steps = torch.zeros((), dtype=torch.long, **dev)
+        self.bad_streak = torch.zeros((), dtype=torch.long, **dev)
+        self.max_bad_streak = torch.zeros((), dtype=torch.long, **dev)
+        self.shuffle_gen = torch.Generator(device=device).manual_seed(seed + 1)
+        self.params = list(model.parameters())
+        self.loss_fn = self._plain_loss
+        self.graph = None
+        self.log = log
+        self.accelerations = {"compile": False, "cuda_graph": False}
+
+    # -- the step --------------------------------------------------------------------------
+
+    def _plain_loss(self, inputs, labels):
+        return self.model(inputs, labels).loss
+
+    def train_step(self) -> None:
+        """One optimizer step, entirely on the device (no host synchronisation)."""
+        t = self.cfg.training
+        idx = self.order.index_select(0, self.epoch_step * self.data.batch_size + self.offsets)
+        inputs, labels = self.data.inputs.index_select(0, idx), self.data.labels.index_select(0, idx)
+        with torch.amp.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
+            loss = self.loss_fn(inputs, labels)
+        (loss * self.scale).backward()
+        grads = [p.grad for p in self.params]
+        self.found_inf.zero_()
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, self.scale.reciprocal())
+        self.found_inf.copy_(torch.maximum(self.found_inf, (~torch.isfinite(loss.detach())).float()))
+        torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip, foreach=True)
+        self.lr.copy_(t.learning_rate * lr_factor(self.step, t.warmup_steps, self.total_steps))
+        self.opt.step()
+        if self.fp16:
+            torch._amp_update_scale_(self.scale, self.growth_tracker, self.found_inf,
+                                     GROWTH_FACTOR, BACKOFF_FACTOR, GROWTH_INTERVAL)
+        bad = self.found_inf.long()
+        self.loss_sum.add_(torch.where(bad.bool(), 0.0, loss.detach().double()))
+        self.good_steps.add_(1 - bad)
+        self.skipped_steps.add_(bad)
+        self.bad_streak.copy_((self.bad_streak + 1) * bad)
+        torch.maximum(self.max_bad_streak, self.bad_streak, out=self.max_bad_streak)
+        self.step.add_(1)
+        self.epoch_step.add_(1)
+
+    # -- acceleration ----------------------------------------------------------------------
+
+    def accelerate(self) -> None:
+        """Compile and capture the step where the config asks for it and CUDA allows it."""
+        t = self.cfg.training
+        if self.device.type != "cuda":
+            if t.compile or t.cuda_graph:
+                self.log("note: training.compile / training.cuda_graph apply on CUDA only; running the eager step")
+            return
+        if t.compile:
+            self.loss_fn = torch.compile(self._plain_loss, dynamic=False)
+            self.accelerations["compile"] = True
+        if t.cuda_graph:
+            self._capture()
+            self.accelerations["cuda_graph"] = True
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        state = [p.data for p in self.params]
+        for s in self.opt.state.values():
+            state += [v for v in s.values() if isinstance(v, torch.Tensor)]
+        return state + [self.scale, self.growth_tracker, self.step, self.epoch_step, self.lr, self.loss_sum,
+                        self.good_steps, self.skipped_steps, self.bad_streak, self.max_bad_streak]
+
+    def _capture(self) -> None:
+        """Warm up (compiling, creating optimizer state), restore every state tensor, then capture.
+
+        The warm-up steps must not count: everything they changed is put back in place, so the
+        captured graph starts from exactly the state the eager step would have started from.
+        """
+        if not self.opt.state:  # create optimizer state (zeros) so the snapshot covers it
+            for p in self.params:
+                p.grad = torch.zeros_like(p)
+            self.found_inf.fill_(1.0)  # a skipped step: creates state, changes no weight
+            self.opt.step()
+            for s in self.opt.state.values():
+                s["step"].zero_()
+        saved = [x.clone() for x in self._state_tensors()]
+        rng = torch.cuda.get_rng_state(self.device)
+        order = self.order.clone()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.opt.zero_grad(set_to_none=True)
+                self.train_step()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        torch.cuda.synchronize(self.device)
+        with torch.no_grad():
+            for x, s in zip(self._state_tensors(), saved):
+                x.copy_(s)
+        self.order.copy_(order)
+        torch.cuda.set_rng_state(rng, self.device)
+        self.opt.zero_grad(set_to_none=True)  # gradients then live in the graph's memory pool
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.train_step()
+        torch.cuda.synchronize(self.device)
+
+    # -- epochs ----------------------------------------------------------------------------
+
+    def start_epoch(self) -> None:
+        self.order.copy_(self.data.epoch_order(self.shuffle_gen))
+        self.epoch_step.zero_()
+        self.loss_sum.zero_()
+        self.good_steps.zero_()
+
+    def run_step(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            self.train_step()
+
+    def run_epoch(self, bar=None) -> None:
+        """One pass over the training data. The host reads the device only every PROGRESS_EVERY
+        steps (progress bar, non-finite check) and once at the end of the epoch."""
+        self.start_epoch()
+        n = self.data.steps_per_epoch
+        for i in range(n):
+            self.run_step()
+            if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == n:
+                self.check_finite()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{self.mean_loss():.4f}", lr=f"{float(self.lr):.2e}", refresh=False)
+                    bar.update(i + 1 - bar.n)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def check_finite(self) -> None:
+        streak = int(self.max_bad_streak)
+        if streak >= self.cfg.training.max_bad_steps:
+            raise TrainingStopped(
+                f"stopped: {streak} consecutive steps had a non-finite loss or gradient "
+                f"(training.max_bad_steps = {self.cfg.training.max_bad_steps}); the last good checkpoint is "
+                "intact. Lower training.learning_rate or check the data."
+            )
+
+    def mean_loss(self) -> float:
+        good = int(self.good_steps)
+        return float(self.loss_sum) / good if good else float("nan")
+
+    # -- checkpoint state ------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        rng = {"cpu": torch.get_rng_state(), "shuffle": self.shuffle_gen.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "optimizer": self.opt.state_dict(),
+            "scaler": {"scale": self.scale.cpu(), "growth_tracker": self.growth_tracker.cpu()},
+            "step": int(self.step),
+            "skipped_steps": int(self.skipped_steps),
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        for group in self.opt.param_groups:  # the step function writes this very tensor
+            group["lr"] = self.lr
+        self.scale.copy_(state["scaler"]["scale"])
+        self.growth_tracker.copy_(state["scaler"]["growth_tracker"])
+        self.step.fill_(state["step"])
+        self.lr.copy_(self.cfg.training.learning_rate *
+                      lr_factor(state["step"], self.cfg.training.warmup_steps, self.total_steps))
+        self.skipped_steps.fill_(state["skipped_steps"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        self.shuffle_gen.set_state(state["rng"]["shuffle"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+
+# ---------------------------------------------------------------------------- the reference loop
+
+
+def reference_training(cfg: Config, model: CompactTransformer, batch: Batch, device, fp16: bool, seed: int,
+                       steps: int, on_step=None) -> list[float]:
+    """The textbook loop over the same batches: host-side batching, `loss.item()` every step,
+    torch.amp.GradScaler, LambdaLR and the unfused AdamW. Same mathematics as Trainer.train_step;
+    the tests and the benchmark measure the fast path against it. Returns the losses."""
+    data = DeviceData(batch, cfg, torch.device("cpu"))
+    t = cfg.training
+    opt = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, betas=(t.beta1, t.beta2),
+                            weight_decay=t.weight_decay, foreach=False)
+    total = t.epochs * data.steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t.warmup_steps, total))
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    losses, order = [], None
+    model.train()
+    for step in range(steps):
+        if step % data.steps_per_epoch == 0:
+            order = data.epoch_order(gen).cpu()
+        idx = order[(step % data.steps_per_epoch) * data.batch_size:][: data.batch_size]
+        inputs, labels = data.inputs[idx].to(device), data.labels[idx].to(device)
+        with torch.amp.autocast(device.type, dtype=torch.float16, enabled=fp16):
+            loss = model(inputs, labels).loss
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step)
+    return losses
+
+
+# ---------------------------------------------------------------------------- run directory
+
+
+class RunDir:
+    """The output directory: every file a run writes goes through here, atomically."""
+
+    def __init__(self, path: Path, resume: bool):
+        self.path = path
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--output-dir {path} is a file, not a directory; choose another path")
+        if resume:
+            if not (path / "checkpoint_latest.pt").is_file():
+                raise UserError(f"--resume: nothing to resume in {path} (no checkpoint_latest.pt); "
+                                "start without --resume")
+        elif path.is_dir() and any((path / name).exists() for name in ("metrics.jsonl", "checkpoint_latest.pt", "summary.json")):
+            raise UserError(f"--output-dir {path} already holds a run; pass --resume to continue it, "
+                            "or choose another directory (nothing is overwritten)")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write_test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise UserError(f"--output-dir {path} is not writable ({err.strerror}); choose another directory") from None
+
+    def write_text(self, name: str, text: str) -> None:
+        tmp = self.path / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.path / name)
+
+    def write_json(self, name: str, obj) -> None:
+        self.write_text(name, json.dumps(obj, indent=2) + "\n")
+
+    def metrics(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def append_metrics(self, record: dict) -> None:
+        rows = self.metrics() + [record]
+        self.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+    def keep_metrics_until(self, epoch: int) -> None:
+        """On resume: forget evaluations made after the checkpoint we continue from."""
+        rows = [r for r in self.metrics() if r["epoch"] <= epoch]
+        self.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+    def save_checkpoint(self, names: list[str], obj) -> None:
+        """Serialize once, atomically, under names[0]; the other names become hard links to it
+        (each swapped in atomically too), or copies where the file system has no links."""
+        first = self.path / names[0]
+        atomic_save(obj, first)
+        for name in names[1:]:
+            tmp = self.path / (name + ".tmp")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(first, tmp)
+            except OSError:
+                shutil.copyfile(first, tmp)
+            os.replace(tmp, self.path / name)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m src.train", description="Train a CompactTransformer (SPEC sections 2, 3, 7).")
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/pilot.yaml or configs/scale_10m.yaml")
+    p.add_argument("--output-dir", required=True, type=Path, help="run directory: config, metrics, checkpoints, summary")
+    p.add_argument("--seed", type=int, default=42, help="seed of weights, dropout and shuffling (default: 42)")
+    p.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda; without --gpu-only a missing "
+                   "CUDA falls back to the CPU with a warning recorded in summary.json)")
+    p.add_argument("--fp16", action="store_true", help="float16 autocast in training and evaluation with dynamic "
+                   "loss scaling; requires CUDA")
+    p.add_argument("--gpu-only", action="store_true", help="abort (RuntimeError) unless --device cuda and CUDA is "
+                   "available; checked before anything is read or written")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt in --output-dir")
+    p.add_argument("--stop-after-epoch", type=int, default=None, metavar="N", help="end this invocation after epoch "
+                   "N, with checkpoint_latest.pt written (the schedule still spans the configured epochs; continue "
+                   "with --resume)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    p.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    # The checklist's hard constraint: nothing is read, built or written before this check.
+    device, fallback = resolve_device(args.device, args.gpu_only, args.fp16)
+    cfg = load_config(args.config)
+    check_data_paths(cfg, args.config)
+    t0 = time.time()
+    max_len = cfg.model.max_seq_len
+    train_records = load_jsonl(cfg.data.path("train"), max_len)
+    val_batch = make_batch(load_jsonl(cfg.data.path("val"), max_len), max_len).to(device)
+    run = RunDir(args.output_dir, args.resume)
+    torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32; fp16 comes from autocast
+    model = CompactTransformer(cfg.model).to(device)
+    data = DeviceData(make_batch(train_records, max_len), cfg, device)
+    trainer = Trainer(cfg, model, data, device, args.fp16, args.seed)
+
+    start_epoch, best = 0, {"val_loss": float("inf"), "epoch": None, "metrics": None}
+    if args.resume:
+        ckpt = load_checkpoint(run.path / "checkpoint_latest.pt", map_location=device)
+        model.load_state_dict(model_from_checkpoint(ckpt, run.path / "checkpoint_latest.pt", cfg.model).state_dict())
+        trainer.load_state_dict(ckpt)
+        start_epoch, best = ckpt["epoch"], ckpt["best"]
+        run.keep_metrics_until(start_epoch)
+        print(f"Resuming from epoch {start_epoch} (step {ckpt['step']})")
+    else:
+        run.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    print_header(cfg, args, device, fallback, model, train_records, val_batch)
+    try:
+        result = train_loop(cfg, args, run, trainer, val_batch, start_epoch, best)
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(OOM_ADVICE) from None
+    summary = make_summary(cfg, args, device, fallback, trainer, result, time.time() - t0)
+    run.write_json("summary.json", summary)
+    print(f"Done: {summary['steps']} steps in {summary['wall_time_s']:.1f} s "
+          f"({summary['train_steps_per_s']:.0f} steps/s while training); best epoch {summary['best_epoch']}")
+    return 0
+
+
+def print_header(cfg, args, device, fallback, model, train_records, val_batch) -> None:
+    line = "=" * 70
+    print(line)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        print(f"GPU: {props.name}")
+        print(f"GPU memory: {props.total_memory / 1024**3:.1f} GB")
+    else:
+        print(f"Device: CPU ({platform.processor() or platform.machine()})" + (f"  [FALLBACK: {fallback}]" if fallback else ""))
+    print(f"FP16 Mixed Precision: {'ENABLED' if args.fp16 else 'DISABLED'}")
+    print(f"Parameters: {model.num_parameters():,}")
+    print(f"Train data: {cfg.data.path('train')} ({len(train_records)} examples)")
+    print(f"Val data:   {cfg.data.path('val')} ({len(val_batch)} examples)")
+    print(f"Seed: {args.seed}   Output: {args.output_dir}")
+    print("Config:")
+    print("  " + yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip().replace("\n", "\n  "))
+    print(line, flush=True)
+
+
+def train_loop(cfg: Config, args, run: RunDir, trainer: Trainer, val_batch, start_epoch: int, best: dict) -> dict:
+    t = cfg.training
+    device = trainer.device
+    trainer.accelerate()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    steps_per_epoch = trainer.data.steps_per_epoch
+    train_time, epoch, first_step = 0.0, start_epoch, int(trainer.step)
+    for epoch in range(start_epoch + 1, t.epochs + 1):
+        tic = time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}", disable=args.no_progress,
+                   leave=False, dynamic_ncols=True)
+        trainer.run_epoch(bar)
+        bar.close()
+        train_time += time.perf_counter() - tic
+        record = {"epoch": epoch, "step": int(trainer.step), "train_loss": trainer.mean_loss(),
+                  "lr": float(trainer.lr), "skipped_steps": int(trainer.skipped_steps)}
+        if device.type == "cuda":
+            record["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        improved = False
+        if epoch % t.eval_interval == 0 or epoch == t.epochs:
+            val = evaluate_batch(trainer.model, val_batch, fp16=args.fp16, with_intervals=False)
+            record["val"] = val
+            improved = val["loss"] < best["val_loss"]
+            if improved:
+                best = {"val_loss": val["loss"], "epoch": epoch, "metrics": val}
+            run.append_metrics(record)
+            print(f"epoch {epoch:3d}  train_loss {record['train_loss']:.4f}  val_loss {val['loss']:.4f}  "
+                  f"exact_match {val['exact_match']:.3f}  end_of_answer_acc {val['end_of_answer_acc']:.3f}"
+                  + (f"  peak_mem {record['peak_gpu_memory_mb']:.0f} MB" if "peak_gpu_memory_mb" in record else ""),
+                  flush=True)
+        stop_here = epoch == args.stop_after_epoch
+        names = [f"checkpoint_epoch_{epoch}.pt"] if epoch % t.save_interval == 0 else []
+        if epoch % t.save_interval == 0 or epoch == t.epochs or stop_here:
+            names.append("checkpoint_latest.pt")
+        if improved:
+            names.append("checkpoint_best.pt")
+        if names:
+            ckpt = {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(),
+                    "model": trainer.model.state_dict(), "epoch": epoch, "best": best, **trainer.state_dict()}
+            run.save_checkpoint(names, ckpt)
+        if stop_here:
+            break
+    return {"epoch": epoch, "best": best, "train_time": train_time, "steps": int(trainer.step) - first_step}
+
+
+def make_summary(cfg, args, device, fallback, trainer: Trainer, result: dict, wall: float) -> dict:
+    steps = int(trainer.step)
+    summary = {
+        "config": cfg.name,
+        "seed": args.seed,
+        "device": device.type,
+        "requested_device": args.device,
+        "device_fallback": fallback is not None,
+        "fallback_reason": fallback,
+        "gpu_name": None,
+        "gpu_memory_gb": None,
+        "precision": "fp16 mixed (autocast float16, dynamic loss scaling)" if args.fp16 else "fp32",
+        "fp16": args.fp16,
+        "peak_gpu_memory_mb": None,
+        "parameters": trainer.model.num_parameters(),
+        "epochs": result["epoch"],
+        "steps": steps,
+        "skipped_steps": int(trainer.skipped_steps),
+        "wall_time_s": wall,
+        "train_time_s": result["train_time"],
+        "train_steps_per_s": result["steps"] / result["train_time"] if result["train_time"] else None,
+        "accelerations": trainer.accelerations,
+        "best_epoch": result["best"]["epoch"],
+        "best_val_metrics": result["best"]["metrics"],
+        "torch_version": torch.__version__,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        summary.update(gpu_name=props.name, gpu_memory_gb=round(props.total_memory / 1024**3, 1),
+                       peak_gpu_memory_mb=torch.cuda.max_memory_allocated(device) / 2**20)
+    return summary
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

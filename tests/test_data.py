@@ -1,0 +1,342 @@
+"""Data: the safe evaluator, depth labels, the generator, the shipped files, loading and batching."""
+
+import ast
+import json
+import operator
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from src import data as data_module
+from src.data import (
+    ExpressionError,
+    Record,
+    depth_labels,
+    evaluate,
+    generate_splits,
+    load_jsonl,
+    make_batch,
+    make_record,
+)
+from src.errors import UserError
+from src.tokenizer import EOS_ID, IGNORE_INDEX, PAD_ID, decode, prompt_ids, sequence_ids
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
+MAX_SEQ_LEN = 32
+EXPECTED_COUNTS = {
+    "pilot_train": 2000,
+    "pilot_val": 200,
+    "pilot_test_flat": 2000,
+    "pilot_test_paren": 2000,
+    "pilot_test_depth3": 2000,
+}
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    """Every shipped file, loaded and validated: name -> list of Record."""
+    return {name: load_jsonl(DATA_DIR / f"{name}.jsonl", MAX_SEQ_LEN) for name in EXPECTED_COUNTS}
+
+
+def reference_value(expr: str) -> int:
+    """Value of `expr` by Python's own parser (ast, no eval): an independent check of `evaluate`."""
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
+
+    def walk(node):
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            return ops[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        raise AssertionError(f"unexpected node {ast.dump(node)} in {expr!r}")
+
+    return walk(ast.parse(expr, mode="eval").body)
+
+
+# ---------------------------------------------------------------------------- evaluator
+
+
+@pytest.mark.parametrize(
+    "expr, value",
+    [
+        ("2+3*4", 14),  # * before +
+        ("2*3+4", 10),
+        ("10-3-2", 5),  # left-associative minus
+        ("8-(3-2)", 7),
+        ("3-10", -7),  # negative result
+        ("2*3-4*5", -14),
+        ("(1+(2*3))", 7),
+        ("((2+3)*(4-1))*2", 30),
+        ("2*(3+(4-6))", 2),
+        ("((1+2))", 3),
+        ("99*99*99*99", 96059601),
+        ("1-(2-(3-4))", -2),
+    ],
+)
+def test_evaluate_hand_computed(expr, value):
+    assert evaluate(expr) == value
+
+
+@pytest.mark.parametrize("expr", ["1+", "(1+2", "1++2", "0+5", "100+1", "", "1+2)", "()", "1 + 2", "+1", "1*-2", "05+1"])
+def test_evaluate_rejects_bad_input(expr):
+    with pytest.raises(ExpressionError):
+        evaluate(expr)
+
+
+def test_data_module_never_calls_eval():
+    source = Path(data_module.__file__).read_text(encoding="utf-8")
+    assert not re.search(r"\beval\s*\(", source)
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            assert name not in ("eval", "exec", "compile"), f"src/data.py calls {name}() at line {node.lineno}"
+
+
+# ---------------------------------------------------------------------------- depth labels
+
+
+@pytest.mark.parametrize(
+    "expr, depth",
+    [
+        ("(1+(2*3))", [1, 1, 1, 2, 2, 2, 2, 1, 0]),
+        ("1+2", [0, 0, 0]),
+        ("12*34-5", [0] * 7),
+        ("((1+2))", [1, 2, 2, 2, 2, 1, 0]),
+        ("(1+2)*(3+4)", [1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0]),
+        ("5*(6-7)", [0, 0, 1, 1, 1, 1, 0]),
+    ],
+)
+def test_depth_labels_hand_written(expr, depth):
+    assert depth_labels(expr) == depth
+    assert make_record(expr) == Record(expr, evaluate(expr), depth)
+
+
+# ---------------------------------------------------------------------------- generator and shipped files
+
+
+def test_generator_is_deterministic():
+    assert generate_splits(42) == generate_splits(42)
+
+
+def test_generator_seed_matters():
+    a, b = generate_splits(42), generate_splits(43)
+    assert a["pilot_train"] != b["pilot_train"]
+
+
+def test_shipped_files_reproduce_byte_for_byte(tmp_path):
+    out = tmp_path / "generated"
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.data", "--seed", "42", "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.jsonl" for n in EXPECTED_COUNTS)
+    for name in EXPECTED_COUNTS:
+        shipped_bytes = (DATA_DIR / f"{name}.jsonl").read_bytes()
+        assert (out / f"{name}.jsonl").read_bytes() == shipped_bytes, f"{name}.jsonl differs from the generator's"
+
+
+@pytest.mark.parametrize("name, count", EXPECTED_COUNTS.items())
+def test_shipped_line_counts(name, count):
+    lines = (DATA_DIR / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == count
+
+
+def test_shipped_records_valid(shipped):
+    # load_jsonl validated every record; also check the values against an independent evaluator
+    for name, records in shipped.items():
+        assert len(records) == EXPECTED_COUNTS[name]
+        for r in records:
+            assert r.result == reference_value(r.expr), (name, r.expr)
+            assert len(sequence_ids(r.expr, r.result)) <= MAX_SEQ_LEN
+
+
+@pytest.mark.parametrize("name", ["pilot_train", "pilot_val"])
+def test_mixed_splits_have_depths_0_1_2_about_equally(shipped, name):
+    records = shipped[name]
+    max_depths = [max(r.depth) for r in records]
+    assert set(max_depths) == {0, 1, 2}
+    for d in (0, 1, 2):
+        share = max_depths.count(d) / len(records)
+        assert 0.30 <= share <= 0.37, f"{name}: depth {d} is {share:.2f} of the examples"
+
+
+def test_flat_split_has_no_parentheses(shipped):
+    for r in shipped["pilot_test_flat"]:
+        assert set(r.depth) == {0}
+        assert "(" not in r.expr and ")" not in r.expr
+
+
+def test_paren_split_has_depth_1_or_2(shipped):
+    max_depths = set()
+    for r in shipped["pilot_test_paren"]:
+        assert "(" in r.expr
+        assert max(r.depth) in (1, 2)
+        max_depths.add(max(r.depth))
+    assert max_depths == {1, 2}
+
+
+def test_depth3_split_has_depth_exactly_3(shipped):
+    for r in shipped["pilot_test_depth3"]:
+        assert max(r.depth) == 3
+
+
+def test_no_expression_repeated_within_or_across_files(shipped):
+    seen = {}
+    for name, records in shipped.items():
+        exprs = [r.expr for r in records]
+        assert len(set(exprs)) == len(exprs), f"{name} repeats an expression"
+        for expr in exprs:
+            assert expr not in seen, f"{expr!r} is in both {seen[expr]} and {name}"
+            seen[expr] = name
+
+
+# ---------------------------------------------------------------------------- load_jsonl rejects bad records
+
+GOOD = {"expr": "1+2", "result": 3, "depth": [0, 0, 0]}
+
+
+def write_lines(tmp_path, lines, name="bad.jsonl") -> Path:
+    path = tmp_path / name
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def expect_error(path, max_seq_len=MAX_SEQ_LEN) -> str:
+    with pytest.raises(UserError) as info:
+        load_jsonl(path, max_seq_len)
+    message = str(info.value)
+    assert str(path) in message
+    return message
+
+
+@pytest.mark.parametrize(
+    "bad_line, why",
+    [
+        ('{"expr": "1+2", "result": 3,', "JSON"),
+        ('["1+2", 3, [0, 0, 0]]', "object"),
+        (json.dumps({"expr": "1+2", "depth": [0, 0, 0]}), "result"),
+        (json.dumps({"expr": "1+2", "result": "3", "depth": [0, 0, 0]}), "result"),
+        (json.dumps({"expr": "2-1", "result": True, "depth": [0, 0, 0]}), "result"),
+        (json.dumps({"expr": "1+2", "result": 3.0, "depth": [0, 0, 0]}), "result"),
+        (json.dumps({"expr": 12, "result": 12, "depth": [0, 0]}), "expr"),
+        (json.dumps({"expr": "1+2", "result": 3, "depth": "000"}), "depth"),
+        (json.dumps({**GOOD, "note": "x"}), "note"),
+        (json.dumps({"expr": "1/2", "result": 0, "depth": [0, 0, 0]}), "'/'"),
+        (json.dumps({"expr": "1+2", "result": 4, "depth": [0, 0, 0]}), "evaluates to 3"),
+        (json.dumps({"expr": "(1+2)", "result": 3, "depth": [0, 0, 0, 0, 0]}), "depth"),
+        (json.dumps({"expr": "1+2", "result": 3, "depth": [0, 0]}), "depth"),
+        (json.dumps({"expr": "(1+2", "result": 3, "depth": [1, 1, 1, 1]}), "not a valid expression"),
+        (json.dumps({"expr": "7", "result": 7, "depth": [0]}), "2 to 4"),
+        (json.dumps({"expr": "1+2+3+4+5", "result": 15, "depth": [0] * 9}), "2 to 4"),
+    ],
+)
+def test_load_rejects_bad_record_with_file_and_line(tmp_path, bad_line, why):
+    path = write_lines(tmp_path, [json.dumps(GOOD), bad_line, json.dumps(GOOD)])
+    message = expect_error(path)
+    assert f"{path}:2:" in message
+    assert why in message
+
+
+def test_load_rejects_sequence_longer_than_max_seq_len(tmp_path):
+    long = {"expr": "11+22*33", "result": 737, "depth": [0] * 8}  # <BOS>11+22*33 = 737<EOS>: 16 tokens
+    assert len(sequence_ids(long["expr"], long["result"])) == 16
+    path = write_lines(tmp_path, [json.dumps(GOOD), json.dumps(long)])
+    message = expect_error(path, max_seq_len=12)
+    assert f"{path}:2:" in message and "max_seq_len" in message
+    assert len(load_jsonl(path, 16)) == 2  # exactly at the limit is fine
+
+
+def test_load_rejects_empty_line(tmp_path):
+    path = write_lines(tmp_path, [json.dumps(GOOD), "", json.dumps(GOOD)])
+    assert f"{path}:2:" in expect_error(path)
+
+
+def test_load_rejects_empty_file(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("", encoding="utf-8")
+    assert "empty" in expect_error(path)
+
+
+def test_load_rejects_missing_file(tmp_path):
+    assert "not found" in expect_error(tmp_path / "missing.jsonl")
+
+
+def test_load_reports_first_bad_line(tmp_path):
+    bad = json.dumps({"expr": "1+2", "result": 4, "depth": [0, 0, 0]})
+    path = write_lines(tmp_path, [json.dumps(GOOD)] * 3 + [bad, "not json"])
+    assert f"{path}:4:" in expect_error(path)
+
+
+def test_load_accepts_good_records(tmp_path):
+    records = [make_record(e) for e in ("1+2", "(1+(2*3))", "3-10")]
+    path = write_lines(tmp_path, [r.to_json() for r in records])
+    assert load_jsonl(path, MAX_SEQ_LEN) == records
+
+
+# ---------------------------------------------------------------------------- batching
+
+BATCH_EXPRS = ["1+2", "(1+(2*3))", "3-10", "99*99*99*99", "((12+34)-5)*6"]
+
+
+@pytest.fixture
+def batch_records():
+    return [make_record(e) for e in BATCH_EXPRS]
+
+
+def test_make_batch_inputs_and_labels(batch_records):
+    b = make_batch(batch_records, MAX_SEQ_LEN)
+    assert b.inputs.shape == b.labels.shape == b.answer_mask.shape == b.depth.shape == (len(batch_records), MAX_SEQ_LEN)
+    assert b.inputs.dtype == b.labels.dtype == torch.long and b.answer_mask.dtype == torch.bool
+    assert len(b) == len(batch_records)
+    for i, r in enumerate(batch_records):
+        seq = sequence_ids(r.expr, r.result)
+        m = len(seq) - 1
+        assert b.inputs[i, :m].tolist() == seq[:-1]
+        assert b.labels[i, :m].tolist() == seq[1:]
+        # shifted by one: the label at j is the input at j + 1
+        assert torch.equal(b.labels[i, : m - 1], b.inputs[i, 1:m])
+        assert (b.inputs[i, m:] == PAD_ID).all()
+        assert (b.labels[i, m:] == IGNORE_INDEX).all()
+    assert b.results == [r.result for r in batch_records]
+
+
+def test_make_batch_answer_mask_eos_and_prompt(batch_records):
+    b = make_batch(batch_records, MAX_SEQ_LEN)
+    for i, r in enumerate(batch_records):
+        answer = str(r.result)
+        m = len(sequence_ids(r.expr, r.result)) - 1
+        positions = b.answer_mask[i].nonzero().flatten().tolist()
+        # exactly the answer digits and <EOS>, contiguous, ending at the last label
+        assert positions == list(range(m - len(answer) - 1, m))
+        assert decode(b.labels[i][b.answer_mask[i]]) == answer
+        assert b.labels[i, positions[-1]].item() == EOS_ID
+        assert b.eos_pos[i].item() == m - 1
+        assert b.labels[i, b.eos_pos[i]].item() == EOS_ID
+        assert (b.labels[i, b.eos_pos[i] + 1 :] == IGNORE_INDEX).all()
+        p = b.prompt_len[i].item()
+        assert p == len(prompt_ids(r.expr))
+        assert b.inputs[i, :p].tolist() == prompt_ids(r.expr)
+        assert decode(b.inputs[i, p : m]) == answer  # the answer follows the prompt
+        assert b.depth[i, 1 : 1 + len(r.expr)].tolist() == r.depth
+        assert (b.depth[i, 0] == -1) and (b.depth[i, 1 + len(r.expr) :] == -1).all()
+
+
+def test_make_batch_select(batch_records):
+    b = make_batch(batch_records, MAX_SEQ_LEN)
+    sub = b.select([3, 1])
+    assert torch.equal(sub.inputs, b.inputs[[3, 1]])
+    assert sub.results == [batch_records[3].result, batch_records[1].result]
+
+
+def test_make_batch_rejects_too_long(batch_records):
+    with pytest.raises(UserError):
+        make_batch(batch_records, 12)

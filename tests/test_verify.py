@@ -1,0 +1,86 @@
+"""verify_10m_config.py, run as a user runs it: output lines and exit status."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PILOT = REPO_ROOT / "configs" / "pilot.yaml"
+
+
+def verify(*args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "verify_10m_config.py", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def default_run():
+    return verify()
+
+
+def write_pilot_variant(tmp_path, change) -> Path:
+    raw = yaml.safe_load(PILOT.read_text(encoding="utf-8"))
+    change(raw)
+    path = tmp_path / "variant.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def test_default_checks_scale_10m(default_run):
+    out = default_run.stdout
+    assert default_run.returncode == 0, default_run.stdout + default_run.stderr
+    for line in ("Total parameters: 10,651,776", "10.65M", "Target: 10M", "Difference: 6.5%", "[OK] Configuration verified"):
+        assert line in out
+    assert "[ERROR]" not in out
+    assert "CUDA:" in out
+
+
+def test_pilot_config():
+    proc = verify("--config", "configs/pilot.yaml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Total parameters: 664,192" in proc.stdout
+    assert "Target: 0.66M" in proc.stdout
+    assert "[OK] Configuration verified" in proc.stdout
+
+
+def test_require_cuda():
+    proc = verify("--require-cuda")
+    if torch.cuda.is_available():
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "CUDA: available" in proc.stdout
+    else:
+        assert proc.returncode == 1
+        assert "[ERROR]" in proc.stdout and "CUDA" in proc.stdout
+        assert "Total parameters: 10,651,776" in proc.stdout  # the count is still reported
+
+
+def test_count_far_from_target_fails(tmp_path):
+    path = write_pilot_variant(tmp_path, lambda raw: raw.update(target_parameters=1_000_000))
+    proc = verify("--config", str(path))
+    assert proc.returncode == 1
+    assert "Total parameters: 664,192" in proc.stdout
+    assert "Difference: -33.6%" in proc.stdout
+    assert "[ERROR]" in proc.stdout and "[OK]" not in proc.stdout
+
+
+def test_invalid_config_fails(tmp_path):
+    path = write_pilot_variant(tmp_path, lambda raw: raw["model"].update(d_model=0))
+    proc = verify("--config", str(path))
+    assert proc.returncode == 1
+    assert "[ERROR]" in proc.stdout and "model.d_model" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_config_fails(tmp_path):
+    proc = verify("--config", str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 1
+    assert "[ERROR]" in proc.stdout and "nope.yaml" in proc.stdout
