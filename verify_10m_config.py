@@ -10,6 +10,7 @@ target_parameters, the config is invalid, or (with --require-cuda) CUDA is not a
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -35,7 +36,7 @@ def cuda_status() -> tuple[bool, str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/scale_10m.yaml", help="YAML config to check (default: %(default)s)")
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parent / "configs" / "scale_10m.yaml"), help="YAML config to check (default: %(default)s)")
     parser.add_argument("--require-cuda", action="store_true", help="exit 1 when no CUDA device is available")
     args = parser.parse_args(argv)
     try:

@@ -244,8 +244,12 @@ def load_jsonl(path, max_seq_len: int) -> list[Record]:
     if not path.is_file():
         raise UserError(f"{path}: data file not found; generate it with `python -m src.data --seed 42 --out {path.parent}`")
     records = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:  # bytes, so that a line that is not UTF-8 is reported by its number
+        for line_no, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(f"{path}:{line_no}: not UTF-8 text (byte {err.start} of the line); fix or regenerate the file") from None
             if not line.strip():
                 raise UserError(f"{path}:{line_no}: empty line; every line must hold one JSON record")
             try:
@@ -293,7 +297,8 @@ class Batch:
 
     def select(self, idx) -> "Batch":
         fields = {k: (v[idx] if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
-        fields["results"] = [self.results[i] for i in torch.as_tensor(idx).tolist()]
+        positions = torch.arange(len(self))[torch.as_tensor(idx)]  # index list or boolean mask
+        fields["results"] = [self.results[i] for i in positions.tolist()]
         return Batch(**fields)
 
 

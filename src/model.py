@@ -175,6 +175,18 @@ class CompactTransformer(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def check_ablation(self, ablation: HeadAblation) -> None:
+        """ValueError for a head the model does not have or means of the wrong shape: a typo must
+        not read as 'no effect'."""
+        L, H, d = self.cfg.num_layers, self.cfg.num_heads, self.cfg.head_dim
+        for layer, head in ablation.heads:
+            if not (0 <= layer < L and 0 <= head < H):
+                raise ValueError(f"cannot ablate head L{layer}.H{head}: the model has {L} layers of {H} heads")
+        if ablation.means is not None:
+            shape = tuple(ablation.means.shape)
+            if shape != (L, H, d) and not (len(shape) == 4 and shape[:2] == (L, H) and shape[3] == d):
+                raise ValueError(f"ablation means have shape {shape}; expected ({L}, {H}, {d}) or ({L}, {H}, seq, {d})")
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -191,6 +203,8 @@ class CompactTransformer(nn.Module):
         B, T = tokens.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {self.cfg.max_seq_len}")
+        if ablation is not None:
+            self.check_ablation(ablation)
         want = set(cache)
         unknown = want - set(activation_names(self.cfg, pattern=True))
         if unknown:

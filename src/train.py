@@ -35,7 +35,7 @@ from tqdm import tqdm
 from src.checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
 from src.config import Config, check_data_paths, load_config
 from src.data import Batch, load_jsonl, make_batch
-from src.errors import UserError, run_main
+from src.errors import UserError, run_main, write_failed
 from src.evaluate import evaluate_batch
 from src.model import CompactTransformer
 from src.tokenizer import IGNORE_INDEX, PAD_ID
@@ -58,6 +58,10 @@ class TrainingStopped(UserError):
     """Training stopped on purpose (non-finite loss); the last good checkpoint is intact."""
 
     exit_code = 3
+
+
+# what a checkpoint must hold, besides the model, to be resumed
+TRAINING_STATE = ("optimizer", "scaler", "step", "skipped_steps", "rng", "epoch", "best")
 
 
 # ---------------------------------------------------------------------------- device policy
@@ -394,8 +398,10 @@ class RunDir:
             raise UserError(f"--output-dir {path} is a file, not a directory; choose another path")
         if resume:
             if not (path / "checkpoint_latest.pt").is_file():
-                raise UserError(f"--resume: nothing to resume in {path} (no checkpoint_latest.pt); "
-                                "start without --resume")
+                started = path.is_dir() and any(path.iterdir())
+                raise UserError(f"--resume: nothing to resume in {path} (no checkpoint_latest.pt); " + (
+                    "the run there stopped before its first checkpoint: delete the directory or choose another"
+                    if started else "start without --resume"))
         elif path.is_dir() and any((path / name).exists() for name in ("metrics.jsonl", "checkpoint_latest.pt", "summary.json")):
             raise UserError(f"--output-dir {path} already holds a run; pass --resume to continue it, "
                             "or choose another directory (nothing is overwritten)")
@@ -409,8 +415,12 @@ class RunDir:
 
     def write_text(self, name: str, text: str) -> None:
         tmp = self.path / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.path / name)
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, self.path / name)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise write_failed(self.path / name, err) from None
 
     def write_json(self, name: str, obj) -> None:
         self.write_text(name, json.dumps(obj, indent=2) + "\n")
@@ -437,20 +447,38 @@ class RunDir:
             tmp = self.path / (name + ".tmp")
             tmp.unlink(missing_ok=True)
             try:
-                os.link(first, tmp)
-            except OSError:
-                shutil.copyfile(first, tmp)
-            os.replace(tmp, self.path / name)
+                try:
+                    os.link(first, tmp)
+                except OSError:
+                    shutil.copyfile(first, tmp)
+                os.replace(tmp, self.path / name)
+            except OSError as err:
+                tmp.unlink(missing_ok=True)
+                raise write_failed(self.path / name, err) from None
 
 
 # ---------------------------------------------------------------------------- main
+
+
+def _int_in(low: int, high: int):
+    """argparse type: an integer from `low` to `high`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer from {low} to {high}")
+        return value
+    return parse
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m src.train", description="Train a CompactTransformer (SPEC sections 2, 3, 7).")
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/pilot.yaml or configs/scale_10m.yaml")
     p.add_argument("--output-dir", required=True, type=Path, help="run directory: config, metrics, checkpoints, summary")
-    p.add_argument("--seed", type=int, default=42, help="seed of weights, dropout and shuffling (default: 42)")
+    p.add_argument("--seed", type=_int_in(0, 2**63 - 2),  # torch seeds are 64-bit; seed + 1 seeds shuffling
+                   default=42, help="seed of weights, dropout and shuffling (default: 42)")
     p.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda; without --gpu-only a missing "
                    "CUDA falls back to the CPU with a warning recorded in summary.json)")
     p.add_argument("--fp16", action="store_true", help="float16 autocast in training and evaluation with dynamic "
@@ -458,7 +486,7 @@ def parse_args(argv):
     p.add_argument("--gpu-only", action="store_true", help="abort (RuntimeError) unless --device cuda and CUDA is "
                    "available; checked before anything is read or written")
     p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt in --output-dir")
-    p.add_argument("--stop-after-epoch", type=int, default=None, metavar="N", help="end this invocation after epoch "
+    p.add_argument("--stop-after-epoch", type=_int_in(1, 10**9), default=None, metavar="N", help="end this invocation after epoch "
                    "N, with checkpoint_latest.pt written (the schedule still spans the configured epochs; continue "
                    "with --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
@@ -472,6 +500,9 @@ def main(argv=None) -> int:
     device, fallback = resolve_device(args.device, args.gpu_only, args.fp16)
     cfg = load_config(args.config)
     check_data_paths(cfg, args.config)
+    if args.stop_after_epoch is not None and args.stop_after_epoch > cfg.training.epochs:
+        raise UserError(f"--stop-after-epoch {args.stop_after_epoch} is beyond training.epochs "
+                        f"({cfg.training.epochs}) of {args.config}")
     t0 = time.time()
     max_len = cfg.model.max_seq_len
     train_records = load_jsonl(cfg.data.path("train"), max_len)
@@ -480,14 +511,26 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32; fp16 comes from autocast
+        warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores")
     model = CompactTransformer(cfg.model).to(device)
     data = DeviceData(make_batch(train_records, max_len), cfg, device)
     trainer = Trainer(cfg, model, data, device, args.fp16, args.seed)
 
     start_epoch, best = 0, {"val_loss": float("inf"), "epoch": None, "metrics": None}
     if args.resume:
-        ckpt = load_checkpoint(run.path / "checkpoint_latest.pt", map_location=device)
-        model.load_state_dict(model_from_checkpoint(ckpt, run.path / "checkpoint_latest.pt", cfg.model).state_dict())
+        latest = run.path / "checkpoint_latest.pt"
+        ckpt = load_checkpoint(latest, map_location=device)
+        missing = [k for k in TRAINING_STATE if k not in ckpt]
+        if missing:
+            raise UserError(f"{latest}: holds weights but no training state (no '{missing[0]}' entry); "
+                            "only a checkpoint written by src.train can be resumed")
+        model.load_state_dict(model_from_checkpoint(ckpt, latest, cfg.model).state_dict())
+        if ckpt["epoch"] >= cfg.training.epochs:
+            raise UserError(f"--resume: the run in {run.path} already finished all {ckpt['epoch']} epochs "
+                            f"(training.epochs = {cfg.training.epochs}); nothing to resume")
+        if args.stop_after_epoch is not None and args.stop_after_epoch <= ckpt["epoch"]:
+            raise UserError(f"--stop-after-epoch {args.stop_after_epoch}: the run in {run.path} is already at "
+                            f"epoch {ckpt['epoch']}; give a later epoch")
         trainer.load_state_dict(ckpt)
         start_epoch, best = ckpt["epoch"], ckpt["best"]
         run.keep_metrics_until(start_epoch)
@@ -500,6 +543,10 @@ def main(argv=None) -> int:
         result = train_loop(cfg, args, run, trainer, val_batch, start_epoch, best)
     except torch.cuda.OutOfMemoryError:
         raise UserError(OOM_ADVICE) from None
+    except TrainingStopped as stop:
+        run.write_json("summary.json", make_summary(cfg, args, device, fallback, trainer, stop.result,
+                                                    time.time() - t0, status="stopped_non_finite"))
+        raise
     summary = make_summary(cfg, args, device, fallback, trainer, result, time.time() - t0)
     run.write_json("summary.json", summary)
     print(f"Done: {summary['steps']} steps in {summary['wall_time_s']:.1f} s "
@@ -529,7 +576,9 @@ def print_header(cfg, args, device, fallback, model, train_records, val_batch) -
 def train_loop(cfg: Config, args, run: RunDir, trainer: Trainer, val_batch, start_epoch: int, best: dict) -> dict:
     t = cfg.training
     device = trainer.device
+    tic = time.perf_counter()
     trainer.accelerate()
+    timing = {"compile_and_capture_s": time.perf_counter() - tic, "eval_s": 0.0, "checkpoint_s": 0.0}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     steps_per_epoch = trainer.data.steps_per_epoch
@@ -538,8 +587,14 @@ def train_loop(cfg: Config, args, run: RunDir, trainer: Trainer, val_batch, star
         tic = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}", disable=args.no_progress,
                    leave=False, dynamic_ncols=True)
-        trainer.run_epoch(bar)
-        bar.close()
+        try:
+            trainer.run_epoch(bar)
+        except TrainingStopped as stop:  # main writes the summary of what was done
+            stop.result = {"epoch": epoch - 1, "best": best, "train_time": train_time + time.perf_counter() - tic,
+                           "steps": int(trainer.step) - first_step}
+            raise
+        finally:
+            bar.close()
         train_time += time.perf_counter() - tic
         record = {"epoch": epoch, "step": int(trainer.step), "train_loss": trainer.mean_loss(),
                   "lr": float(trainer.lr), "skipped_steps": int(trainer.skipped_steps)}
@@ -547,7 +602,9 @@ def train_loop(cfg: Config, args, run: RunDir, trainer: Trainer, val_batch, star
             record["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         improved = False
         if epoch % t.eval_interval == 0 or epoch == t.epochs:
+            tic = time.perf_counter()
             val = evaluate_batch(trainer.model, val_batch, fp16=args.fp16, with_intervals=False)
+            timing["eval_s"] += time.perf_counter() - tic
             record["val"] = val
             improved = val["loss"] < best["val_loss"]
             if improved:
@@ -566,15 +623,21 @@ def train_loop(cfg: Config, args, run: RunDir, trainer: Trainer, val_batch, star
         if names:
             ckpt = {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(),
                     "model": trainer.model.state_dict(), "epoch": epoch, "best": best, **trainer.state_dict()}
+            tic = time.perf_counter()
             run.save_checkpoint(names, ckpt)
+            timing["checkpoint_s"] += time.perf_counter() - tic
         if stop_here:
             break
-    return {"epoch": epoch, "best": best, "train_time": train_time, "steps": int(trainer.step) - first_step}
+    return {"epoch": epoch, "best": best, "train_time": train_time, "steps": int(trainer.step) - first_step,
+            "timing": timing}
 
 
-def make_summary(cfg, args, device, fallback, trainer: Trainer, result: dict, wall: float) -> dict:
+def make_summary(cfg, args, device, fallback, trainer: Trainer, result: dict, wall: float, status=None) -> dict:
     steps = int(trainer.step)
+    if status is None:
+        status = "completed" if result["epoch"] == cfg.training.epochs else "stopped_after_epoch"
     summary = {
+        "status": status,
         "config": cfg.name,
         "seed": args.seed,
         "device": device.type,
@@ -594,6 +657,7 @@ def make_summary(cfg, args, device, fallback, trainer: Trainer, result: dict, wa
         "train_time_s": result["train_time"],
         "train_steps_per_s": result["steps"] / result["train_time"] if result["train_time"] else None,
         "accelerations": trainer.accelerations,
+        "timing": result["timing"],
         "best_epoch": result["best"]["epoch"],
         "best_val_metrics": result["best"]["metrics"],
         "torch_version": torch.__version__,

@@ -342,11 +342,6 @@ def test_make_batch_rejects_too_long(batch_records):
         make_batch(batch_records, 12)
 
 
-@pytest.mark.xfail(
-    reason="bug in src/data.py Batch.select: a boolean mask indexes the tensors but `results` is built "
-    "from the mask's True/False values as list positions (results[0]/results[1] for every row)",
-    strict=True,
-)
 def test_make_batch_select_with_boolean_mask(batch_records):
     b = make_batch(batch_records, MAX_SEQ_LEN)
     mask = torch.tensor([False, True, True, False, True])

@@ -274,11 +274,6 @@ def test_ablation_accepts_lists_of_pairs(model, tokens):
     assert torch.equal(a, b)
 
 
-@pytest.mark.xfail(
-    reason="bug in src/model.py: a HeadAblation naming a layer the model does not have is silently "
-    "ignored (the forward pass equals the unablated one) instead of raising",
-    strict=True,
-)
 def test_ablating_a_head_of_a_missing_layer_is_an_error(model, tokens):
     with pytest.raises((ValueError, IndexError)):
         model(tokens, ablation=HeadAblation({(SMALL.num_layers, 0)}))
