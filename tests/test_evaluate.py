@@ -1,0 +1,113 @@
+"""The metrics of SPEC section 5 against models whose answers we know."""
+
+import math
+
+import pytest
+import torch
+
+from src import stats
+from src.data import make_batch, make_record
+from src.evaluate import greedy_decode, per_example_scores, summarize
+from src.tokenizer import VOCAB_SIZE, sequence_ids
+
+EXPRS = ["1+2", "(3*4)-5", "99*99*99*99", "7-(8+9)", "((2+3)*4)"]
+
+
+class Oracle(torch.nn.Module):
+    """Predicts the true next token of each known sequence, optionally wrong on chosen examples.
+
+    It looks at its input's prefix (up to the prompt) to find which example it is, so it behaves
+    like a real causal model under batched greedy decoding.
+    """
+
+    def __init__(self, records, wrong_digit=(), wrong_eos=()):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.seqs = {r.expr: sequence_ids(r.expr, r.result) for r in records}
+        self.wrong_digit, self.wrong_eos = set(wrong_digit), set(wrong_eos)
+
+    def forward(self, tokens, ablation=None):
+        from src.model import ModelOutput
+        from src.tokenizer import EOS_ID, encode
+
+        B, T = tokens.shape
+        logits = torch.zeros(B, T, VOCAB_SIZE)
+        for i in range(B):
+            expr = next(e for e, s in self.seqs.items() if tokens[i, : len(e) + 1].tolist() == s[: len(e) + 1])
+            seq = self.seqs[expr]
+            for j in range(min(T, len(seq) - 1)):
+                target = seq[j + 1]
+                answer_start = len(expr) + 3
+                if expr in self.wrong_digit and j == answer_start:
+                    target = encode("0")[0] if target != encode("0")[0] else encode("1")[0]
+                if expr in self.wrong_eos and target == EOS_ID:
+                    target = encode("5")[0]
+                logits[i, j, target] = 20.0
+        return ModelOutput(logits)
+
+
+@pytest.fixture
+def batch():
+    return make_batch([make_record(e) for e in EXPRS], 32)
+
+
+def test_oracle_scores_perfectly(batch):
+    model = Oracle([make_record(e) for e in EXPRS])
+    result = summarize(per_example_scores(model, batch))
+    assert result["exact_match"] == 1.0
+    assert result["end_of_answer_acc"] == 1.0
+    assert result["answer_token_acc"] == 1.0
+    assert result["answer_loss"] < 1e-3
+    assert result["n_examples"] == len(EXPRS)
+    assert math.isclose(result["perplexity"], math.exp(result["loss"]))
+
+
+def test_greedy_decode_writes_answers_after_each_prompt(batch):
+    model = Oracle([make_record(e) for e in EXPRS])
+    out = greedy_decode(model, batch)
+    for i, e in enumerate(EXPRS):
+        seq = sequence_ids(e, make_record(e).result)
+        assert out[i, : len(seq)].tolist() == seq
+
+
+def test_a_wrong_digit_costs_exact_match_but_not_the_end_of_answer(batch):
+    records = [make_record(e) for e in EXPRS]
+    model = Oracle(records, wrong_digit={"1+2"})
+    scores = per_example_scores(model, batch)
+    assert scores["exact_match"].tolist() == [0, 1, 1, 1, 1]
+    # teacher-forced: <EOS> is still predicted right after the true answer
+    assert scores["eos_correct"].tolist() == [1, 1, 1, 1, 1]
+    assert scores["answer_correct"][0] == scores["n_answer"][0] - 1
+
+
+def test_end_of_answer_acc_is_only_the_eos_position(batch):
+    records = [make_record(e) for e in EXPRS]
+    model = Oracle(records, wrong_eos={"(3*4)-5", "7-(8+9)"})
+    result = summarize(per_example_scores(model, batch))
+    assert result["end_of_answer_acc"] == pytest.approx(3 / 5)
+    assert result["exact_match"] == pytest.approx(3 / 5)
+    lo, hi = result["end_of_answer_acc_ci95"]
+    assert lo < 0.6 < hi
+
+
+def test_wilson_interval_known_values():
+    lo, hi = stats.wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert stats.wilson_interval(0, 10)[0] == 0.0
+
+
+def test_paired_bootstrap_sees_a_real_difference_and_not_a_null_one():
+    gen = torch.Generator().manual_seed(0)
+    base = torch.rand(500, generator=gen)
+    ones = torch.ones(500)
+    shifted = stats.paired_bootstrap(base, ones, base + 0.05, ones)
+    assert shifted["ci95"][0] > 0 and shifted["p_value"] < 0.01
+    same = stats.paired_bootstrap(base, ones, base.clone(), ones)
+    assert same["estimate"] == 0 and same["p_value"] == 1.0
+
+
+def test_mcnemar_exact():
+    a = torch.tensor([1] * 20 + [0] * 80)
+    b = torch.tensor([0] * 20 + [0] * 80)
+    assert stats.mcnemar_exact(a, b)["p_value"] < 1e-4
+    assert stats.mcnemar_exact(a, a)["p_value"] == 1.0
