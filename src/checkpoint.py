@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
+import re
 from pathlib import Path
 
 import torch
 
 from src.config import ModelConfig
-from src.errors import UserError
+from src.errors import UserError, write_failed
 from src.model import CompactTransformer
 
 
@@ -32,8 +32,10 @@ def atomic_save(obj, path) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise write_failed(path, err) from None
         raise
 
 
@@ -45,12 +47,16 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's message is long and suggests weights_only=False; keep only what the file holds
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f"an object of class {found.group(1)}" if found else "objects"
         raise UserError(
-            f"{path}: refused: the file holds objects that only unpickling code could rebuild "
-            f"({str(err).splitlines()[0][:160]}); load only checkpoints written by src.train"
+            f"{path}: refused by torch.load(weights_only=True): the file holds {what}, which only "
+            "unpickling code could rebuild; load only checkpoints written by src.train"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {str(err).splitlines()[0][:160]})") from None
+    except Exception as err:  # a damaged file fails in many ways: EOFError, KeyError, RuntimeError, ...
+        detail = " ".join([type(err).__name__] + str(err).splitlines()[:1])[:160]
+        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {detail})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise UserError(f"{path}: not a checkpoint of this project (no 'model' and 'model_config' entries)")
     return ckpt

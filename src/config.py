@@ -7,6 +7,7 @@ back silently to a default. Errors name the file and the key (`training.batch_si
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,12 @@ def _build(cls, raw, where: str, source: str):
             raise UserError(
                 f"{source}: key '{key}' must be {hint.__name__}, got {value!r} ({type(value).__name__})"
             )
-        values[name] = float(value) if hint is float else value
+        if hint is float:
+            number = float(value) if abs(value) < 2**1023 else math.inf  # float() of a huge int overflows
+            if not math.isfinite(number):
+                raise UserError(f"{source}: key '{key}' must be a finite number, got {value!r}")
+            value = number
+        values[name] = value
     return cls(**values)
 
 
@@ -158,6 +164,8 @@ def load_config(path) -> Config:
         raise UserError(f"{path}: config file not found; the shipped ones are configs/pilot.yaml and configs/scale_10m.yaml")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a YAML config (not UTF-8 text: byte {err.start} cannot be decoded)") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

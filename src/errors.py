@@ -4,6 +4,7 @@ Entry points wrap `main` in `run_main`: a `UserError` becomes one or two plain l
 and exit status 2; a traceback is printed only with `--debug`.
 """
 
+import errno
 import sys
 
 
@@ -11,6 +12,14 @@ class UserError(Exception):
     """A bad input: says what is wrong, where (file:line, config key, flag) and what to do."""
 
     exit_code = 2
+
+
+def write_failed(path, err: OSError) -> UserError:
+    """The UserError for a file that could not be written (full disk, lost mount, permissions)."""
+    why = err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        why += "; the disk is full: free some space, then run again (a training run continues with --resume)"
+    return UserError(f"{path}: could not be written ({why}); the previous version of the file, if any, is intact")
 
 
 def run_main(main, argv=None) -> int:

@@ -591,7 +591,7 @@ def train_loop(cfg: Config, args, run: RunDir, trainer: Trainer, val_batch, star
             trainer.run_epoch(bar)
         except TrainingStopped as stop:  # main writes the summary of what was done
             stop.result = {"epoch": epoch - 1, "best": best, "train_time": train_time + time.perf_counter() - tic,
-                           "steps": int(trainer.step) - first_step}
+                           "steps": int(trainer.step) - first_step, "timing": timing}
             raise
         finally:
             bar.close()
