@@ -55,7 +55,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
             "unpickling code could rebuild; load only checkpoints written by src.train"
         ) from None
     except Exception as err:  # a damaged file fails in many ways: EOFError, KeyError, RuntimeError, ...
-        detail = " ".join([type(err).__name__] + str(err).splitlines()[:1])[:160]
+        detail = " ".join([type(err).__name__] + str(err).split(". ")[0].splitlines()[:1])[:160]
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {detail})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise UserError(f"{path}: not a checkpoint of this project (no 'model' and 'model_config' entries)")
@@ -78,8 +78,9 @@ def model_from_checkpoint(ckpt: dict, path="checkpoint", expect: ModelConfig | N
     model = CompactTransformer(cfg)
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as err:
-        raise UserError(f"{path}: weights do not fit the model ({str(err).splitlines()[0][:200]})") from None
+    except RuntimeError as err:  # torch's first line only names the class; the next ones say what differs
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise UserError(f"{path}: weights do not fit the model ({(lines[1:] or lines)[0][:200]})") from None
     return model
 
 

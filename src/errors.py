@@ -16,10 +16,10 @@ class UserError(Exception):
 
 def write_failed(path, err: OSError) -> UserError:
     """The UserError for a file that could not be written (full disk, lost mount, permissions)."""
-    why = err.strerror or str(err)
+    message = f"{path}: could not be written ({err.strerror or err}); the previous version, if any, is intact"
     if err.errno == errno.ENOSPC:
-        why += "; the disk is full: free some space, then run again (a training run continues with --resume)"
-    return UserError(f"{path}: could not be written ({why}); the previous version of the file, if any, is intact")
+        message += ". The disk is full: free some space and run again (a training run continues with --resume)"
+    return UserError(message)
 
 
 def run_main(main, argv=None) -> int:
