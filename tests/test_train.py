@@ -1,0 +1,461 @@
+"""src.train as a user runs it: the device policy of SPEC section 2, the run directory of
+section 7, resume, the out-of-memory policy, the fast step against the textbook loop, and the
+10M launcher. CPU-only: a tiny model (d_model 32, 2 layers) on the real pilot data files."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import src.data
+import src.train
+from src.config import load_config
+from src.data import load_jsonl, make_batch
+from src.errors import UserError, run_main
+from src.model import CompactTransformer
+from src.train import DeviceData, Trainer, main, reference_training
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PILOT = REPO_ROOT / "configs" / "pilot.yaml"
+HAS_CUDA = torch.cuda.is_available()
+needs_no_cuda = pytest.mark.skipif(HAS_CUDA, reason="checks behaviour on a machine without CUDA")
+
+EPOCHS = 3
+STEPS_PER_EPOCH = 32  # 2000 training examples, batch 64
+VAL_METRICS = ("loss", "perplexity", "exact_match", "answer_token_acc", "answer_loss", "end_of_answer_acc")
+CHECKPOINT_KEYS = ("model", "optimizer", "scaler", "rng", "epoch", "step", "model_config")
+ALL_FLAGS = ("--config", "--output-dir", "--seed", "--device", "--fp16", "--gpu-only", "--resume",
+             "--stop-after-epoch", "--no-progress", "--debug")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: fast for a model this small, and the same arithmetic on every machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_tiny_config(directory: Path, name="tiny.yaml", **training) -> Path:
+    """The pilot config shrunk to 18k parameters, data paths absolute, dropout kept at 0.1."""
+    raw = yaml.safe_load(PILOT.read_text(encoding="utf-8"))
+    raw["model"].update(d_model=32, num_layers=2, num_heads=4, d_ff=64)
+    raw["training"].update(batch_size=64, epochs=EPOCHS, eval_interval=1, save_interval=2,
+                           warmup_steps=10, learning_rate=3e-3)
+    raw["training"].update(training)
+    raw["data"] = {k: str(REPO_ROOT / v) for k, v in raw["data"].items()}
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def train(config: Path, out: Path, *extra: str) -> int:
+    return main(["--config", str(config), "--output-dir", str(out), "--seed", "42", "--device", "cpu",
+                 "--no-progress", *extra])
+
+
+def train_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m src.train ARGS` in a clean working directory, the repository on the path."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def file_bytes(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+
+
+def model_tensors(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    return write_tiny_config(tmp_path_factory.mktemp("config"))
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_config, tmp_path_factory):
+    """One uninterrupted 3-epoch CPU run, started from an empty working directory; returns
+    (working directory, run directory, what the temp dir holds afterwards, data files read)."""
+    work = tmp_path_factory.mktemp("work")
+    scratch = tmp_path_factory.mktemp("scratch")  # stands in for the system temp dir
+    read = []
+
+    def recording_load_jsonl(path, max_seq_len):
+        read.append(Path(path))
+        return load_jsonl(path, max_seq_len)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("data generated at train time")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        mp.setattr(tempfile, "tempdir", str(scratch))
+        mp.setattr(src.train, "load_jsonl", recording_load_jsonl)
+        for name in ("generate_splits", "random_expression", "write_splits"):
+            mp.setattr(src.data, name, no_generation)
+        assert train(tiny_config, work / "run") == 0
+    return work, work / "run", listing(scratch), read
+
+
+# ---------------------------------------------------------------------------- device policy
+
+
+@needs_no_cuda
+def test_gpu_only_without_cuda_aborts_before_writing(tmp_path):
+    out = tmp_path / "run"
+    result = train_cli(tmp_path, "--config", str(PILOT), "--output-dir", str(out), "--seed", "42",
+                       "--device", "cuda", "--fp16", "--gpu-only")
+    assert result.returncode != 0
+    assert "CUDA requested but not available. Aborting." in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+    assert listing(tmp_path) == []
+
+
+def test_gpu_only_with_device_cpu_aborts_before_writing(tmp_path):
+    out = tmp_path / "run"
+    result = train_cli(tmp_path, "--config", str(PILOT), "--output-dir", str(out), "--device", "cpu", "--gpu-only")
+    assert result.returncode != 0
+    assert "GPU-only mode requires --device cuda" in result.stderr
+    assert not out.exists()
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("device, message", [
+    ("cuda", "CUDA requested but not available. Aborting."),
+    ("cpu", "GPU-only mode requires --device cuda"),
+], ids=["cuda", "cpu"])
+def test_gpu_only_check_comes_before_anything_else(tmp_path, monkeypatch, device, message):
+    """In-process: a RuntimeError, and not one config read, data file loaded or model built."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("called before the --gpu-only check")
+
+    for name in ("load_config", "check_data_paths", "load_jsonl", "make_batch", "CompactTransformer", "RunDir"):
+        monkeypatch.setattr(src.train, name, forbidden)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match=message):
+        main(["--config", str(PILOT), "--output-dir", str(out), "--device", device, "--gpu-only"])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_no_cuda)])
+def test_fp16_without_cuda_is_an_error(tmp_path, device):
+    out = tmp_path / "run"
+    result = train_cli(tmp_path, "--config", str(PILOT), "--output-dir", str(out), "--device", device, "--fp16")
+    assert result.returncode != 0
+    assert "--fp16 needs a CUDA device" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_cuda_fallback_is_loud_and_recorded(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = write_tiny_config(tmp_path, epochs=1)
+    with pytest.warns(RuntimeWarning, match="CUDA requested but not available"):
+        rc = main(["--config", str(config), "--output-dir", str(tmp_path / "run"), "--device", "cuda",
+                   "--no-progress"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "WARNING: CUDA requested but not available" in captured.err
+    assert "[FALLBACK:" in captured.out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["device_fallback"] is True
+    assert summary["requested_device"] == "cuda" and summary["device"] == "cpu"
+    assert "CUDA requested but not available" in summary["fallback_reason"]
+
+
+# ---------------------------------------------------------------------------- a short CPU run
+
+
+def test_short_run_lowers_training_loss(full_run):
+    run = full_run[1]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]  # eval_interval 1: one object per evaluation
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["val"]["loss"] < rows[0]["val"]["loss"]
+    for r in rows:
+        for key in VAL_METRICS:
+            assert isinstance(r["val"][key], float), key
+
+
+def test_run_directory_holds_every_file(full_run, tiny_config):
+    work, run, scratch_files, _ = full_run
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint_best.pt", "checkpoint_epoch_2.pt",  # save_interval 2 of 3 epochs
+        "checkpoint_latest.pt", "config.yaml", "metrics.jsonl", "summary.json",
+    ]
+    assert load_config(run / "config.yaml") == load_config(tiny_config)
+    # nothing outside the output directory: not in the working directory, not in the temp dir
+    assert [p.name for p in work.iterdir()] == ["run"]
+    assert [p.name for p in tiny_config.parent.iterdir()] == [tiny_config.name]
+    assert scratch_files == []
+
+
+def test_trains_on_the_configured_pilot_files_only(full_run, tiny_config):
+    """SPEC section 2: the very files of the config, read as they are; nothing generated."""
+    cfg = load_config(tiny_config)
+    assert full_run[3] == [cfg.data.path("train"), cfg.data.path("val")]
+    assert [p.name for p in full_run[3]] == ["pilot_train.jsonl", "pilot_val.jsonl"]
+
+
+def test_summary_has_the_fields_of_spec_section_7(full_run):
+    run = full_run[1]
+    summary = json.loads((run / "summary.json").read_text())
+    for key in ("device", "gpu_name", "gpu_memory_gb", "precision", "peak_gpu_memory_mb", "steps",
+                "wall_time_s", "best_epoch", "best_val_metrics", "device_fallback"):
+        assert key in summary, key
+    assert summary["device"] == "cpu" and summary["device_fallback"] is False
+    assert summary["precision"] == "fp32" and summary["fp16"] is False
+    assert summary["steps"] == EPOCHS * STEPS_PER_EPOCH
+    assert summary["wall_time_s"] > 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = min(rows, key=lambda r: r["val"]["loss"])
+    assert summary["best_epoch"] == best["epoch"]
+    assert summary["best_val_metrics"] == best["val"]
+
+
+def test_checkpoints_load_with_weights_only(full_run):
+    run = full_run[1]
+    epochs = {}
+    for path in sorted(run.glob("*.pt")):
+        ckpt = torch.load(path, weights_only=True)
+        for key in CHECKPOINT_KEYS:
+            assert key in ckpt, (path.name, key)
+        model = CompactTransformer(load_config(run / "config.yaml").model)
+        model.load_state_dict(ckpt["model"])
+        assert ckpt["step"] == ckpt["epoch"] * STEPS_PER_EPOCH
+        epochs[path.name] = ckpt["epoch"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert epochs == {"checkpoint_epoch_2.pt": 2, "checkpoint_latest.pt": EPOCHS,
+                      "checkpoint_best.pt": summary["best_epoch"]}
+
+
+# ---------------------------------------------------------------------------- determinism and resume
+
+
+def test_same_seed_gives_identical_metrics(full_run, tiny_config, tmp_path):
+    run = full_run[1]
+    assert train(tiny_config, tmp_path / "again") == 0
+    assert (tmp_path / "again" / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
+    assert_same_tensors(model_tensors(tmp_path / "again" / "checkpoint_latest.pt"),
+                        model_tensors(run / "checkpoint_latest.pt"))
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(full_run, tiny_config, tmp_path):
+    """Dropout is 0.1 in this config, so this also checks that the RNG states are restored."""
+    run = full_run[1]
+    out = tmp_path / "run"
+    assert train(tiny_config, out, "--stop-after-epoch", "1") == 0
+    stopped = torch.load(out / "checkpoint_latest.pt", weights_only=True)
+    assert stopped["epoch"] == 1 and stopped["step"] == STEPS_PER_EPOCH
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert train(tiny_config, out, "--resume") == 0
+
+    assert (out / "metrics.jsonl").read_bytes() == (run / "metrics.jsonl").read_bytes()
+    resumed = torch.load(out / "checkpoint_latest.pt", weights_only=True)
+    uninterrupted = torch.load(run / "checkpoint_latest.pt", weights_only=True)
+    assert resumed["epoch"] == uninterrupted["epoch"] == EPOCHS
+    assert_same_tensors(resumed["model"], uninterrupted["model"])
+    for a, b in zip(resumed["optimizer"]["state"].values(), uninterrupted["optimizer"]["state"].values()):
+        assert_same_tensors(a, b)
+    assert_same_tensors(model_tensors(out / "checkpoint_best.pt"), model_tensors(run / "checkpoint_best.pt"))
+    assert json.loads((out / "summary.json").read_text())["steps"] == EPOCHS * STEPS_PER_EPOCH
+
+
+def test_resume_with_nothing_to_resume_is_a_clean_error(tiny_config, tmp_path, capsys):
+    out = tmp_path / "empty"
+    rc = run_main(main, ["--config", str(tiny_config), "--output-dir", str(out), "--device", "cpu", "--resume"])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "--resume: nothing to resume" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_existing_run_is_not_overwritten(full_run, tiny_config, capsys):
+    run = full_run[1]
+    before = file_bytes(run)
+    rc = run_main(main, ["--config", str(tiny_config), "--output-dir", str(run), "--device", "cpu",
+                         "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "already holds a run" in err and "--resume" in err
+    assert file_bytes(run) == before
+
+
+# ---------------------------------------------------------------------------- out of memory
+
+
+def test_out_of_memory_ends_the_run_without_retry(tiny_config, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def run_epoch(self, bar=None):
+        calls.append((self.cfg.training.batch_size, self.data.batch_size, self.cfg.model))
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+    config_text = tiny_config.read_text()
+    argv = ["--config", str(tiny_config), "--output-dir", str(tmp_path / "run"), "--device", "cpu", "--no-progress"]
+    with pytest.raises(UserError) as err:
+        main(argv)
+    message = str(err.value)
+    for key in ("training.batch_size", "model.d_model", "model.num_layers", "model.d_ff"):
+        assert key in message, key
+    assert "Nothing was retried" in message
+    assert len(calls) == 1  # no second attempt
+    cfg = load_config(tiny_config)
+    assert calls[0] == (cfg.training.batch_size, cfg.training.batch_size, cfg.model)
+    assert tiny_config.read_text() == config_text
+    assert not list((tmp_path / "run").glob("*.pt"))
+
+    # as the command line reports it: a message, a non-zero exit, no traceback
+    capsys.readouterr()
+    rc = run_main(main, ["--config", str(tiny_config), "--output-dir", str(tmp_path / "run2"), "--device", "cpu",
+                         "--no-progress"])
+    stderr = capsys.readouterr().err
+    assert rc != 0 and "training.batch_size" in stderr and "Traceback" not in stderr
+    assert len(calls) == 2  # one call for each of the two runs
+
+
+# ---------------------------------------------------------------------------- fast path vs textbook loop
+
+
+@pytest.mark.parametrize("loss_on", ["all", "answer"])
+def test_fast_step_equals_reference_training(tmp_path, loss_on):
+    """Trainer's device-side step against the textbook loop, same seed, dropout 0.
+
+    The pilot's learning rate (3e-4): at 3e-3 the rounding differences between the fused and the
+    unfused AdamW kernels (1e-7 per step) grow chaotically to ~1e-5 within two epochs."""
+    cfg = load_config(write_tiny_config(tmp_path, loss_on=loss_on, learning_rate=3e-4))
+    cfg = type(cfg)(**{**cfg.__dict__, "model": type(cfg.model)(**{**cfg.model.__dict__, "dropout": 0.0})})
+    batch = make_batch(load_jsonl(cfg.data.path("train"), cfg.model.max_seq_len), cfg.model.max_seq_len)
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    fast_model = CompactTransformer(cfg.model)
+    torch.manual_seed(0)
+    plain_model = CompactTransformer(cfg.model)
+    assert_same_tensors(fast_model.state_dict(), plain_model.state_dict())
+
+    trainer = Trainer(cfg, fast_model, DeviceData(batch, cfg, cpu), cpu, fp16=False, seed=7, log=lambda *a: None)
+    trainer.accelerate()  # eager on the CPU
+    for _ in range(2):
+        trainer.run_epoch()
+    steps = 2 * trainer.data.steps_per_epoch
+    assert int(trainer.step) == steps
+    losses = reference_training(cfg, plain_model, batch, cpu, fp16=False, seed=7, steps=steps)
+    assert len(losses) == steps and losses[-1] < losses[0]
+
+    for (name, a), b in zip(fast_model.named_parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+    # the last epoch's mean loss is the mean of the reference losses over the same steps
+    last = losses[trainer.data.steps_per_epoch:]
+    assert trainer.mean_loss() == pytest.approx(sum(last) / len(last), rel=1e-4)
+
+
+def test_non_finite_step_is_skipped_and_backs_off_the_loss_scale(tmp_path):
+    """The dynamic loss scaling of --fp16, exercised on the CPU: a step whose loss (hence every
+    gradient) is non-finite changes no weight and no optimizer state, is counted as skipped, and
+    halves the scale, as torch.amp.GradScaler would; the next finite step trains again."""
+    cfg = load_config(write_tiny_config(tmp_path))
+    batch = make_batch(load_jsonl(cfg.data.path("train"), cfg.model.max_seq_len), cfg.model.max_seq_len)
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = CompactTransformer(cfg.model)
+    trainer = Trainer(cfg, model, DeviceData(batch, cfg, cpu), cpu, fp16=True, seed=1, log=lambda *a: None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scale = float(trainer.scale)
+    trainer.loss_fn = lambda inputs, labels: model(inputs, labels).loss * float("nan")
+    trainer.start_epoch()
+    trainer.run_step()
+    assert int(trainer.skipped_steps) == 1 and int(trainer.good_steps) == 0
+    assert float(trainer.scale) == scale / 2
+    assert_same_tensors(model.state_dict(), before)
+    assert all(int(s["step"]) == 0 for s in trainer.opt.state.values())
+
+    trainer.loss_fn = trainer._plain_loss
+    trainer.run_step()
+    assert int(trainer.skipped_steps) == 1 and int(trainer.good_steps) == 1
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.gpu
+def test_fp16_run_on_cuda(tmp_path, monkeypatch):
+    """The 10M run's flags on a tiny model: fp16 in training and evaluation, recorded, no
+    deprecated amp API."""
+    import src.evaluate
+
+    config = write_tiny_config(tmp_path, epochs=2)
+    out = tmp_path / "run"
+    eval_autocasts = []
+    real_autocast = src.evaluate.autocast
+
+    def recording_autocast(device, fp16):
+        eval_autocasts.append((torch.device(device).type, fp16))
+        return real_autocast(device, fp16)
+
+    monkeypatch.setattr(src.evaluate, "autocast", recording_autocast)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = main(["--config", str(config), "--output-dir", str(out), "--seed", "42", "--device", "cuda",
+                   "--fp16", "--gpu-only", "--no-progress"])
+    assert rc == 0
+    amp_warnings = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))
+                    and any(k in str(w.message) for k in ("amp", "autocast", "GradScaler"))]
+    assert amp_warnings == []
+    assert eval_autocasts and set(eval_autocasts) == {("cuda", True)}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["device"] == "cuda" and summary["device_fallback"] is False
+    assert summary["fp16"] is True and summary["precision"].startswith("fp16")
+    assert summary["gpu_name"] and summary["gpu_memory_gb"] > 0 and summary["peak_gpu_memory_mb"] > 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert all(r["peak_gpu_memory_mb"] > 0 for r in rows)
+    ckpt = torch.load(out / "checkpoint_latest.pt", weights_only=True)
+    assert 0 < float(ckpt["scaler"]["scale"]) <= 2.0**16
+
+
+# ---------------------------------------------------------------------------- launcher and --help
+
+
+@needs_no_cuda
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_launcher_stops_before_training_without_cuda(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHON=sys.executable)
+    result = subprocess.run(["bash", str(REPO_ROOT / "train_10m_scale.sh"), "--output-dir", str(out)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "[ERROR]" in text and "CUDA" in text
+    assert "FP16 Mixed Precision" not in text  # src.train never started
+    assert not out.exists()
+
+
+def test_help_mentions_every_flag(tmp_path):
+    result = train_cli(tmp_path, "--help")
+    assert result.returncode == 0
+    for flag in ALL_FLAGS:
+        assert flag in result.stdout, flag

@@ -1,0 +1,44 @@
+@echo off
+rem The 10M training run (SPEC section 7): checks first, then the one training command.
+rem
+rem     train_10m_scale.bat                    arguments are passed on to src.train, e.g. --resume
+rem     set PYTHON=C:\path\to\python.exe ^& train_10m_scale.bat
+rem
+rem Stops with an [ERROR] line and a non-zero exit, before any training, when the config is off
+rem its parameter target, nvidia-smi fails, or PyTorch sees no CUDA device. Otherwise exits with
+rem the training command's own exit status.
+setlocal
+cd /d "%~dp0"
+if not defined PYTHON set "PYTHON=python"
+
+echo == 1/3 config and CUDA check: %PYTHON% verify_10m_config.py --require-cuda
+"%PYTHON%" verify_10m_config.py --require-cuda
+if errorlevel 1 (
+    echo [ERROR] verify_10m_config.py failed ^(parameter count off target, invalid config, or no CUDA^). Not training.
+    exit /b 1
+)
+
+echo == 2/3 nvidia-smi
+where nvidia-smi >nul 2>nul
+if errorlevel 1 (
+    echo nvidia-smi not found; relying on the PyTorch check below
+) else (
+    nvidia-smi
+    if errorlevel 1 (
+        echo [ERROR] nvidia-smi is installed but failed: the NVIDIA driver is not working. Not training.
+        exit /b 1
+    )
+)
+
+echo == 3/3 PyTorch CUDA check
+"%PYTHON%" -c "import sys, torch; ok = torch.cuda.is_available(); print('torch', torch.__version__, '| CUDA', torch.version.cuda, '| available:', ok); sys.exit(0 if ok else 1)"
+if errorlevel 1 (
+    echo [ERROR] PyTorch cannot use CUDA ^(torch.cuda.is_available^(^) is False, or torch is missing^). Install a CUDA build of PyTorch. Not training.
+    exit /b 1
+)
+
+echo == training
+"%PYTHON%" -m src.train --config configs/scale_10m.yaml --output-dir runs/scale_10m --seed 42 --device cuda --fp16 --gpu-only %*
+set "STATUS=%ERRORLEVEL%"
+if not "%STATUS%"=="0" echo [ERROR] training exited with status %STATUS%
+exit /b %STATUS%

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The 10M training run (SPEC section 7): checks first, then the one training command.
+#
+#     bash train_10m_scale.sh                 # arguments are passed on to src.train, e.g. --resume
+#     PYTHON=/path/to/python bash train_10m_scale.sh
+#
+# Stops with an [ERROR] line and a non-zero exit, before any training, when the config is off
+# its parameter target, nvidia-smi fails, or PyTorch sees no CUDA device. Otherwise exits with
+# the training command's own exit status.
+set -u
+cd "$(dirname "$0")" || exit 1
+PYTHON="${PYTHON:-python}"
+
+echo "== 1/3 config and CUDA check: $PYTHON verify_10m_config.py --require-cuda"
+if ! "$PYTHON" verify_10m_config.py --require-cuda; then
+    echo "[ERROR] verify_10m_config.py failed (parameter count off target, invalid config, or no CUDA). Not training." >&2
+    exit 1
+fi
+
+echo "== 2/3 nvidia-smi"
+if command -v nvidia-smi >/dev/null 2>&1; then
+    if ! nvidia-smi; then
+        echo "[ERROR] nvidia-smi is installed but failed: the NVIDIA driver is not working. Not training." >&2
+        exit 1
+    fi
+else
+    echo "nvidia-smi not found; relying on the PyTorch check below"
+fi
+
+echo "== 3/3 PyTorch CUDA check"
+if ! "$PYTHON" -c "import sys, torch; ok = torch.cuda.is_available(); print('torch', torch.__version__, '| CUDA', torch.version.cuda, '| available:', ok); sys.exit(0 if ok else 1)"; then
+    echo "[ERROR] PyTorch cannot use CUDA (torch.cuda.is_available() is False, or torch is missing). Install a CUDA build of PyTorch. Not training." >&2
+    exit 1
+fi
+
+echo "== training"
+"$PYTHON" -m src.train --config configs/scale_10m.yaml --output-dir runs/scale_10m --seed 42 --device cuda --fp16 --gpu-only "$@"
+status=$?
+if [ "$status" -ne 0 ]; then
+    echo "[ERROR] training exited with status $status" >&2
+fi
+exit "$status"
