@@ -7,6 +7,7 @@ resampling is always over examples, never over tokens of the same example.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -30,11 +31,21 @@ def _resample_index(n: int, resamples: int, seed: int) -> torch.Tensor:
     return torch.randint(0, n, (resamples, n), generator=gen)
 
 
+@functools.lru_cache(maxsize=4)
+def _resample_counts(n: int, resamples: int, seed: int) -> torch.Tensor:
+    """[resamples, n] float64: how often each example is drawn in each resample of
+    `_resample_index`. `counts @ x` equals `x[idx].sum(1)` (the same resamples, up to summation order) but is one matrix
+    product, and the matrix is cached: a head scan makes hundreds of bootstraps of the same size."""
+    idx = _resample_index(n, resamples, seed)
+    counts = torch.zeros(resamples, n, dtype=torch.float64)
+    return counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
+
+
 def bootstrap_ratio_interval(num, den, resamples=DEFAULT_RESAMPLES, seed=0) -> tuple[float, float]:
     """Percentile 95% interval of sum(num)/sum(den), resampling examples."""
     num, den = torch.as_tensor(num, dtype=torch.float64).cpu(), torch.as_tensor(den, dtype=torch.float64).cpu()
-    idx = _resample_index(len(num), resamples, seed)
-    stats = num[idx].sum(1) / den[idx].sum(1)
+    counts = _resample_counts(len(num), resamples, seed)
+    stats = (counts @ num) / (counts @ den)
     lo, hi = torch.quantile(stats, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return (lo, hi)
 
@@ -45,8 +56,8 @@ def paired_bootstrap(num_a, den_a, num_b, den_b, resamples=DEFAULT_RESAMPLES, se
     t = lambda x: torch.as_tensor(x, dtype=torch.float64).cpu()  # noqa: E731
     num_a, den_a, num_b, den_b = t(num_a), t(den_a), t(num_b), t(den_b)
     estimate = (num_b.sum() / den_b.sum() - num_a.sum() / den_a.sum()).item()
-    idx = _resample_index(len(num_a), resamples, seed)
-    diffs = num_b[idx].sum(1) / den_b[idx].sum(1) - num_a[idx].sum(1) / den_a[idx].sum(1)
+    counts = _resample_counts(len(num_a), resamples, seed)
+    diffs = (counts @ num_b) / (counts @ den_b) - (counts @ num_a) / (counts @ den_a)
     lo, hi = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     tail = min((diffs <= 0).double().mean().item(), (diffs >= 0).double().mean().item())
     p = min(1.0, 2 * max(tail, 1.0 / resamples))
@@ -63,10 +74,10 @@ def difference_of_differences(a1, b1, a2, b2, resamples=DEFAULT_RESAMPLES, seed=
     t = lambda x: torch.as_tensor(x, dtype=torch.float64).cpu()  # noqa: E731
 
     def diffs(a, b, seed_):
-        idx = _resample_index(len(a[0]), resamples, seed_)
+        counts = _resample_counts(len(a[0]), resamples, seed_)
         na, da, nb, db = t(a[0]), t(a[1]), t(b[0]), t(b[1])
         point = (nb.sum() / db.sum() - na.sum() / da.sum()).item()
-        return point, nb[idx].sum(1) / db[idx].sum(1) - na[idx].sum(1) / da[idx].sum(1)
+        return point, (counts @ nb) / (counts @ db) - (counts @ na) / (counts @ da)
 
     p1, d1 = diffs(a1, b1, seed)
     p2, d2 = diffs(a2, b2, seed + 1)
