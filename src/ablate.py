@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from src import stats
-from src.checkpoint import load_model
+from src.checkpoint import atomic_write_json, load_model
 from src.config import config_from_dict
 from src.data import Batch
 from src.errors import UserError, run_main
@@ -443,7 +443,7 @@ def main(argv=None) -> int:
             print(targeted["message"])
     result["elapsed_s"] = time.perf_counter() - tic
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out_path, result)
     print(f"wrote {out_path}")
     if not heads:
         png = out_path.with_name(out_path.stem + "_heatmap.png")

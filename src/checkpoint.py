@@ -6,6 +6,7 @@ A checkpoint is a plain dict of tensors and Python scalars, so it loads without 
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -16,6 +17,22 @@ import torch
 from src.config import ModelConfig
 from src.errors import UserError, write_failed
 from src.model import CompactTransformer
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Write a text file through a temporary file and a rename: a failure leaves the old one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(path, err) from None
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def atomic_save(obj, path) -> None:

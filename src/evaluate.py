@@ -29,7 +29,7 @@ from src import stats
 from src.data import Batch, load_jsonl, make_batch
 from src.errors import run_main
 from src.model import CompactTransformer, HeadAblation
-from src.tokenizer import EOS_ID, IGNORE_INDEX, PAD_ID, decode
+from src.tokenizer import EOS_ID, IGNORE_INDEX, PAD_ID
 
 EVAL_SPLITS = ("val", "test_flat", "test_paren", "test_depth3")
 # per-example (numerator, denominator) of each metric; see per_example_scores
@@ -105,9 +105,10 @@ def per_example_scores(model, batch: Batch, ablation: HeadAblation | None = None
         parts["eos_correct"].append(correct[rows, b.eos_pos])
         if decode_answers:
             generated = greedy_decode(model, b, ablation, fp16)
-            em = [decode(generated[i, b.prompt_len[i]:].tolist()) == str(r) and
-                  EOS_ID in generated[i, b.prompt_len[i]:].tolist() for i, r in enumerate(b.results)]
-            parts["exact_match"].append(torch.tensor(em, device=device))
+            # strict: token j+1 generated must be label j at every answer position (digits, then
+            # <EOS> exactly where the answer ends); nothing is skipped or normalised
+            wrong = (generated[:, 1:] != b.labels[:, :-1]) & b.answer_mask[:, :-1]
+            parts["exact_match"].append(~wrong.any(1))
         else:
             parts["exact_match"].append(torch.full((len(b),), float("nan"), device=device))
     model.train(was_training)
@@ -157,7 +158,7 @@ def format_table(results: dict[str, dict]) -> str:
 
 
 def main(argv=None) -> int:
-    from src.checkpoint import load_model
+    from src.checkpoint import atomic_write_json, load_model
     from src.config import config_from_dict
     from src.train import resolve_device
 
@@ -168,14 +169,14 @@ def main(argv=None) -> int:
     parser.add_argument("--fp16", action="store_true", help="float16 autocast on CUDA, as the 10M run trained")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device, gpu_only=False)
+    device, _ = resolve_device(args.device, gpu_only=False, fp16=args.fp16)
     model, ckpt = load_model(args.run, args.checkpoint, device)
     cfg = config_from_dict(ckpt["config"], f"{args.run} checkpoint")
     results = {s: evaluate_batch(model, b.to(device), fp16=args.fp16) for s, b in load_split_batches(cfg).items()}
     print(format_table(results))
     out = {"run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"], "fp16": args.fp16,
            "metrics": results}
-    (args.run / "eval.json").write_text(json.dumps(out, indent=2) + "\n")
+    atomic_write_json(args.run / "eval.json", out)
     print(f"wrote {args.run / 'eval.json'}")
     return 0
 

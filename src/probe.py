@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from src import stats
 from src.ablate import add_run_arguments, load_batches, open_run, relative_layer, run_seed
+from src.checkpoint import atomic_write_json
 from src.data import Batch
 from src.errors import UserError, run_main
 from src.evaluate import EVAL_SPLITS, autocast
@@ -351,7 +352,7 @@ def main(argv=None) -> int:
         print(format_table(result))
     out = args.out or args.run / "probe.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out, result)
     print(f"wrote {out}")
     if FIGURE_SPLIT in args.splits:
         png = out.with_name("probe_layers.png")

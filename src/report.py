@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from src import stats
+from src.checkpoint import atomic_write_json, atomic_write_text
 from src.errors import UserError, run_main
 
 SPLITS = ("val", "test_flat", "test_paren", "test_depth3")
@@ -624,6 +625,44 @@ def plot_probe(aggs: dict, path: Path) -> bool:
     return True
 
 
+def plot_training_curves(runs: list[tuple[str, list[dict]]], path: Path) -> bool:
+    """Loss (train and validation) and validation accuracies against epoch, one colour per run."""
+    runs = [(label, [r for r in rows if "val" in r and "train_loss" in r]) for label, rows in runs]
+    runs = [(label, rows) for label, rows in runs if rows]
+    if not runs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    for i, (label, rows) in enumerate(runs):
+        epochs = [r["epoch"] for r in rows]
+        ax_loss.plot(epochs, [r["train_loss"] for r in rows], "--", color=f"C{i}", label=f"{label} train")
+        ax_loss.plot(epochs, [r["val"]["loss"] for r in rows], "o-", color=f"C{i}", ms=3, label=f"{label} val")
+        ax_acc.plot(epochs, [r["val"]["exact_match"] for r in rows], "o-", color=f"C{i}", ms=3,
+                    label=f"{label} exact_match")
+        ax_acc.plot(epochs, [r["val"]["end_of_answer_acc"] for r in rows], "x:", color=f"C{i}",
+                    label=f"{label} end_of_answer_acc")
+    ax_loss.set(xlabel="epoch", ylabel="mean token cross-entropy", title="loss (all supervised positions)")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy", ylim=(-0.02, 1.02),
+               title="exact_match (the task) vs end_of_answer_acc")
+    for ax in (ax_loss, ax_acc):
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def read_metrics(run: Path) -> list[dict]:
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def plot_heads(aggs: dict, path: Path) -> bool:
     if not any(a["heads"] for a in aggs.values()):
         return False
@@ -676,6 +715,9 @@ def build_report(run_dirs, out: Path) -> dict:
     figures = {}
     if plot_probe(aggs, out.parent / "probe_relative_depth.png"):
         figures["probe_relative_depth"] = str(out.parent / "probe_relative_depth.png")
+    curves = [(f"{r['config']} s{r['seed']}", read_metrics(r["path"])) for run_list in groups.values() for r in run_list]
+    if plot_training_curves(curves, out.parent / "training_curves.png"):
+        figures["training_curves"] = str(out.parent / "training_curves.png")
     if plot_heads(aggs, out.parent / "head_specialization.png"):
         figures["head_specialization"] = str(out.parent / "head_specialization.png")
 
@@ -692,10 +734,10 @@ def build_report(run_dirs, out: Path) -> dict:
     md += section_original(aggs)
     if notes:
         md += ["## Missing pieces", ""] + [f"- {n}" for n in notes] + [""]
-    out.write_text("\n".join(md))
+    atomic_write_text(out, "\n".join(md))
     report = {"runs": [str(p) for p in run_dirs], "configs": aggs, "original_study": ORIGINAL, "notes": notes,
               "figures": figures, "metric_definitions": METRIC_DEFINITIONS}
-    out.with_name("report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out.with_name("report.json"), report)
     return report
 
 
@@ -705,8 +747,16 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories (several seeds of a config are aggregated)")
     parser.add_argument("--out", type=Path, default=Path("results/REPORT.md"),
                         help="markdown report (default: %(default)s); report.json and the figures go beside it")
+    parser.add_argument("--curves-only", action="store_true",
+                        help="only write each RUN's training_curve.png (from its metrics.jsonl) and stop")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
     args = parser.parse_args(argv)
+    if args.curves_only:
+        for run in args.runs:
+            if not plot_training_curves([(run.name, read_metrics(run))], run / "training_curve.png"):
+                raise UserError(f"{run}: no metrics.jsonl to plot; train the run first with python -m src.train")
+            print(f"wrote {run / 'training_curve.png'}")
+        return 0
     report = build_report(args.runs, args.out)
     print(f"wrote {args.out}, {args.out.with_name('report.json')}"
           + "".join(f", {p}" for p in report["figures"].values()))

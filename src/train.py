@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
-from src.checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
+from src.checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint, model_from_checkpoint
 from src.config import Config, check_data_paths, load_config
 from src.data import Batch, load_jsonl, make_batch
 from src.errors import UserError, run_main, write_failed
@@ -414,16 +414,10 @@ class RunDir:
             raise UserError(f"--output-dir {path} is not writable ({err.strerror}); choose another directory") from None
 
     def write_text(self, name: str, text: str) -> None:
-        tmp = self.path / (name + ".tmp")
-        try:
-            tmp.write_text(text)
-            os.replace(tmp, self.path / name)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise write_failed(self.path / name, err) from None
+        atomic_write_text(self.path / name, text)
 
     def write_json(self, name: str, obj) -> None:
-        self.write_text(name, json.dumps(obj, indent=2) + "\n")
+        atomic_write_json(self.path / name, obj)
 
     def metrics(self) -> list[dict]:
         path = self.path / "metrics.jsonl"
@@ -541,8 +535,9 @@ def main(argv=None) -> int:
     print_header(cfg, args, device, fallback, model, train_records, val_batch)
     try:
         result = train_loop(cfg, args, run, trainer, val_batch, start_epoch, best)
-    except torch.cuda.OutOfMemoryError:
-        raise UserError(OOM_ADVICE) from None
+    except torch.cuda.OutOfMemoryError as err:
+        detail = str(err).splitlines()[0][:200] if str(err) else "no detail"
+        raise UserError(f"{OOM_ADVICE} (PyTorch said: {detail})") from None
     except TrainingStopped as stop:
         run.write_json("summary.json", make_summary(cfg, args, device, fallback, trainer, stop.result,
                                                     time.time() - t0, status="stopped_non_finite"))

@@ -257,8 +257,6 @@ def test_data_file_not_utf8(tiny, tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.xfail(raises=TypeError, reason="src/evaluate.py main passes resolve_device's (device, fallback) "
-                   "tuple to Module.to(); every evaluation that reaches the model crashes (reported to the lead)")
 def test_data_file_missing_at_evaluation(tiny, tmp_path, capsys):
     """src.evaluate reads the test files named in the checkpoint's config; one has been deleted."""
     ckpt = load_checkpoint(tiny["finished"] / "checkpoint_best.pt")
