@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from src import stats
-from src.checkpoint import atomic_write_json, atomic_write_text
+from src.checkpoint import atomic_write_text
 from src.errors import UserError, run_main
 
 SPLITS = ("val", "test_flat", "test_paren", "test_depth3")
@@ -105,6 +105,17 @@ def load_run(path: Path) -> dict:
 # ---------------------------------------------------------------------------- aggregation
 
 
+def rounded(obj, digits: int = 5):
+    """Floats to `digits` significant digits: report.json stays small and diffs stay readable."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rounded(v, digits) for v in obj]
+    return obj
+
+
 def finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -153,7 +164,9 @@ def aggregate_heads(runs: list[dict], key: str = "ablation") -> dict | None:
                          "paren_leaning_bonferroni": [r["head"] for r in sig_b if spec(r)["estimate"] > 0],
                          "flat_leaning_bonferroni": [r["head"] for r in sig_b if spec(r)["estimate"] < 0],
                          "top": [condense_head(r) for r in rows[:TOP_K]],
-                         "all": {r["head"]: condense_head(r) for r in rows}})
+                         # every head's specialization; per-split deltas stay in the run's ablation.json
+                         "all": {r["head"]: {k: v for k, v in condense_head(r).items() if k != "delta"}
+                                 for r in rows}})
         for r in rows[:3]:
             labels.setdefault(r["head"], []).append(run["seed"])
     if not per_seed:
@@ -737,7 +750,8 @@ def build_report(run_dirs, out: Path) -> dict:
     atomic_write_text(out, "\n".join(md))
     report = {"runs": [str(p) for p in run_dirs], "configs": aggs, "original_study": ORIGINAL, "notes": notes,
               "figures": figures, "metric_definitions": METRIC_DEFINITIONS}
-    atomic_write_json(out.with_name("report.json"), report)
+    # one line, rounded: the aggregate repeats per-head numbers of every run and would be megabytes indented
+    atomic_write_text(out.with_name("report.json"), json.dumps(rounded(report), separators=(",", ":")) + "\n")
     return report
 
 
