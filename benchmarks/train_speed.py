@@ -8,7 +8,9 @@ For each config, after warm-up, times optimizer steps of:
   device-eager the project's step (data on the device, fused AdamW, loss scaling and bookkeeping
                on the device, no host sync per step), run eagerly
   cuda-graph   the same step captured as one CUDA graph
-  compiled+graph  the step's model part compiled with torch.compile, then captured (the default)
+  compiled+graph  each transformer block compiled with torch.compile (one compilation, reused by
+               every layer), then the whole step captured: the default
+  model-compiled+graph  the whole loss compiled as one graph, then captured
 The project path is timed through Trainer.run_epoch, so shuffling, batching and loss bookkeeping
 are included; evaluation is not. Prints steps/s, ms/step, the ratio to plain, compile/capture
 time and peak memory. Needs CUDA.
@@ -30,10 +32,11 @@ from src.data import load_jsonl, make_batch  # noqa: E402
 from src.model import CompactTransformer  # noqa: E402
 from src.train import DeviceData, Trainer, reference_training  # noqa: E402
 
-VARIANTS = {  # name -> (compile, cuda_graph)
-    "device-eager": (False, False),
-    "cuda-graph": (False, True),
-    "compiled+graph": (True, True),
+VARIANTS = {  # name -> (compile, cuda_graph, compile_scope)
+    "device-eager": (False, False, "blocks"),
+    "cuda-graph": (False, True, "blocks"),
+    "compiled+graph": (True, True, "blocks"),  # the default: each block compiled, one compilation reused
+    "model-compiled+graph": (True, True, "model"),  # the whole loss compiled as one graph
 }
 
 
@@ -54,11 +57,12 @@ def time_plain(cfg, batch, device, fp16, seed, steps, warmup):
             "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20}
 
 
-def time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph):
+def time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope):
     cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, compile=compile_, cuda_graph=graph))
     torch.manual_seed(seed)
     model = CompactTransformer(cfg.model).to(device)
-    trainer = Trainer(cfg, model, DeviceData(batch, cfg, device), device, fp16, seed, log=lambda *_: None)
+    trainer = Trainer(cfg, model, DeviceData(batch, cfg, device), device, fp16, seed, log=lambda *_: None,
+                      compile_scope=scope)
     tic = time.perf_counter()
     trainer.accelerate()
     trainer.run_epoch()  # warm-up epoch (eager path: first calls; compiled path: already captured)
@@ -97,16 +101,16 @@ def main(argv=None):
         cfg = load_config(path)
         batch = make_batch(load_jsonl(cfg.data.path("train"), cfg.model.max_seq_len), cfg.model.max_seq_len)
         rows = {"plain": time_plain(cfg, batch, device, fp16, args.seed, args.plain_steps, warmup=20)}
-        for name, (compile_, graph) in VARIANTS.items():
-            rows[name] = time_project(cfg, batch, device, fp16, args.seed, args.epochs, compile_, graph)
+        for name, (compile_, graph, scope) in VARIANTS.items():
+            rows[name] = time_project(cfg, batch, device, fp16, args.seed, args.epochs, compile_, graph, scope)
         base = rows["plain"]["steps_per_s"]
         for r in rows.values():
             r["ratio_to_plain"] = r["steps_per_s"] / base
         results["configs"][cfg.name] = {"batch_size": cfg.training.batch_size, "variants": rows}
         print(f"\n{cfg.name} (batch {cfg.training.batch_size}, {CompactTransformer(cfg.model).num_parameters():,} parameters)")
-        print(f"  {'path':<16}{'steps/s':>10}{'ms/step':>10}{'x plain':>9}{'setup s':>9}{'peak MB':>9}")
+        print(f"  {'path':<22}{'steps/s':>10}{'ms/step':>10}{'x plain':>9}{'setup s':>9}{'peak MB':>9}")
         for name, r in rows.items():
-            print(f"  {name:<16}{r['steps_per_s']:>10.1f}{r['ms_per_step']:>10.3f}{r['ratio_to_plain']:>9.1f}"
+            print(f"  {name:<22}{r['steps_per_s']:>10.1f}{r['ms_per_step']:>10.3f}{r['ratio_to_plain']:>9.1f}"
                   f"{r.get('setup_s', float('nan')):>9.1f}{r['peak_memory_mb']:>9.0f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
