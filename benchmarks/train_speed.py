@@ -59,6 +59,7 @@ def time_plain(cfg, batch, device, fp16, seed, steps, warmup):
 
 def time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope):
     cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, compile=compile_, cuda_graph=graph))
+    torch._dynamo.reset()  # each variant compiles from scratch, as a fresh training process would
     torch.manual_seed(seed)
     model = CompactTransformer(cfg.model).to(device)
     trainer = Trainer(cfg, model, DeviceData(batch, cfg, device), device, fp16, seed, log=lambda *_: None,

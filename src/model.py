@@ -95,7 +95,9 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         p_drop = self.dropout if self.training else 0.0
-        pattern_name = f"blocks.{self.layer}.attn.hook_pattern"
+        # self.layer is read only when a hook or an ablation asks for it: the plain training
+        # forward is then the same function in every layer, so one compiled block serves all
+        pattern_name = f"blocks.{self.layer}.attn.hook_pattern" if want else None
         if pattern_name in want:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
@@ -107,9 +109,8 @@ class Attention(nn.Module):
         z = z.transpose(1, 2)  # [B, T, H, head_dim]
         if ablation is not None and ablation.in_layer(self.layer):
             z = ablate_heads(z, self.layer, ablation)
-        z_name = f"blocks.{self.layer}.attn.hook_z"
-        if z_name in want:
-            cache[z_name] = z
+        if want and f"blocks.{self.layer}.attn.hook_z" in want:
+            cache[f"blocks.{self.layer}.attn.hook_z"] = z
         return self.resid_dropout(self.out(z.reshape(B, T, C)))
 
 
