@@ -5,7 +5,8 @@
 #   bash scripts/reproduce_study.sh                       # everything
 #   STAGES="train analyse" SEEDS="42" bash scripts/...    # a part of it
 #
-# STAGES (default "tests train analyse bench report"); SEEDS (default "42 123 7"); RESULTS (default
+# STAGES (default "tests train analyse bench report"); SEEDS (default "42 123 7"); CONFIGS (default
+# "scale_10m pilot"); RESULTS (default
 # results). Run directories go to runs/ (ignored by git); each run's small files (summary, metrics,
 # eval/ablation/probe JSON, figures, log, fresh-process wall time) are copied to
 # $RESULTS/<config>/seed<N>/ as soon as they exist, so a stopped script loses nothing it finished.
@@ -14,6 +15,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 SEEDS=${SEEDS:-"42 123 7"}
+CONFIGS=${CONFIGS:-"scale_10m pilot"}
 STAGES=${STAGES:-"tests train analyse bench report"}
 RESULTS=${RESULTS:-results}
 export PYTHONUNBUFFERED=1
@@ -68,7 +70,7 @@ if has tests; then
   $PYTHON -m pytest -m gpu -q 2>&1 | tee "$RESULTS/gpu_tests.txt"
 fi
 for seed in $SEEDS; do
-  for config in scale_10m pilot; do
+  for config in $CONFIGS; do
     if has train; then train "$config" "$seed"; fi
     if has analyse; then analyse "$config" "$seed"; fi
     keep "$(run_dir "$config" "$seed")" "$RESULTS/$config/seed$seed"
