@@ -26,8 +26,9 @@ import yaml
 from src import stats
 from src.checkpoint import atomic_write_text
 from src.errors import UserError, run_main
+from src.evaluate import EVAL_SPLITS
 
-SPLITS = ("val", "test_flat", "test_paren", "test_depth3")
+SPLITS = EVAL_SPLITS
 BASELINE_METRICS = ("exact_match", "end_of_answer_acc", "answer_token_acc", "answer_loss", "loss")
 TOP_K = 5
 PIECES = {
