@@ -33,6 +33,12 @@ def run_main(main, argv=None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted: files already written are intact; a training run continues with --resume",
+              file=sys.stderr)
+        return 130
     except RuntimeError as err:
         # the device policy's refusals (--gpu-only) are RuntimeErrors by contract: report them plainly
         if debug or type(err).__name__ != "GpuOnlyError":

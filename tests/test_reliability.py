@@ -911,3 +911,17 @@ def test_fp16_overflow_steps_are_skipped_and_reported(tiny, tmp_path, capsys, mo
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["skipped_steps"] == summary["skipped_steps"]
     load_all_checkpoints(run)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    """Ctrl-C ends with a short message, not a traceback; --debug re-raises."""
+    from src.errors import run_main
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    assert run_main(interrupted, []) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    with pytest.raises(KeyboardInterrupt):
+        run_main(interrupted, ["--debug"])
