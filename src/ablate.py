@@ -39,11 +39,11 @@ from pathlib import Path
 import torch
 
 from src import stats
-from src.checkpoint import atomic_write_json, load_model
-from src.config import config_from_dict
+from src.checkpoint import atomic_write_json
 from src.data import Batch
 from src.errors import UserError, run_main
-from src.evaluate import EVAL_SPLITS, METRIC_PARTS, autocast, load_split_batches, per_example_scores, summarize
+from src.evaluate import (EVAL_SPLITS, METRIC_PARTS, add_run_arguments, autocast, load_batches, open_run,
+                          per_example_scores, summarize)
 from src.model import CompactTransformer, HeadAblation
 from src.tokenizer import PAD_ID
 
@@ -68,41 +68,6 @@ METRIC_NAMES = {
 
 # ---------------------------------------------------------------------------- shared run plumbing
 # (src.probe uses these too: one way to open a run for analysis)
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, type=Path, help="run directory written by src.train")
-    parser.add_argument("--checkpoint", default="best", help="best, latest, or a checkpoint path (default: best)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda when available); a missing CUDA falls back to the CPU "
-                        "with a warning")
-    parser.add_argument("--fp16", action="store_true", help="float16 autocast on CUDA, as the 10M run trained")
-    parser.add_argument("--limit", type=int, default=None, metavar="N",
-                        help="use only the first N examples of every split, the training set included (CPU smoke "
-                        "runs; results are then not the study's figures)")
-    parser.add_argument("--debug", action="store_true", help="show a traceback on error")
-
-
-def open_run(args) -> tuple[CompactTransformer, dict, object, torch.device]:
-    """(model in eval mode on the device, checkpoint dict, Config, device) for the parsed flags."""
-    from src.train import resolve_device  # the one device policy; imported late (train imports much)
-
-    if not args.run.is_dir():
-        raise UserError(f"--run {args.run}: not a directory; pass a run directory written by src.train")
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit {args.limit}: must be a positive number of examples")
-    device, _ = resolve_device(args.device, gpu_only=False, fp16=args.fp16)
-    model, ckpt = load_model(args.run, args.checkpoint, device)
-    cfg = config_from_dict(ckpt["config"], f"{args.run} checkpoint")
-    return model, ckpt, cfg, device
-
-
-def load_batches(cfg, splits, limit: int | None, device) -> dict[str, Batch]:
-    """Each split as one padded batch on the device, cut to its first `limit` examples."""
-    batches = load_split_batches(cfg, tuple(splits))
-    if limit is not None:
-        batches = {s: b.select(torch.arange(min(limit, len(b)))) for s, b in batches.items()}
-    return {s: b.to(device) for s, b in batches.items()}
 
 
 def run_seed(run: Path, default: int = 42) -> int:

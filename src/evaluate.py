@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 from pathlib import Path
 
@@ -26,8 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from src import stats
+from src.checkpoint import atomic_write_json, load_model
+from src.config import config_from_dict
 from src.data import Batch, load_jsonl, make_batch
-from src.errors import run_main
+from src.errors import UserError, run_main
 from src.model import CompactTransformer, HeadAblation
 from src.tokenizer import EOS_ID, IGNORE_INDEX, PAD_ID
 
@@ -157,25 +158,55 @@ def format_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    from src.checkpoint import atomic_write_json, load_model
-    from src.config import config_from_dict
-    from src.train import resolve_device
+# ---------------------------------------------------------------------------- shared by the analysis CLIs
 
-    parser = argparse.ArgumentParser(prog="python -m src.evaluate", description=__doc__.split("\n\n")[0])
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, type=Path, help="run directory written by src.train")
     parser.add_argument("--checkpoint", default="best", help="best, latest, or a checkpoint path (default: best)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when available); a missing CUDA falls back to the CPU "
+                        "with a warning")
     parser.add_argument("--fp16", action="store_true", help="float16 autocast on CUDA, as the 10M run trained")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="use only the first N examples of every split, the training set included (CPU smoke "
+                        "runs; results are then not the study's figures)")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
-    args = parser.parse_args(argv)
+
+
+def open_run(args) -> tuple[CompactTransformer, dict, object, torch.device]:
+    """(model in eval mode on the device, checkpoint dict, Config, device) for the parsed flags."""
+    from src.train import resolve_device  # the one device policy; imported late (train imports much)
+
+    if not args.run.is_dir():
+        raise UserError(f"--run {args.run}: not a directory; pass a run directory written by src.train")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: must be a positive number of examples")
     device, _ = resolve_device(args.device, gpu_only=False, fp16=args.fp16)
     model, ckpt = load_model(args.run, args.checkpoint, device)
     cfg = config_from_dict(ckpt["config"], f"{args.run} checkpoint")
-    results = {s: evaluate_batch(model, b.to(device), fp16=args.fp16) for s, b in load_split_batches(cfg).items()}
+    return model, ckpt, cfg, device
+
+
+def load_batches(cfg, splits, limit: int | None, device) -> dict[str, Batch]:
+    """Each split as one padded batch on the device, cut to its first `limit` examples."""
+    batches = load_split_batches(cfg, tuple(splits))
+    if limit is not None:
+        batches = {s: b.select(torch.arange(min(limit, len(b)))) for s, b in batches.items()}
+    return {s: b.to(device) for s, b in batches.items()}
+
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m src.evaluate", description=__doc__.split("\n\n")[0])
+    add_run_arguments(parser)
+    args = parser.parse_args(argv)
+    model, ckpt, cfg, device = open_run(args)
+    batches = load_batches(cfg, EVAL_SPLITS, args.limit, device)
+    results = {s: evaluate_batch(model, b, fp16=args.fp16) for s, b in batches.items()}
     print(format_table(results))
     out = {"run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"], "fp16": args.fp16,
-           "metrics": results}
+           "limit": args.limit, "metrics": results}
     atomic_write_json(args.run / "eval.json", out)
     print(f"wrote {args.run / 'eval.json'}")
     return 0

@@ -32,7 +32,6 @@ model, the control and the majority class).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +40,11 @@ import torch
 import torch.nn.functional as F
 
 from src import stats
-from src.ablate import add_run_arguments, load_batches, open_run, relative_layer, run_seed
+from src.ablate import relative_layer, run_seed
 from src.checkpoint import atomic_write_json
 from src.data import Batch
 from src.errors import UserError, run_main
-from src.evaluate import EVAL_SPLITS, autocast
+from src.evaluate import EVAL_SPLITS, add_run_arguments, autocast, load_batches, open_run
 from src.model import CompactTransformer
 
 TASKS = {"binary": "depth > 0 (inside at least one parenthesis)",
