@@ -8,6 +8,10 @@ import errno
 import sys
 
 
+class GpuOnlyError(RuntimeError):
+    """--gpu-only could not be honoured; raised before anything is read, built or written."""
+
+
 class UserError(Exception):
     """A bad input: says what is wrong, where (file:line, config key, flag) and what to do."""
 
@@ -39,9 +43,9 @@ def run_main(main, argv=None) -> int:
         print("interrupted: files already written are intact; a training run continues with --resume",
               file=sys.stderr)
         return 130
-    except RuntimeError as err:
-        # the device policy's refusals (--gpu-only) are RuntimeErrors by contract: report them plainly
-        if debug or type(err).__name__ != "GpuOnlyError":
+    except GpuOnlyError as err:
+        # the device policy's refusals are RuntimeErrors by contract (SPEC section 2): reported plainly
+        if debug:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 1

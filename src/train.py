@@ -35,7 +35,7 @@ from tqdm import tqdm
 from src.checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint, model_from_checkpoint
 from src.config import Config, check_data_paths, load_config
 from src.data import Batch, load_jsonl, make_batch
-from src.errors import UserError, run_main, write_failed
+from src.errors import GpuOnlyError, UserError, run_main, write_failed
 from src.evaluate import evaluate_batch
 from src.model import CompactTransformer
 from src.tokenizer import IGNORE_INDEX, PAD_ID
@@ -48,10 +48,6 @@ OOM_ADVICE = (
     "config by hand: training.batch_size, or the model size (model.d_model, model.num_layers, "
     "model.d_ff, model.max_seq_len); or free the GPU of other processes."
 )
-
-
-class GpuOnlyError(RuntimeError):
-    """--gpu-only could not be honoured; raised before anything is read, built or written."""
 
 
 class TrainingStopped(UserError):
