@@ -42,8 +42,8 @@ from src import stats
 from src.checkpoint import atomic_write_json
 from src.data import Batch
 from src.errors import UserError, run_main
-from src.evaluate import (EVAL_SPLITS, METRIC_PARTS, add_run_arguments, autocast, load_batches, open_run,
-                          per_example_scores, summarize)
+from src.evaluate import (EVAL_SPLITS, METRIC_PARTS, add_run_arguments, autocast, head_label, load_batches, open_run,
+                          per_example_scores, relative_layer, run_seed, summarize)
 from src.model import CompactTransformer, HeadAblation
 from src.tokenizer import PAD_ID
 
@@ -64,27 +64,6 @@ METRIC_NAMES = {
     "answer_loss": "mean cross-entropy over answer tokens and <EOS>",
     "loss": "mean cross-entropy over every supervised position",
 }
-
-
-# ---------------------------------------------------------------------------- shared run plumbing
-# (src.probe uses these too: one way to open a run for analysis)
-
-
-def run_seed(run: Path, default: int = 42) -> int:
-    """The training seed recorded in summary.json (checkpoints do not carry it)."""
-    try:
-        return int(json.loads((Path(run) / "summary.json").read_text())["seed"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return default
-
-
-def head_label(layer: int, head: int) -> str:
-    return f"L{layer}-H{head}"
-
-
-def relative_layer(layer: int, num_layers: int) -> float:
-    """layer / (num_layers - 1): 0 for the first layer, 1 for the last, comparable across depths."""
-    return layer / (num_layers - 1) if num_layers > 1 else 0.0
 
 
 # ---------------------------------------------------------------------------- means for --mode mean

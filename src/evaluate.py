@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 from pathlib import Path
 
@@ -159,6 +160,23 @@ def format_table(results: dict[str, dict]) -> str:
 
 
 # ---------------------------------------------------------------------------- shared by the analysis CLIs
+
+
+def run_seed(run: Path, default: int = 42) -> int:
+    """The training seed recorded in summary.json (checkpoints do not carry it)."""
+    try:
+        return int(json.loads((Path(run) / "summary.json").read_text())["seed"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+
+
+def head_label(layer: int, head: int) -> str:
+    return f"L{layer}-H{head}"
+
+
+def relative_layer(layer: int, num_layers: int) -> float:
+    """layer / (num_layers - 1): 0 for the first layer, 1 for the last, comparable across depths."""
+    return layer / (num_layers - 1) if num_layers > 1 else 0.0
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

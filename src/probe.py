@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from src import stats
-from src.ablate import relative_layer, run_seed
+from src.evaluate import relative_layer, run_seed
 from src.checkpoint import atomic_write_json
 from src.data import Batch
 from src.errors import UserError, run_main
