@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# The whole study on one GPU box: GPU tests, three seeds of each config trained with the project's
-# commands, every analysis on every run, the training benchmark, and the report.
+# The whole replication on one GPU box: GPU tests, three seeds of each config trained with the
+# project's commands, every analysis on every run, the training benchmark, and the report.
 #
 #   bash scripts/reproduce_study.sh                       # everything
 #   STAGES="train analyse" SEEDS="42" bash scripts/...    # a part of it
 #
 # STAGES (default "tests train analyse bench report"); SEEDS (default "42 123 7"); CONFIGS (default
-# "scale_10m pilot"); RESULTS (default
-# results). Run directories go to runs/ (ignored by git); each run's small files (summary, metrics,
-# eval/ablation/probe JSON, figures, log, fresh-process wall time) are copied to
+# "scale_10m pilot"); RESULTS (default results); JOBS (default 1): how many runs are analysed at
+# once (the models are small: one run leaves the GPU mostly idle). Training is always one run at a
+# time, so that its timings are not shared with another run.
+#
+# Run directories go to runs/ (ignored by git); each run's small files (summary, metrics, eval /
+# ablation / probe / roles JSON, figures, logs, fresh-process wall time) are copied to
 # $RESULTS/<config>/seed<N>/ as soon as they exist, so a stopped script loses nothing it finished.
 # The report is built from those copies, so it can be rebuilt on any machine.
+#
+# Like with like: besides its selected checkpoint, each run is evaluated at the periodic checkpoint
+# nearest EQUAL_STEPS optimizer steps (default 2500: pilot epoch 40 = 2,520 steps, 10M epoch 10 =
+# 2,500 steps), written as eval_equal_steps.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -18,6 +25,8 @@ SEEDS=${SEEDS:-"42 123 7"}
 CONFIGS=${CONFIGS:-"scale_10m pilot"}
 STAGES=${STAGES:-"tests train analyse bench report"}
 RESULTS=${RESULTS:-results}
+JOBS=${JOBS:-1}
+EQUAL_STEPS=${EQUAL_STEPS:-2500}
 export PYTHONUNBUFFERED=1
 mkdir -p runs "$RESULTS"
 has() { [[ " $STAGES " == *" $1 "* ]]; }
@@ -28,54 +37,88 @@ run_dir() {  # config seed -> the run directory (the 10M seed-42 run is the laun
 
 keep() {  # run_dir dest: copy the run's small outputs
   mkdir -p "$2"
-  for f in summary.json metrics.jsonl config.yaml eval.json ablation.json ablation_mean.json probe.json train.log \
-           wall_time.txt training_curve.png ablation_heatmap.png ablation_mean_heatmap.png probe_layers.png; do
+  for f in summary.json metrics.jsonl config.yaml eval.json eval_equal_steps.json ablation.json probe.json roles.json \
+           train.log analyse.log wall_time.txt training_curve.png ablation_heatmap.png probe_layers.png roles.png; do
     if [ -f "$1/$f" ]; then cp "$1/$f" "$2/"; fi
   done
 }
 
 train() {  # config seed: train with the project's command, timing the whole fresh process
-  local config=$1 seed=$2 run start
+  local config=$1 seed=$2 run start log wall
   run=$(run_dir "$config" "$seed")
   rm -rf "$run"
+  log="runs/.train_${config}_${seed}.log"
+  wall="runs/.wall_${config}_${seed}"
   start=$(date +%s.%N)
   if [ "$run" = runs/scale_10m ]; then
-    bash train_10m_scale.sh --no-progress > runs/.train.log 2>&1        # the experiment's own launcher
+    bash train_10m_scale.sh --no-progress > "$log" 2>&1        # the experiment's own launcher
   elif [ "$config" = scale_10m ]; then
     $PYTHON -m src.train --config configs/scale_10m.yaml --output-dir "$run" --seed "$seed" --device cuda \
-      --fp16 --gpu-only --no-progress > runs/.train.log 2>&1
+      --fp16 --gpu-only --no-progress > "$log" 2>&1
   else
     $PYTHON -m src.train --config "configs/$config.yaml" --output-dir "$run" --seed "$seed" --device cuda \
-      --no-progress > runs/.train.log 2>&1
+      --no-progress > "$log" 2>&1
   fi
   local status=$?
-  awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", e - s }' > runs/.wall
-  mkdir -p "$run" && mv runs/.train.log "$run/train.log" && mv runs/.wall "$run/wall_time.txt"
+  awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", e - s }' > "$wall"
+  mkdir -p "$run" && mv "$log" "$run/train.log" && mv "$wall" "$run/wall_time.txt"
   echo "trained $run: exit $status, $(cat "$run/wall_time.txt") s in a fresh process (start-up and compilation included)"
   $PYTHON -m src.report "$run" --curves-only
 }
 
-analyse() {  # config seed
-  local run flags=()
+equal_steps_checkpoint() {  # run_dir: the periodic checkpoint whose step is nearest EQUAL_STEPS
+  $PYTHON - "$1" "$EQUAL_STEPS" <<'EOF'
+import sys
+from pathlib import Path
+from src.runfiles import read_metrics
+run, target = Path(sys.argv[1]), int(sys.argv[2])
+rows, _ = read_metrics(run / "metrics.jsonl")
+steps = {r["epoch"]: r["step"] for r in rows}
+have = [e for e in steps if (run / f"checkpoint_epoch_{e}.pt").is_file()]
+if have:
+    print(run / f"checkpoint_epoch_{min(have, key=lambda e: abs(steps[e] - target))}.pt")
+EOF
+}
+
+analyse() {  # config seed: every analysis of one run (the analysis CLIs take the run's precision from --fp16)
+  local run flags=() ckpt
   run=$(run_dir "$1" "$2")
   [ "$1" = scale_10m ] && flags=(--fp16)   # evaluate as it trained
-  $PYTHON -m src.evaluate --run "$run" --device cuda "${flags[@]}"
-  $PYTHON -m src.ablate --run "$run" --device cuda "${flags[@]}"
-  $PYTHON -m src.ablate --run "$run" --device cuda --mode mean --out "$run/ablation_mean.json" "${flags[@]}"
-  $PYTHON -m src.probe --run "$run" --device cuda "${flags[@]}"
+  {
+    $PYTHON -m src.evaluate --run "$run" --device cuda "${flags[@]}"
+    ckpt=$(equal_steps_checkpoint "$run")
+    if [ -n "$ckpt" ]; then
+      $PYTHON -m src.evaluate --run "$run" --device cuda --checkpoint "$ckpt" --out "$run/eval_equal_steps.json" "${flags[@]}"
+    fi
+    $PYTHON -m src.ablate --run "$run" --device cuda "${flags[@]}"
+    $PYTHON -m src.roles --run "$run" --device cuda "${flags[@]}"
+    $PYTHON -m src.probe --run "$run" --device cuda "${flags[@]}"
+  } > "$run/analyse.log" 2>&1
+  echo "analysed $run: exit $? (log: $run/analyse.log)"
+  keep "$run" "$RESULTS/$1/seed$2"
 }
 
 if has tests; then
   $PYTHON verify_10m_config.py --require-cuda
   $PYTHON -m pytest -m gpu -q 2>&1 | tee "$RESULTS/gpu_tests.txt"
 fi
-for seed in $SEEDS; do
-  for config in $CONFIGS; do
-    if has train; then train "$config" "$seed"; fi
-    if has analyse; then analyse "$config" "$seed"; fi
-    keep "$(run_dir "$config" "$seed")" "$RESULTS/$config/seed$seed"
+if has train; then
+  for seed in $SEEDS; do
+    for config in $CONFIGS; do
+      train "$config" "$seed"
+      keep "$(run_dir "$config" "$seed")" "$RESULTS/$config/seed$seed"
+    done
   done
-done
+fi
+if has analyse; then
+  for seed in $SEEDS; do
+    for config in $CONFIGS; do
+      while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 1; done
+      (export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}; analyse "$config" "$seed") &
+    done
+  done
+  wait
+fi
 if has bench; then
   $PYTHON benchmarks/train_speed.py --json "$RESULTS/benchmark.json" 2>&1 | tee "$RESULTS/benchmark.txt"
 fi

@@ -1,37 +1,41 @@
-"""Head ablation: a scan of every attention head, and the targeted minimal ablation.
+"""Head ablation: a scan of every attention head under two ablation modes, and the targeted set.
 
-    python -m src.ablate --run runs/pilot [--mode zero|mean] [--device cuda] [--fp16]
-    python -m src.ablate --run runs/pilot --heads 2.2 0.3      # these heads ablated together
+    python -m src.ablate --run runs/pilot [--modes zero,mean] [--device cuda] [--fp16]
+    python -m src.ablate --run runs/pilot --heads 2.2,0.3        # these heads ablated together
 
 Every head is ablated in turn (its output before the out-projection, `blocks.L.attn.hook_z[:, :, h]`,
-set to zero, or with `--mode mean` to its per-position mean over the training set), and the SPEC
-section 5 metrics are recomputed on the same examples as the unablated baseline.
+set to zero, or under `mean` to its per-position mean over the training set), and the metrics of
+src.evaluate are recomputed on the same examples as the unablated baseline, on test_flat,
+test_paren_matched (the flat expressions with value-preserving brackets), test_paren and test_depth3.
 
-Sign convention: `delta = ablated - baseline`, per split and metric. A harmful ablation gives a
-positive delta for the losses (`loss`, `answer_loss`) and a negative delta for the accuracies
-(`exact_match`, `end_of_answer_acc`, `answer_token_acc`). `specialization = paren delta - flat
-delta` (test_paren minus test_flat): positive for `answer_loss` when the head matters more for
-parenthesized expressions. Deltas carry a paired bootstrap 95% interval and p-value (resampling
-examples, each keeping its pair), the per-example proportions also an exact McNemar test;
-specialization carries the interval of `stats.difference_of_differences` (the two test sets
-resampled independently). Heads are ranked by specialization on `answer_loss`, the most sensitive
-measure; with one test per head, `p_bonferroni = min(1, p * heads_tested)` is the p-value that
-survives the multiple comparison.
+Effects, all paired (the same examples with and without the ablation):
+    effects[split][metric]      ablated - baseline; exact McNemar for exact_match and
+                                end_of_answer_acc, a paired t-test for the others
+    bracket_specificity[metric] (ablated - baseline on test_paren_matched) - (ablated - baseline on
+                                test_flat): the same expressions with and without brackets, so a
+                                non-zero value is about brackets, not content; the exact sign test on
+                                per-example contrasts for the yes/no metrics, a paired t-test otherwise.
+                                > 0 for answer_loss (< 0 for exact_match): the head matters more when
+                                brackets are present.
+Decisions use VERDICT_METRICS (exact_match, answer_loss) and Holm over declared families:
+    head_effect   heads x modes x verdict metrics x the four splits
+    head_bracket  heads x modes x verdict metrics (bracket_specificity)
+Every test entry carries test, estimate, ci95, p_value, p_floor, and in a family p_adjusted and
+significant. `head_findings` says, per head, under which modes (zero, mean, both) each finding holds.
 
-The targeted ablation adds heads in ranking order until the joint ablation raises `answer_loss`
-on test_paren (interval above zero) and raises it more there than on test_flat (specialization
-interval above zero, p < 0.05). The ranking and this test use
-the same examples, so the set's p-value is optimistic; the JSON says so and records
-`p_bonferroni` (times the number of heads ranked).
+Targeted set (per mode): heads are ranked by answer_loss bracket_specificity on the even-indexed
+examples only (from the scan); the prefixes of that ranking (1 to --max-set-size heads) are then
+ablated jointly and tested on the odd-indexed examples, Holm over the prefixes tried (family
+targeted_<mode>). The smallest prefix whose bracket_specificity is significantly positive there is
+the targeted set. Selection and test never share an example.
 
-Output: DIR/ablation.json and DIR/ablation_heatmap.png (scan, zero mode), DIR/ablation_mean.json and
-DIR/ablation_mean_heatmap.png (scan, mean mode), DIR/ablation_heads_<L.H+...>[_mean].json (--heads).
+Output: RUN/ablation.json (schema ablation/2; keys in docs/SCHEMAS.md) and RUN/ablation_heatmap.png,
+or RUN/ablation_heads_<L.H+...>.json with --heads.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -42,31 +46,24 @@ from src import stats
 from src.checkpoint import atomic_write_json
 from src.data import Batch
 from src.errors import UserError, run_main
-from src.evaluate import (EVAL_SPLITS, METRIC_PARTS, add_run_arguments, autocast, head_label, load_batches, open_run,
-                          per_example_scores, relative_layer, run_seed, summarize)
+from src.evaluate import (METRIC_DEFINITIONS, METRICS, SIGN_CONVENTION, TEST_SPLITS, VERDICT_METRICS, add_run_arguments,
+                          autocast, contrast, head_label, load_batches, open_run, paired_difference, per_example_scores,
+                          relative_layer, run_seed, summarize)
 from src.model import CompactTransformer, HeadAblation
+from src.runfiles import stamp
 from src.tokenizer import PAD_ID
 
-TEST_SPLITS = ("test_flat", "test_paren", "test_depth3")
+MODES = ("zero", "mean")
 RANKING_METRIC = "answer_loss"
-ALPHA = 0.05
-# per-example correctness behind each per-example proportion, for McNemar's test
-PAIRED_BINARY = {"exact_match": "exact_match", "end_of_answer_acc": "eos_correct"}
-SIGN_CONVENTION = (
-    "delta = ablated - baseline; a harmful ablation raises loss/answer_loss (delta > 0) and lowers "
-    "exact_match/end_of_answer_acc/answer_token_acc (delta < 0). specialization = delta(test_paren) - "
-    "delta(test_flat): > 0 for answer_loss means the head matters more for parenthesized expressions."
-)
-METRIC_NAMES = {
-    "exact_match": "greedy decoding gives exactly str(result) then <EOS>: the task's accuracy",
-    "end_of_answer_acc": "teacher-forced accuracy at the <EOS> position only: the original study's 'accuracy'",
-    "answer_token_acc": "teacher-forced accuracy over answer tokens and <EOS>",
-    "answer_loss": "mean cross-entropy over answer tokens and <EOS>",
-    "loss": "mean cross-entropy over every supervised position",
+FLAT, MATCHED = "test_flat", "test_paren_matched"
+DEFAULT_MAX_SET_SIZE = 8
+MODE_DEFINITIONS = {
+    "zero": "the head's output (hook_z) set to 0",
+    "mean": "the head's output set to its per-position mean over the non-padding positions of the training set",
 }
 
 
-# ---------------------------------------------------------------------------- means for --mode mean
+# ---------------------------------------------------------------------------- means for the mean mode
 
 
 @torch.no_grad()
@@ -104,296 +101,331 @@ def training_means(model: CompactTransformer, batch: Batch, fp16: bool = False, 
 # ---------------------------------------------------------------------------- effects
 
 
-def paired_effects(base: dict, ablated: dict, n_tests: int = 1, resamples: int = stats.DEFAULT_RESAMPLES) -> dict:
-    """Per metric: baseline, ablated, delta (ablated - baseline), paired bootstrap ci95 and p-value,
-    p_bonferroni (times n_tests), and for per-example proportions the exact McNemar test."""
-    out = {}
-    for metric, (num, den) in METRIC_PARTS.items():
-        b_val = (base[num].sum() / base[den].sum()).item()
-        a_val = (ablated[num].sum() / ablated[den].sum()).item()
-        entry = {"baseline": b_val, "ablated": a_val}
-        if math.isnan(a_val) or math.isnan(b_val):
-            out[metric] = {**entry, "delta": float("nan")}
-            continue
-        test = stats.paired_bootstrap(base[num], base[den], ablated[num], ablated[den], resamples=resamples)
-        entry.update(delta=test["estimate"], ci95=test["ci95"], p_value=test["p_value"],
-                     p_bonferroni=min(1.0, test["p_value"] * n_tests))
-        if metric in PAIRED_BINARY:
-            mc = stats.mcnemar_exact(base[PAIRED_BINARY[metric]], ablated[PAIRED_BINARY[metric]])
-            entry["mcnemar"] = {"lost": mc["only_a"], "gained": mc["only_b"], "p_value": mc["p_value"]}
-        out[metric] = entry
-    return out
+def score_splits(model, batches: dict, ablation, fp16: bool, decode: bool = True) -> dict:
+    return {s: per_example_scores(model, b, ablation, fp16, decode_answers=decode) for s, b in batches.items()}
 
 
-def specialization(base: dict, ablated: dict, n_tests: int = 1, resamples: int = stats.DEFAULT_RESAMPLES,
-                   flat: str = "test_flat", paren: str = "test_paren") -> dict:
-    """Per metric: delta(paren) - delta(flat) with a 95% interval and p-value
-    (stats.difference_of_differences), p_bonferroni, and whether each is significant at 0.05."""
-    out = {}
-    for metric, (num, den) in METRIC_PARTS.items():
-        parts = [(s[split][num], s[split][den]) for split in (flat, paren) for s in (base, ablated)]
-        if any(torch.isnan(n).any() for n, _ in parts):
-            continue
-        dd = stats.difference_of_differences(*parts, resamples=resamples)
-        lo, hi = dd["ci95"]
-        p_bonf = min(1.0, dd["p_value"] * n_tests)
-        out[metric] = {**dd, "p_bonferroni": p_bonf,
-                       "significant": bool(dd["p_value"] < ALPHA and (lo > 0 or hi < 0)),
-                       "significant_bonferroni": bool(p_bonf < ALPHA and (lo > 0 or hi < 0))}
-    return out
+def subset(scores: dict, idx: torch.Tensor) -> dict:
+    """Per-example scores of the examples `idx` only."""
+    return {k: v[idx] for k, v in scores.items()}
 
 
-def score_splits(model, batches: dict, ablation, fp16: bool, decode: bool = True, splits=None) -> dict:
-    splits = batches.keys() if splits is None else splits
-    return {s: per_example_scores(model, batches[s], ablation, fp16, decode_answers=decode) for s in splits}
+def split_effects(base: dict, ablated: dict) -> dict:
+    """{split: {metric: paired difference ablated - baseline}} for every split scored."""
+    return {s: {m: paired_difference(m, base[s], ablated[s], ("baseline", "ablated")) for m in METRICS} for s in ablated}
 
 
-def heads_effect(model, batches, base_scores, heads, means, fp16, resamples, n_tests=1) -> dict:
-    """The joint ablation of `heads`: per-split effects and flat-vs-paren specialization."""
-    ablation = HeadAblation(set(heads), means)
-    scores = score_splits(model, batches, ablation, fp16)
-    return {
-        "heads": [head_label(*h) for h in sorted(heads)],
-        "effects": {s: paired_effects(base_scores[s], scores[s], n_tests, resamples) for s in batches},
-        "specialization": specialization(base_scores, scores, n_tests, resamples),
-    }
+def bracket_specificity(base: dict, ablated: dict, metrics=tuple(METRICS)) -> dict:
+    """{metric: (ablated - baseline on test_paren_matched) - (ablated - baseline on test_flat)}, per
+    example pairs of a flat expression and its bracketed twin."""
+    terms = lambda m: [(1, ablated[MATCHED]), (-1, base[MATCHED]), (-1, ablated[FLAT]), (1, base[FLAT])]  # noqa: E731
+    return {m: contrast(m, terms(m)) for m in metrics}
 
 
-def scan_heads(model, batches, base_scores, means, fp16, resamples, log=print) -> list[dict]:
-    """Every head ablated alone, ranked by answer_loss specialization (largest first)."""
+def verdict_entries(row: dict):
+    """(member suffix, entry, family name) of each verdict test of a scan row or a --heads result."""
+    for split, per in row["effects"].items():
+        for m in VERDICT_METRICS:
+            yield f"{split}/{m}", per[m], "head_effect"
+    for m in VERDICT_METRICS:
+        yield f"bracket/{m}", row["bracket_specificity"][m], "head_bracket"
+
+
+def close_families(rows_by_mode: dict[str, list[dict]], names=("head_effect", "head_bracket")) -> dict:
+    """Holm over each family of the scan: every verdict test of every head under every mode."""
+    families = {name: stats.Family(name) for name in names}
+    for mode, rows in rows_by_mode.items():
+        for row in rows:
+            for suffix, entry, family in verdict_entries(row):
+                if math.isfinite(entry.get("p_value", math.nan)):
+                    families[family].add(f"{mode}/{row['head']}/{suffix}", entry)
+    return {name: fam.close() for name, fam in families.items()}
+
+
+def head_findings(rows_by_mode: dict[str, list[dict]]) -> list[dict]:
+    """Per head: under which ablation modes each verdict test is significant after Holm."""
+    def holds(modes: list[str]) -> str:
+        return {0: "neither", 2: "both"}.get(len(modes), modes[0] if modes else "neither")
+
+    by_head: dict[str, dict] = {}
+    for mode, rows in rows_by_mode.items():
+        for row in rows:
+            h = by_head.setdefault(row["head"], {"head": row["head"], "layer": row["layer"], "head_index": row["head_index"],
+                                                 "relative_layer": row["relative_layer"], "tests": {}})
+            for suffix, entry, _ in verdict_entries(row):
+                t = h["tests"].setdefault(suffix, {"significant_under": [], "estimate": {}, "p_adjusted": {}})
+                t["estimate"][mode] = entry.get("estimate")
+                t["p_adjusted"][mode] = entry.get("p_adjusted")
+                if entry.get("significant"):
+                    t["significant_under"].append(mode)
+    for h in by_head.values():
+        for t in h["tests"].values():
+            t["holds_under"] = holds(t["significant_under"]) if len(rows_by_mode) == 2 else (
+                "/".join(t["significant_under"]) or "neither")
+    return list(by_head.values())
+
+
+def scan_heads(model, batches, base_scores, means, fp16, log=print) -> tuple[list[dict], dict]:
+    """Every head ablated alone: rows ranked by answer_loss bracket_specificity (largest first), and
+    each head's per-example scores on the flat and matched splits (for the targeted selection)."""
     cfg = model.cfg
-    n_heads = cfg.num_layers * cfg.num_heads
-    rows = []
+    rows, kept = [], {}
     tic = time.perf_counter()
     for layer in range(cfg.num_layers):
         for head in range(cfg.num_heads):
-            effect = heads_effect(model, batches, base_scores, {(layer, head)}, means, fp16, resamples, n_heads)
+            scores = score_splits(model, batches, HeadAblation({(layer, head)}, means), fp16)
             rows.append({"head": head_label(layer, head), "layer": layer, "head_index": head,
                          "relative_layer": relative_layer(layer, cfg.num_layers),
-                         "splits": effect["effects"], "specialization": effect["specialization"]})
+                         "effects": split_effects(base_scores, scores),
+                         "bracket_specificity": bracket_specificity(base_scores, scores)})
+            kept[(layer, head)] = {s: scores[s] for s in (FLAT, MATCHED)}
         log(f"  layer {layer}: {cfg.num_heads} heads scanned ({time.perf_counter() - tic:.1f} s)")
-    rows.sort(key=lambda r: -r["specialization"][RANKING_METRIC]["estimate"])
+    rows.sort(key=lambda r: -r["bracket_specificity"][RANKING_METRIC]["estimate"])
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
-    return rows
+    return rows, kept
 
 
-def is_paren_specific(spec: dict, paren_delta: dict) -> bool:
-    """The targeted ablation's criterion, on answer_loss: the ablation hurts parenthesized
-    expressions (paren delta > 0, interval above 0) and hurts them more than flat ones
-    (specialization > 0, interval above 0, p < 0.05)."""
-    return (spec["estimate"] > 0 and spec["ci95"][0] > 0 and spec["p_value"] < ALPHA
-            and paren_delta["estimate"] > 0 and paren_delta["ci95"][0] > 0)
+# ---------------------------------------------------------------------------- targeted set
 
 
-def targeted_ablation(model, batches, base_scores, ranking: list[dict], means, fp16, resamples, log=print) -> dict:
-    """Smallest prefix of the ranking whose joint ablation is significantly paren-specific."""
-    n_heads = len(ranking)
-    order = [(r["layer"], r["head_index"]) for r in ranking]
-    pair = ("test_flat", "test_paren")
-    num, den = METRIC_PARTS[RANKING_METRIC]
-    steps, found = [], False
-    for k in range(1, n_heads + 1):
+def halves(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(selection, test) example indices: even and odd, disjoint, pairs of matched splits kept together."""
+    return torch.arange(0, n, 2), torch.arange(1, n, 2)
+
+
+def targeted_ablation(model, batches, base_scores, head_scores: dict, means, fp16, mode: str, max_size: int,
+                      log=print) -> dict:
+    """Rank heads on the selection half, test the prefixes of the ranking on the test half (Holm)."""
+    num_sel, num_test = {}, {}
+    for s, b in batches.items():
+        num_sel[s], num_test[s] = halves(len(b))
+    base_sel = {s: subset(base_scores[s], num_sel[s]) for s in (FLAT, MATCHED)}
+    selection = []
+    for head, scores in head_scores.items():
+        abl_sel = {s: subset(scores[s], num_sel[s]) for s in (FLAT, MATCHED)}
+        est = bracket_specificity(base_sel, abl_sel, (RANKING_METRIC,))[RANKING_METRIC]["estimate"]
+        selection.append((est, head))
+    selection.sort(key=lambda t: -t[0])
+    order = [h for _, h in selection]
+    test_batches = {s: batches[s].select(num_test[s]) for s in batches}
+    base_test = {s: subset(base_scores[s], num_test[s]) for s in batches}
+    family = stats.Family(f"targeted_{mode}")
+    steps = []
+    for k in range(1, min(max_size, len(order)) + 1):
         ablation = HeadAblation(set(order[:k]), means)
-        # the search needs answer_loss only: teacher forcing, no greedy decoding
-        scores = score_splits(model, batches, ablation, fp16, decode=False, splits=pair)
-        spec = specialization(base_scores, scores, 1, resamples)[RANKING_METRIC]
-        b, a = base_scores["test_paren"], scores["test_paren"]
-        paren = stats.paired_bootstrap(b[num], b[den], a[num], a[den], resamples=resamples)
+        # the test needs answer_loss only: teacher forcing, no greedy decoding
+        pair = {s: test_batches[s] for s in (FLAT, MATCHED)}
+        scores = score_splits(model, pair, ablation, fp16, decode=False)
+        spec = bracket_specificity(base_test, scores, (RANKING_METRIC,))[RANKING_METRIC]
+        family.add(f"{mode}/prefix_{k}", spec)
         steps.append({"size": k, "heads": [head_label(*h) for h in order[:k]],
-                      "answer_loss_specialization": spec, "answer_loss_delta_paren": paren})
-        log(f"  targeted, {k} head(s): answer_loss specialization {fmt_ci(spec)} p={spec['p_value']:.4f}; "
-            f"paren delta {fmt_ci(paren)}")
-        found = is_paren_specific(spec, paren)
-        if found:
-            break
+                      f"{RANKING_METRIC}_bracket_specificity": spec})
+    declared = family.close()
+    for step in steps:
+        spec = step[f"{RANKING_METRIC}_bracket_specificity"]
+        log(f"  targeted ({mode}), {step['size']} head(s): answer_loss bracket_specificity {fmt_ci(spec)} "
+            f"p_adjusted={spec['p_adjusted']:.3g}")
+    chosen = next((s for s in steps if s[f"{RANKING_METRIC}_bracket_specificity"]["significant"]
+                   and s[f"{RANKING_METRIC}_bracket_specificity"]["estimate"] > 0), None)
     result = {
-        "found": found,
-        "criterion": f"on {RANKING_METRIC}, heads added in ranking order until the joint ablation raises it on "
-                     f"test_paren (delta > 0, 95% interval above 0) and raises it more there than on test_flat "
-                     f"(specialization > 0, 95% interval above 0, p < {ALPHA})",
-        "heads_ranked": n_heads,
-        "sets_tested": len(steps),
-        "steps": steps,
-        "note": "the ranking was made on the same examples that test the set, so its p-value is optimistic; "
-                "p_bonferroni multiplies it by the number of heads ranked",
+        "mode": mode,
+        "selection": f"heads ranked by {RANKING_METRIC} bracket_specificity on the even-indexed examples "
+                     f"({len(num_sel[FLAT])} pairs), from the scan",
+        "test": f"prefixes of that ranking ablated jointly and tested on the odd-indexed examples "
+                f"({len(num_test[FLAT])} pairs and the odd half of every other split); Holm over the {len(steps)} "
+                "prefixes tried; the smallest prefix with a significantly positive bracket_specificity is the set",
+        "selection_examples": "even indices", "test_examples": "odd indices",
+        "ranking_on_selection": [{"head": head_label(*h), "estimate": e} for e, h in selection],
+        "sets_tried": len(steps), "steps": steps, "family": declared, "found": chosen is not None,
     }
-    if not found:
+    if chosen is None:
+        best = min(steps, key=lambda s: s[f"{RANKING_METRIC}_bracket_specificity"]["p_adjusted"])
         result.update(heads=None, size=None,
-                      message=f"no prefix of the ranking (up to all {n_heads} heads) gives a significant "
-                              "paren-specific answer_loss effect")
+                      message=f"no prefix of up to {len(steps)} heads has a significant bracket-specific answer_loss "
+                              f"effect on the held-out half (smallest p_adjusted {best[f'{RANKING_METRIC}_bracket_specificity']['p_adjusted']:.3g}, "
+                              f"at {best['size']} head(s))")
         return result
-    k = len(steps)
-    final = heads_effect(model, batches, base_scores, set(order[:k]), means, fp16, resamples, n_tests=n_heads)
-    result.update(heads=final["heads"], size=k, effects=final["effects"], specialization=final["specialization"])
+    k = chosen["size"]
+    scores = score_splits(model, test_batches, HeadAblation(set(order[:k]), means), fp16)
+    result.update(heads=chosen["heads"], size=k,
+                  effects_on_test_half=split_effects(base_test, scores),
+                  bracket_specificity_on_test_half=bracket_specificity(base_test, scores))
     return result
 
 
 # ---------------------------------------------------------------------------- output
 
 
-def heads_arg(text: str, cfg) -> tuple[int, int]:
-    try:
-        layer, head = (int(x) for x in text.replace("L", "").replace("H", "").replace("-", ".").split("."))
-    except ValueError:
-        raise UserError(f"--heads {text!r}: write a head as LAYER.HEAD, e.g. 2.2") from None
-    if not (0 <= layer < cfg.model.num_layers and 0 <= head < cfg.model.num_heads):
-        raise UserError(f"--heads {text!r}: the model has layers 0-{cfg.model.num_layers - 1} and heads "
-                        f"0-{cfg.model.num_heads - 1}")
-    return layer, head
+def heads_arg(text: str, cfg) -> list[tuple[int, int]]:
+    """Heads as LAYER.HEAD, comma- or space-separated; strict: an empty item is an error."""
+    items = text.split(",")
+    if not text.strip() or any(not t.strip() for t in items):
+        raise UserError(f"--heads {text!r}: write heads as LAYER.HEAD separated by commas, e.g. 2.2,0.3 (no empty items)")
+    heads = []
+    for item in items:
+        try:
+            layer, head = (int(x) for x in item.strip().replace("L", "").replace("H", "").replace("-", ".").split("."))
+        except ValueError:
+            raise UserError(f"--heads {item!r}: write a head as LAYER.HEAD, e.g. 2.2") from None
+        if not (0 <= layer < cfg.model.num_layers and 0 <= head < cfg.model.num_heads):
+            raise UserError(f"--heads {item!r}: the model has layers 0-{cfg.model.num_layers - 1} and heads "
+                            f"0-{cfg.model.num_heads - 1}")
+        heads.append((layer, head))
+    return heads
+
+
+def modes_arg(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",")]
+    if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
+        raise UserError(f"--modes {text!r}: a comma-separated list of distinct modes from {', '.join(MODES)}")
+    return modes
 
 
 def fmt_ci(entry: dict, digits: int = 4) -> str:
-    lo, hi = entry.get("ci95", (float("nan"), float("nan")))
-    value = entry.get("estimate", entry.get("delta"))
-    return f"{value:+.{digits}f} [{lo:+.{digits}f},{hi:+.{digits}f}]"
+    lo, hi = entry.get("ci95", (math.nan, math.nan))
+    return f"{entry.get('estimate', math.nan):+.{digits}f} [{lo:+.{digits}f},{hi:+.{digits}f}]"
 
 
-def format_scan(rows: list[dict]) -> str:
-    head = (f"{'rank':>4} {'head':<7} {'rel':>4}  {'answer_loss spec. [95% CI]':>31} {'p':>7} {'p_bonf':>7}  "
-            f"{'dAL flat':>9} {'dAL paren':>9} {'dAL d3':>9}  {'dEM paren':>9} {'dEOA flat':>9} {'dEOA paren':>10}")
-    lines = [head]
-    for r in rows:
-        s, sp = r["specialization"][RANKING_METRIC], r["splits"]
-        em = sp["test_paren"]["exact_match"].get("delta", float("nan"))
-        d3 = sp.get("test_depth3", {}).get(RANKING_METRIC, {}).get("delta", float("nan"))
-        lines.append(
-            f"{r['rank']:>4} {r['head']:<7} {r['relative_layer']:>4.2f}  {fmt_ci(s):>31} {s['p_value']:>7.4f} "
-            f"{s['p_bonferroni']:>7.4f}  {sp['test_flat'][RANKING_METRIC]['delta']:>+9.4f} "
-            f"{sp['test_paren'][RANKING_METRIC]['delta']:>+9.4f} {d3:>+9.4f}  {em:>+9.4f} "
-            f"{sp['test_flat']['end_of_answer_acc']['delta']:>+9.4f} {sp['test_paren']['end_of_answer_acc']['delta']:>+10.4f}"
-        )
-    lines.append("dAL = delta answer_loss, dEM = delta exact_match, dEOA = delta end_of_answer_acc (ablated - baseline); "
-                 "spec. = paren delta - flat delta")
+def format_scan(rows: list[dict], mode: str, top: int = 10) -> str:
+    lines = [f"{mode} ablation, top {min(top, len(rows))} of {len(rows)} by answer_loss bracket_specificity",
+             f"{'rank':>4} {'head':<7} {'rel':>4}  {'bracket spec. dAL [95% CI]':>31} {'p_adj':>8}  "
+             f"{'dAL flat':>9} {'dAL matched':>11} {'dEM matched':>11} {'p_adj':>8}"]
+    for r in rows[:top]:
+        s, e = r["bracket_specificity"][RANKING_METRIC], r["effects"]
+        em = e[MATCHED]["exact_match"]
+        lines.append(f"{r['rank']:>4} {r['head']:<7} {r['relative_layer']:>4.2f}  {fmt_ci(s):>31} "
+                     f"{s.get('p_adjusted', math.nan):>8.3g}  {e[FLAT][RANKING_METRIC]['estimate']:>+9.4f} "
+                     f"{e[MATCHED][RANKING_METRIC]['estimate']:>+11.4f} {em.get('estimate', math.nan):>+11.4f} "
+                     f"{em.get('p_adjusted', math.nan):>8.3g}")
     return "\n".join(lines)
 
 
 def format_effects(effects: dict) -> str:
-    lines = [f"{'split':<12} " + "  ".join(f"{m:>32}" for m in METRIC_PARTS)]
+    lines = [f"{'split':<18} " + "  ".join(f"{m:>32}" for m in METRICS)]
     for split, per_metric in effects.items():
-        lines.append(f"{split:<12} " + "  ".join(f"{fmt_ci(per_metric[m]):>32}" for m in METRIC_PARTS))
+        lines.append(f"{split:<18} " + "  ".join(f"{fmt_ci(per_metric[m]):>32}" for m in METRICS))
     return "\n".join(lines)
 
 
-def write_heatmap(rows: list[dict], cfg, path: Path, title: str) -> None:
+def write_heatmap(rows_by_mode: dict, cfg, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = torch.full((cfg.num_layers, cfg.num_heads), float("nan"))
-    marks = {}
-    for r in rows:
-        s = r["specialization"][RANKING_METRIC]
-        grid[r["layer"], r["head_index"]] = s["estimate"]
-        marks[(r["layer"], r["head_index"])] = "**" if s["significant_bonferroni"] else ("*" if s["significant"] else "")
-    bound = max(float(grid.abs().nan_to_num(0).max()), 1e-6)
-    fig, ax = plt.subplots(figsize=(2.2 + 0.8 * cfg.num_heads, 1.2 + 0.55 * cfg.num_layers), dpi=100)
-    im = ax.imshow(grid.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
-    for (layer, head), mark in marks.items():
-        dark = abs(float(grid[layer, head])) > 0.6 * bound
-        ax.text(head, layer, f"{grid[layer, head]:+.3f}{mark}", ha="center", va="center", fontsize=7,
-                color="white" if dark else "black")
-    ax.set_xticks(range(cfg.num_heads), [f"H{h}" for h in range(cfg.num_heads)])
-    ax.set_yticks(range(cfg.num_layers), [f"L{layer}" for layer in range(cfg.num_layers)])
-    ax.set_title(title, fontsize=8)
-    fig.colorbar(im, ax=ax).set_label("paren delta - flat delta", fontsize=8)
-    fig.tight_layout()
+    modes = list(rows_by_mode)
+    grids, marks = {}, {}
+    for mode, rows in rows_by_mode.items():
+        grid = torch.full((cfg.num_layers, cfg.num_heads), math.nan)
+        for r in rows:
+            s = r["bracket_specificity"][RANKING_METRIC]
+            grid[r["layer"], r["head_index"]] = s["estimate"]
+            marks[(mode, r["layer"], r["head_index"])] = "*" if s.get("significant") else ""
+        grids[mode] = grid
+    bound = max(max(float(g.abs().nan_to_num(0).max()) for g in grids.values()), 1e-6)
+    fig, axes = plt.subplots(1, len(modes), figsize=(len(modes) * (1.6 + 0.75 * cfg.num_heads), 1.4 + 0.5 * cfg.num_layers),
+                             dpi=100, squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        grid = grids[mode]
+        im = ax.imshow(grid.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto")
+        for layer in range(cfg.num_layers):
+            for head in range(cfg.num_heads):
+                value = float(grid[layer, head])
+                ax.text(head, layer, f"{value:+.3f}{marks.get((mode, layer, head), '')}", ha="center", va="center",
+                        fontsize=6, color="white" if abs(value) > 0.6 * bound else "black")
+        ax.set_xticks(range(cfg.num_heads), [f"H{h}" for h in range(cfg.num_heads)])
+        ax.set_yticks(range(cfg.num_layers), [f"L{layer}" for layer in range(cfg.num_layers)])
+        ax.set_title(f"{mode} ablation", fontsize=8)
+    fig.colorbar(im, ax=list(axes[0])).set_label("answer_loss: matched delta - flat delta", fontsize=7)
+    fig.suptitle(title, fontsize=8)
     fig.savefig(path)
     plt.close(fig)
-
-
-def default_out(run: Path, mode: str, heads) -> Path:
-    suffix = "" if mode == "zero" else "_mean"
-    if heads:
-        return run / f"ablation_heads_{'+'.join(f'{l}.{h}' for l, h in sorted(heads))}{suffix}.json"
-    return run / f"ablation{suffix}.json"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m src.ablate", description=__doc__.split("\n\n")[0],
-        epilog=SIGN_CONVENTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
-    parser.add_argument("--mode", choices=("zero", "mean"), default="zero",
-                        help="zero: a head's output is set to 0; mean: to its per-position mean over the training "
-                        "set (non-padding positions)")
-    parser.add_argument("--heads", nargs="+", default=None, metavar="L.H",
-                        help="ablate these heads together (e.g. --heads 0.2 0.3 or 0.2,0.3) instead of the scan")
-    parser.add_argument("--splits", nargs="+", default=list(TEST_SPLITS), metavar="SPLIT",
-                        help="splits to score (must include test_flat and test_paren; default: %(default)s)")
+    parser.add_argument("--modes", default="zero,mean",
+                        help="ablation modes, comma-separated (default: %(default)s). zero: a head's output set to 0; "
+                        "mean: to its per-position mean over the training set (non-padding positions)")
+    parser.add_argument("--heads", default=None, metavar="L.H,...",
+                        help="ablate these heads together (e.g. 0.2,0.3) instead of the scan; written to "
+                        "RUN/ablation_heads_<heads>.json")
+    parser.add_argument("--max-set-size", type=int, default=DEFAULT_MAX_SET_SIZE,
+                        help="largest prefix of the ranking the targeted set tries (default: %(default)s; each "
+                        "prefix tried is one comparison of the Holm family)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default: RUN/ablation.json; ablation_mean.json with --mode mean; "
-                        "ablation_heads_<heads>.json with --heads); the heatmap goes beside it")
-    parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES,
-                        help="bootstrap resamples (default: %(default)s; the smallest p-value is 2/N)")
+                        help="JSON path (default: RUN/ablation.json, or RUN/ablation_heads_<heads>.json); the heatmap "
+                        "goes beside it")
     args = parser.parse_args(argv)
-    for required in ("test_flat", "test_paren"):
-        if required not in args.splits:
-            raise UserError(f"--splits must include {required}: specialization compares test_paren with test_flat")
-    unknown = set(args.splits) - set(EVAL_SPLITS)
-    if unknown:
-        raise UserError(f"--splits: unknown split {sorted(unknown)[0]!r}; choose from {' '.join(EVAL_SPLITS)}")
-    if args.resamples < 100:
-        raise UserError(f"--resamples {args.resamples}: use at least 100")
+    modes = modes_arg(args.modes)
+    if args.max_set_size < 1:
+        raise UserError(f"--max-set-size {args.max_set_size}: must be at least 1")
 
     model, ckpt, cfg, device = open_run(args)
-    heads = None
-    if args.heads:
-        heads = {heads_arg(t, cfg) for item in args.heads for t in item.split(",") if t}
-    out_path = args.out or default_out(args.run, args.mode, heads)
+    heads = heads_arg(args.heads, cfg) if args.heads is not None else None
+    if args.out is not None and args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a directory; give a file path such as {args.out / 'ablation.json'}")
+    out_path = args.out or (args.run / (f"ablation_heads_{'+'.join(f'{l}.{h}' for l, h in sorted(set(heads)))}.json"
+                                        if heads else "ablation.json"))
     tic = time.perf_counter()
-    batches = load_batches(cfg, args.splits, args.limit, device)
-    means, mean_over = None, None
-    if args.mode == "mean":
+    batches = load_batches(cfg, TEST_SPLITS, args.limit, device)
+    means = {"zero": None}
+    if "mean" in modes:
         train = load_batches(cfg, ["train"], args.limit, device)["train"]
-        means = training_means(model, train, args.fp16)
-        mean_over = (f"per-position mean of blocks.L.attn.hook_z over the non-padding input positions of "
-                     f"{len(train)} training examples ({cfg.data.train}); shape [L, H, T, head_dim]")
+        means["mean"] = training_means(model, train, args.fp16)
 
     print(f"baseline on {', '.join(f'{s} ({len(b)})' for s, b in batches.items())} ...")
     base_scores = score_splits(model, batches, None, args.fp16)
-    baseline = {s: summarize(v) for s, v in base_scores.items()}
     result = {
-        "run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"],
+        "run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"], "step": ckpt.get("step"),
         "config": cfg.name, "seed": run_seed(args.run), "device": str(device), "fp16": args.fp16,
-        "mode": args.mode, "mean_over": mean_over, "limit": args.limit, "resamples": args.resamples,
+        "modes": {m: MODE_DEFINITIONS[m] for m in modes}, "limit": args.limit,
         "num_layers": cfg.model.num_layers, "num_heads": cfg.model.num_heads,
-        "sign_convention": SIGN_CONVENTION, "metrics": METRIC_NAMES, "ranking_metric": RANKING_METRIC,
-        "baseline": baseline,
+        "sign_convention": SIGN_CONVENTION, "metric_definitions": METRIC_DEFINITIONS,
+        "verdict_metrics": list(VERDICT_METRICS), "ranking_metric": RANKING_METRIC,
+        "baseline": {s: summarize(v) for s, v in base_scores.items()},
     }
     if heads:
-        effect = heads_effect(model, batches, base_scores, heads, means, args.fp16, args.resamples)
-        result.update(effect)
-        print(f"heads {', '.join(effect['heads'])} ablated together ({args.mode}): delta [95% CI] per split")
-        print(format_effects(effect["effects"]))
-        s = effect["specialization"][RANKING_METRIC]
-        print(f"answer_loss specialization (paren - flat): {fmt_ci(s)}  p={s['p_value']:.4f}")
+        rows = {}
+        for mode in modes:
+            scores = score_splits(model, batches, HeadAblation(set(heads), means[mode]), args.fp16)
+            rows[mode] = [{"head": "+".join(head_label(*h) for h in sorted(set(heads))), "effects": split_effects(base_scores, scores),
+                           "bracket_specificity": bracket_specificity(base_scores, scores)}]
+        result["families"] = close_families(rows)
+        result["heads"] = [head_label(*h) for h in sorted(set(heads))]
+        result["by_mode"] = {mode: {k: v for k, v in r[0].items() if k != "head"} for mode, r in rows.items()}
+        for mode in modes:
+            print(f"heads {', '.join(result['heads'])} ablated together ({mode}): delta [95% CI] per split")
+            print(format_effects(result["by_mode"][mode]["effects"]))
     else:
         n_heads = cfg.model.num_layers * cfg.model.num_heads
-        print(f"scanning {n_heads} heads ({args.mode} ablation) ...")
-        rows = scan_heads(model, batches, base_scores, means, args.fp16, args.resamples)
-        result["scan"] = {"heads_tested": n_heads,
-                          "bonferroni": f"p_bonferroni = min(1, p * {n_heads}); significant_bonferroni uses it",
-                          "heads": rows}
-        print(format_scan(rows))
-        print("targeted minimal ablation ...")
-        targeted = targeted_ablation(model, batches, base_scores, rows, means, args.fp16, args.resamples)
-        result["targeted"] = targeted
-        if targeted["found"]:
-            print(f"smallest paren-specific set: {', '.join(targeted['heads'])}; delta [95% CI] per split")
-            print(format_effects(targeted["effects"]))
-        else:
-            print(targeted["message"])
+        rows_by_mode, kept = {}, {}
+        for mode in modes:
+            print(f"scanning {n_heads} heads ({mode} ablation) ...")
+            rows_by_mode[mode], kept[mode] = scan_heads(model, batches, base_scores, means[mode], args.fp16)
+        result["families"] = close_families(rows_by_mode)
+        result["scan"] = {"heads_tested": n_heads, "modes": rows_by_mode}
+        result["head_findings"] = head_findings(rows_by_mode)
+        for mode in modes:
+            print(format_scan(rows_by_mode[mode], mode))
+        result["targeted"] = {}
+        for mode in modes:
+            print(f"targeted set ({mode}) ...")
+            t = targeted_ablation(model, batches, base_scores, kept[mode], means[mode], args.fp16, mode, args.max_set_size)
+            result["targeted"][mode] = t
+            print(f"  set: {', '.join(t['heads'])}" if t["found"] else f"  {t['message']}")
     result["elapsed_s"] = time.perf_counter() - tic
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_path, result)
+    atomic_write_json(out_path, stamp("ablation", result))
     print(f"wrote {out_path}")
     if not heads:
         png = out_path.with_name(out_path.stem + "_heatmap.png")
-        write_heatmap(result["scan"]["heads"], cfg.model, png,
-                      f"{cfg.name} ({args.run.name}): answer_loss specialization, {args.mode} ablation\n"
-                      "* p<0.05, ** Bonferroni p<0.05")
+        write_heatmap(result["scan"]["modes"], cfg.model, png,
+                      f"{cfg.name} ({args.run.name}): answer_loss bracket_specificity per head; * significant after Holm")
         print(f"wrote {png}")
     return 0
 

@@ -1,17 +1,20 @@
 """The metrics of SPEC section 5, defined once and used by training, ablation and reports.
 
-    python -m src.evaluate --run runs/scale_10m [--checkpoint best|latest|PATH] [--device cuda]
+    python -m src.evaluate --run runs/scale_10m [--checkpoint best|latest|PATH] [--device cuda] [--out PATH]
 
-Metrics of a set of examples (all from one teacher-forced pass plus batched greedy decoding):
-    loss, perplexity     mean cross-entropy over every supervised label position
-    exact_match          greedy decoding from "<BOS>expr = " gives exactly str(result) then <EOS>:
-                         the task's accuracy
-    answer_token_acc     teacher-forced accuracy over answer tokens, <EOS> included
-    answer_loss          mean cross-entropy over the same answer tokens
-    end_of_answer_acc    teacher-forced accuracy at the <EOS> position only: the figure the
-                         original study called "accuracy"; reported under its own name
-Accuracies carry 95% intervals (Wilson for per-example proportions, a bootstrap over examples
-for token-weighted ones); losses carry bootstrap intervals.
+Metrics of a set of examples (all from one teacher-forced pass plus batched greedy decoding) are
+defined in METRICS below, the one place that says what each means. Accuracies carry 95% intervals
+(Wilson for per-example proportions, a bootstrap over examples for token-weighted ones); losses carry
+bootstrap intervals.
+
+Besides each split's metrics, eval.json holds two comparisons of the test sets:
+    bracket_cost             test_paren_matched minus test_flat: the same 2,000 expressions with and
+                             without value-preserving brackets, so the difference is the cost of the
+                             brackets alone; a paired test per metric (exact McNemar for the yes/no
+                             metrics, a paired t-test for the others), Holm over the verdict metrics
+    content_and_bracket_gap  test_paren minus test_flat: different expressions (operand counts, the
+                             share of `*`, signs differ too), so this mixes content with brackets; an
+                             interval from resampling each set, no test and no verdict
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import contextlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,18 +35,44 @@ from src.config import config_from_dict
 from src.data import Batch, load_jsonl, make_batch
 from src.errors import UserError, run_main
 from src.model import CompactTransformer, HeadAblation
+from src.runfiles import stamp
 from src.tokenizer import EOS_ID, IGNORE_INDEX, PAD_ID
 
-EVAL_SPLITS = ("val", "test_flat", "test_paren", "test_depth3")
-# per-example (numerator, denominator) of each metric; see per_example_scores
-METRIC_PARTS = {
-    "loss": ("token_loss_sum", "n_tokens"),
-    "answer_loss": ("answer_loss_sum", "n_answer"),
-    "answer_token_acc": ("answer_correct", "n_answer"),
-    "end_of_answer_acc": ("eos_correct", "one"),
-    "exact_match": ("exact_match", "one"),
+EVAL_SPLITS = ("val", "test_flat", "test_paren", "test_paren_matched", "test_depth3")
+TEST_SPLITS = ("test_flat", "test_paren_matched", "test_paren", "test_depth3")
+
+
+@dataclass(frozen=True)
+class Metric:
+    num: str            # per-example numerator (a key of per_example_scores)
+    den: str            # per-example denominator
+    binary: bool        # a per-example yes/no outcome: paired comparisons use exact tests
+    definition: str
+
+
+METRICS = {
+    "exact_match": Metric("exact_match", "one", True,
+                          "greedy decoding from `<BOS>expr = ` gives exactly str(result) then `<EOS>`: the task's accuracy"),
+    "end_of_answer_acc": Metric("eos_correct", "one", True,
+                                "teacher-forced accuracy at the `<EOS>` position only (is `<EOS>` predicted after the "
+                                "true answer?): the figure the original study called \"accuracy\""),
+    "answer_token_acc": Metric("answer_correct", "n_answer", False,
+                               "teacher-forced accuracy over the answer tokens and `<EOS>`"),
+    "answer_loss": Metric("answer_loss_sum", "n_answer", False,
+                          "mean cross-entropy over the answer tokens and `<EOS>` (nats/token; the most sensitive "
+                          "measure for ablations)"),
+    "loss": Metric("token_loss_sum", "n_tokens", False, "mean cross-entropy over every supervised position (nats/token)"),
 }
-PROPORTIONS = ("end_of_answer_acc", "exact_match")
+METRIC_DEFINITIONS = {name: m.definition for name, m in METRICS.items()}
+# per-example (numerator, denominator) of each metric; see per_example_scores
+METRIC_PARTS = {name: (m.num, m.den) for name, m in METRICS.items()}
+PROPORTIONS = tuple(name for name, m in METRICS.items() if m.binary)
+# the metrics that verdicts are drawn from: the task's accuracy and the most sensitive loss
+VERDICT_METRICS = ("exact_match", "answer_loss")
+SIGN_CONVENTION = (
+    "delta = b - a (ablated - baseline; bracketed - flat): a harmful change raises loss/answer_loss (delta > 0) "
+    "and lowers exact_match/end_of_answer_acc/answer_token_acc (delta < 0)"
+)
 
 
 def autocast(device: torch.device | str, fp16: bool):
@@ -136,6 +166,71 @@ def summarize(scores: dict, with_intervals: bool = True) -> dict:
     return result
 
 
+def metric_value(scores: dict, metric: str) -> float:
+    m = METRICS[metric]
+    return (scores[m.num].sum() / scores[m.den].sum()).item()
+
+
+def contrast(metric: str, terms: list[tuple[float, dict]]) -> dict:
+    """A contrast sum(w * metric(scores)) over score sets of the same examples, with its paired test.
+
+    Two terms [(-1, a), (+1, b)] give the difference b - a; four give a difference of differences
+    (an ablation's effect on bracketed twins minus its effect on the flat originals). The interval
+    is the paired t interval (stats.paired_contrast); the p-value comes from the exact test for a
+    yes/no metric (McNemar for two terms, the sign test on per-example contrasts otherwise) and from
+    the paired t-test for the others. `estimate` is NaN, with no test, when the metric was not scored
+    (exact_match without decoding).
+    """
+    m = METRICS[metric]
+    if any(torch.isnan(s[m.num]).any() for _, s in terms):
+        return {"estimate": float("nan")}
+    entry = stats.paired_contrast([(w, s[m.num], s[m.den]) for w, s in terms])
+    if not m.binary:
+        return entry
+    entry = {k: v for k, v in entry.items() if k not in ("t", "df")}
+    if [w for w, _ in terms] == [-1, 1]:
+        exact = stats.mcnemar_exact(terms[0][1][m.num], terms[1][1][m.num])
+        counts = {"lost": exact["only_a"], "gained": exact["only_b"]}
+    else:
+        exact = stats.sign_test_exact(sum(w * s[m.num] for w, s in terms))
+        counts = {"positive": exact["positive"], "negative": exact["negative"]}
+    return {**entry, "test": exact["test"], "p_value": exact["p_value"], "p_floor": exact["p_floor"], **counts,
+            "ci95_method": "paired_t (normal approximation; the p-value is exact)"}
+
+
+def paired_difference(metric: str, a: dict, b: dict, names=("a", "b")) -> dict:
+    """metric(b) - metric(a) on the same examples: both values, the difference and its paired test."""
+    return {names[0]: metric_value(a, metric), names[1]: metric_value(b, metric), **contrast(metric, [(-1, a), (1, b)])}
+
+
+def compare_test_sets(scores: dict) -> dict:
+    """The bracket cost on matched pairs (paired tests, Holm over VERDICT_METRICS) and the
+    content-and-bracket gap of test_paren over test_flat (descriptive)."""
+    flat, matched, paren = (scores.get(s) for s in ("test_flat", "test_paren_matched", "test_paren"))
+    out = {}
+    if flat is not None and matched is not None:
+        if len(flat["one"]) != len(matched["one"]):
+            raise UserError("test_flat and test_paren_matched differ in length: the matched file must pair line i with "
+                            "line i; regenerate it with `python -m src.data --seed 42 --out data`")
+        family = stats.Family("bracket_cost")
+        cost = {}
+        for metric in METRICS:
+            cost[metric] = paired_difference(metric, flat, matched, ("flat", "bracketed"))
+            if metric in VERDICT_METRICS and math.isfinite(cost[metric].get("p_value", math.nan)):
+                family.add(metric, cost[metric])
+        out["bracket_cost"] = {"what": "test_paren_matched minus test_flat: each flat test expression against its "
+                                       "twin with value-preserving brackets (same expressions, same answers)",
+                               "metrics": cost, "family": family.close()}
+    if flat is not None and paren is not None:
+        out["content_and_bracket_gap"] = {
+            "what": "test_paren minus test_flat: different expressions, so this mixes content (operand counts, the share "
+                    "of `*`, signs) with brackets; descriptive, no verdict",
+            "metrics": {metric: stats.independent_difference(flat[METRICS[metric].num], flat[METRICS[metric].den],
+                                                             paren[METRICS[metric].num], paren[METRICS[metric].den])
+                        for metric in METRICS}}
+    return out
+
+
 def evaluate_batch(model, batch: Batch, fp16=False, ablation=None, with_intervals=True) -> dict:
     return summarize(per_example_scores(model, batch, ablation, fp16), with_intervals)
 
@@ -149,13 +244,13 @@ def load_split_batches(cfg, splits=EVAL_SPLITS) -> dict[str, Batch]:
 def format_table(results: dict[str, dict]) -> str:
     """A plain-text table, one row per split, every accuracy with its interval."""
     cols = ("exact_match", "end_of_answer_acc", "answer_token_acc", "answer_loss", "loss")
-    lines = [f"{'split':<12} {'n':>5}  " + "  ".join(f"{c:>24}" for c in cols)]
+    lines = [f"{'split':<18} {'n':>5}  " + "  ".join(f"{c:>24}" for c in cols)]
     for split, r in results.items():
         cells = []
         for c in cols:
             lo, hi = r.get(f"{c}_ci95", (float("nan"), float("nan")))
             cells.append(f"{r[c]:>8.4f} [{lo:.3f},{hi:.3f}]".rjust(24))
-        lines.append(f"{split:<12} {r['n_examples']:>5}  " + "  ".join(cells))
+        lines.append(f"{split:<18} {r['n_examples']:>5}  " + "  ".join(cells))
     return "\n".join(lines)
 
 
@@ -218,15 +313,27 @@ def load_batches(cfg, splits, limit: int | None, device) -> dict[str, Batch]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.evaluate", description=__doc__.split("\n\n")[0])
     add_run_arguments(parser)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON path (default: RUN/eval.json); e.g. RUN/eval_epoch_10.json for a periodic checkpoint")
     args = parser.parse_args(argv)
     model, ckpt, cfg, device = open_run(args)
     batches = load_batches(cfg, EVAL_SPLITS, args.limit, device)
-    results = {s: evaluate_batch(model, b, fp16=args.fp16) for s, b in batches.items()}
+    scores = {s: per_example_scores(model, b, fp16=args.fp16) for s, b in batches.items()}
+    results = {s: summarize(v) for s, v in scores.items()}
+    comparisons = compare_test_sets(scores)
     print(format_table(results))
-    out = {"run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"], "fp16": args.fp16,
-           "limit": args.limit, "metrics": results}
-    atomic_write_json(args.run / "eval.json", out)
-    print(f"wrote {args.run / 'eval.json'}")
+    for metric in VERDICT_METRICS:
+        c = comparisons["bracket_cost"]["metrics"][metric]
+        lo, hi = c.get("ci95", (math.nan, math.nan))
+        print(f"bracket cost (test_paren_matched - test_flat), {metric}: {c['estimate']:+.4f} [{lo:+.4f}, {hi:+.4f}]  "
+              f"{c.get('test')} p={c.get('p_value', math.nan):.3g} p_adjusted={c.get('p_adjusted', math.nan):.3g}")
+    out = stamp("eval", {"run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"],
+                         "step": ckpt.get("step"), "config": cfg.name, "seed": run_seed(args.run), "fp16": args.fp16,
+                         "limit": args.limit, "metric_definitions": METRIC_DEFINITIONS, "sign_convention": SIGN_CONVENTION,
+                         "metrics": results, **comparisons})
+    path = args.out or args.run / "eval.json"
+    atomic_write_json(path, out)
+    print(f"wrote {path}")
     return 0
 
 

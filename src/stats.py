@@ -1,8 +1,27 @@
-"""Intervals and paired tests, written once for every metric and every ablation.
+"""Intervals, paired tests and multiple-comparison corrections: the only home of the study's statistics.
 
-Per-example scores come as (numerator, denominator) pairs so that token-weighted metrics
-(answer_loss, answer_token_acc) and per-example ones (exact_match) share one bootstrap:
-resampling is always over examples, never over tokens of the same example.
+Every test returns a dict with the keys a verdict needs:
+    test        the method, by name ("mcnemar_exact", "sign_test_exact", "paired_t", "paired_bootstrap")
+    estimate    the effect (b - a for a paired difference)
+    p_value     two-sided
+    p_floor     the smallest p-value the method can return: 0 for an exact or analytic test, 2/B for a
+                bootstrap of B resamples (its p is 2 * max(tail, 1/B))
+and, where the test belongs to a family of comparisons, `p_adjusted` (Holm, see `Family`).
+
+Which test for which outcome (SPEC section 5):
+- a paired yes/no outcome (exact_match, end_of_answer_acc, with vs without an intervention): exact
+  McNemar, a two-sided binomial test on the discordant pairs; no resampling;
+- a difference of paired yes/no differences (e.g. an ablation's effect on bracketed minus on flat
+  twins of the same expressions, per example in {-2, ..., 2}): the exact sign test on the examples
+  whose difference is not zero;
+- a paired continuous outcome (loss, answer_loss, answer_token_acc; ratios of sums over examples):
+  a paired t-test on each example's linearised contribution to the contrast (`paired_contrast`); with
+  a constant denominator this is the ordinary paired t-test on per-example differences. Its floor is 0,
+  so it can reach any corrected threshold.
+
+Per-example scores come as (numerator, denominator) pairs so that token-weighted metrics and
+per-example ones share one code path; resampling and pairing are always over examples, never over
+tokens of one example.
 """
 
 from __future__ import annotations
@@ -14,6 +33,16 @@ import torch
 
 Z95 = 1.959963984540054
 DEFAULT_RESAMPLES = 2000
+ALPHA = 0.05
+# a family's smallest attainable adjusted p must sit this far below alpha (SPEC section 5: ten times)
+FLOOR_MARGIN = 10
+
+
+def _f64(x) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float64).cpu()
+
+
+# ---------------------------------------------------------------------------- intervals
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -33,9 +62,9 @@ def _resample_index(n: int, resamples: int, seed: int) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=4)
 def _resample_counts(n: int, resamples: int, seed: int) -> torch.Tensor:
-    """[resamples, n] float64: how often each example is drawn in each resample of
-    `_resample_index`. `counts @ x` equals `x[idx].sum(1)` (the same resamples, up to summation order) but is one matrix
-    product, and the matrix is cached: a head scan makes hundreds of bootstraps of the same size."""
+    """[resamples, n] float64: how often each example is drawn in each resample. `counts @ x` is the
+    resampled sum of x as one matrix product, and the matrix is cached: an analysis makes many
+    bootstraps of the same size."""
     idx = _resample_index(n, resamples, seed)
     counts = torch.zeros(resamples, n, dtype=torch.float64)
     return counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
@@ -43,55 +72,208 @@ def _resample_counts(n: int, resamples: int, seed: int) -> torch.Tensor:
 
 def bootstrap_ratio_interval(num, den, resamples=DEFAULT_RESAMPLES, seed=0) -> tuple[float, float]:
     """Percentile 95% interval of sum(num)/sum(den), resampling examples."""
-    num, den = torch.as_tensor(num, dtype=torch.float64).cpu(), torch.as_tensor(den, dtype=torch.float64).cpu()
+    num, den = _f64(num), _f64(den)
     counts = _resample_counts(len(num), resamples, seed)
     stats = (counts @ num) / (counts @ den)
     lo, hi = torch.quantile(stats, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return (lo, hi)
 
 
+def bootstrap_p_floor(resamples: int) -> float:
+    """The smallest p-value `paired_bootstrap` can return with this many resamples."""
+    return min(1.0, 2.0 / resamples)
+
+
 def paired_bootstrap(num_a, den_a, num_b, den_b, resamples=DEFAULT_RESAMPLES, seed=0) -> dict:
-    """Difference of ratio statistics (b - a) on the same examples: estimate, 95% interval and a
-    two-sided bootstrap p-value (twice the smaller tail beyond zero)."""
-    t = lambda x: torch.as_tensor(x, dtype=torch.float64).cpu()  # noqa: E731
-    num_a, den_a, num_b, den_b = t(num_a), t(den_a), t(num_b), t(den_b)
+    """Difference of ratio statistics (b - a) on the same examples: estimate, percentile 95% interval
+    and a two-sided bootstrap p-value (twice the smaller tail beyond zero, never below 2/B).
+
+    Used for intervals of quantities without an analytic test (probe selectivity); its p-value has a
+    floor, recorded as `p_floor`, so it decides nothing in a large family."""
+    num_a, den_a, num_b, den_b = _f64(num_a), _f64(den_a), _f64(num_b), _f64(den_b)
     estimate = (num_b.sum() / den_b.sum() - num_a.sum() / den_a.sum()).item()
     counts = _resample_counts(len(num_a), resamples, seed)
     diffs = (counts @ num_b) / (counts @ den_b) - (counts @ num_a) / (counts @ den_a)
     lo, hi = torch.quantile(diffs, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     tail = min((diffs <= 0).double().mean().item(), (diffs >= 0).double().mean().item())
     p = min(1.0, 2 * max(tail, 1.0 / resamples))
-    return {"estimate": estimate, "ci95": [lo, hi], "p_value": p}
+    return {"test": "paired_bootstrap", "estimate": estimate, "ci95": [lo, hi], "p_value": p,
+            "p_floor": bootstrap_p_floor(resamples), "resamples": resamples}
 
 
-def difference_of_differences(a1, b1, a2, b2, resamples=DEFAULT_RESAMPLES, seed=0) -> dict:
-    """(b2 - a2) - (b1 - a1) for two independent sets of examples, each difference paired.
+def independent_difference(num_a, den_a, num_b, den_b, resamples=DEFAULT_RESAMPLES, seed=0) -> dict:
+    """sum(num_b)/sum(den_b) - sum(num_a)/sum(den_a) for two different sets of examples, with a
+    percentile interval from resampling each set on its own. Descriptive only (no p-value): used for
+    gaps between test sets whose contents differ (test_paren minus test_flat)."""
+    num_a, den_a, num_b, den_b = _f64(num_a), _f64(den_a), _f64(num_b), _f64(den_b)
+    ra = (_resample_counts(len(num_a), resamples, seed) @ num_a) / (_resample_counts(len(num_a), resamples, seed) @ den_a)
+    rb = (_resample_counts(len(num_b), resamples, seed + 1) @ num_b) / (_resample_counts(len(num_b), resamples, seed + 1) @ den_b)
+    lo, hi = torch.quantile(rb - ra, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"estimate": (num_b.sum() / den_b.sum() - num_a.sum() / den_a.sum()).item(), "ci95": [lo, hi],
+            "interval": f"percentile bootstrap, each set resampled on its own ({resamples} resamples)"}
 
-    Each argument is a (num, den) pair. Used for specialization: the ablation's effect on
-    parenthesized examples minus its effect on flat ones; the two test sets are resampled
-    independently, each keeping its own pairing.
-    """
-    t = lambda x: torch.as_tensor(x, dtype=torch.float64).cpu()  # noqa: E731
 
-    def diffs(a, b, seed_):
-        counts = _resample_counts(len(a[0]), resamples, seed_)
-        na, da, nb, db = t(a[0]), t(a[1]), t(b[0]), t(b[1])
-        point = (nb.sum() / db.sum() - na.sum() / da.sum()).item()
-        return point, (counts @ nb) / (counts @ db) - (counts @ na) / (counts @ da)
+# ---------------------------------------------------------------------------- exact tests
 
-    p1, d1 = diffs(a1, b1, seed)
-    p2, d2 = diffs(a2, b2, seed + 1)
-    dd = d2 - d1
-    lo, hi = torch.quantile(dd, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    tail = min((dd <= 0).double().mean().item(), (dd >= 0).double().mean().item())
-    return {"estimate": p2 - p1, "ci95": [lo, hi], "p_value": min(1.0, 2 * max(tail, 1.0 / resamples))}
+
+def binomial_two_sided(k: int, n: int) -> float:
+    """Two-sided exact binomial p-value for k successes of n at p = 1/2: twice the smaller tail,
+    computed in exact integer arithmetic (no underflow or cancellation for any n), capped at 1."""
+    if n == 0:
+        return 1.0
+    k = min(k, n - k)
+    tail = sum(math.comb(n, i) for i in range(k + 1))
+    return min(1.0, 2 * tail / 2**n)  # int / int: correctly rounded
 
 
 def mcnemar_exact(correct_a, correct_b) -> dict:
-    """Exact McNemar test for paired binary outcomes (same examples, two conditions)."""
-    a = torch.as_tensor(correct_a).bool().cpu()
-    b = torch.as_tensor(correct_b).bool().cpu()
+    """Exact McNemar test for paired yes/no outcomes (same examples, conditions a and b)."""
+    a, b = torch.as_tensor(correct_a).bool().cpu(), torch.as_tensor(correct_b).bool().cpu()
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
-    n, k = only_a + only_b, min(only_a, only_b)
-    p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
-    return {"only_a": only_a, "only_b": only_b, "p_value": p}
+    n = len(a)
+    return {"test": "mcnemar_exact", "estimate": (only_b - only_a) / n if n else float("nan"),
+            "only_a": only_a, "only_b": only_b, "p_value": binomial_two_sided(only_a, only_a + only_b),
+            "p_floor": 0.0}
+
+
+def sign_test_exact(differences) -> dict:
+    """Exact two-sided sign test of per-example differences (zeros dropped); estimate = their mean."""
+    d = _f64(differences)
+    pos, neg = int((d > 0).sum()), int((d < 0).sum())
+    return {"test": "sign_test_exact", "estimate": d.mean().item() if len(d) else float("nan"),
+            "positive": pos, "negative": neg, "p_value": binomial_two_sided(pos, pos + neg), "p_floor": 0.0}
+
+
+# ---------------------------------------------------------------------------- the t distribution
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) by its continued fraction (modified Lentz)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast only below the mean; use symmetry
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * h / a
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with df degrees of freedom."""
+    if math.isnan(t):
+        return float("nan")
+    if math.isinf(t):
+        return 0.0
+    return min(1.0, _betainc(df / 2, 0.5, df / (df + t * t)))
+
+
+@functools.lru_cache(maxsize=64)
+def t_quantile_975(df: float) -> float:
+    """The 97.5% quantile of Student's t (bisection on the two-sided p)."""
+    lo, hi = 0.0, 1000.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_two_sided_p(mid, df) > 0.05 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def paired_contrast(terms, alpha_ci: float = 0.95) -> dict:
+    """A linear contrast of ratio statistics measured on the same examples, with a paired t-test.
+
+    `terms` is a list of (weight, num, den): the contrast is sum(w * sum(num) / sum(den)); e.g. an
+    ablation's effect is [(-1, base), (+1, ablated)], and its effect on bracketed twins minus its
+    effect on the flat originals has four terms. Each example contributes
+    u_i = sum(w * (num_i - R * den_i) / mean(den)) (the delta method's linearisation, R = the term's
+    ratio); the test is a one-sample t-test of the u_i (mean zero by construction, so the statistic is
+    estimate / (sd(u) / sqrt(n))). With a constant denominator this is exactly the paired t-test on
+    per-example differences. Analytic: p_floor = 0.
+    """
+    n = len(terms[0][1])
+    estimate, u = 0.0, torch.zeros(n, dtype=torch.float64)
+    for weight, num, den in terms:
+        num, den = _f64(num), _f64(den)
+        ratio = (num.sum() / den.sum()).item()
+        estimate += weight * ratio
+        u += weight * (num - ratio * den) / den.mean()
+    out = {"test": "paired_t", "estimate": estimate, "n": n, "df": n - 1, "p_floor": 0.0}
+    sd = u.std().item() if n > 1 else float("nan")
+    if n < 2 or not math.isfinite(sd):
+        return {**out, "ci95": [float("nan"), float("nan")], "t": float("nan"), "p_value": float("nan")}
+    se = sd / math.sqrt(n)
+    if se == 0.0:  # every example contributes exactly the same: no variation to test against
+        p = 1.0 if estimate == 0.0 else 0.0
+        return {**out, "ci95": [estimate, estimate], "t": float("nan") if estimate == 0 else math.copysign(math.inf, estimate),
+                "p_value": p}
+    t = estimate / se
+    half = t_quantile_975(n - 1) * se
+    return {**out, "ci95": [estimate - half, estimate + half], "t": t, "p_value": t_two_sided_p(t, n - 1)}
+
+
+# ---------------------------------------------------------------------------- corrections
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjusted p-values (same order as given), monotone and capped at 1."""
+    p = list(p_values)
+    m = len(p)
+    order = sorted(range(m), key=lambda i: p[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+class Family:
+    """The comparisons one verdict is drawn from, corrected together by Holm.
+
+        fam = Family("head_scan")
+        fam.add("zero/L0-H1/answer_loss/bracket_cost", entry)   # entry: a test's dict
+        declared = fam.close()     # writes entry["p_adjusted"]; returns {name, size, correction, members, ...}
+
+    `close` refuses a family whose smallest attainable adjusted p is not at least FLOOR_MARGIN times
+    below alpha (max p_floor * size > alpha / FLOOR_MARGIN): its verdicts would be decided by the
+    method's resolution rather than by the data.
+    """
+
+    def __init__(self, name: str, alpha: float = ALPHA):
+        self.name, self.alpha = name, alpha
+        self.members: list[str] = []
+        self.entries: list[dict] = []
+
+    def add(self, member: str, entry: dict) -> dict:
+        if member in self.members:
+            raise ValueError(f"family {self.name}: member {member!r} added twice")
+        if not math.isfinite(entry.get("p_value", float("nan"))):
+            raise ValueError(f"family {self.name}: member {member!r} has no finite p_value")
+        self.members.append(member)
+        self.entries.append(entry)
+        entry["family"] = self.name
+        return entry
+
+    def close(self) -> dict:
+        size = len(self.entries)
+        floor = max((e["p_floor"] for e in self.entries), default=0.0)
+        if floor * size > self.alpha / FLOOR_MARGIN:
+            raise ValueError(f"family {self.name}: p_floor {floor:g} x {size} comparisons = {floor * size:g} is above "
+                             f"{self.alpha}/{FLOOR_MARGIN}; use an exact or analytic test or more resamples")
+        for entry, adj in zip(self.entries, holm([e["p_value"] for e in self.entries])):
+            entry["p_adjusted"] = adj
+            entry["significant"] = bool(adj < self.alpha)
+        return {"name": self.name, "size": size, "correction": "holm", "alpha": self.alpha,
+                "p_floor_max": floor, "members": list(self.members)}

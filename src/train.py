@@ -38,6 +38,7 @@ from src.data import Batch, load_jsonl, make_batch
 from src.errors import GpuOnlyError, UserError, run_main, write_failed
 from src.evaluate import evaluate_batch
 from src.model import CompactTransformer
+from src.runfiles import SCHEMAS, read_metrics
 from src.tokenizer import IGNORE_INDEX, PAD_ID
 
 # dynamic loss scaling, as torch.amp.GradScaler's defaults
@@ -430,8 +431,10 @@ class RunDir:
         atomic_write_json(self.path / name, obj)
 
     def metrics(self) -> list[dict]:
-        path = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        rows, problems = read_metrics(self.path / "metrics.jsonl")
+        for problem in problems:  # the checkpoint, not this log, is the run's state: go on without the line
+            print(f"warning: {problem}", file=sys.stderr)
+        return rows
 
     def append_metrics(self, record: dict) -> None:
         rows = self.metrics() + [record]
@@ -601,7 +604,7 @@ def train_loop(cfg: Config, args, run: RunDir, trainer: Trainer, val_batch, star
         finally:
             bar.close()
         train_time += time.perf_counter() - tic
-        record = {"epoch": epoch, "step": int(trainer.step), "train_loss": trainer.mean_loss(),
+        record = {"schema": SCHEMAS["metrics"], "epoch": epoch, "step": int(trainer.step), "train_loss": trainer.mean_loss(),
                   "lr": float(trainer.lr), "skipped_steps": int(trainer.skipped_steps)}
         if device.type == "cuda":
             record["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -642,6 +645,7 @@ def make_summary(cfg, args, device, fallback, trainer: Trainer, result: dict, wa
     if status is None:
         status = "completed" if result["epoch"] == cfg.training.epochs else "stopped_after_epoch"
     summary = {
+        "schema": SCHEMAS["summary"],
         "status": status,
         "config": cfg.name,
         "seed": args.seed,

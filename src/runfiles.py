@@ -1,0 +1,81 @@
+"""The files of a run directory: their schemas, and the one reader of each.
+
+Every JSON file the project writes starts with `"schema": "<kind>/<version>"`; docs/SCHEMAS.md lists
+the keys of each kind. A reader asks for a kind and gets the dict, or a UserError that names the file
+and the command that regenerates it, so that a stale file never feeds an analysis silently.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from src.errors import UserError
+
+SCHEMAS = {
+    "summary": "summary/1",      # src.train: summary.json
+    "metrics": "metrics/1",      # src.train: each line of metrics.jsonl
+    "eval": "eval/2",            # src.evaluate: eval.json
+    "ablation": "ablation/2",    # src.ablate: ablation.json
+    "probe": "probe/2",          # src.probe: probe.json
+    "roles": "roles/1",          # src.roles: roles.json
+    "report": "report/2",        # src.report: report.json
+}
+REGENERATE = {
+    "summary": "python -m src.train --config CONFIG --output-dir {run} ...",
+    "metrics": "python -m src.train --config CONFIG --output-dir {run} ...",
+    "eval": "python -m src.evaluate --run {run}",
+    "ablation": "python -m src.ablate --run {run}",
+    "probe": "python -m src.probe --run {run}",
+    "roles": "python -m src.roles --run {run}",
+    "report": "python -m src.report RUN [RUN ...]",
+}
+
+
+def stamp(kind: str, obj: dict) -> dict:
+    """`obj` with its schema as the first key."""
+    return {"schema": SCHEMAS[kind], **{k: v for k, v in obj.items() if k != "schema"}}
+
+
+def regenerate_hint(kind: str, run: Path | str) -> str:
+    return REGENERATE[kind].format(run=run)
+
+
+def read_result(path: Path, kind: str) -> dict:
+    """The JSON file at `path`, which must be of `kind` at the current version."""
+    path = Path(path)
+    run = path.parent
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; make it with `{regenerate_hint(kind, run)}`") from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: unreadable ({str(err)[:200]}); regenerate it with `{regenerate_hint(kind, run)}`") from None
+    schema = obj.get("schema") if isinstance(obj, dict) else None
+    if schema != SCHEMAS[kind]:
+        found = "no schema (written by an older version)" if schema is None else f"schema {str(schema)[:60]!r}"
+        raise UserError(f"{path}: {found}, expected {SCHEMAS[kind]!r}; regenerate it with `{regenerate_hint(kind, run)}`")
+    return obj
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
+    """The evaluation rows of a metrics.jsonl and a note for each line that could not be used
+    (`path:line: why`). A missing file is no rows. Rows written before rows carried a schema have the
+    same keys and are accepted."""
+    path = Path(path)
+    if not path.is_file():
+        return [], []
+    rows, problems = [], []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as err:
+            problems.append(f"{path}:{line_no}: not valid JSON ({str(err)[:80]}); line skipped")
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or row.get("schema", SCHEMAS["metrics"]) != SCHEMAS["metrics"]:
+            problems.append(f"{path}:{line_no}: not a metrics row of schema {SCHEMAS['metrics']}; line skipped")
+            continue
+        rows.append(row)
+    return rows, problems

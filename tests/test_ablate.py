@@ -1,0 +1,172 @@
+"""src.ablate on a tiny model with a known signal head, CPU only (see tests/tiny.py)."""
+
+import json
+
+import pytest
+import torch
+
+from src import ablate
+from src.config import config_from_dict
+from src.errors import run_main
+from src.evaluate import METRICS, load_split_batches
+from src.model import CompactTransformer
+from tests.tiny import SPLIT_SIZES, tiny_config, write_data, write_run
+
+FAST = ["--device", "cpu"]
+SPLITS = {"test_flat", "test_paren_matched", "test_paren", "test_depth3"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablate")
+    write_data(root / "data")
+    raw = tiny_config(root / "data")
+    run = root / "run"
+    write_run(run, raw)
+    assert ablate.main(["--run", str(run), *FAST, "--max-set-size", "3"]) == 0
+    return {"root": root, "run": run, "raw": raw, "ablation": json.loads((run / "ablation.json").read_text())}
+
+
+def row(result: dict, mode: str, label: str) -> dict:
+    return next(r for r in result["scan"]["modes"][mode] if r["head"] == label)
+
+
+def test_ablation_json_follows_the_statistical_standard(tiny):
+    res = tiny["ablation"]
+    assert res["schema"] == "ablation/2"
+    assert set(res["baseline"]) == SPLITS and set(res["modes"]) == {"zero", "mean"}
+    fams = res["families"]
+    assert fams["head_effect"]["size"] == 2 * 8 * 2 * 4  # modes x heads x verdict metrics x splits
+    assert fams["head_bracket"]["size"] == 2 * 8 * 2
+    for fam in fams.values():
+        assert fam["correction"] == "holm" and len(fam["members"]) == fam["size"]
+        assert fam["p_floor_max"] * fam["size"] <= 0.005  # attainable: ten times below alpha
+    for mode in ("zero", "mean"):
+        rows = res["scan"]["modes"][mode]
+        assert len(rows) == 8 and [r["rank"] for r in rows] == list(range(1, 9))
+        est = [r["bracket_specificity"]["answer_loss"]["estimate"] for r in rows]
+        assert est == sorted(est, reverse=True)
+        for r in rows:
+            for split in SPLITS:
+                for metric in METRICS:
+                    e = r["effects"][split][metric]
+                    assert {"test", "estimate", "ci95", "p_value", "p_floor", "baseline", "ablated"} <= set(e)
+                    assert e["estimate"] == pytest.approx(e["ablated"] - e["baseline"], abs=1e-12)
+                    assert e["test"] == ("mcnemar_exact" if METRICS[metric].binary else "paired_t")
+                for metric in ("exact_match", "answer_loss"):
+                    assert "p_adjusted" in r["effects"][split][metric]
+            spec = r["bracket_specificity"]
+            assert spec["exact_match"]["test"] == "sign_test_exact" and spec["answer_loss"]["test"] == "paired_t"
+            m, f = r["effects"]["test_paren_matched"]["answer_loss"], r["effects"]["test_flat"]["answer_loss"]
+            assert spec["answer_loss"]["estimate"] == pytest.approx(m["estimate"] - f["estimate"], abs=1e-10)
+    png = tiny["run"] / "ablation_heatmap.png"
+    assert png.is_file() and png.stat().st_size < 200_000
+
+
+def test_holm_adjusted_p_values_match_the_family(tiny):
+    from src import stats
+    res = tiny["ablation"]
+    entries = []
+    for mode in ("zero", "mean"):
+        for r in res["scan"]["modes"][mode]:
+            entries += [r["bracket_specificity"][m] for m in ("exact_match", "answer_loss")]
+    assert [e["p_adjusted"] for e in entries] == pytest.approx(stats.holm([e["p_value"] for e in entries]))
+
+
+def test_signal_head_is_significant_and_silent_head_is_exactly_null(tiny):
+    res = tiny["ablation"]
+    signal = row(res, "zero", "L0-H1")
+    for split in ("test_flat", "test_paren_matched"):
+        e = signal["effects"][split]["answer_loss"]
+        assert e["estimate"] > 0.1 and e["ci95"][0] > 0 and e["significant"], e
+    finding = next(h for h in res["head_findings"] if h["head"] == "L0-H1")
+    assert "zero" in finding["tests"]["test_flat/answer_loss"]["significant_under"]
+    assert finding["tests"]["test_flat/answer_loss"]["holds_under"] in ("zero", "both")
+    silent = row(res, "zero", "L0-H0")
+    for split, metrics in silent["effects"].items():
+        for metric, e in metrics.items():
+            assert e["estimate"] == 0.0 and e["p_value"] == 1.0, (split, metric)
+    for metric, e in silent["bracket_specificity"].items():
+        assert e["estimate"] == 0.0 and e["p_value"] == 1.0, metric
+
+
+def test_targeted_set_is_tested_only_on_examples_it_was_not_chosen_on(tiny, monkeypatch):
+    cfg = config_from_dict(tiny["raw"])
+    torch.manual_seed(0)
+    model = CompactTransformer(cfg.model).eval()
+    batches = load_split_batches(cfg, tuple(sorted(SPLITS)))
+    base = ablate.score_splits(model, batches, None, False)
+    _, kept = ablate.scan_heads(model, batches, base, None, False, log=lambda *_: None)
+    seen = []
+    real = ablate.score_splits
+
+    def spy(model_, batches_, ablation, fp16, decode=True):
+        seen.append({s: b.inputs.clone() for s, b in batches_.items()})
+        return real(model_, batches_, ablation, fp16, decode)
+
+    monkeypatch.setattr(ablate, "score_splits", spy)
+    t = ablate.targeted_ablation(model, batches, base, kept, None, False, "zero", 3, log=lambda *_: None)
+    sel, test = ablate.halves(SPLIT_SIZES["test_flat"])
+    assert set(sel.tolist()).isdisjoint(test.tolist())
+    for call in seen:  # every forward pass of the targeted test sees the odd half only
+        for split, inputs in call.items():
+            assert torch.equal(inputs, batches[split].inputs[ablate.halves(len(batches[split]))[1]])
+    assert t["sets_tried"] == 3 == t["family"]["size"] and t["family"]["correction"] == "holm"
+    assert t["selection_examples"] == "even indices" and t["test_examples"] == "odd indices"
+    # the ranking came from the even half alone: recompute it there
+    base_sel = {s: ablate.subset(base[s], sel) for s in ("test_flat", "test_paren_matched")}
+    est = {h: ablate.bracket_specificity(base_sel, {s: ablate.subset(kept[h][s], sel) for s in base_sel},
+                                         ("answer_loss",))["answer_loss"]["estimate"] for h in kept}
+    ranked = [r["head"] for r in t["ranking_on_selection"]]
+    assert ranked == [f"L{l}-H{h}" for (l, h) in sorted(est, key=lambda k: -est[k])]
+
+
+def test_heads_flag_ablates_together_under_both_modes(tiny):
+    run = tiny["run"]
+    assert ablate.main(["--run", str(run), *FAST, "--heads", "0.1,1.2", "--limit", "20"]) == 0
+    res = json.loads((run / "ablation_heads_0.1+1.2.json").read_text())
+    assert res["heads"] == ["L0-H1", "L1-H2"] and set(res["by_mode"]) == {"zero", "mean"}
+    assert set(res["by_mode"]["mean"]["effects"]) == SPLITS
+    assert res["families"]["head_effect"]["size"] == 2 * 2 * 4
+    assert "scan" not in res
+
+
+def test_training_means_are_per_position_means_over_real_tokens(tiny):
+    cfg = config_from_dict(tiny["raw"])
+    torch.manual_seed(0)
+    model = CompactTransformer(cfg.model).eval()
+    batch = load_split_batches(cfg, ("train",))["train"]
+    means = ablate.training_means(model, batch)
+    assert means.shape == (2, 4, cfg.model.max_seq_len, cfg.model.head_dim)
+    z = model(batch.inputs, cache={"blocks.1.attn.hook_z"}).cache["blocks.1.attn.hook_z"]
+    real = batch.inputs != 0
+    for t in (0, 5, 20):
+        keep = real[:, t]
+        torch.testing.assert_close(means[1, :, t], z[keep, t].mean(0), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--heads", "7.0"], "layers 0-1"),
+    (["--heads", "x"], "LAYER.HEAD"),
+    (["--heads", ","], "no empty items"),
+    (["--modes", "zero,zero"], "distinct modes"),
+    (["--modes", "median"], "--modes"),
+    (["--max-set-size", "0"], "at least 1"),
+    (["--checkpoint", "latest"], "no latest checkpoint"),
+])
+def test_bad_input_is_a_user_error_and_writes_nothing(tiny, capsys, argv, message):
+    before = sorted(p.name for p in tiny["run"].iterdir())
+    assert run_main(ablate.main, ["--run", str(tiny["run"]), "--device", "cpu", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tiny["run"].iterdir()) == before
+
+
+def test_a_run_without_the_matched_split_names_the_file_and_the_fix(tmp_path, capsys):
+    write_data(tmp_path / "data")
+    (tmp_path / "data" / "pilot_test_paren_matched.jsonl").unlink()
+    run = tmp_path / "run"
+    write_run(run, tiny_config(tmp_path / "data"))
+    assert run_main(ablate.main, ["--run", str(run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "pilot_test_paren_matched.jsonl" in err and "python -m src.data" in err
+    assert not (run / "ablation.json").exists()

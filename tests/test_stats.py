@@ -1,0 +1,123 @@
+"""The statistics module against known values: exact tests, the t distribution, Holm, floors."""
+
+import math
+
+import pytest
+import torch
+
+from src import stats
+
+
+def test_mcnemar_on_known_tables():
+    a = torch.tensor([1] * 10 + [0] * 5)          # b = 0 (a right, b wrong) ... built as c = 10 discordant one way
+    b = torch.tensor([0] * 10 + [0] * 5)
+    r = stats.mcnemar_exact(b, a)                  # only_b = 10, only_a = 0
+    assert (r["only_a"], r["only_b"]) == (0, 10)
+    assert r["p_value"] == pytest.approx(2 * 0.5**10) == pytest.approx(0.001953125)
+    assert r["test"] == "mcnemar_exact" and r["p_floor"] == 0.0
+    same = stats.mcnemar_exact(torch.tensor([1, 0, 1, 0]), torch.tensor([0, 1, 1, 0]))  # b = c = 1
+    assert same["p_value"] == 1.0
+    assert stats.mcnemar_exact(torch.ones(5), torch.ones(5))["p_value"] == 1.0  # no discordant pair
+
+
+@pytest.mark.parametrize("n", [1, 7, 100, 999, 2000])
+def test_binomial_tail_is_exact_for_large_n(n):
+    from fractions import Fraction
+    k = n // 3
+    exact = min(Fraction(1), 2 * sum(Fraction(math.comb(n, i), 2**n) for i in range(k + 1)))
+    assert stats.binomial_two_sided(k, n) == float(exact)
+    assert stats.binomial_two_sided(n - k, n) == float(exact)  # symmetric
+
+
+def test_sign_test_drops_zeros():
+    r = stats.sign_test_exact(torch.tensor([0, 0, 1, 2, 1, -1, 0]))
+    assert (r["positive"], r["negative"]) == (3, 1)
+    assert r["p_value"] == pytest.approx(stats.binomial_two_sided(1, 4)) == pytest.approx(0.625)
+
+
+@pytest.mark.parametrize("t, df, p", [(2.0, 10, 0.073388), (0.5, 3, 0.651448), (1.96, 1e6, 0.049996),
+                                      (3.0, 1, 0.204833)])
+def test_t_distribution_matches_tables(t, df, p):
+    assert stats.t_two_sided_p(t, df) == pytest.approx(p, abs=2e-6)
+    assert stats.t_two_sided_p(-t, df) == stats.t_two_sided_p(t, df)
+
+
+def test_t_quantile():
+    assert stats.t_quantile_975(10) == pytest.approx(2.228139, abs=1e-5)
+    assert stats.t_quantile_975(1999) == pytest.approx(1.961151, abs=1e-5)
+
+
+def test_paired_contrast_is_the_paired_t_test_for_a_constant_denominator():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(500, generator=gen, dtype=torch.float64)
+    b = a + 0.1 + 0.5 * torch.randn(500, generator=gen, dtype=torch.float64)
+    one = torch.ones(500, dtype=torch.float64)
+    r = stats.paired_contrast([(-1, a, one), (1, b, one)])
+    d = b - a
+    t = d.mean() / (d.std() / math.sqrt(500))
+    assert r["estimate"] == pytest.approx(d.mean().item())
+    assert r["t"] == pytest.approx(t.item())
+    assert r["p_value"] == pytest.approx(stats.t_two_sided_p(t.item(), 499))
+    half = stats.t_quantile_975(499) * d.std().item() / math.sqrt(500)
+    assert r["ci95"] == pytest.approx([d.mean().item() - half, d.mean().item() + half])
+    assert r["test"] == "paired_t" and r["p_floor"] == 0.0
+
+
+def test_paired_contrast_of_identical_scores_is_exactly_null():
+    x, den = torch.rand(50, dtype=torch.float64), torch.randint(1, 4, (50,)).double()
+    r = stats.paired_contrast([(-1, x, den), (1, x, den)])
+    assert r["estimate"] == 0.0 and r["p_value"] == 1.0 and r["ci95"] == [0.0, 0.0]
+
+
+def test_paired_contrast_ratio_estimate_and_four_terms():
+    gen = torch.Generator().manual_seed(1)
+    den = torch.randint(2, 6, (300,), generator=gen).double()
+    parts = [torch.rand(300, generator=gen, dtype=torch.float64) * den for _ in range(4)]
+    w = [1, -1, -1, 1]
+    r = stats.paired_contrast([(wi, p, den) for wi, p in zip(w, parts)])
+    expected = sum(wi * (p.sum() / den.sum()).item() for wi, p in zip(w, parts))
+    assert r["estimate"] == pytest.approx(expected)
+    assert r["ci95"][0] < r["estimate"] < r["ci95"][1]
+
+
+def test_holm_on_a_known_vector():
+    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert stats.holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert stats.holm([0.03, 0.02]) == pytest.approx([0.04, 0.04])  # made monotone
+    assert stats.holm([]) == []
+
+
+def test_bootstrap_floor_is_recorded_and_never_undercut():
+    x = torch.zeros(200, dtype=torch.float64)
+    y = torch.ones(200, dtype=torch.float64)
+    one = torch.ones(200, dtype=torch.float64)
+    r = stats.paired_bootstrap(x, one, y, one, resamples=500)  # every resample is +1: the smallest p possible
+    assert r["p_floor"] == stats.bootstrap_p_floor(500) == pytest.approx(2 / 500)
+    assert r["p_value"] == pytest.approx(r["p_floor"])
+
+
+def test_family_applies_holm_and_declares_itself():
+    fam = stats.Family("demo")
+    entries = [{"p_value": p, "p_floor": 0.0} for p in (0.01, 0.04, 0.03, 0.005)]
+    for i, e in enumerate(entries):
+        fam.add(f"m{i}", e)
+    declared = fam.close()
+    assert declared == {"name": "demo", "size": 4, "correction": "holm", "alpha": 0.05, "p_floor_max": 0.0,
+                        "members": ["m0", "m1", "m2", "m3"]}
+    assert [e["p_adjusted"] for e in entries] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert [e["significant"] for e in entries] == [True, False, False, True]
+    with pytest.raises(ValueError, match="added twice"):
+        fam.add("m0", {"p_value": 0.1, "p_floor": 0.0})
+
+
+def test_family_refuses_a_floor_that_cannot_reach_its_threshold():
+    # the audit's case: a bootstrap of 2,000 resamples (floor 0.001) over 16 heads
+    fam = stats.Family("bootstrap_heads")
+    for i in range(16):
+        fam.add(f"h{i}", {"p_value": 0.001, "p_floor": stats.bootstrap_p_floor(2000)})
+    with pytest.raises(ValueError, match="p_floor"):
+        fam.close()
+    ok = stats.Family("bootstrap_many")
+    for i in range(16):
+        ok.add(f"h{i}", {"p_value": 0.5, "p_floor": stats.bootstrap_p_floor(1_000_000)})
+    assert ok.close()["p_floor_max"] * 16 <= 0.005
