@@ -6,54 +6,16 @@ A checkpoint is a plain dict of tensors and Python scalars, so it loads without 
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
 import re
 from pathlib import Path
 
 import torch
 
+from src.atomic import atomic_save, atomic_write_json, atomic_write_text  # noqa: F401  (re-exported)
 from src.config import ModelConfig
 from src.errors import UserError, write_failed
 from src.model import CompactTransformer
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write a text file through a temporary file and a rename: a failure leaves the old one."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise write_failed(path, err) from None
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file beside `path`, flushed to disk, then renamed over it.
-
-    A crash or a full disk leaves the previous file at `path` untouched: a reader sees the old
-    checkpoint or the new one, never half of one.
-    """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise write_failed(path, err) from None
-        raise
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

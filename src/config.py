@@ -1,7 +1,9 @@
 """YAML config -> typed, validated config.
 
 Every key is required and every unknown key is an error: a typo in a config must never fall
-back silently to a default. Errors name the file and the key (`training.batch_size`).
+back silently to a default. The one exception is a key added after checkpoints were saved with
+configs that lack it: it has a default, so that those checkpoints still load. Errors name the
+file and the key (`training.batch_size`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class DataConfig:
     test_flat: str
     test_paren: str
     test_depth3: str
+    test_paren_matched: str = "data/pilot_test_paren_matched.jsonl"  # added later; older configs lack it
 
     def path(self, split: str) -> Path:
         p = Path(getattr(self, split))
@@ -91,11 +94,13 @@ def _build(cls, raw, where: str, source: str):
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise UserError(f"{source}: unknown key '{prefix}{unknown[0]}'; allowed keys: {', '.join(fields)}")
-    missing = [k for k in fields if k not in raw]
+    missing = [k for k, f in fields.items() if k not in raw and f.default is dataclasses.MISSING]
     if missing:
         raise UserError(f"{source}: missing key '{prefix}{missing[0]}'; every key must be given")
     values = {}
     for name, hint in hints.items():
+        if name not in raw:
+            continue  # a key with a default, omitted
         key, value = f"{prefix}{name}", raw[name]
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, value, key, source)

@@ -4,7 +4,7 @@ Grammar: 2 to 4 integers from 1 to 99, binary operators + - *, usual precedence 
 left-associative), and parentheses. Values are computed by a recursive-descent parser over the
 string; nothing is ever passed to Python's `eval`.
 
-    python -m src.data --seed 42 --out data     # writes the five files of SPEC section 4
+    python -m src.data --seed 42 --out data     # writes the six files of SPEC sections 4 and 5
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from src.config import REPO_ROOT
 from src.errors import UserError, run_main
 from src.tokenizer import IGNORE_INDEX, PAD_ID, prompt_ids, sequence_ids
 
@@ -34,6 +36,8 @@ SPLITS = {
     "pilot_test_paren": (2000, (1, 2)),
     "pilot_test_depth3": (2000, (3,)),
 }
+# line i is line i of pilot_test_flat with one pair of value-preserving brackets added (SPEC section 5)
+MATCHED_SPLIT, MATCHED_SOURCE = "pilot_test_paren_matched", "pilot_test_flat"
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -171,21 +175,62 @@ def make_record(expr: str) -> Record:
     return Record(expr, evaluate(expr), depth_labels(expr))
 
 
+def bracketings(rng: random.Random, flat: str) -> list[str]:
+    """`flat` (no brackets) with one pair of brackets added, value unchanged, in order of preference.
+
+    First the proper sub-expressions of its parse tree in random order: a product's left part
+    (`(4*5)*6`), a product term of a sum (`3+(4*5)`), a left part of the sum chain (`(3+4*5)-6`).
+    Then the whole expression, the only operation of a 2-operand one. Last a lone number (`(84)-4`),
+    a placement the generator never makes, so that one of them is in no other file.
+    """
+    numbers = [(m.start(), m.end()) for m in re.finditer(r"\d+", flat)]
+    ops = [flat[end] for _, end in numbers[:-1]]  # ops[k] joins numbers k and k + 1
+    # the parse tree's operations as spans of numbers [i, j]: standard precedence, left-associative
+    spans, term_start = [], 0
+    for j in range(1, len(numbers)):
+        if ops[j - 1] in "+-":
+            term_start = j
+        if term_start < j:
+            spans.append((term_start, j))  # a product term, or its left part
+        if term_start > 0 and (j == len(numbers) - 1 or ops[j] in "+-"):
+            spans.append((0, j))  # the sum chain up to the end of a term
+    whole = (0, len(numbers) - 1)
+    proper = sorted(set(spans) - {whole})
+    rng.shuffle(proper)
+    candidates = []
+    for i, j in proper + [whole] + [(i, i) for i in range(len(numbers))]:
+        start, end = numbers[i][0], numbers[j][1]
+        candidates.append(f"{flat[:start]}({flat[start:end]}){flat[end:]}")
+    return candidates
+
+
 def generate_splits(seed: int, max_seq_len: int = 32) -> dict[str, list[Record]]:
-    """Every split of SPEC section 4; no expression appears twice, within or across splits."""
+    """Every split of SPEC sections 4 and 5; no expression appears twice, within or across splits."""
     rng = random.Random(seed)
     seen: set[str] = set()
     splits = {}
     for name, (count, depths) in SPLITS.items():
+        # a flat expression leaves room for the two brackets its matched twin adds
+        limit = max_seq_len - 2 if name == MATCHED_SOURCE else max_seq_len
         records = []
         while len(records) < count:
             expr = random_expression(rng, depths[len(records) % len(depths)])
             record = make_record(expr)
-            if expr in seen or len(sequence_ids(expr, record.result)) > max_seq_len:
+            if expr in seen or len(sequence_ids(expr, record.result)) > limit:
                 continue
             seen.add(expr)
             records.append(record)
         splits[name] = records
+    # a generator of its own, so that the files above are the same with or without this one
+    rng = random.Random(f"{seed}-{MATCHED_SPLIT}")
+    matched = []
+    for flat in splits[MATCHED_SOURCE]:
+        expr = next(e for e in bracketings(rng, flat.expr) if e not in seen)
+        record = make_record(expr)
+        assert record.result == flat.result and max(record.depth) == 1, (flat.expr, expr)
+        seen.add(expr)
+        matched.append(record)
+    splits[MATCHED_SPLIT] = matched
     return splits
 
 
@@ -242,7 +287,9 @@ def load_jsonl(path, max_seq_len: int) -> list[Record]:
     """Every record of a JSONL file, validated; a UserError names the file and line of the first bad one."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: data file not found; generate it with `python -m src.data --seed 42 --out {path.parent}`")
+        out = path.parent.resolve()
+        out = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out  # the command runs from the repository root
+        raise UserError(f"{path}: data file not found; generate it with `python -m src.data --seed 42 --out {out}`")
     records = []
     with path.open("rb") as fh:  # bytes, so that a line that is not UTF-8 is reported by its number
         for line_no, raw in enumerate(fh, start=1):
@@ -331,7 +378,7 @@ def make_batch(records: list[Record], max_seq_len: int) -> Batch:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m src.data", description="Generate the five data files of SPEC section 4."
+        prog="python -m src.data", description="Generate the six data files of SPEC sections 4 and 5."
     )
     parser.add_argument("--seed", type=int, default=42, help="random seed (the shipped files use 42)")
     parser.add_argument("--out", type=Path, default=Path("data"), help="directory to write the .jsonl files into")

@@ -60,7 +60,7 @@ def test_both_configs_train_on_the_pilot_data():
     pilot, big = load_config(PILOT), load_config(SCALE_10M)
     assert pilot.data == big.data
     assert pilot.data.train == "data/pilot_train.jsonl" and pilot.data.val == "data/pilot_val.jsonl"
-    splits = ("train", "val", "test_flat", "test_paren", "test_depth3")
+    splits = ("train", "val", "test_flat", "test_paren", "test_paren_matched", "test_depth3")
     check_data_paths(big, str(SCALE_10M), splits)  # every file exists; raises otherwise
     assert big.data.path("train") == REPO_ROOT / "data" / "pilot_train.jsonl"
 
@@ -129,6 +129,17 @@ def test_bad_config_names_the_key(tmp_path, pilot_raw, change, expected):
     message = expect_error(write_config(tmp_path, raw))
     for text in expected:
         assert text in message
+
+
+def test_config_without_matched_split_gets_the_default(tmp_path, pilot_raw):
+    # configs stored in checkpoints older than the matched split lack the key; they must still load
+    raw = copy.deepcopy(pilot_raw)
+    del raw["data"]["test_paren_matched"]
+    cfg = load_config(write_config(tmp_path, raw))
+    assert cfg.data.test_paren_matched == "data/pilot_test_paren_matched.jsonl"
+    assert cfg == load_config(PILOT) == config_from_dict(raw)
+    for shipped in (PILOT, SCALE_10M):
+        assert load_config(shipped).data.test_paren_matched == "data/pilot_test_paren_matched.jsonl"
 
 
 def test_loss_on_answer_is_accepted(tmp_path, pilot_raw):

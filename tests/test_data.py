@@ -3,6 +3,7 @@
 import ast
 import json
 import operator
+import random
 import re
 import subprocess
 import sys
@@ -15,12 +16,14 @@ from src import data as data_module
 from src.data import (
     ExpressionError,
     Record,
+    bracketings,
     depth_labels,
     evaluate,
     generate_splits,
     load_jsonl,
     make_batch,
     make_record,
+    operand_count,
 )
 from src.errors import UserError
 from src.tokenizer import EOS_ID, IGNORE_INDEX, PAD_ID, decode, prompt_ids, sequence_ids
@@ -34,6 +37,7 @@ EXPECTED_COUNTS = {
     "pilot_test_flat": 2000,
     "pilot_test_paren": 2000,
     "pilot_test_depth3": 2000,
+    "pilot_test_paren_matched": 2000,
 }
 
 
@@ -189,6 +193,42 @@ def test_depth3_split_has_depth_exactly_3(shipped):
         assert max(r.depth) == 3
 
 
+def test_matched_split_is_the_flat_split_with_brackets(shipped):
+    pairs = list(zip(shipped["pilot_test_flat"], shipped["pilot_test_paren_matched"], strict=True))
+    for line_no, (flat, matched) in enumerate(pairs, start=1):
+        where = f"line {line_no}: {flat.expr!r} -> {matched.expr!r}"
+        assert matched.expr.replace("(", "").replace(")", "") == flat.expr, where
+        assert matched.result == flat.result == reference_value(matched.expr), where
+        assert max(matched.depth) >= 1, where
+        assert len(sequence_ids(matched.expr, matched.result)) <= MAX_SEQ_LEN, where
+
+
+@pytest.mark.parametrize(
+    "flat, expected",
+    [
+        ("1+2", ["(1+2)", "(1)+2", "1+(2)"]),  # the whole expression is the only operation
+        ("1*2+3", ["(1*2)+3", "(1*2+3)", "(1)*2+3", "1*(2)+3", "1*2+(3)"]),
+        ("1-2*3-4", ["(1-2*3)-4", "1-(2*3)-4", "(1-2*3-4)", "(1)-2*3-4", "1-(2)*3-4", "1-2*(3)-4", "1-2*3-(4)"]),
+        ("1+2*3*4", ["1+(2*3)*4", "1+(2*3*4)", "(1+2*3*4)", "(1)+2*3*4", "1+(2)*3*4", "1+2*(3)*4", "1+2*3*(4)"]),
+    ],
+)
+def test_bracketings_are_the_parse_tree_then_numbers(flat, expected):
+    candidates = bracketings(random.Random(0), flat)
+    n_proper = len(expected) - operand_count(flat) - 1
+    # proper sub-expressions in random order, then the whole expression, then each number
+    assert sorted(candidates[:n_proper]) == sorted(expected[:n_proper])
+    assert candidates[n_proper:] == expected[n_proper:]
+    for expr in candidates:
+        assert evaluate(expr) == evaluate(flat) and max(depth_labels(expr)) == 1, expr
+
+
+def test_small_max_seq_len_leaves_room_for_the_matched_brackets():
+    splits = generate_splits(42, max_seq_len=25)  # some flat lines need 24 tokens
+    for records in splits.values():
+        assert all(len(sequence_ids(r.expr, r.result)) <= 25 for r in records)
+    assert len(splits["pilot_test_paren_matched"]) == len(splits["pilot_test_flat"])
+
+
 def test_no_expression_repeated_within_or_across_files(shipped):
     seen = {}
     for name, records in shipped.items():
@@ -268,6 +308,12 @@ def test_load_rejects_empty_file(tmp_path):
 
 def test_load_rejects_missing_file(tmp_path):
     assert "not found" in expect_error(tmp_path / "missing.jsonl")
+
+
+def test_missing_file_in_data_names_the_command_to_run():
+    # as for a checkout whose data/ predates a split: the command runs from the repository root
+    message = expect_error(DATA_DIR / "no_such_split.jsonl")
+    assert "`python -m src.data --seed 42 --out data`" in message
 
 
 def test_load_reports_first_bad_line(tmp_path):

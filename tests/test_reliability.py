@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 
+import src.atomic
 import src.evaluate
 import src.train
 from src.checkpoint import load_checkpoint, model_from_checkpoint
@@ -811,18 +812,18 @@ def test_full_disk_while_writing_metrics_or_summary_leaves_no_half_written_file(
     and a rename. The disk fills up during the 3rd metrics write / the summary write: the file
     keeps its previous whole content (or stays absent), and no temporary file is left."""
     run = tmp_path / "full"
-    real = Path.write_text
+    real = src.atomic.write_synced
     writes = []
 
-    def write_text(path, text, *args, **kwargs):
+    def write_synced(path, data):
         if path.name == name + ".tmp":
-            writes.append(text)
+            writes.append(data)
             if len(writes) == nth:
-                real(path, text[: len(text) // 2])  # a partial write, then the error
+                real(path, data[: len(data) // 2])  # a partial write, then the error
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(path, text, *args, **kwargs)
+        return real(path, data)
 
-    monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(src.atomic, "write_synced", write_synced)
     expect_error(cli(src.train.main, train_argv(tiny["config"], run), capsys),
                  f"{run / name}: could not be written (No space left on device", "The disk is full")
     monkeypatch.undo()

@@ -62,7 +62,7 @@ def write_run(run: Path, raw: dict, seed: int = 0) -> None:
     torch.save(ckpt, run / "checkpoint_best.pt")
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (run / "metrics.jsonl").write_text(json.dumps({"schema": "metrics/1", "epoch": 1, "step": 40, "train_loss": 2.5,
-                                                   "val": {"loss": 2.0, "exact_match": 0.0}}) + "\n")
+                                                   "val": {"loss": 2.0, "exact_match": 0.0, "end_of_answer_acc": 0.5}}) + "\n")
     summary = {"schema": "summary/1", "config": "tiny", "seed": seed, "device": "cpu", "device_fallback": False,
                "gpu_name": None, "precision": "fp32", "peak_gpu_memory_mb": None, "parameters": model.num_parameters(),
                "epochs": 1, "steps": 40, "wall_time_s": 3.0, "train_steps_per_s": 20.0, "best_epoch": 1,

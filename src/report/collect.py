@@ -1,0 +1,86 @@
+"""Collecting runs for the report: each run directory's pieces, read through src.runfiles, grouped
+by config. A missing piece is a note saying how to make it; a piece of an unknown schema is an error
+naming the file and the command that regenerates it (never silently mixed in)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from src.errors import UserError
+from src.runfiles import read_metrics, read_result, regenerate_hint
+
+# key -> (file name, schema kind)
+PIECES = {
+    "summary": ("summary.json", "summary"),
+    "eval": ("eval.json", "eval"),
+    "eval_equal_steps": ("eval_equal_steps.json", "eval"),
+    "ablation": ("ablation.json", "ablation"),
+    "roles": ("roles.json", "roles"),
+    "probe": ("probe.json", "probe"),
+}
+OPTIONAL = {"eval_equal_steps"}
+
+
+def load_run(path: Path) -> dict:
+    """Every piece a run directory holds; `notes` says what is missing and how to make it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: not a run directory")
+    run = {"path": str(path), "name": path.name, "notes": []}
+    for key, (filename, kind) in PIECES.items():
+        run[key] = None
+        if (path / filename).is_file():
+            run[key] = read_result(path / filename, kind)
+        elif key not in OPTIONAL:
+            run["notes"].append(f"{path}: no {filename} (make it with `{regenerate_hint(kind, path)}`)")
+        if run[key] and run[key].get("limit"):
+            run["notes"].append(f"{path}: {filename} was made with --limit {run[key]['limit']} (a subset of every "
+                                "split: not the study's figures)")
+    run["metrics"], problems = read_metrics(path / "metrics.jsonl")
+    run["notes"] += problems
+    pieces = [run[k] for k in PIECES if run[k]]
+    run["config"] = next((p["config"] for p in pieces if p.get("config")), "unknown")
+    run["seed"] = next((p["seed"] for p in pieces if p.get("seed") is not None), None)
+    run["architecture"] = architecture(run)
+    return run
+
+
+def architecture(run: dict) -> tuple | None:
+    """(layers, heads, parameters) as far as the run's pieces say."""
+    s = run["summary"] or {}
+    layers = next((run[k]["num_layers"] for k in ("ablation", "probe") if run[k] and "num_layers" in run[k]), None)
+    heads = next((run[k]["num_heads"] for k in ("ablation", "probe") if run[k] and "num_heads" in run[k]), None)
+    if layers is None and s.get("parameters") is None:
+        return None
+    return (layers, heads, s.get("parameters"))
+
+
+def collect(run_dirs) -> tuple[dict[str, list[dict]], list[str]]:
+    """Runs grouped by config name (smallest model first, seeds in order) and the notes.
+
+    The same directory given twice counts once (with a note); two runs of one config name whose
+    architectures differ are an error, since averaging them would mix two models."""
+    notes, seen, runs = [], {}, []
+    for p in run_dirs:
+        key = os.path.realpath(p)
+        if key in seen:
+            notes.append(f"{p}: the same run as {seen[key]}; counted once")
+            continue
+        seen[key] = p
+        runs.append(load_run(Path(p)))
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        groups.setdefault(run["config"], []).append(run)
+        notes += run["notes"]
+    for name, members in groups.items():
+        archs = {r["architecture"] for r in members if r["architecture"] is not None}
+        if len(archs) > 1:
+            raise UserError(f"config {name!r}: runs of different architectures share this name "
+                            f"({'; '.join(str(a) for a in sorted(archs, key=str))}); report them under separate names")
+        members.sort(key=lambda r: (r["seed"] is None, r["seed"] if r["seed"] is not None else 0, r["path"]))
+
+    def size(name):
+        return min(((r["summary"] or {}).get("parameters") or float("inf")) for r in groups[name])
+
+    return {name: groups[name] for name in sorted(groups, key=lambda n: (size(n), n))}, notes

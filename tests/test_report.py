@@ -1,0 +1,128 @@
+"""src.report on tiny runs analysed with every tool, CPU only (see tests/tiny.py)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from src import ablate, evaluate, probe, roles
+from src.errors import run_main
+from src.report import main as report_main
+from tests.tiny import tiny_config, write_data, write_run
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    write_data(root / "data")
+    raw = tiny_config(root / "data")
+    runs = []
+    for seed in (1, 2):
+        run = root / f"seed{seed}"
+        write_run(run, raw, seed=seed)
+        cpu = ["--run", str(run), "--device", "cpu"]
+        assert evaluate.main(cpu) == 0
+        assert ablate.main([*cpu, "--max-set-size", "2"]) == 0
+        assert roles.main(cpu) == 0
+        assert probe.main([*cpu, "--max-iter", "20", "--resamples", "200", "--limit", "20"]) == 0
+        runs.append(run)
+    return {"root": root, "runs": runs}
+
+
+def test_report_aggregates_seeds_and_states_the_tests_behind_each_section(analysed):
+    out = analysed["root"] / "results" / "REPORT.md"
+    assert report_main([*map(str, analysed["runs"]), "--out", str(out)]) == 0
+    rep = json.loads((out.parent / "report.json").read_text())
+    assert rep["schema"] == "report/2"
+    tiny = rep["configs"]["tiny"]
+    assert tiny["seeds"] == [1, 2]
+    em = tiny["baseline"]["test_paren_matched"]["exact_match"]
+    assert em["n"] == 2 and len(em["per_run"]) == 2
+    cost = tiny["bracket_cost"]["per_run"][0]["bracket_cost"]
+    assert cost["exact_match"]["test"] == "mcnemar_exact" and cost["answer_loss"]["test"] == "paired_t"
+    assert "p_adjusted" in cost["answer_loss"]
+    assert tiny["heads"]["per_run"][0]["families"]["head_bracket"]["size"] == 2 * 8 * 2
+    assert {p["mode"] for p in tiny["targeted"]["per_run"]} == {"zero", "mean"}
+    assert [e["role"] for e in tiny["roles"]["matched"]] == list(roles.ROLES)
+    assert tiny["probe"]["per_run"][0]["summary"]["tasks"]["binary"]["test_paren"]["first_block"]["claim"]
+    text = out.read_text()
+    for heading in ("## 1. Training", "### 1b. Like with like", "## 2. Baseline metrics", "## 3. The cost of brackets",
+                    "content-and-bracket", "## 4. Heads", "## 5. Heads matched by role", "## 6. Targeted set",
+                    "## 7. Depth probes", "first block", "## 8. Depth 3", "## 9. Against the original study"):
+        assert heading in text, heading
+    assert "eval_equal_steps.json" in text  # no run has one: the report says so rather than comparing unlike steps
+    for png in ("training_curves", "probe_relative_depth", "head_specialization", "attention_roles"):
+        assert (out.parent / f"{png}.png").is_file(), png
+
+
+def test_the_same_run_twice_counts_once(analysed):
+    out = analysed["root"] / "twice" / "REPORT.md"
+    run = str(analysed["runs"][0])
+    assert report_main([run, run + "/", "--out", str(out)]) == 0
+    rep = json.loads((out.parent / "report.json").read_text())
+    assert rep["configs"]["tiny"]["seeds"] == [1]
+    assert any("counted once" in n for n in rep["notes"])
+
+
+def test_a_stale_result_file_names_the_file_and_the_command(analysed, tmp_path, capsys):
+    run = tmp_path / "stale"
+    shutil.copytree(analysed["runs"][0], run)
+    old = json.loads((run / "ablation.json").read_text())
+    old["schema"] = "ablation/1"
+    (run / "ablation.json").write_text(json.dumps(old))
+    assert run_main(report_main, [str(run), "--out", str(tmp_path / "out" / "REPORT.md")]) == 2
+    err = capsys.readouterr().err
+    assert "ablation.json" in err and "ablation/2" in err and "python -m src.ablate --run" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_architectures_under_one_config_name_are_an_error(analysed, tmp_path, capsys):
+    run = tmp_path / "other"
+    shutil.copytree(analysed["runs"][1], run)
+    summary = json.loads((run / "summary.json").read_text()) | {"parameters": 123}
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert run_main(report_main, [str(analysed["runs"][0]), str(run), "--out", str(tmp_path / "R.md")]) == 2
+    assert "different architectures" in capsys.readouterr().err
+
+
+def test_a_bad_metrics_row_is_reported_and_skipped(analysed, tmp_path):
+    run = tmp_path / "badrow"
+    shutil.copytree(analysed["runs"][0], run)
+    with (run / "metrics.jsonl").open("a") as fh:
+        fh.write("{not json\n")
+    out = tmp_path / "R.md"
+    assert report_main([str(run), "--out", str(out)]) == 0
+    notes = json.loads((tmp_path / "report.json").read_text())["notes"]
+    assert any("metrics.jsonl:2" in n and "not valid JSON" in n for n in notes)
+
+
+def test_a_bare_run_notes_every_missing_piece(tmp_path):
+    run = tmp_path / "bare"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"schema": "summary/1", "config": "pilot", "seed": 42,
+                                                  "parameters": 664192}))
+    out = tmp_path / "REPORT.md"
+    assert report_main([str(run), "--out", str(out)]) == 0
+    notes = json.loads((tmp_path / "report.json").read_text())["notes"]
+    for piece in ("eval.json", "ablation.json", "probe.json", "roles.json"):
+        assert any(piece in n for n in notes), piece
+    assert "config not in this report" in out.read_text()  # no 10M run given
+
+
+@pytest.mark.parametrize("module", [ablate, probe, roles, evaluate])
+def test_help_describes_every_flag(module, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--out", "--run", "--device", "--fp16", "--limit", "--checkpoint", "--debug"):
+        assert flag in text, flag
+
+
+def test_report_help(capsys):
+    with pytest.raises(SystemExit):
+        report_main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--out", "--curves-only", "--debug"):
+        assert flag in text
