@@ -15,6 +15,9 @@
 # $RESULTS/<config>/seed<N>/ as soon as they exist, so a stopped script loses nothing it finished.
 # The report is built from those copies, so it can be rebuilt on any machine.
 #
+# Resumable: a run whose summary.json exists is not trained again, and a run analysed to the end
+# (marker runs/<run>/.analysed) is not analysed again; delete runs/ (or the run) to start afresh.
+#
 # Like with like: besides its selected checkpoint, each run is evaluated at the periodic checkpoint
 # nearest EQUAL_STEPS optimizer steps (default 2500: pilot epoch 40 = 2,520 steps, 10M epoch 10 =
 # 2,500 steps), written as eval_equal_steps.json.
@@ -46,6 +49,7 @@ keep() {  # run_dir dest: copy the run's small outputs
 train() {  # config seed: train with the project's command, timing the whole fresh process
   local config=$1 seed=$2 run start log wall
   run=$(run_dir "$config" "$seed")
+  if [ -f "$run/summary.json" ]; then echo "kept $run: already trained (summary.json exists)"; return; fi
   rm -rf "$run"
   log="runs/.train_${config}_${seed}.log"
   wall="runs/.wall_${config}_${seed}"
@@ -83,6 +87,7 @@ EOF
 analyse() {  # config seed: every analysis of one run (the analysis CLIs take the run's precision from --fp16)
   local run flags=() ckpt
   run=$(run_dir "$1" "$2")
+  if [ -f "$run/.analysed" ]; then echo "kept $run: already analysed"; keep "$run" "$RESULTS/$1/seed$2"; return; fi
   [ "$1" = scale_10m ] && flags=(--fp16)   # evaluate as it trained
   {
     $PYTHON -m src.evaluate --run "$run" --device cuda "${flags[@]}"
@@ -94,7 +99,9 @@ analyse() {  # config seed: every analysis of one run (the analysis CLIs take th
     $PYTHON -m src.roles --run "$run" --device cuda "${flags[@]}"
     $PYTHON -m src.probe --run "$run" --device cuda "${flags[@]}"
   } > "$run/analyse.log" 2>&1
-  echo "analysed $run: exit $? (log: $run/analyse.log)"
+  local status=$?
+  echo "analysed $run: exit $status (log: $run/analyse.log)"
+  [ "$status" = 0 ] && touch "$run/.analysed"
   keep "$run" "$RESULTS/$1/seed$2"
 }
 
