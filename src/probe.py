@@ -297,8 +297,10 @@ def score_probe(probe: Probe, feats: dict, depth: dict, expr: dict, task: str, n
 def fit_groups(cfg) -> list[list[Site]]:
     """Sites fitted together: every head (d_head features), then the embedding and every residual
     stream (d_model features). One vectorized fit per group and task instead of one per layer: the
-    probes share no parameter, so this changes only the number of L-BFGS loops, which at this size
-    is the cost (a fit is bound by launches and host synchronisations, not by arithmetic)."""
+    probes share no parameter, so the summed objective has the same optimum; only the shared line
+    search and stopping rule differ (on a pilot checkpoint, on the CPU, every accuracy stayed within
+    0.001 of the per-layer fits). Fewer L-BFGS loops is the point: a fit at this size is bound by
+    launches and host synchronisations, not by arithmetic."""
     sites = [site for group in site_groups(cfg) for site in group]
     return [[s for s in sites if s.kind == "head"], [s for s in sites if s.kind != "head"]]
 

@@ -238,7 +238,8 @@ def _run_name(run: dict) -> str:
 
 
 def match_roles(runs: list[dict]) -> list[dict]:
-    """For each role, each run's head with the largest combined share for it.
+    """For each role, each run's head that holds it (head_roles: share and share_distinct at least the
+    threshold) with the largest combined share, else the head with the largest share (`passes` False).
 
     `runs` are roles.json dicts (any seeds, any scales). Returns one entry per role:
     {role, definition, every_run_passes, runs: [{run, config, seed, head, layer, relative_layer, share,
@@ -260,12 +261,14 @@ def match_roles(runs: list[dict]) -> list[dict]:
                 entries.append(entry | {"head": None, "layer": None, "relative_layer": None, "share": None,
                                         "share_distinct": None, "passes": False, "primary_role": None})
                 continue
-            best = max(candidates, key=lambda h: h["combined"][role])  # max keeps the first of equals
-            share = best["combined"][role]
+            # a head holds the role by head_roles' rule (share and share_distinct); the best holder, else the best share
+            holders = [h for h in candidates
+                       if role in head_roles(h["combined"], threshold, h.get("combined_distinct"))[0]]
+            best = max(holders or candidates, key=lambda h: h["combined"][role])  # max keeps the first of equals
             entries.append(entry | {"head": best["head"], "layer": best["layer"],
-                                    "relative_layer": best["relative_layer"], "share": share,
+                                    "relative_layer": best["relative_layer"], "share": best["combined"][role],
                                     "share_distinct": best.get("combined_distinct", {}).get(role),
-                                    "passes": share >= threshold, "primary_role": best["primary_role"]})
+                                    "passes": bool(holders), "primary_role": best["primary_role"]})
         matched.append({"role": role, "definition": ROLE_DEFINITIONS[role],
                         "every_run_passes": bool(entries) and all(e["passes"] for e in entries), "runs": entries})
     return matched

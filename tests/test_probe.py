@@ -97,6 +97,29 @@ def test_probe_recovers_depth_from_a_feature_that_holds_it_and_not_from_noise():
     assert abs(acc[1].item() - majority) < 0.05
 
 
+def test_fit_groups_hold_every_site_once_with_one_feature_width():
+    cfg = config_from_dict(yaml.safe_load(Path("configs/scale_10m.yaml").read_text())).model
+    groups = probe.fit_groups(cfg)
+    flat = [site.name for group in probe.site_groups(cfg) for site in group]
+    assert sorted(s.name for g in groups for s in g) == sorted(flat) and len(flat) == len(set(flat))
+    assert all(len({s.kind == "head" for s in g}) == 1 for g in groups)  # heads (d_head) apart from d_model sites
+
+
+def test_a_joint_fit_predicts_like_separate_fits():
+    # fit_groups fits many sites in one L-BFGS loop: the slices share no parameter, so each slice's
+    # predictions must match the fit of that slice alone
+    gen = torch.Generator().manual_seed(1)
+    n, d = 2000, 6
+    depth = torch.randint(0, 3, (n,), generator=gen)
+    x = torch.randn(n, 3, d, generator=gen)
+    x[:, 0, 0] += depth
+    x[:, 1, 2] += 0.3 * depth
+    joint = probe.fit_probes(x, depth, 3).predict(x)
+    for s in range(3):
+        alone = probe.fit_probes(x[:, s:s + 1], depth, 3).predict(x[:, s:s + 1])[:, 0]
+        assert (joint[:, s] == alone).double().mean() > 0.995
+
+
 def test_expression_bootstrap_interval_is_wider_than_wilson_for_correlated_tokens():
     # 100 expressions of 10 tokens, each expression all right or all wrong
     correct = torch.repeat_interleave(torch.arange(100) % 2 == 0, 10)

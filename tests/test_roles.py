@@ -182,6 +182,19 @@ def test_match_roles_finds_each_runs_best_head_by_role_not_index():
         roles.match_roles([a, {"schema": "ablation/1"}])
 
 
+def test_match_roles_uses_the_same_rule_as_head_roles():
+    # L1-H4 has the larger operator share, but most of it is previous-token overlap (share_distinct
+    # 0.1): it does not hold the role, and L0-H2, which does, is the run's operator head
+    run = made_up_run("scale_10m", 7, {"L0-H2": {"operator": 0.42}, "L1-H4": {"operator": 0.53}})
+    run["heads"][1]["combined_distinct"] = dict(run["heads"][1]["combined"], operator=0.1)
+    entry = {m["role"]: m for m in roles.match_roles([run])}["operator"]["runs"][0]
+    assert (entry["head"], entry["share"], entry["passes"]) == ("L0-H2", 0.42, True)
+    # with no holder at all, the best share is shown and the role does not pass
+    run["heads"] = run["heads"][1:]
+    entry = {m["role"]: m for m in roles.match_roles([run])}["operator"]["runs"][0]
+    assert (entry["head"], entry["passes"]) == ("L1-H4", False)
+
+
 # ---------------------------------------------------------------------------- command line
 
 

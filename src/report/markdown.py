@@ -120,7 +120,8 @@ def section_findings(aggs: dict) -> list[str]:
         r = agg["roles"]
         if r:
             every = [e["role"] for e in r["matched"] if e["every_run_passes"]]
-            bits.append("roles held by some head in every seed (share ≥ " + f"{r['threshold']}): "
+            bits.append("roles held by some head in every seed (share and share without previous-token overlap ≥ "
+                        + f"{r['threshold']}): "
                         + (", ".join(every) or "none"))
         p = agg["probe"]
         if p:
