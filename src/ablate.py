@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from src import stats
-from src.checkpoint import atomic_write_json
+from src.atomic import atomic_write_json
 from src.data import Batch
 from src.errors import UserError, run_main
 from src.evaluate import (METRIC_DEFINITIONS, METRICS, SIGN_CONVENTION, TEST_SPLITS, VERDICT_METRICS, add_run_arguments,

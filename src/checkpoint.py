@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically, read with `weights_only=True`, one reader for every tool.
+"""Checkpoints: written atomically (src.atomic.atomic_save), read with `weights_only=True`, one reader for every tool.
 
 A checkpoint is a plain dict of tensors and Python scalars, so it loads without unpickling code:
     model_config, config, model, optimizer, scaler, epoch, step, rng, best_val_loss, ...
@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-from src.atomic import atomic_save, atomic_write_json, atomic_write_text  # noqa: F401  (re-exported)
 from src.config import ModelConfig
-from src.errors import UserError, write_failed
+from src.errors import UserError
 from src.model import CompactTransformer
 
 

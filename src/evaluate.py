@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from src import stats
-from src.checkpoint import atomic_write_json, load_model
+from src.atomic import atomic_write_json
+from src.checkpoint import load_model
 from src.config import config_from_dict
 from src.data import Batch, load_jsonl, make_batch
 from src.errors import UserError, run_main

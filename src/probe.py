@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 
 from src import stats
-from src.checkpoint import atomic_write_json
+from src.atomic import atomic_write_json
 from src.data import Batch
 from src.errors import UserError, run_main
 from src.evaluate import (EVAL_SPLITS, add_run_arguments, autocast, load_batches, open_run, relative_layer,

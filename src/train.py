@@ -32,7 +32,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from src.checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint, model_from_checkpoint
+from src.atomic import atomic_save, atomic_write_json, atomic_write_text
+from src.checkpoint import load_checkpoint, model_from_checkpoint
 from src.config import Config, check_data_paths, load_config
 from src.data import Batch, load_jsonl, make_batch
 from src.errors import GpuOnlyError, UserError, run_main, write_failed
