@@ -1,6 +1,6 @@
 """Head ablation: a scan of every attention head under two ablation modes, and the targeted set.
 
-    python -m src.ablate --run runs/pilot [--modes zero,mean] [--device cuda] [--fp16]
+    python -m src.ablate --run runs/pilot [--modes zero,mean] [--device cuda] [--precision fp32|fp16|bf16]
     python -m src.ablate --run runs/pilot --heads 2.2,0.3        # these heads ablated together
 
 Every head is ablated in turn (its output before the out-projection, `blocks.L.attn.hook_z[:, :, h]`,
@@ -45,9 +45,10 @@ import torch
 from src import stats
 from src.atomic import atomic_write_json
 from src.data import Batch
+from src.device import autocast
 from src.errors import UserError, run_main
 from src.evaluate import (METRIC_DEFINITIONS, METRICS, SIGN_CONVENTION, TEST_SPLITS, VERDICT_METRICS, add_run_arguments,
-                          autocast, contrast, head_label, load_batches, open_run, paired_difference, per_example_scores,
+                          contrast, head_label, load_batches, open_run, paired_difference, per_example_scores,
                           relative_layer, run_seed, summarize)
 from src.model import CompactTransformer, HeadAblation
 from src.runfiles import stamp
@@ -67,7 +68,7 @@ MODE_DEFINITIONS = {
 
 
 @torch.no_grad()
-def training_means(model: CompactTransformer, batch: Batch, fp16: bool = False, chunk: int = 2048) -> torch.Tensor:
+def training_means(model: CompactTransformer, batch: Batch, precision: str = "fp32", chunk: int = 2048) -> torch.Tensor:
     """Per-position mean of every head's output over the training examples: [L, H, T, head_dim].
 
     Averaged over the non-padding input positions of each position index (position t's mean comes
@@ -83,7 +84,7 @@ def training_means(model: CompactTransformer, batch: Batch, fp16: bool = False, 
     for start in range(0, len(batch), chunk):
         b = batch.select(torch.arange(start, min(start + chunk, len(batch)))).to(device)
         keep = (b.inputs != PAD_ID).double()  # [B, T]
-        with autocast(device, fp16):
+        with autocast(device, precision):
             cache = model(b.inputs, cache=names).cache
         for layer, name in enumerate(names):
             sums[layer] += torch.einsum("bthd,bt->thd", cache[name].double(), keep)
@@ -101,8 +102,8 @@ def training_means(model: CompactTransformer, batch: Batch, fp16: bool = False, 
 # ---------------------------------------------------------------------------- effects
 
 
-def score_splits(model, batches: dict, ablation, fp16: bool, decode: bool = True) -> dict:
-    return {s: per_example_scores(model, b, ablation, fp16, decode_answers=decode) for s, b in batches.items()}
+def score_splits(model, batches: dict, ablation, precision: str, decode: bool = True) -> dict:
+    return {s: per_example_scores(model, b, ablation, precision, decode_answers=decode) for s, b in batches.items()}
 
 
 def subset(scores: dict, idx: torch.Tensor) -> dict:
@@ -165,7 +166,7 @@ def head_findings(rows_by_mode: dict[str, list[dict]]) -> list[dict]:
     return list(by_head.values())
 
 
-def scan_heads(model, batches, base_scores, means, fp16, log=print) -> tuple[list[dict], dict]:
+def scan_heads(model, batches, base_scores, means, precision, log=print) -> tuple[list[dict], dict]:
     """Every head ablated alone: rows ranked by answer_loss bracket_specificity (largest first), and
     each head's per-example scores on the flat and matched splits (for the targeted selection)."""
     cfg = model.cfg
@@ -173,7 +174,7 @@ def scan_heads(model, batches, base_scores, means, fp16, log=print) -> tuple[lis
     tic = time.perf_counter()
     for layer in range(cfg.num_layers):
         for head in range(cfg.num_heads):
-            scores = score_splits(model, batches, HeadAblation({(layer, head)}, means), fp16)
+            scores = score_splits(model, batches, HeadAblation({(layer, head)}, means), precision)
             rows.append({"head": head_label(layer, head), "layer": layer, "head_index": head,
                          "relative_layer": relative_layer(layer, cfg.num_layers),
                          "effects": split_effects(base_scores, scores),
@@ -194,7 +195,7 @@ def halves(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.arange(0, n, 2), torch.arange(1, n, 2)
 
 
-def targeted_ablation(model, batches, base_scores, head_scores: dict, means, fp16, mode: str, max_size: int,
+def targeted_ablation(model, batches, base_scores, head_scores: dict, means, precision, mode: str, max_size: int,
                       log=print) -> dict:
     """Rank heads on the selection half, test the prefixes of the ranking on the test half (Holm)."""
     num_sel, num_test = {}, {}
@@ -216,7 +217,7 @@ def targeted_ablation(model, batches, base_scores, head_scores: dict, means, fp1
         ablation = HeadAblation(set(order[:k]), means)
         # the test needs answer_loss only: teacher forcing, no greedy decoding
         pair = {s: test_batches[s] for s in (FLAT, MATCHED)}
-        scores = score_splits(model, pair, ablation, fp16, decode=False)
+        scores = score_splits(model, pair, ablation, precision, decode=False)
         spec = bracket_specificity(base_test, scores, (RANKING_METRIC,))[RANKING_METRIC]
         family.add(f"{mode}/prefix_{k}", spec)
         steps.append({"size": k, "heads": [head_label(*h) for h in order[:k]],
@@ -247,7 +248,7 @@ def targeted_ablation(model, batches, base_scores, head_scores: dict, means, fp1
                               f"at {best['size']} head(s))")
         return result
     k = chosen["size"]
-    scores = score_splits(model, test_batches, HeadAblation(set(order[:k]), means), fp16)
+    scores = score_splits(model, test_batches, HeadAblation(set(order[:k]), means), precision)
     result.update(heads=chosen["heads"], size=k,
                   effects_on_test_half=split_effects(base_test, scores),
                   bracket_specificity_on_test_half=bracket_specificity(base_test, scores))
@@ -376,13 +377,13 @@ def main(argv=None) -> int:
     means = {"zero": None}
     if "mean" in modes:
         train = load_batches(cfg, ["train"], args.limit, device)["train"]
-        means["mean"] = training_means(model, train, args.fp16)
+        means["mean"] = training_means(model, train, args.precision)
 
     print(f"baseline on {', '.join(f'{s} ({len(b)})' for s, b in batches.items())} ...")
-    base_scores = score_splits(model, batches, None, args.fp16)
+    base_scores = score_splits(model, batches, None, args.precision)
     result = {
         "run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"], "step": ckpt.get("step"),
-        "config": cfg.name, "seed": run_seed(args.run), "device": str(device), "fp16": args.fp16,
+        "config": cfg.name, "seed": run_seed(args.run), "device": str(device), "precision": args.precision, "fp16": args.precision == "fp16",
         "modes": {m: MODE_DEFINITIONS[m] for m in modes}, "limit": args.limit,
         "num_layers": cfg.model.num_layers, "num_heads": cfg.model.num_heads,
         "sign_convention": SIGN_CONVENTION, "metric_definitions": METRIC_DEFINITIONS,
@@ -392,7 +393,7 @@ def main(argv=None) -> int:
     if heads:
         rows = {}
         for mode in modes:
-            scores = score_splits(model, batches, HeadAblation(set(heads), means[mode]), args.fp16)
+            scores = score_splits(model, batches, HeadAblation(set(heads), means[mode]), args.precision)
             rows[mode] = [{"head": "+".join(head_label(*h) for h in sorted(set(heads))), "effects": split_effects(base_scores, scores),
                            "bracket_specificity": bracket_specificity(base_scores, scores)}]
         result["families"] = close_families(rows)
@@ -406,7 +407,7 @@ def main(argv=None) -> int:
         rows_by_mode, kept = {}, {}
         for mode in modes:
             print(f"scanning {n_heads} heads ({mode} ablation) ...")
-            rows_by_mode[mode], kept[mode] = scan_heads(model, batches, base_scores, means[mode], args.fp16)
+            rows_by_mode[mode], kept[mode] = scan_heads(model, batches, base_scores, means[mode], args.precision)
         result["families"] = close_families(rows_by_mode)
         result["scan"] = {"heads_tested": n_heads, "modes": rows_by_mode}
         result["head_findings"] = head_findings(rows_by_mode)
@@ -415,7 +416,7 @@ def main(argv=None) -> int:
         result["targeted"] = {}
         for mode in modes:
             print(f"targeted set ({mode}) ...")
-            t = targeted_ablation(model, batches, base_scores, kept[mode], means[mode], args.fp16, mode, args.max_set_size)
+            t = targeted_ablation(model, batches, base_scores, kept[mode], means[mode], args.precision, mode, args.max_set_size)
             result["targeted"][mode] = t
             print(f"  set: {', '.join(t['heads'])}" if t["found"] else f"  {t['message']}")
     result["elapsed_s"] = time.perf_counter() - tic

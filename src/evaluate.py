@@ -20,7 +20,7 @@ Besides each split's metrics, eval.json holds two comparisons of the test sets:
 from __future__ import annotations
 
 import argparse
-import contextlib
+import sys
 import json
 import math
 from dataclasses import dataclass
@@ -34,6 +34,7 @@ from src.atomic import atomic_write_json
 from src.checkpoint import load_model
 from src.config import config_from_dict
 from src.data import Batch, load_jsonl, make_batch
+from src.device import PRECISIONS, autocast, resolve_device, run_precision
 from src.errors import UserError, run_main
 from src.model import CompactTransformer, HeadAblation
 from src.runfiles import stamp
@@ -76,15 +77,8 @@ SIGN_CONVENTION = (
 )
 
 
-def autocast(device: torch.device | str, fp16: bool):
-    """float16 autocast on CUDA when asked; a no-op context otherwise."""
-    if fp16 and torch.device(device).type == "cuda":
-        return torch.amp.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
-def greedy_decode(model: CompactTransformer, batch: Batch, ablation=None, fp16=False) -> torch.Tensor:
+def greedy_decode(model: CompactTransformer, batch: Batch, ablation=None, precision="fp32") -> torch.Tensor:
     """Greedy continuation of every prompt at once: [N, T] tokens, prompts then generated ids.
 
     Each step is one forward pass over the whole fixed-width buffer; the causal mask makes the
@@ -102,7 +96,7 @@ def greedy_decode(model: CompactTransformer, batch: Batch, ablation=None, fp16=F
         active = ~done & (frontier < width)
         if not bool(active.any()):
             break
-        with autocast(device, fp16):
+        with autocast(device, precision):
             logits = model(tokens, ablation=ablation).logits
         next_id = logits[rows, (frontier - 1).clamp(max=width - 1)].argmax(-1)
         write = active.nonzero().squeeze(1)
@@ -113,7 +107,7 @@ def greedy_decode(model: CompactTransformer, batch: Batch, ablation=None, fp16=F
 
 
 @torch.no_grad()
-def per_example_scores(model, batch: Batch, ablation: HeadAblation | None = None, fp16=False,
+def per_example_scores(model, batch: Batch, ablation: HeadAblation | None = None, precision="fp32",
                        chunk: int = 2048, decode_answers: bool = True) -> dict:
     """Per-example parts of every metric (float64 tensors on the CPU, one entry per example)."""
     was_training = model.training
@@ -123,7 +117,7 @@ def per_example_scores(model, batch: Batch, ablation: HeadAblation | None = None
                              "answer_correct", "eos_correct", "exact_match")}
     for start in range(0, len(batch), chunk):
         b = batch.select(torch.arange(start, min(start + chunk, len(batch)))).to(device)
-        with autocast(device, fp16):
+        with autocast(device, precision):
             logits = model(b.inputs, ablation=ablation).logits.float()
         supervised = b.labels != IGNORE_INDEX
         token_loss = F.cross_entropy(logits.transpose(1, 2), b.labels.clamp(min=0), reduction="none")
@@ -137,7 +131,7 @@ def per_example_scores(model, batch: Batch, ablation: HeadAblation | None = None
         parts["answer_correct"].append((correct & b.answer_mask).sum(1))
         parts["eos_correct"].append(correct[rows, b.eos_pos])
         if decode_answers:
-            generated = greedy_decode(model, b, ablation, fp16)
+            generated = greedy_decode(model, b, ablation, precision)
             # strict: token j+1 generated must be label j at every answer position (digits, then
             # <EOS> exactly where the answer ends); nothing is skipped or normalised
             wrong = (generated[:, 1:] != b.labels[:, :-1]) & b.answer_mask[:, :-1]
@@ -163,7 +157,8 @@ def summarize(scores: dict, with_intervals: bool = True) -> dict:
             result[f"{name}_ci95"] = list(stats.wilson_interval(int(scores[num].sum()), n))
         else:
             result[f"{name}_ci95"] = list(stats.bootstrap_ratio_interval(scores[num], scores[den]))
-    result["perplexity"] = math.exp(result["loss"])
+    # exp overflows past a loss of ~709 nats (a diverged model): its perplexity is then infinite
+    result["perplexity"] = math.inf if result["loss"] > 709 else math.exp(result["loss"])
     return result
 
 
@@ -232,8 +227,8 @@ def compare_test_sets(scores: dict) -> dict:
     return out
 
 
-def evaluate_batch(model, batch: Batch, fp16=False, ablation=None, with_intervals=True) -> dict:
-    return summarize(per_example_scores(model, batch, ablation, fp16), with_intervals)
+def evaluate_batch(model, batch: Batch, precision="fp32", ablation=None, with_intervals=True) -> dict:
+    return summarize(per_example_scores(model, batch, ablation, precision), with_intervals)
 
 
 def load_split_batches(cfg, splits=EVAL_SPLITS) -> dict[str, Batch]:
@@ -281,7 +276,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when available); a missing CUDA falls back to the CPU "
                         "with a warning")
-    parser.add_argument("--fp16", action="store_true", help="float16 autocast on CUDA, as the 10M run trained")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="arithmetic of the forward passes (default: the precision the run trained in, as its "
+                        "checkpoint records; fp32 on the CPU)")
+    parser.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
+                        help="the same as --precision fp16 (float16 autocast on CUDA, as the 10M run trained)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="use only the first N examples of every split, the training set included (CPU smoke "
                         "runs; results are then not the study's figures)")
@@ -290,14 +289,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def open_run(args) -> tuple[CompactTransformer, dict, object, torch.device]:
     """(model in eval mode on the device, checkpoint dict, Config, device) for the parsed flags."""
-    from src.train import resolve_device  # the one device policy; imported late (train imports much)
-
     if not args.run.is_dir():
         raise UserError(f"--run {args.run}: not a directory; pass a run directory written by src.train")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be a positive number of examples")
-    device, _ = resolve_device(args.device, gpu_only=False, fp16=args.fp16)
+    device, _ = resolve_device(args.device, gpu_only=False, precision=args.precision or "fp32")
     model, ckpt = load_model(args.run, args.checkpoint, device)
+    if args.precision is None:  # the run's own precision, unless this device cannot run it
+        args.precision = run_precision(ckpt, args.run)
+        if args.precision != "fp32" and device.type != "cuda":
+            print(f"note: the run trained in {args.precision}; evaluating in fp32 on the CPU", file=sys.stderr)
+            args.precision = "fp32"
     cfg = config_from_dict(ckpt["config"], f"{args.run} checkpoint")
     return model, ckpt, cfg, device
 
@@ -319,7 +321,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     model, ckpt, cfg, device = open_run(args)
     batches = load_batches(cfg, EVAL_SPLITS, args.limit, device)
-    scores = {s: per_example_scores(model, b, fp16=args.fp16) for s, b in batches.items()}
+    scores = {s: per_example_scores(model, b, precision=args.precision) for s, b in batches.items()}
     results = {s: summarize(v) for s, v in scores.items()}
     comparisons = compare_test_sets(scores)
     print(format_table(results))
@@ -329,7 +331,7 @@ def main(argv=None) -> int:
         print(f"bracket cost (test_paren_matched - test_flat), {metric}: {c['estimate']:+.4f} [{lo:+.4f}, {hi:+.4f}]  "
               f"{c.get('test')} p={c.get('p_value', math.nan):.3g} p_adjusted={c.get('p_adjusted', math.nan):.3g}")
     out = stamp("eval", {"run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"],
-                         "step": ckpt.get("step"), "config": cfg.name, "seed": run_seed(args.run), "fp16": args.fp16,
+                         "step": ckpt.get("step"), "config": cfg.name, "seed": run_seed(args.run), "precision": args.precision, "fp16": args.precision == "fp16",
                          "limit": args.limit, "metric_definitions": METRIC_DEFINITIONS, "sign_convention": SIGN_CONVENTION,
                          "metrics": results, **comparisons})
     path = args.out or args.run / "eval.json"

@@ -1,6 +1,6 @@
 """Linear probes for parenthesis depth at every activation site, read against an untrained control.
 
-    python -m src.probe --run runs/pilot [--device cuda] [--fp16] [--limit N] [--splits SPLIT ...] [--out PATH]
+    python -m src.probe --run runs/pilot [--device cuda] [--precision fp32|fp16|bf16] [--limit N] [--splits SPLIT ...] [--out PATH]
 
 Sites, in forward order: `hook_embed`, then per layer each head's output
 (`blocks.L.attn.hook_z`, head h: site `blocks.L.attn.hook_z.h`) and the residual stream after the
@@ -36,7 +36,7 @@ to quote.
 
 Output: DIR/probe.json and DIR/probe_layers.png. The keys of probe.json:
     schema            "probe/2" (the first key)
-    run, checkpoint, epoch, config, seed, control_seed, device, fp16, limit, l2, max_iter,
+    run, checkpoint, epoch, config, seed, control_seed, device, precision, limit, l2, max_iter,
     resamples, num_layers, num_heads      what was probed, and how
     positions, train_split, tasks, classes, intervals, relative_depth, selectivity_definition,
     ceiling (0.95), ceiling_rule          definitions
@@ -80,8 +80,9 @@ import torch.nn.functional as F
 from src import stats
 from src.atomic import atomic_write_json
 from src.data import Batch
+from src.device import autocast
 from src.errors import UserError, run_main
-from src.evaluate import (EVAL_SPLITS, add_run_arguments, autocast, load_batches, open_run, relative_layer,
+from src.evaluate import (EVAL_SPLITS, add_run_arguments, load_batches, open_run, relative_layer,
                           run_seed)
 from src.model import CompactTransformer
 
@@ -129,7 +130,7 @@ def site_groups(cfg) -> list[list[Site]]:
 
 
 @torch.no_grad()
-def collect_features(model: CompactTransformer, batch: Batch, names: list[str], fp16: bool = False,
+def collect_features(model: CompactTransformer, batch: Batch, names: list[str], precision: str = "fp32",
                      chunk: int = 2048) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Activations at the expression positions: ({name: [N, S, d] float32}, depth [N], expression index [N]).
 
@@ -141,7 +142,7 @@ def collect_features(model: CompactTransformer, batch: Batch, names: list[str], 
     for start in range(0, len(batch), chunk):
         b = batch.select(torch.arange(start, min(start + chunk, len(batch)))).to(device)
         keep = b.depth >= 0
-        with autocast(device, fp16):
+        with autocast(device, precision):
             cache = model(b.inputs, cache=set(names)).cache
         for n in names:
             x = cache[n][keep].float()
@@ -305,7 +306,7 @@ def fit_groups(cfg) -> list[list[Site]]:
     return [[s for s in sites if s.kind == "head"], [s for s in sites if s.kind != "head"]]
 
 
-def probe_model(model, batches: dict, positions: dict, splits, fp16: bool, l2: float, max_iter: int, resamples: int,
+def probe_model(model, batches: dict, positions: dict, splits, precision: str, l2: float, max_iter: int, resamples: int,
                 classes: dict, log=print) -> tuple[dict, dict]:
     """({site name: {task: {"train_accuracy", "splits"}}}, {site name: {task: {split: correct [N]}}}) for
     every site of `model`; `positions` is {split: expression_positions(batch)}, the positions both models
@@ -315,7 +316,7 @@ def probe_model(model, batches: dict, positions: dict, splits, fp16: bool, l2: f
         names = list(dict.fromkeys(site.activation for site in group))
         per_split, depth, expr = {}, {}, {}
         for split, batch in batches.items():
-            f, depth[split], expr[split] = collect_features(model, batch, names, fp16)
+            f, depth[split], expr[split] = collect_features(model, batch, names, precision)
             if not torch.equal(expr[split], positions[split][1]):
                 raise RuntimeError(f"{split}: probed positions differ from expression_positions")
             # one slice per site, in the group's order: a head activation [N, H, d_head] gives slice `head`
@@ -539,7 +540,7 @@ def main(argv=None) -> int:
     per_model, outcomes = {}, {}
     for kind, m in (("trained", model), ("control", control)):
         print(f"probing the {kind} model ...")
-        per_model[kind], outcomes[kind] = probe_model(m, batches, positions, args.splits, args.fp16, args.l2,
+        per_model[kind], outcomes[kind] = probe_model(m, batches, positions, args.splits, args.precision, args.l2,
                                                       args.max_iter, args.resamples, classes)
 
     sites = []
@@ -563,7 +564,7 @@ def main(argv=None) -> int:
     result = {
         "schema": SCHEMA,
         "run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"], "config": cfg.name,
-        "seed": run_seed(args.run), "control_seed": seed, "device": str(device), "fp16": args.fp16,
+        "seed": run_seed(args.run), "control_seed": seed, "device": str(device), "precision": args.precision, "fp16": args.precision == "fp16",
         "limit": args.limit, "l2": args.l2, "max_iter": args.max_iter, "resamples": args.resamples,
         "num_layers": cfg.model.num_layers, "num_heads": cfg.model.num_heads,
         "positions": "input positions of the expression's characters (Batch.depth >= 0)",

@@ -46,8 +46,9 @@ import torch
 
 from src.atomic import atomic_write_bytes, atomic_write_json
 from src.data import OPERATORS
+from src.device import autocast
 from src.errors import UserError, run_main
-from src.evaluate import add_run_arguments, autocast, head_label, load_batches, open_run, relative_layer, run_seed
+from src.evaluate import add_run_arguments, head_label, load_batches, open_run, relative_layer, run_seed
 from src.runfiles import SCHEMAS
 from src.tokenizer import BOS_ID, PAD_ID, VOCAB
 
@@ -164,7 +165,7 @@ def attention_shares(pattern: torch.Tensor, keys: torch.Tensor) -> dict[str, dic
 
 
 @torch.no_grad()
-def split_tally(model, inputs: torch.Tensor, fp16: bool = False, chunk: int = CHUNK) -> dict[str, torch.Tensor]:
+def split_tally(model, inputs: torch.Tensor, precision: str = "fp32", chunk: int = CHUNK) -> dict[str, torch.Tensor]:
     """Summed tallies of one split for every head: share_sum / distinct_sum [R, L, H], counts [R]."""
     model.eval()
     device = next(model.parameters()).device
@@ -178,7 +179,7 @@ def split_tally(model, inputs: torch.Tensor, fp16: bool = False, chunk: int = CH
     for start in range(0, len(inputs), chunk):
         tokens = inputs[start:start + chunk]
         keys = role_key_tensor(tokens).to(device)
-        with autocast(device, fp16):
+        with autocast(device, precision):
             cache = model(tokens.to(device), cache=names).cache
         for part, value in query_tally(keys).items():
             tally[part] += value.cpu()
@@ -376,12 +377,12 @@ def main(argv=None) -> int:
     scored = splits + [s for s in REFERENCE_SPLITS if s not in splits]
     tic = time.perf_counter()
     batches = load_batches(cfg, scored, args.limit, device)
-    tallies = {s: split_tally(model, b.inputs, args.fp16) for s, b in batches.items()}
+    tallies = {s: split_tally(model, b.inputs, args.precision) for s, b in batches.items()}
     rows, queries = head_rows(tallies, splits, cfg.model.num_layers, cfg.model.num_heads)
     elapsed = time.perf_counter() - tic
     result = {
         "schema": SCHEMA, "run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"],
-        "config": cfg.name, "seed": run_seed(args.run), "device": str(device), "fp16": args.fp16,
+        "config": cfg.name, "seed": run_seed(args.run), "device": str(device), "precision": args.precision, "fp16": args.precision == "fp16",
         "limit": args.limit, "splits": splits, "reference_splits": [s for s in scored if s not in splits],
         "n_examples": {s: len(b) for s, b in batches.items()},
         "num_layers": cfg.model.num_layers, "num_heads": cfg.model.num_heads,
