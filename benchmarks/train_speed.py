@@ -51,7 +51,7 @@ def time_plain(cfg, batch, device, fp16, seed, steps, warmup):
             marks[i] = time.perf_counter()
 
     torch.cuda.reset_peak_memory_stats(device)
-    reference_training(cfg, model, batch, device, fp16, seed, warmup + steps, on_step=on_step)
+    reference_training(cfg, model, batch, device, "fp16" if fp16 else "fp32", seed, warmup + steps, on_step=on_step)
     elapsed = marks[warmup + steps - 1] - marks[warmup - 1]
     return {"steps_per_s": steps / elapsed, "ms_per_step": 1000 * elapsed / steps,
             "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20}
@@ -62,7 +62,7 @@ def time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope)
     torch._dynamo.reset()  # each variant compiles from scratch, as a fresh training process would
     torch.manual_seed(seed)
     model = CompactTransformer(cfg.model).to(device)
-    trainer = Trainer(cfg, model, DeviceData(batch, cfg, device), device, fp16, seed, log=lambda *_: None,
+    trainer = Trainer(cfg, model, DeviceData(batch, cfg, device), device, "fp16" if fp16 else "fp32", seed, log=lambda *_: None,
                       compile_scope=scope)
     tic = time.perf_counter()
     trainer.accelerate()

@@ -1,7 +1,14 @@
 """Checkpoints: written atomically (src.atomic.atomic_save), read with `weights_only=True`, one reader for every tool.
 
 A checkpoint is a plain dict of tensors and Python scalars, so it loads without unpickling code:
-    model_config, config, model, optimizer, scaler, epoch, step, rng, best_val_loss, ...
+    model_config, config, model       the architecture, the whole config, the weights
+    epoch, step, skipped_steps, best  where the run is (epochs finished, optimizer steps)
+    optimizer, scaler, rng            the rest of the training state
+    seed, precision, epoch_changes    the run's identity, checked on --resume
+    epoch_step, epoch_state           only in a checkpoint written mid-epoch (SIGTERM, Ctrl-C)
+
+Every reader checks what it uses against this schema (keys, types, shapes, dtypes, ranges, finite
+weights) before it is used, so a damaged or foreign file is a one-line error, never a crash later.
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ import torch
 from src.config import ModelConfig
 from src.errors import UserError
 from src.model import CompactTransformer
+
+# what a checkpoint must hold, besides the model, to be resumed
+TRAINING_STATE = ("optimizer", "scaler", "step", "skipped_steps", "rng", "epoch", "best")
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -45,15 +55,13 @@ def model_from_checkpoint(ckpt: dict, path="checkpoint", expect: ModelConfig | N
 
     With `expect`, a checkpoint of another architecture is an error that names the difference.
     """
-    try:
-        cfg = ModelConfig(**ckpt["model_config"])
-    except TypeError as err:
-        raise UserError(f"{path}: model_config does not describe a CompactTransformer ({err})") from None
+    cfg = checked_model_config(ckpt.get("model_config"), path)
     if expect is not None and cfg != expect:
         diffs = [f"{k}: checkpoint {getattr(cfg, k)} vs config {getattr(expect, k)}"
                  for k in ModelConfig.__dataclass_fields__ if getattr(cfg, k) != getattr(expect, k)]
         raise UserError(f"{path}: checkpoint is from another architecture ({'; '.join(diffs)})")
     model = CompactTransformer(cfg)
+    check_weights(ckpt["model"], model.state_dict(), path)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:  # torch's first line only names the class; the next ones say what differs
@@ -78,3 +86,110 @@ def load_model(run_dir, which: str = "best", device="cpu") -> tuple[CompactTrans
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path).to(device).eval()
     return model, ckpt
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def checked_model_config(raw, path) -> ModelConfig:
+    """The ModelConfig a checkpoint names, validated like a config file's model section."""
+    from src.config import config_from_dict
+    from src.tokenizer import VOCAB_SIZE
+
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: model_config does not describe a CompactTransformer (not a mapping)")
+    unknown = sorted(set(raw) - set(ModelConfig.__dataclass_fields__))
+    if unknown:
+        raise UserError(f"{path}: model_config does not describe a CompactTransformer (unexpected keyword argument "
+                        f"{unknown[0][:40]!r})")
+    # the config file's checks, on a config around this model section (the other sections are placeholders)
+    placeholder = {"name": "checkpoint", "target_parameters": 1, "model": raw,
+                   "training": _PLACEHOLDER_TRAINING, "data": {k: "-" for k in ("train", "val", "test_flat", "test_paren",
+                                                                                 "test_depth3")}}
+    if raw.get("vocab_size") != VOCAB_SIZE and _is_int(raw.get("vocab_size")):
+        raise UserError(f"{path}: model_config.vocab_size is {raw['vocab_size']}, not the tokenizer's {VOCAB_SIZE}")
+    return config_from_dict(placeholder, f"{path} (model_config)").model
+
+
+_PLACEHOLDER_TRAINING = {"batch_size": 1, "learning_rate": 1e-3, "warmup_steps": 0, "epochs": 1, "weight_decay": 0.0,
+                         "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "eval_interval": 1, "save_interval": 1,
+                         "loss_on": "all", "compile": False, "cuda_graph": False, "max_bad_steps": 1}
+
+
+def check_weights(weights, expected: dict, path) -> None:
+    """Every weight a checkpoint holds: the names, shapes and dtypes of the model, and finite."""
+    if not isinstance(weights, dict):
+        raise UserError(f"{path}: 'model' is not a mapping of weight names to tensors")
+    for name, want in expected.items():
+        got = weights.get(name)
+        if got is None:
+            continue  # load_state_dict names the missing and unexpected keys
+        if not isinstance(got, torch.Tensor):
+            raise UserError(f"{path}: weight {name} is a {type(got).__name__}, not a tensor")
+        if got.shape != want.shape:
+            continue  # load_state_dict reports the size mismatch with both shapes
+        if got.dtype != want.dtype:
+            raise UserError(f"{path}: weight {name} has dtype {got.dtype}, expected {want.dtype}")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise UserError(f"{path}: weight {name} holds non-finite values (NaN or inf): the model this checkpoint "
+                            "saved had diverged; use an earlier checkpoint of the run")
+
+
+def load_training_checkpoint(path) -> dict:
+    """A checkpoint that src.train can resume from, with its training state checked."""
+    ckpt = load_checkpoint(path)
+    missing = [k for k in TRAINING_STATE if k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: holds weights but no training state (no '{missing[0]}' entry); "
+                        "only a checkpoint written by src.train can be resumed")
+
+    def bad(key, why):
+        raise UserError(f"{path}: damaged training state: '{key}' {why}; resume from another checkpoint of the run "
+                        "(copy checkpoint_epoch_N.pt to checkpoint_latest.pt)")
+
+    for key in ("epoch", "step", "skipped_steps"):
+        if not _is_int(ckpt[key]) or ckpt[key] < 0:
+            bad(key, f"must be a whole number >= 0, got {str(ckpt[key])[:40]!r}")
+    if ckpt["skipped_steps"] > ckpt["step"]:
+        bad("skipped_steps", f"({ckpt['skipped_steps']}) exceeds 'step' ({ckpt['step']})")
+    epoch_step = ckpt.get("epoch_step", 0)
+    if not _is_int(epoch_step) or epoch_step < 0:
+        bad("epoch_step", f"must be a whole number >= 0, got {str(epoch_step)[:40]!r}")
+    if epoch_step and not (isinstance(ckpt.get("epoch_state"), dict)
+                           and all(isinstance(ckpt["epoch_state"].get(k), torch.Tensor) for k in EPOCH_STATE)):
+        bad("epoch_state", f"must hold the tensors {', '.join(EPOCH_STATE)} of the unfinished epoch")
+    best = ckpt["best"]
+    if not (isinstance(best, dict) and isinstance(best.get("val_loss"), (int, float))
+            and (best.get("epoch") is None or _is_int(best.get("epoch")))):
+        bad("best", "must be a mapping with val_loss (a number) and epoch")
+    if not isinstance(ckpt.get("config"), dict):
+        bad("config", "must be the mapping of the run's config")
+    opt = ckpt["optimizer"]
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
+            and opt["param_groups"] and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                            for g in opt["param_groups"])):
+        bad("optimizer", "must be an optimizer state (state, param_groups)")
+    shapes = [w.shape for w in ckpt["model"].values()] if isinstance(ckpt["model"], dict) else []
+    if sum(len(g["params"]) for g in opt["param_groups"]) != len(shapes):
+        bad("optimizer", f"holds {sum(len(g['params']) for g in opt['param_groups'])} parameters, the model {len(shapes)}")
+    for index, state in opt["state"].items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            moment = state.get(key) if isinstance(state, dict) else None
+            if not (_is_int(index) and 0 <= index < len(shapes) and isinstance(moment, torch.Tensor)
+                    and moment.shape == shapes[index] and bool(torch.isfinite(moment).all())):
+                bad("optimizer", f"state of parameter {index}: {key} is missing, of the wrong shape or not finite")
+    scaler = ckpt["scaler"]
+    if not (isinstance(scaler, dict) and isinstance(scaler.get("scale"), torch.Tensor)
+            and isinstance(scaler.get("growth_tracker"), torch.Tensor) and scaler["scale"].numel() == 1
+            and bool(torch.isfinite(scaler["scale"])) and float(scaler["scale"]) > 0):
+        bad("scaler", "must hold a positive finite scale and a growth_tracker tensor")
+    rng = ckpt["rng"]
+    if not (isinstance(rng, dict) and all(isinstance(rng.get(k), torch.Tensor) and rng[k].dtype == torch.uint8
+                                          for k in ("cpu", "shuffle"))):
+        bad("rng", "must hold the cpu and shuffle generator states (uint8 tensors)")
+    return ckpt
+
+
+# the state of an unfinished epoch, kept in a checkpoint written on SIGTERM or Ctrl-C
+EPOCH_STATE = ("order", "loss_sum", "good_steps", "bad_streak", "max_bad_streak")

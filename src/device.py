@@ -63,8 +63,9 @@ def check_precision(precision: str, device: torch.device) -> None:
     if precision == "fp32":
         return
     if device.type != "cuda":
-        raise UserError(f"precision {precision} (--fp16 or training.precision) needs a CUDA device: {precision} "
-                        "autocast on the CPU is not what the runs specify. Use precision fp32 or run on --device cuda.")
+        flag = "--fp16" if precision == "fp16" else f"training.precision {precision}"
+        raise UserError(f"{flag} needs a CUDA device: {precision} autocast on the CPU is not what the runs specify. "
+                        "Use precision fp32 (drop --fp16, or set training.precision: fp32) or run on --device cuda.")
     major, minor = torch.cuda.get_device_capability(device)
     name = torch.cuda.get_device_name(device)
     if precision == "bf16" and not torch.cuda.is_bf16_supported():

@@ -16,14 +16,14 @@ that the tests and the benchmark hold the fast path against.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
-import json
 import math
-import os
 import platform
-import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -32,14 +32,15 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from src.atomic import atomic_save, atomic_write_json, atomic_write_text
-from src.checkpoint import load_checkpoint, model_from_checkpoint
-from src.config import Config, check_data_paths, load_config
+from src.checkpoint import EPOCH_STATE, load_training_checkpoint, model_from_checkpoint
+from src.config import Config, check_data_paths, config_from_dict, load_config
 from src.data import Batch, load_jsonl, make_batch
-from src.errors import GpuOnlyError, UserError, run_main, write_failed
+from src.device import DESCRIPTION, autocast, check_precision, resolve_device, run_precision, uses_loss_scaling
+from src.errors import UserError, run_main
 from src.evaluate import evaluate_batch
 from src.model import CompactTransformer
-from src.runfiles import SCHEMAS, read_metrics
+from src.rundir import RunDir
+from src.runfiles import SCHEMAS
 from src.tokenizer import IGNORE_INDEX, PAD_ID
 
 # dynamic loss scaling, as torch.amp.GradScaler's defaults
@@ -53,43 +54,16 @@ OOM_ADVICE = (
 
 
 class TrainingStopped(UserError):
-    """Training stopped on purpose (non-finite loss); the last good checkpoint is intact."""
+    """Training stopped on purpose (non-finite loss, or a diverged validation loss); the last good
+    checkpoint is intact. `status` goes into summary.json, `result` is what was done."""
 
     exit_code = 3
 
-
-# what a checkpoint must hold, besides the model, to be resumed
-TRAINING_STATE = ("optimizer", "scaler", "step", "skipped_steps", "rng", "epoch", "best")
-
-
-# ---------------------------------------------------------------------------- device policy
+    def __init__(self, message: str, status: str = "stopped_non_finite", result: dict | None = None):
+        super().__init__(message)
+        self.status, self.result = status, result
 
 
-def resolve_device(requested: str, gpu_only: bool, fp16: bool = False) -> tuple[torch.device, str | None]:
-    """The device to train on and, when CUDA was asked for but is missing, why we fell back.
-
-    Order matters: the GPU-only checks raise RuntimeError before anything else happens.
-    """
-    if gpu_only:
-        if requested != "cuda":
-            raise GpuOnlyError(f"GPU-only mode requires --device cuda (got --device {requested}). Aborting.")
-        if not torch.cuda.is_available():
-            raise GpuOnlyError("CUDA requested but not available. Aborting. (--gpu-only forbids CPU training.)")
-    if requested not in ("cpu", "cuda"):
-        raise UserError(f"--device {requested!r} is not a device this script knows; use cpu or cuda")
-    fallback = None
-    if requested == "cuda" and not torch.cuda.is_available():
-        fallback = "CUDA requested but not available; training on the CPU instead"
-        bar = "!" * 78
-        print(f"{bar}\nWARNING: {fallback}.\nWARNING: pass --gpu-only to abort instead. The summary records this fallback.\n{bar}",
-              file=sys.stderr)
-        warnings.warn(fallback, RuntimeWarning, stacklevel=2)
-        requested = "cpu"
-    device = torch.device(requested)
-    if fp16 and device.type != "cuda":
-        raise UserError("--fp16 needs a CUDA device: float16 autocast on the CPU is not what the 10M run specifies. "
-                        "Drop --fp16 or train on --device cuda.")
-    return device, fallback
 
 
 # ---------------------------------------------------------------------------- schedule
@@ -154,8 +128,9 @@ class Trainer:
     """Owns the model, optimizer and every piece of training state that a checkpoint holds."""
 
     def __init__(self, cfg: Config, model: CompactTransformer, data: DeviceData, device: torch.device,
-                 fp16: bool, seed: int, log=print, compile_scope: str = "blocks"):
-        self.cfg, self.model, self.data, self.device, self.fp16 = cfg, model, data, device, fp16
+                 precision: str, seed: int, log=print, compile_scope: str = "blocks"):
+        self.cfg, self.model, self.data, self.device, self.precision = cfg, model, data, device, precision
+        self.scaled = uses_loss_scaling(precision)  # fp16 only: bf16 has float32's range
         self.compile_scope = compile_scope  # "blocks" (one compiled block, reused) or "model" (benchmark only)
         t = cfg.training
         self.total_steps = t.epochs * data.steps_per_epoch
@@ -165,7 +140,7 @@ class Trainer:
         # the fused AdamW kernel skips its update where found_inf is set (the hook GradScaler uses)
         self.found_inf = torch.zeros((), dtype=torch.float32, **dev)
         self.opt.found_inf = self.found_inf
-        self.scale = torch.tensor(INIT_SCALE if fp16 else 1.0, **dev)
+        self.scale = torch.tensor(INIT_SCALE if self.scaled else 1.0, **dev)
         self.growth_tracker = torch.zeros((), dtype=torch.int32, **dev)
         self.step = torch.zeros((), dtype=torch.long, **dev)
         self.epoch_step = torch.zeros((), dtype=torch.long, **dev)
@@ -181,6 +156,7 @@ class Trainer:
         self.params = list(model.parameters())
         self.loss_fn = self._plain_loss
         self.graph = None
+        self.mid_epoch = False  # True between an interruption (or a resume from one) and the epoch's next step
         self.log = log
         self.accelerations = {"compile": False, "cuda_graph": False}
 
@@ -194,7 +170,7 @@ class Trainer:
         t = self.cfg.training
         idx = self.order.index_select(0, self.epoch_step * self.data.batch_size + self.offsets)
         inputs, labels = self.data.inputs.index_select(0, idx), self.data.labels.index_select(0, idx)
-        with torch.amp.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
+        with autocast(self.device, self.precision):
             loss = self.loss_fn(inputs, labels)
         (loss * self.scale).backward()
         grads = [p.grad for p in self.params]
@@ -204,7 +180,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip, foreach=True)
         self.lr.copy_(t.learning_rate * lr_factor(self.step, t.warmup_steps, self.total_steps))
         self.opt.step()
-        if self.fp16:
+        if self.scaled:
             torch._amp_update_scale_(self.scale, self.growth_tracker, self.found_inf,
                                      GROWTH_FACTOR, BACKOFF_FACTOR, GROWTH_INTERVAL)
         bad = self.found_inf.long()
@@ -302,12 +278,22 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             self.train_step()
 
-    def run_epoch(self, bar=None) -> None:
-        """One pass over the training data. The host reads the device only every PROGRESS_EVERY
-        steps (progress bar, non-finite check) and once at the end of the epoch."""
-        self.start_epoch()
+    def run_epoch(self, bar=None, stop=None) -> bool:
+        """One pass over the training data, or the rest of it after a resume in the middle of an
+        epoch. The host reads the device only every PROGRESS_EVERY steps (progress bar, non-finite
+        check) and once at the end of the epoch. Returns False when `stop` (a StopSignals) asked
+        for an end after a step: the epoch is then unfinished, its state ready for a checkpoint."""
+        if not self.mid_epoch:
+            self.start_epoch()
+        first, self.mid_epoch = int(self.epoch_step), False
         n = self.data.steps_per_epoch
-        for i in range(n):
+        if bar is not None:
+            bar.update(first)
+        for i in range(first, n):
+            if stop is not None and stop.signum is not None:
+                self.check_finite()
+                self.mid_epoch = True
+                return False
             self.run_step()
             if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == n:
                 self.check_finite()
@@ -316,6 +302,7 @@ class Trainer:
                     bar.update(i + 1 - bar.n)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        return True
 
     def check_finite(self) -> None:
         streak = int(self.max_bad_streak)
@@ -323,7 +310,8 @@ class Trainer:
             raise TrainingStopped(
                 f"stopped: {streak} consecutive steps had a non-finite loss or gradient "
                 f"(training.max_bad_steps = {self.cfg.training.max_bad_steps}); the last good checkpoint is "
-                "intact. Lower training.learning_rate or check the data."
+                f"intact. Lower training.learning_rate (now {self.cfg.training.learning_rate:g}) in the config and "
+                "start a new run (a resumed run keeps its config), or check the data."
             )
 
     def mean_loss(self) -> float:
@@ -336,13 +324,18 @@ class Trainer:
         rng = {"cpu": torch.get_rng_state(), "shuffle": self.shuffle_gen.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return {
+        state = {
             "optimizer": self.opt.state_dict(),
             "scaler": {"scale": self.scale.cpu(), "growth_tracker": self.growth_tracker.cpu()},
             "step": int(self.step),
             "skipped_steps": int(self.skipped_steps),
             "rng": rng,
+            "epoch_step": 0,  # an epoch's end
         }
+        if self.mid_epoch:  # interrupted: the step within the epoch, its shuffled order and running sums
+            state["epoch_step"] = int(self.epoch_step)
+            state["epoch_state"] = {name: getattr(self, name).cpu() for name in EPOCH_STATE}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.opt.load_state_dict(state["optimizer"])
@@ -358,12 +351,22 @@ class Trainer:
         self.shuffle_gen.set_state(state["rng"]["shuffle"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        if state.get("epoch_step", 0) > 0:  # interrupted in the middle of an epoch
+            order = state["epoch_state"]["order"]
+            if order.shape != self.order.shape or state["epoch_step"] >= self.data.steps_per_epoch:
+                raise UserError(f"the checkpoint was interrupted at step {state['epoch_step']} of an epoch of "
+                                f"{order.numel() // self.data.batch_size} steps; this training data gives epochs of "
+                                f"{self.data.steps_per_epoch} steps. Resume with the run's own data")
+            self.mid_epoch = True
+            self.epoch_step.fill_(state["epoch_step"])
+            for name in EPOCH_STATE:
+                getattr(self, name).copy_(state["epoch_state"][name])
 
 
 # ---------------------------------------------------------------------------- the reference loop
 
 
-def reference_training(cfg: Config, model: CompactTransformer, batch: Batch, device, fp16: bool, seed: int,
+def reference_training(cfg: Config, model: CompactTransformer, batch: Batch, device, precision: str, seed: int,
                        steps: int, on_step=None) -> list[float]:
     """The textbook loop over the same batches: host-side batching, `loss.item()` every step,
     torch.amp.GradScaler, LambdaLR and the unfused AdamW. Same mathematics as Trainer.train_step;
@@ -374,7 +377,7 @@ def reference_training(cfg: Config, model: CompactTransformer, batch: Batch, dev
                             weight_decay=t.weight_decay, foreach=False)
     total = t.epochs * data.steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, t.warmup_steps, total))
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    scaler = torch.amp.GradScaler(device.type, enabled=uses_loss_scaling(precision))
     gen = torch.Generator(device=device).manual_seed(seed + 1)
     losses, order = [], None
     model.train()
@@ -383,7 +386,7 @@ def reference_training(cfg: Config, model: CompactTransformer, batch: Batch, dev
             order = data.epoch_order(gen).cpu()
         idx = order[(step % data.steps_per_epoch) * data.batch_size:][: data.batch_size]
         inputs, labels = data.inputs[idx].to(device), data.labels[idx].to(device)
-        with torch.amp.autocast(device.type, dtype=torch.float16, enabled=fp16):
+        with autocast(device, precision):
             loss = model(inputs, labels).loss
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -398,77 +401,55 @@ def reference_training(cfg: Config, model: CompactTransformer, batch: Batch, dev
     return losses
 
 
-# ---------------------------------------------------------------------------- run directory
+# ---------------------------------------------------------------------------- signals
 
 
-class RunDir:
-    """The output directory: every file a run writes goes through here, atomically."""
+class Interrupted(UserError):
+    """SIGINT or SIGTERM: the run stopped where it could be continued, or before it began."""
 
-    def __init__(self, path: Path, resume: bool):
-        self.path = path
-        if path.exists() and not path.is_dir():
-            raise UserError(f"--output-dir {path} is a file, not a directory; choose another path")
-        if resume:
-            if not (path / "checkpoint_latest.pt").is_file():
-                started = path.is_dir() and any(path.iterdir())
-                raise UserError(f"--resume: nothing to resume in {path} (no checkpoint_latest.pt); " + (
-                    "the run there stopped before its first checkpoint: delete the directory or choose another"
-                    if started else "start without --resume"))
-        elif path.is_dir() and any((path / name).exists() for name in ("metrics.jsonl", "checkpoint_latest.pt", "summary.json")):
-            raise UserError(f"--output-dir {path} already holds a run; pass --resume to continue it, "
-                            "or choose another directory (nothing is overwritten)")
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe = path / ".write_test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as err:
-            raise UserError(f"--output-dir {path} is not writable ({err.strerror}); choose another directory") from None
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # what the shell reports for a death by that signal
 
-    def write_text(self, name: str, text: str) -> None:
-        atomic_write_text(self.path / name, text)
 
-    def write_json(self, name: str, obj) -> None:
-        atomic_write_json(self.path / name, obj)
+class StopSignals:
+    """SIGINT and SIGTERM. While `deferring` (the training loop), a signal is noted and acted on
+    after the current step: checkpoint_latest.pt is saved, then Interrupted is raised. At any other
+    moment it raises Interrupted at once; every write is atomic, so nothing is left half-written."""
 
-    def metrics(self) -> list[dict]:
-        rows, problems = read_metrics(self.path / "metrics.jsonl")
-        for problem in problems:  # the checkpoint, not this log, is the run's state: go on without the line
-            print(f"warning: {problem}", file=sys.stderr)
-        return rows
+    def __init__(self, run_hint: str):
+        self.signum, self.deferring, self.run_hint, self._previous = None, False, run_hint, {}
 
-    def append_metrics(self, record: dict) -> None:
-        rows = self.metrics() + [record]
-        self.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
 
-    def keep_metrics_until(self, epoch: int) -> None:
-        """On resume: forget evaluations made after the checkpoint we continue from."""
-        rows = [r for r in self.metrics() if r["epoch"] <= epoch]
-        self.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
-    def save_checkpoint(self, names: list[str], obj) -> None:
-        """Serialize once, atomically, under names[0]; the other names become hard links to it
-        (each swapped in atomically too), or copies where the file system has no links."""
-        first = self.path / names[0]
-        atomic_save(obj, first)
-        for name in names[1:]:
-            tmp = self.path / (name + ".tmp")
-            tmp.unlink(missing_ok=True)
-            try:
-                try:
-                    os.link(first, tmp)
-                except OSError:
-                    shutil.copyfile(first, tmp)
-                os.replace(tmp, self.path / name)
-            except OSError as err:
-                tmp.unlink(missing_ok=True)
-                raise write_failed(self.path / name, err) from None
+    def _handle(self, signum, frame) -> None:
+        if self.deferring and self.signum is None:
+            self.signum = signum
+            print(f"\n{signal.Signals(signum).name}: stopping after this step; saving checkpoint_latest.pt",
+                  file=sys.stderr, flush=True)
+            return
+        raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}; files already written are intact. "
+                          + self.run_hint)
+
+    def interrupted(self, run: RunDir, epoch: int, step: int) -> Interrupted:
+        name = signal.Signals(self.signum).name
+        return Interrupted(self.signum, f"interrupted by {name} in epoch {epoch} at step {step}: "
+                           f"{run.path / 'checkpoint_latest.pt'} is saved. Continue with: "
+                           f"python -m src.train --output-dir {run.path} --resume")
 
 
 # ---------------------------------------------------------------------------- main
 
 
-def _int_in(low: int, high: int):
+def int_in(low: int, high: int):
     """argparse type: an integer from `low` to `high`."""
     def parse(text: str) -> int:
         try:
@@ -483,57 +464,140 @@ def _int_in(low: int, high: int):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m src.train", description="Train a CompactTransformer (SPEC sections 2, 3, 7).")
-    p.add_argument("--config", required=True, help="YAML config, e.g. configs/pilot.yaml or configs/scale_10m.yaml")
-    p.add_argument("--output-dir", required=True, type=Path, help="run directory: config, metrics, checkpoints, summary")
-    p.add_argument("--seed", type=_int_in(0, 2**63 - 2),  # torch seeds are 64-bit; seed + 1 seeds shuffling
-                   default=42, help="seed of weights, dropout and shuffling (default: 42)")
+    p.add_argument("--config", help="YAML config, e.g. configs/pilot.yaml or configs/scale_10m.yaml (required unless "
+                   "--resume, which takes the run's own config; given with --resume, it may differ from the run's "
+                   "only in training.epochs)")
+    p.add_argument("--output-dir", required=True, type=Path, help="run directory: config, metrics, checkpoints, summary "
+                   "(one training at a time: the directory is locked while a run writes into it)")
+    p.add_argument("--seed", type=int_in(0, 2**63 - 2),  # torch seeds are 64-bit; seed + 1 seeds shuffling
+                   default=None, help="seed of weights, dropout and shuffling (default: 42; on --resume the run's own)")
     p.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda; without --gpu-only a missing "
                    "CUDA falls back to the CPU with a warning recorded in summary.json)")
     p.add_argument("--fp16", action="store_true", help="float16 autocast in training and evaluation with dynamic "
-                   "loss scaling; requires CUDA")
+                   "loss scaling; requires CUDA. Sets training.precision to fp16 (the config may also say fp32 or bf16)")
     p.add_argument("--gpu-only", action="store_true", help="abort (RuntimeError) unless --device cuda and CUDA is "
                    "available; checked before anything is read or written")
-    p.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt in --output-dir")
-    p.add_argument("--stop-after-epoch", type=_int_in(1, 10**9), default=None, metavar="N", help="end this invocation after epoch "
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint_latest.pt, "
+                   "with its own config, seed and precision; a run killed after its last epoch is finished (summary) "
+                   "without training again")
+    p.add_argument("--stop-after-epoch", type=int_in(1, 10**9), default=None, metavar="N", help="end this invocation after epoch "
                    "N, with checkpoint_latest.pt written (the schedule still spans the configured epochs; continue "
                    "with --resume)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.add_argument("--debug", action="store_true", help="show a traceback on errors")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.config is None and not args.resume:
+        p.error("the following arguments are required: --config (only --resume may leave it out: it takes the "
+                "run's own config)")
+    return args
+
+
+def with_precision(cfg: Config, precision: str) -> Config:
+    return dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, precision=precision))
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """{"training": {"epochs": 4}} -> {"training.epochs": 4}"""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resumed_settings(args, ckpt: dict, run: RunDir) -> tuple[Config, int, list[dict]]:
+    """The run's own config and seed. A --config or --seed that differs from them is an error
+    listing the differences, except training.epochs: changing it is allowed, and recorded."""
+    where = run.path / "checkpoint_latest.pt"
+    own = with_precision(config_from_dict(ckpt["config"], f"{where} (its config)"), run_precision(ckpt, run.path))
+    diffs, given = [], None
+    if args.config is not None:
+        given = load_config(args.config)
+        if args.fp16:
+            given = with_precision(given, "fp16")
+        theirs = flat(given.to_dict())
+        diffs += [f"{key}: run {value!r}, {args.config} {theirs.get(key)!r}" for key, value in flat(own.to_dict()).items()
+                  if key != "training.epochs" and theirs.get(key) != value]
+    elif args.fp16 and own.training.precision != "fp16":
+        diffs.append(f"training.precision: run {own.training.precision!r}, --fp16")
+    seed = ckpt.get("seed")
+    if args.seed is not None and seed is not None and args.seed != seed:
+        diffs.append(f"seed: run {seed}, --seed {args.seed}")
+    if diffs:
+        raise UserError(f"--resume: a resumed run keeps its own config and seed, and these differ from the run in "
+                        f"{run.path}: {'; '.join(diffs)}. Resume without them (only training.epochs may change), "
+                        "or start a new run in another --output-dir")
+    if seed is None:  # a checkpoint written before checkpoints recorded their seed
+        seed = 42 if args.seed is None else args.seed
+        print(f"note: {where} does not record its seed; using {seed}", file=sys.stderr)
+    changes = list(ckpt.get("epoch_changes", []))
+    if given is not None and given.training.epochs != own.training.epochs:
+        if given.training.epochs < ckpt["epoch"]:
+            raise UserError(f"--resume: {args.config} has training.epochs = {given.training.epochs}, but the run in "
+                            f"{run.path} is already at epoch {ckpt['epoch']}")
+        changes.append({"at_epoch": ckpt["epoch"], "from": own.training.epochs, "to": given.training.epochs})
+        print(f"note: training.epochs changes from {own.training.epochs} to {given.training.epochs} at epoch "
+              f"{ckpt['epoch']} (recorded in summary.json and the checkpoints; the learning-rate schedule is "
+              "stretched to the new length)", file=sys.stderr)
+        own = dataclasses.replace(own, training=dataclasses.replace(own.training, epochs=given.training.epochs))
+    return own, seed, changes
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     # The checklist's hard constraint: nothing is read, built or written before this check.
-    device, fallback = resolve_device(args.device, args.gpu_only, args.fp16)
-    cfg = load_config(args.config)
-    check_data_paths(cfg, args.config)
+    device, fallback = resolve_device(args.device, args.gpu_only, "fp16" if args.fp16 else "fp32")
+    hint = (f"Continue with: python -m src.train --output-dir {args.output_dir} --resume" if args.resume else
+            "A run that wrote a checkpoint continues with --resume")
+    with StopSignals(hint) as stop, contextlib.ExitStack() as cleanup:
+        run = None
+        if args.resume:
+            run = RunDir(args.output_dir, resume=True)
+            cleanup.callback(run.release)
+            ckpt = load_training_checkpoint(run.path / "checkpoint_latest.pt")
+            cfg, seed, epoch_changes = resumed_settings(args, ckpt, run)
+            source = f"{run.path / 'config.yaml'}"
+        else:
+            cfg = load_config(args.config)
+            cfg = with_precision(cfg, "fp16") if args.fp16 else cfg
+            seed, ckpt, epoch_changes, source = 42 if args.seed is None else args.seed, None, [], args.config
+        return train(cfg, args, device, fallback, seed, ckpt, epoch_changes, source, run, stop, cleanup)
+
+
+def train(cfg: Config, args, device, fallback, seed: int, ckpt: dict | None, epoch_changes: list, source: str,
+          run: RunDir | None, stop: StopSignals, cleanup: contextlib.ExitStack) -> int:
+    """Check the inputs, then train (or finish) the run; `run` is None for a new run, whose
+    directory is created and locked only once every input has passed its checks."""
+    precision = cfg.training.precision
+    check_precision(precision, device)
+    check_data_paths(cfg, source)
     if args.stop_after_epoch is not None and args.stop_after_epoch > cfg.training.epochs:
         raise UserError(f"--stop-after-epoch {args.stop_after_epoch} is beyond training.epochs "
-                        f"({cfg.training.epochs}) of {args.config}")
+                        f"({cfg.training.epochs}) of {source}")
     t0 = time.time()
     max_len = cfg.model.max_seq_len
     train_records = load_jsonl(cfg.data.path("train"), max_len)
     val_batch = make_batch(load_jsonl(cfg.data.path("val"), max_len), max_len).to(device)
-    run = RunDir(args.output_dir, args.resume)
-    torch.manual_seed(args.seed)
+    if run is None:
+        run = RunDir(args.output_dir, resume=False)
+        cleanup.callback(run.release)
+    torch.manual_seed(seed)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32; fp16 comes from autocast
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32; fp16 and bf16 come from autocast
         warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores")
     model = CompactTransformer(cfg.model).to(device)
     data = DeviceData(make_batch(train_records, max_len), cfg, device)
-    trainer = Trainer(cfg, model, data, device, args.fp16, args.seed)
+    trainer = Trainer(cfg, model, data, device, precision, seed)
+    run_info = {"seed": seed, "precision": precision, "epoch_changes": epoch_changes}
 
     start_epoch, best = 0, {"val_loss": float("inf"), "epoch": None, "metrics": None}
-    if args.resume:
+    if ckpt is not None:
         latest = run.path / "checkpoint_latest.pt"
-        ckpt = load_checkpoint(latest, map_location=device)
-        missing = [k for k in TRAINING_STATE if k not in ckpt]
-        if missing:
-            raise UserError(f"{latest}: holds weights but no training state (no '{missing[0]}' entry); "
-                            "only a checkpoint written by src.train can be resumed")
         model.load_state_dict(model_from_checkpoint(ckpt, latest, cfg.model).state_dict())
-        if ckpt["epoch"] >= cfg.training.epochs:
+        summary = run.read_summary()
+        if ckpt["epoch"] >= cfg.training.epochs and summary is not None and summary.get("status") == "completed":
             raise UserError(f"--resume: the run in {run.path} already finished all {ckpt['epoch']} epochs "
                             f"(training.epochs = {cfg.training.epochs}); nothing to resume")
         if args.stop_after_epoch is not None and args.stop_after_epoch <= ckpt["epoch"]:
@@ -542,28 +606,49 @@ def main(argv=None) -> int:
         trainer.load_state_dict(ckpt)
         start_epoch, best = ckpt["epoch"], ckpt["best"]
         run.keep_metrics_until(start_epoch)
-        print(f"Resuming from epoch {start_epoch} (step {ckpt['step']})")
+        if epoch_changes != ckpt.get("epoch_changes", []):
+            run.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if start_epoch >= cfg.training.epochs:
+            print(f"Finishing the run: epoch {start_epoch} (step {ckpt['step']}) is its last; no training is left")
+            finish_last_epoch(run, ckpt, trainer, val_batch)
+        else:
+            print(f"Resuming from epoch {start_epoch} (step {ckpt['step']})"
+                  + (f", {ckpt['epoch_step']} steps into epoch {start_epoch + 1}" if ckpt.get("epoch_step") else ""))
     else:
         run.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    print_header(cfg, args, device, fallback, model, train_records, val_batch)
+    print_header(cfg, args, seed, device, fallback, model, train_records, val_batch)
     try:
-        result = train_loop(cfg, args, run, trainer, val_batch, start_epoch, best)
+        result = train_loop(cfg, args, run, trainer, val_batch, start_epoch, best, run_info, stop)
     except torch.cuda.OutOfMemoryError as err:
         detail = str(err).splitlines()[0][:200] if str(err) else "no detail"
         raise UserError(f"{OOM_ADVICE} (PyTorch said: {detail})") from None
-    except TrainingStopped as stop:
-        run.write_json("summary.json", make_summary(cfg, args, device, fallback, trainer, stop.result,
-                                                    time.time() - t0, status="stopped_non_finite"))
+    except TrainingStopped as stopped:
+        run.write_json("summary.json", make_summary(cfg, run_info, args, device, fallback, trainer, stopped.result,
+                                                    time.time() - t0, status=stopped.status))
         raise
-    summary = make_summary(cfg, args, device, fallback, trainer, result, time.time() - t0)
+    summary = make_summary(cfg, run_info, args, device, fallback, trainer, result, time.time() - t0)
     run.write_json("summary.json", summary)
-    print(f"Done: {summary['steps']} steps in {summary['wall_time_s']:.1f} s "
-          f"({summary['train_steps_per_s']:.0f} steps/s while training); best epoch {summary['best_epoch']}")
+    rate = f" ({summary['train_steps_per_s']:.0f} steps/s while training)" if summary["train_steps_per_s"] else ""
+    print(f"Done: {summary['steps']} steps in {summary['wall_time_s']:.1f} s{rate}; best epoch {summary['best_epoch']}")
     return 0
 
 
-def print_header(cfg, args, device, fallback, model, train_records, val_batch) -> None:
+def finish_last_epoch(run: RunDir, ckpt: dict, trainer: Trainer, val_batch) -> None:
+    """A run killed after its last checkpoint_latest.pt but before its summary: put back what the
+    end of its last epoch writes after that checkpoint (checkpoint_best.pt, a lost metrics row)."""
+    epoch = ckpt["epoch"]
+    if not any(r["epoch"] == epoch for r in run.metrics()):
+        print(f"warning: metrics.jsonl has no row for epoch {epoch}; evaluating the checkpoint on the validation "
+              "set again (the epoch's mean training loss is not recoverable)", file=sys.stderr)
+        val = evaluate_batch(trainer.model, val_batch, precision=trainer.precision, with_intervals=False)
+        run.append_metrics({"schema": SCHEMAS["metrics"], "epoch": epoch, "step": ckpt["step"], "train_loss": None,
+                            "lr": float(trainer.lr), "skipped_steps": ckpt["skipped_steps"], "val": val})
+    if ckpt["best"]["epoch"] == epoch:
+        run.link("checkpoint_latest.pt", "checkpoint_best.pt")
+
+
+def print_header(cfg, args, seed, device, fallback, model, train_records, val_batch) -> None:
     line = "=" * 70
     print(line)
     if device.type == "cuda":
@@ -572,39 +657,63 @@ def print_header(cfg, args, device, fallback, model, train_records, val_batch) -
         print(f"GPU memory: {props.total_memory / 1024**3:.1f} GB")
     else:
         print(f"Device: CPU ({platform.processor() or platform.machine()})" + (f"  [FALLBACK: {fallback}]" if fallback else ""))
-    print(f"FP16 Mixed Precision: {'ENABLED' if args.fp16 else 'DISABLED'}")
+    print(f"FP16 Mixed Precision: {'ENABLED' if cfg.training.precision == 'fp16' else 'DISABLED'}")
+    print(f"Precision: {DESCRIPTION[cfg.training.precision]}")
     print(f"Parameters: {model.num_parameters():,}")
     print(f"Train data: {cfg.data.path('train')} ({len(train_records)} examples)")
     print(f"Val data:   {cfg.data.path('val')} ({len(val_batch)} examples)")
-    print(f"Seed: {args.seed}   Output: {args.output_dir}")
+    print(f"Seed: {seed}   Output: {args.output_dir}")
     print("Config:")
     print("  " + yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip().replace("\n", "\n  "))
     print(line, flush=True)
 
 
-def train_loop(cfg: Config, args, run: RunDir, trainer: Trainer, val_batch, start_epoch: int, best: dict) -> dict:
+def diverged(val: dict) -> bool:
+    """A validation loss that is not finite, or whose perplexity overflows, means the weights diverged."""
+    return not math.isfinite(val["loss"]) or not math.isfinite(val["perplexity"])
+
+
+def train_loop(cfg: Config, args, run: RunDir, trainer: Trainer, val_batch, start_epoch: int, best: dict,
+               run_info: dict, stop: StopSignals) -> dict:
     t = cfg.training
     device = trainer.device
     tic = time.perf_counter()
-    trainer.accelerate()
+    if start_epoch < t.epochs:  # nothing to accelerate when a resume only finishes the run
+        trainer.accelerate()
     timing = {"compile_and_capture_s": time.perf_counter() - tic, "eval_s": 0.0, "checkpoint_s": 0.0}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     steps_per_epoch = trainer.data.steps_per_epoch
     train_time, epoch, first_step = 0.0, start_epoch, int(trainer.step)
+
+    def checkpoint(names: list[str], epoch: int) -> None:
+        ckpt = {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": trainer.model.state_dict(),
+                "epoch": epoch, "best": best, **run_info, **trainer.state_dict()}
+        tic = time.perf_counter()
+        run.save_checkpoint(names, ckpt)
+        timing["checkpoint_s"] += time.perf_counter() - tic
+
+    def so_far(epoch: int) -> dict:
+        return {"epoch": epoch, "best": best, "train_time": train_time, "steps": int(trainer.step) - first_step,
+                "timing": timing}
+
+    stop.deferring = True
     for epoch in range(start_epoch + 1, t.epochs + 1):
         tic = time.perf_counter()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}", disable=args.no_progress,
                    leave=False, dynamic_ncols=True)
         try:
-            trainer.run_epoch(bar)
-        except TrainingStopped as stop:  # main writes the summary of what was done
-            stop.result = {"epoch": epoch - 1, "best": best, "train_time": train_time + time.perf_counter() - tic,
-                           "steps": int(trainer.step) - first_step, "timing": timing}
+            finished = trainer.run_epoch(bar, stop)
+        except TrainingStopped as stopped:  # main writes the summary of what was done
+            train_time += time.perf_counter() - tic
+            stopped.result = so_far(epoch - 1)
             raise
         finally:
             bar.close()
         train_time += time.perf_counter() - tic
+        if not finished:  # SIGINT or SIGTERM in the middle of the epoch
+            checkpoint(["checkpoint_latest.pt"], epoch - 1)
+            raise stop.interrupted(run, epoch, int(trainer.step))
         record = {"schema": SCHEMAS["metrics"], "epoch": epoch, "step": int(trainer.step), "train_loss": trainer.mean_loss(),
                   "lr": float(trainer.lr), "skipped_steps": int(trainer.skipped_steps)}
         if device.type == "cuda":
@@ -612,8 +721,14 @@ def train_loop(cfg: Config, args, run: RunDir, trainer: Trainer, val_batch, star
         improved = False
         if epoch % t.eval_interval == 0 or epoch == t.epochs:
             tic = time.perf_counter()
-            val = evaluate_batch(trainer.model, val_batch, fp16=args.fp16, with_intervals=False)
+            val = evaluate_batch(trainer.model, val_batch, precision=trainer.precision, with_intervals=False)
             timing["eval_s"] += time.perf_counter() - tic
+            if diverged(val):
+                raise TrainingStopped(
+                    f"stopped: the model diverged: its validation loss after epoch {epoch} is {val['loss']:.4g} "
+                    f"(perplexity {val['perplexity']:.4g}). Nothing of epoch {epoch} was saved; the last good checkpoint "
+                    f"is intact. Lower training.learning_rate (now {t.learning_rate:g}) in the config and start a new "
+                    "run (a resumed run keeps its config)", status="stopped_diverged", result=so_far(epoch - 1))
             record["val"] = val
             improved = val["loss"] < best["val_loss"]
             if improved:
@@ -625,42 +740,43 @@ def train_loop(cfg: Config, args, run: RunDir, trainer: Trainer, val_batch, star
                   flush=True)
         stop_here = epoch == args.stop_after_epoch
         names = [f"checkpoint_epoch_{epoch}.pt"] if epoch % t.save_interval == 0 else []
-        if epoch % t.save_interval == 0 or epoch == t.epochs or stop_here:
+        if epoch % t.save_interval == 0 or epoch == t.epochs or stop_here or stop.signum is not None:
             names.append("checkpoint_latest.pt")
         if improved:
             names.append("checkpoint_best.pt")
         if names:
-            ckpt = {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(),
-                    "model": trainer.model.state_dict(), "epoch": epoch, "best": best, **trainer.state_dict()}
-            tic = time.perf_counter()
-            run.save_checkpoint(names, ckpt)
-            timing["checkpoint_s"] += time.perf_counter() - tic
+            checkpoint(names, epoch)
+        if stop.signum is not None:  # a signal during the evaluation or the checkpoint
+            raise stop.interrupted(run, epoch, int(trainer.step))
         if stop_here:
             break
-    return {"epoch": epoch, "best": best, "train_time": train_time, "steps": int(trainer.step) - first_step,
-            "timing": timing}
+    stop.deferring = False
+    return so_far(epoch)
 
 
-def make_summary(cfg, args, device, fallback, trainer: Trainer, result: dict, wall: float, status=None) -> dict:
+def make_summary(cfg, run_info: dict, args, device, fallback, trainer: Trainer, result: dict, wall: float,
+                 status=None) -> dict:
     steps = int(trainer.step)
     if status is None:
         status = "completed" if result["epoch"] == cfg.training.epochs else "stopped_after_epoch"
+    precision = cfg.training.precision
     summary = {
         "schema": SCHEMAS["summary"],
         "status": status,
         "config": cfg.name,
-        "seed": args.seed,
+        "seed": run_info["seed"],
         "device": device.type,
         "requested_device": args.device,
         "device_fallback": fallback is not None,
         "fallback_reason": fallback,
         "gpu_name": None,
         "gpu_memory_gb": None,
-        "precision": "fp16 mixed (autocast float16, dynamic loss scaling)" if args.fp16 else "fp32",
-        "fp16": args.fp16,
+        "precision": DESCRIPTION[precision],
+        "fp16": precision == "fp16",
         "peak_gpu_memory_mb": None,
         "parameters": trainer.model.num_parameters(),
         "epochs": result["epoch"],
+        "epoch_changes": run_info["epoch_changes"],
         "steps": steps,
         "skipped_steps": int(trainer.skipped_steps),
         "wall_time_s": wall,

@@ -312,7 +312,7 @@ def test_existing_run_is_not_overwritten(full_run, tiny_config, capsys):
 def test_out_of_memory_ends_the_run_without_retry(tiny_config, tmp_path, monkeypatch, capsys):
     calls = []
 
-    def run_epoch(self, bar=None):
+    def run_epoch(self, bar=None, stop=None):
         calls.append((self.cfg.training.batch_size, self.data.batch_size, self.cfg.model))
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
@@ -359,13 +359,13 @@ def test_fast_step_equals_reference_training(tmp_path, loss_on):
     plain_model = CompactTransformer(cfg.model)
     assert_same_tensors(fast_model.state_dict(), plain_model.state_dict())
 
-    trainer = Trainer(cfg, fast_model, DeviceData(batch, cfg, cpu), cpu, fp16=False, seed=7, log=lambda *a: None)
+    trainer = Trainer(cfg, fast_model, DeviceData(batch, cfg, cpu), cpu, precision="fp32", seed=7, log=lambda *a: None)
     trainer.accelerate()  # eager on the CPU
     for _ in range(2):
         trainer.run_epoch()
     steps = 2 * trainer.data.steps_per_epoch
     assert int(trainer.step) == steps
-    losses = reference_training(cfg, plain_model, batch, cpu, fp16=False, seed=7, steps=steps)
+    losses = reference_training(cfg, plain_model, batch, cpu, precision="fp32", seed=7, steps=steps)
     assert len(losses) == steps and losses[-1] < losses[0]
 
     for (name, a), b in zip(fast_model.named_parameters(), plain_model.parameters()):
@@ -384,7 +384,7 @@ def test_non_finite_step_is_skipped_and_backs_off_the_loss_scale(tmp_path):
     cpu = torch.device("cpu")
     torch.manual_seed(0)
     model = CompactTransformer(cfg.model)
-    trainer = Trainer(cfg, model, DeviceData(batch, cfg, cpu), cpu, fp16=True, seed=1, log=lambda *a: None)
+    trainer = Trainer(cfg, model, DeviceData(batch, cfg, cpu), cpu, precision="fp16", seed=1, log=lambda *a: None)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     scale = float(trainer.scale)
     trainer.loss_fn = lambda inputs, labels: model(inputs, labels).loss * float("nan")
@@ -412,9 +412,9 @@ def test_fp16_run_on_cuda(tmp_path, monkeypatch):
     eval_autocasts = []
     real_autocast = src.evaluate.autocast
 
-    def recording_autocast(device, fp16):
-        eval_autocasts.append((torch.device(device).type, fp16))
-        return real_autocast(device, fp16)
+    def recording_autocast(device, precision):
+        eval_autocasts.append((torch.device(device).type, precision))
+        return real_autocast(device, precision)
 
     monkeypatch.setattr(src.evaluate, "autocast", recording_autocast)
     with warnings.catch_warnings(record=True) as caught:
@@ -425,7 +425,7 @@ def test_fp16_run_on_cuda(tmp_path, monkeypatch):
     amp_warnings = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))
                     and any(k in str(w.message) for k in ("amp", "autocast", "GradScaler"))]
     assert amp_warnings == []
-    assert eval_autocasts and set(eval_autocasts) == {("cuda", True)}
+    assert eval_autocasts and set(eval_autocasts) == {("cuda", "fp16")}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["device"] == "cuda" and summary["device_fallback"] is False
     assert summary["fp16"] is True and summary["precision"].startswith("fp16")
