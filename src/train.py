@@ -439,9 +439,10 @@ class StopSignals:
         raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}; files already written are intact. "
                           + self.run_hint)
 
-    def interrupted(self, run: RunDir, epoch: int, step: int) -> Interrupted:
+    def interrupted(self, run: RunDir, epoch: int, step: int, epoch_done: bool) -> Interrupted:
         name = signal.Signals(self.signum).name
-        return Interrupted(self.signum, f"interrupted by {name} in epoch {epoch} at step {step}: "
+        where = f"after epoch {epoch} (step {step})" if epoch_done else f"in epoch {epoch} at step {step}"
+        return Interrupted(self.signum, f"interrupted by {name} {where}: "
                            f"{run.path / 'checkpoint_latest.pt'} is saved. Continue with: "
                            f"python -m src.train --output-dir {run.path} --resume")
 
@@ -713,7 +714,7 @@ def train_loop(cfg: Config, args, run: RunDir, trainer: Trainer, val_batch, star
         train_time += time.perf_counter() - tic
         if not finished:  # SIGINT or SIGTERM in the middle of the epoch
             checkpoint(["checkpoint_latest.pt"], epoch - 1)
-            raise stop.interrupted(run, epoch, int(trainer.step))
+            raise stop.interrupted(run, epoch, int(trainer.step), epoch_done=False)
         record = {"schema": SCHEMAS["metrics"], "epoch": epoch, "step": int(trainer.step), "train_loss": trainer.mean_loss(),
                   "lr": float(trainer.lr), "skipped_steps": int(trainer.skipped_steps)}
         if device.type == "cuda":
@@ -747,7 +748,7 @@ def train_loop(cfg: Config, args, run: RunDir, trainer: Trainer, val_batch, star
         if names:
             checkpoint(names, epoch)
         if stop.signum is not None:  # a signal during the evaluation or the checkpoint
-            raise stop.interrupted(run, epoch, int(trainer.step))
+            raise stop.interrupted(run, epoch, int(trainer.step), epoch_done=True)
         if stop_here:
             break
     stop.deferring = False
