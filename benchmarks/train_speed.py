@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from src.config import load_config  # noqa: E402
 from src.data import load_jsonl, make_batch  # noqa: E402
 from src.model import CompactTransformer  # noqa: E402
+from src.tokenizer import IGNORE_INDEX
 from src.train import DeviceData, Trainer, reference_training  # noqa: E402
 
 VARIANTS = {  # name -> (compile, cuda_graph, compile_scope)
@@ -51,7 +52,9 @@ def time_plain(cfg, batch, device, fp16, seed, steps, warmup):
             marks[i] = time.perf_counter()
 
     torch.cuda.reset_peak_memory_stats(device)
-    reference_training(cfg, model, batch, device, "fp16" if fp16 else "fp32", seed, warmup + steps, on_step=on_step)
+    labels = batch.labels if cfg.training.loss_on == "all" else batch.labels.masked_fill(~batch.answer_mask, IGNORE_INDEX)
+    reference_training(cfg, model, batch.inputs, labels, device, "fp16" if fp16 else "fp32", seed, warmup + steps,
+                       on_step=on_step)
     elapsed = marks[warmup + steps - 1] - marks[warmup - 1]
     return {"steps_per_s": steps / elapsed, "ms_per_step": 1000 * elapsed / steps,
             "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20}
