@@ -84,21 +84,20 @@ if have:
 EOF
 }
 
-analyse() {  # config seed: every analysis of one run (the analysis CLIs take the run's precision from --fp16)
-  local run flags=() ckpt
+analyse() {  # config seed: every analysis of one run, each in the precision the run trained in (its checkpoint says)
+  local run ckpt
   run=$(run_dir "$1" "$2")
   if [ -f "$run/.analysed" ]; then echo "kept $run: already analysed"; keep "$run" "$RESULTS/$1/seed$2"; return; fi
-  [ "$1" = scale_10m ] && flags=(--fp16)   # evaluate as it trained
   local failed=0   # a run is marked analysed only when every analysis succeeded
   {
-    $PYTHON -m src.evaluate --run "$run" --device cuda "${flags[@]}" || failed=1
+    $PYTHON -m src.evaluate --run "$run" --device cuda || failed=1
     ckpt=$(equal_steps_checkpoint "$run")
     if [ -n "$ckpt" ]; then
-      $PYTHON -m src.evaluate --run "$run" --device cuda --checkpoint "$ckpt" --out "$run/eval_equal_steps.json" "${flags[@]}" || failed=1
+      $PYTHON -m src.evaluate --run "$run" --device cuda --checkpoint "$ckpt" --out "$run/eval_equal_steps.json" || failed=1
     fi
-    $PYTHON -m src.ablate --run "$run" --device cuda "${flags[@]}" || failed=1
-    $PYTHON -m src.roles --run "$run" --device cuda "${flags[@]}" || failed=1
-    $PYTHON -m src.probe --run "$run" --device cuda "${flags[@]}" || failed=1
+    $PYTHON -m src.ablate --run "$run" --device cuda || failed=1
+    $PYTHON -m src.roles --run "$run" --device cuda || failed=1
+    $PYTHON -m src.probe --run "$run" --device cuda || failed=1
   } > "$run/analyse.log" 2>&1
   echo "analysed $run: $([ "$failed" = 0 ] && echo ok || echo 'a step failed') (log: $run/analyse.log)"
   [ "$failed" = 0 ] && touch "$run/.analysed"

@@ -291,3 +291,43 @@ def test_checkpoint_contents_are_checked_against_the_schema(case, tiny, tmp_path
     before = snapshot(run)
     expect_error(train(train_argv(tiny["config"], run, "--resume"), capsys), str(latest), DAMAGE[case])
     assert snapshot(run) == before
+
+
+# ---------------------------------------------------------------------------- precision
+
+
+def test_a_gpu_without_float16_or_bfloat16_is_a_clear_error(monkeypatch):
+    """fp16 needs native float16 arithmetic (compute capability 5.3), bf16 a card that supports it:
+    each is refused before anything runs, naming the card (simulated: this machine may have none)."""
+    from src.device import check_precision
+    from src.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (5, 2))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Old GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(UserError, match=r"precision fp16: the GPU Old GPU \(compute capability 5\.2\) has no native "
+                                        "float16 arithmetic; use training.precision fp32"):
+        check_precision("fp16", torch.device("cuda"))
+    with pytest.raises(UserError, match=r"precision bf16: the GPU Old GPU .* does not support bfloat16"):
+        check_precision("bf16", torch.device("cuda"))
+    check_precision("fp32", torch.device("cuda"))  # fp32 runs anywhere
+
+
+@pytest.mark.gpu
+def test_bf16_run_on_cuda_has_no_loss_scaling_and_travels_with_the_run(tiny, tmp_path, capsys):
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU does not support bfloat16")
+    raw = tiny_raw(tiny["data"])
+    raw["training"]["precision"] = "bf16"
+    config = write_yaml(tmp_path / "bf16.yaml", raw)
+    run = tmp_path / "bf16"
+    rc, out, err = train(["--config", config, "--output-dir", run, "--device", "cuda", "--no-progress"], capsys)
+    assert rc == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["precision"].startswith("bf16") and summary["fp16"] is False and summary["status"] == "completed"
+    ckpt = torch.load(run / "checkpoint_latest.pt", weights_only=True)
+    assert ckpt["precision"] == "bf16" and float(ckpt["scaler"]["scale"]) == 1.0  # no loss scaling
+    import src.evaluate
+    rc, out, err = cli(src.evaluate.main, ["--run", run, "--device", "cuda"], capsys)
+    assert rc == 0, err
+    assert json.loads((run / "eval.json").read_text())["precision"] == "bf16"  # the run's own, by default
