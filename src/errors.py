@@ -26,8 +26,20 @@ def write_failed(path, err: OSError) -> UserError:
     return UserError(message)
 
 
+MAX_MESSAGE = 1000  # characters: no input, however large, makes a long message
+
+
+def bounded(message: str) -> str:
+    """One line of at most MAX_MESSAGE characters."""
+    message = " ".join(str(message).split())
+    return message if len(message) <= MAX_MESSAGE else message[:MAX_MESSAGE - 40] + f" ... ({len(message)} characters)"
+
+
 def run_main(main, argv=None) -> int:
-    """Run `main(argv)`; turn a UserError into a short message and exit status 2."""
+    """Run `main(argv)`; turn a UserError into a short message and exit status 2.
+
+    Nothing ends in a traceback without --debug: an OSError nobody translated is reported by its
+    file and reason (exit 2), and any other exception as what it is, a bug (exit 1)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     try:
@@ -35,8 +47,15 @@ def run_main(main, argv=None) -> int:
     except UserError as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {bounded(err)}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        if debug:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {bounded(where + (err.strerror or str(err)))}; nothing half-written is left (every output "
+              "is written atomically)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         if debug:
             raise
@@ -44,8 +63,14 @@ def run_main(main, argv=None) -> int:
               file=sys.stderr)
         return 130
     except GpuOnlyError as err:
-        # the device policy's refusals are RuntimeErrors by contract (SPEC section 2): reported plainly
+        # the device policy's refusals are RuntimeErrors by contract (the checklist's GPU-only rule): reported plainly
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {bounded(err)}", file=sys.stderr)
+        return 1
+    except Exception as err:  # a bug: say so in one line; --debug shows where
+        if debug:
+            raise
+        print(f"error: internal error ({type(err).__name__}: {bounded(err)[:300]}). This is a bug: rerun with --debug "
+              "for the traceback and report it", file=sys.stderr)
         return 1

@@ -331,3 +331,34 @@ def test_bf16_run_on_cuda_has_no_loss_scaling_and_travels_with_the_run(tiny, tmp
     rc, out, err = cli(src.evaluate.main, ["--run", run, "--device", "cuda"], capsys)
     assert rc == 0, err
     assert json.loads((run / "eval.json").read_text())["precision"] == "bf16"  # the run's own, by default
+
+
+# ---------------------------------------------------------------------------- no traceback without --debug
+
+
+def test_run_main_never_prints_a_traceback_without_debug(capsys):
+    """The last line of defence of every entry point: an untranslated OSError is its file and reason
+    (exit 2), any other exception is called a bug in one line (exit 1), a message is bounded, and
+    --debug re-raises."""
+    import errno
+    import os
+
+    from src.errors import MAX_MESSAGE, UserError, run_main
+
+    def raises(err):
+        def main(argv):
+            raise err
+        return main
+
+    assert run_main(raises(OSError(errno.EACCES, os.strerror(errno.EACCES), "/x/y.json")), []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: /x/y.json: Permission denied") and len(err.strip().splitlines()) == 1
+    assert run_main(raises(ValueError("something unforeseen")), []) == 1
+    err = capsys.readouterr().err
+    assert "internal error (ValueError: something unforeseen). This is a bug: rerun with --debug" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert run_main(raises(UserError("x" * 10**6 + "\n" + "y")), []) == 2
+    err = capsys.readouterr().err
+    assert len(err) < MAX_MESSAGE + 20 and "(1000002 characters)" in err
+    with pytest.raises(ValueError):
+        run_main(raises(ValueError("shown")), ["--debug"])
