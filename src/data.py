@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
+from src.atomic import atomic_write_text
 from src.config import REPO_ROOT
 from src.errors import UserError, run_main
+from src.paths import check_output_dir
 from src.tokenizer import IGNORE_INDEX, PAD_ID, prompt_ids, sequence_ids
 
 OPERATORS = "+-*"
@@ -38,6 +40,9 @@ SPLITS = {
 }
 # line i is line i of pilot_test_flat with one pair of value-preserving brackets added (SPEC section 5)
 MATCHED_SPLIT, MATCHED_SOURCE = "pilot_test_paren_matched", "pilot_test_flat"
+# generation gives up after this many expressions in a row that are too long or already taken
+# (--max-seq-len 21, the shortest that works for seed 42, needs at most about 4,500)
+MAX_MISSES = 50_000
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -204,20 +209,60 @@ def bracketings(rng: random.Random, flat: str) -> list[str]:
     return candidates
 
 
+def shortest_expression(max_depth: int) -> str:
+    """The shortest expression of nesting depth `max_depth`: depth d needs d + 1 numbers (at least 2),
+    one operator between each two, and d pairs of brackets; its value, 1, is one digit."""
+    expr, n_operands = str(MIN_OPERAND), max(MIN_OPERANDS, max_depth + 1)
+    for i in range(n_operands - 1):
+        expr = f"{expr}*{MIN_OPERAND}"
+        if i >= n_operands - 1 - max_depth:
+            expr = f"({expr})"
+    return expr
+
+
+def split_minimums() -> dict[str, tuple[int, str]]:
+    """Each split -> the fewest tokens its longest-needed shortest sequence takes, and that sequence."""
+    def shortest(expr: str, extra: int = 0) -> tuple[int, str]:
+        return len(sequence_ids(expr, evaluate(expr))) + extra, f"<BOS>{expr} = {evaluate(expr)}<EOS>"
+
+    minimums = {}
+    for name, (_, depths) in SPLITS.items():
+        # every depth of the split is drawn in turn; the flat source leaves room for its twin's brackets
+        minimums[name] = max(shortest(shortest_expression(d), 2 if name == MATCHED_SOURCE else 0) for d in depths)
+    minimums[MATCHED_SPLIT] = shortest(f"({shortest_expression(0)})")
+    return minimums
+
+
+def check_max_seq_len(max_seq_len: int) -> None:
+    """A UserError, before anything is generated, if some split cannot fit even its shortest expression."""
+    name, (tokens, example) = max(split_minimums().items(), key=lambda item: item[1][0])
+    if max_seq_len < tokens:
+        raise UserError(f"--max-seq-len {max_seq_len}: too short for {name}, whose shortest possible sequence is "
+                        f"{tokens} tokens ({example}); use --max-seq-len {tokens} or more (the shipped files use 32)")
+
+
 def generate_splits(seed: int, max_seq_len: int = 32) -> dict[str, list[Record]]:
     """Every split of SPEC sections 4 and 5; no expression appears twice, within or across splits."""
+    check_max_seq_len(max_seq_len)
     rng = random.Random(seed)
     seen: set[str] = set()
     splits = {}
     for name, (count, depths) in SPLITS.items():
         # a flat expression leaves room for the two brackets its matched twin adds
         limit = max_seq_len - 2 if name == MATCHED_SOURCE else max_seq_len
-        records = []
+        records, misses = [], 0
         while len(records) < count:
             expr = random_expression(rng, depths[len(records) % len(depths)])
             record = make_record(expr)
             if expr in seen or len(sequence_ids(expr, record.result)) > limit:
+                misses += 1
+                if misses >= MAX_MISSES:  # too few expressions fit: never loop forever
+                    raise UserError(
+                        f"--max-seq-len {max_seq_len}: {misses} expressions in a row were too long or already taken, "
+                        f"with {len(records)} of the {count} records of {name} found; "
+                        "raise --max-seq-len (the shipped files use 32)")
                 continue
+            misses = 0
             seen.add(expr)
             records.append(record)
         splits[name] = records
@@ -235,10 +280,13 @@ def generate_splits(seed: int, max_seq_len: int = 32) -> dict[str, list[Record]]
 
 
 def write_splits(splits: dict[str, list[Record]], out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out_dir}: could not be created ({err.strerror or err}); choose another directory") from None
     for name, records in splits.items():
         text = "".join(r.to_json() + "\n" for r in records)
-        (out_dir / f"{name}.jsonl").write_text(text, encoding="utf-8")
+        atomic_write_text(out_dir / f"{name}.jsonl", text)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -376,19 +424,36 @@ def make_batch(records: list[Record], max_seq_len: int) -> Batch:
 # ---------------------------------------------------------------------------- command line
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m src.data", description="Generate the six data files of SPEC sections 4 and 5."
     )
     parser.add_argument("--seed", type=int, default=42, help="random seed (the shipped files use 42)")
-    parser.add_argument("--out", type=Path, default=Path("data"), help="directory to write the .jsonl files into")
-    parser.add_argument("--max-seq-len", type=int, default=32, help="longest sequence allowed, in tokens")
+    # a string, not a Path: Path("") would be ".", and an empty --out must be an error, not the current directory
+    parser.add_argument("--out", default="data", help="directory to write the .jsonl files into (created if missing)")
+    parser.add_argument("--max-seq-len", type=_positive_int, default=32,
+                        help=f"longest sequence allowed, in tokens (at least {max(t for t, _ in split_minimums().values())}, "
+                        "the shortest depth-3 sequence; default 32)")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
     args = parser.parse_args(argv)
+    check_max_seq_len(args.max_seq_len)  # the flags first, then the output directory: nothing is generated
+    check_output_dir(args.out, "--out")  # or written before every check has passed
+    out = Path(args.out)
     splits = generate_splits(args.seed, args.max_seq_len)
-    write_splits(splits, args.out)
+    write_splits(splits, out)
     for name, records in splits.items():
-        print(f"{args.out / (name + '.jsonl')}: {len(records)} records")
+        print(f"{out / (name + '.jsonl')}: {len(records)} records")
     return 0
 
 

@@ -25,7 +25,7 @@ from src.data import (
     make_record,
     operand_count,
 )
-from src.errors import UserError
+from src.errors import UserError, run_main
 from src.tokenizer import EOS_ID, IGNORE_INDEX, PAD_ID, decode, prompt_ids, sequence_ids
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -394,3 +394,102 @@ def test_make_batch_select_with_boolean_mask(batch_records):
     sub = b.select(mask)
     assert torch.equal(sub.inputs, b.inputs[mask])
     assert sub.results == [batch_records[i].result for i in (1, 2, 4)]
+
+
+# ---------------------------------------------------------------------------- --max-seq-len too short (issue 11)
+
+# the shortest sequence each split can hold: <BOS>expr = result<EOS> with one-digit numbers, the fewest
+# operands its depth allows (depth d needs d + 1 numbers, at least 2) and a one-digit result; the flat
+# split leaves room for the two brackets of its matched twin
+SPLIT_MINIMUMS = {
+    "pilot_train": 15,  # depth 2: <BOS>((1*1)*1) = 1<EOS>
+    "pilot_val": 15,
+    "pilot_test_flat": 11,  # depth 0: <BOS>1*1 = 1<EOS>, plus 2
+    "pilot_test_paren": 15,
+    "pilot_test_depth3": 19,  # <BOS>(((1*1)*1)*1) = 1<EOS>
+    "pilot_test_paren_matched": 11,  # <BOS>(1*1) = 1<EOS>
+}
+
+
+@pytest.mark.parametrize("max_depth, expected", [(0, "1*1"), (1, "(1*1)"), (2, "((1*1)*1)"), (3, "(((1*1)*1)*1)")])
+def test_shortest_expression_of_each_depth(max_depth, expected):
+    expr = data_module.shortest_expression(max_depth)
+    assert expr == expected
+    record = make_record(expr)
+    assert max(record.depth) == max_depth and operand_count(expr) == max(2, max_depth + 1)
+    assert record.result == reference_value(expr) and len(str(record.result)) == 1
+
+
+def test_split_minimums():
+    assert {name: tokens for name, (tokens, _) in data_module.split_minimums().items()} == SPLIT_MINIMUMS
+
+
+def test_no_shipped_record_is_shorter_than_the_shortest_of_its_depth(shipped):
+    for name, records in shipped.items():
+        for r in records:
+            shortest = make_record(data_module.shortest_expression(max(r.depth)))
+            assert len(sequence_ids(r.expr, r.result)) >= len(sequence_ids(shortest.expr, shortest.result)), (name, r.expr)
+
+
+def cli(argv, capsys) -> tuple[int, str]:
+    """Exit status and stderr of `python -m src.data`, run in-process as its __main__ block runs it."""
+    try:
+        rc = run_main(data_module.main, [str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's own usage errors
+        rc = exit_.code
+    return rc, capsys.readouterr().err
+
+
+@pytest.fixture
+def no_generation(monkeypatch):
+    """A tripwire: the test fails at once if generation starts (before issue 11 it looped forever)."""
+    def tripped(*args, **kwargs):
+        raise AssertionError("generation started; the bad --max-seq-len should have been rejected up front")
+    monkeypatch.setattr(data_module, "random_expression", tripped)
+
+
+def test_max_seq_len_5_exits_at_once_with_the_minimum(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "src.data", "--max-seq-len", "5", "--out", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    message = proc.stderr.strip()
+    assert message.startswith("error: --max-seq-len 5: too short for pilot_test_depth3") and "\n" not in message
+    assert "19 tokens" in message and "--max-seq-len 19 or more" in message
+    assert not out.exists()
+
+
+def test_max_seq_len_just_below_the_minimum_is_rejected_up_front(tmp_path, capsys, no_generation):
+    rc, err = cli(["--max-seq-len", "18", "--out", tmp_path / "out"], capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert "--max-seq-len 18: too short for pilot_test_depth3" in err and "<BOS>(((1*1)*1)*1) = 1<EOS>" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_max_seq_len_at_the_minimum_passes_the_up_front_check():
+    data_module.check_max_seq_len(19)
+    with pytest.raises(UserError):
+        data_module.check_max_seq_len(18)
+    with pytest.raises(UserError, match="too short for pilot_test_depth3"):
+        generate_splits(42, max_seq_len=5)  # the library function checks too
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "x"])
+def test_max_seq_len_not_positive_is_a_usage_error(value, tmp_path, capsys, no_generation):
+    rc, err = cli(["--max-seq-len", value, "--out", tmp_path / "out"], capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert "argument --max-seq-len" in err and "positive integer" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_generation_gives_up_after_a_bounded_number_of_attempts(tmp_path, capsys, monkeypatch):
+    # 19 tokens pass the up-front check, but almost no depth-3 expression fits: generation would never end
+    monkeypatch.setattr(data_module, "MAX_MISSES", 1000)
+    rc, err = cli(["--max-seq-len", "19", "--out", tmp_path / "out"], capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert "--max-seq-len 19: 1000 expressions in a row" in err and "pilot_test_depth3" in err
+    assert "raise --max-seq-len" in err
+    assert not (tmp_path / "out").exists()
