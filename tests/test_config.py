@@ -121,6 +121,11 @@ def _model(**values):
         (_set("training", "beta2", 1.0), ["training.beta2"]),
         (_set("training", "warmup_steps", -1), ["training.warmup_steps"]),
         (_set("training", "loss_on", "answers"), ["training.loss_on", "all", "answer"]),
+        (_set("training", "precision", "fp64"), ["training.precision", "fp32, fp16, bf16", "'fp64'"]),
+        (_set("training", "precision", True), ["training.precision", "str"]),
+        (_set("training", "batch_size", 2**20 + 1), ["training.batch_size", "at most 1048576"]),
+        (_set("model", "d_model", 2**17), ["model.d_model", "at most 65536"]),
+        (_set("training", "epochs", 10**6 + 1), ["training.epochs", "at most 1000000"]),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, pilot_raw, change, expected):
@@ -140,6 +145,37 @@ def test_config_without_matched_split_gets_the_default(tmp_path, pilot_raw):
     assert cfg == load_config(PILOT) == config_from_dict(raw)
     for shipped in (PILOT, SCALE_10M):
         assert load_config(shipped).data.test_paren_matched == "data/pilot_test_paren_matched.jsonl"
+
+
+def test_shipped_configs_give_their_precision():
+    assert load_config(PILOT).training.precision == "fp32"
+    assert load_config(SCALE_10M).training.precision == "fp16"  # SPEC section 2: the 10M run is FP16
+
+
+def test_config_without_precision_gets_fp32(tmp_path, pilot_raw):
+    # configs stored in checkpoints older than training.precision lack the key; they must still load
+    raw = copy.deepcopy(pilot_raw)
+    del raw["training"]["precision"]
+    cfg = load_config(write_config(tmp_path, raw))
+    assert cfg.training.precision == "fp32"
+    assert cfg == load_config(PILOT) == config_from_dict(raw)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_every_precision_is_accepted(tmp_path, pilot_raw, precision):
+    raw = copy.deepcopy(pilot_raw)
+    raw["training"]["precision"] = precision
+    assert load_config(write_config(tmp_path, raw)).training.precision == precision
+
+
+def test_largest_allowed_values_load(tmp_path, pilot_raw):
+    """The upper bounds are allowed values, not off by one."""
+    raw = copy.deepcopy(pilot_raw)
+    raw["model"].update(d_model=4096, num_heads=4096 // 64, num_layers=8, max_seq_len=65536)
+    raw["training"].update(batch_size=2**20, epochs=10**6, warmup_steps=10**9, eval_interval=10**6,
+                           save_interval=10**6, max_bad_steps=10**9)
+    cfg = load_config(write_config(tmp_path, raw))
+    assert (cfg.training.batch_size, cfg.training.epochs, cfg.model.max_seq_len) == (2**20, 10**6, 65536)
 
 
 def test_loss_on_answer_is_accepted(tmp_path, pilot_raw):
