@@ -23,6 +23,7 @@ from pathlib import Path
 
 from src.atomic import atomic_save, atomic_write_json, atomic_write_text, replaced
 from src.errors import UserError, write_failed
+from src.paths import check_output_dir
 from src.runfiles import read_metrics
 
 RUN_FILES = ("metrics.jsonl", "checkpoint_latest.pt", "summary.json")
@@ -50,18 +51,16 @@ except ImportError:  # Windows
 class RunDir:
     """The output directory of one training run, locked for as long as this object lives."""
 
-    def __init__(self, path: Path, resume: bool):
+    def __init__(self, path: str, resume: bool):
+        """`path` as the user typed it: src.paths rejects an empty one, over-long names, a dangling
+        link, a file, an unwritable place, before anything is created."""
+        check_output_dir(str(path), "--output-dir")
         self.path = Path(path)
         self._lock_fd = None
-        if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"--output-dir {self.path} is a file, not a directory; choose another path")
         if resume and not self.path.is_dir():  # checked before anything is created
             self._check_resumable()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write_test"
-            probe.write_text("")
-            probe.unlink()
         except OSError as err:
             raise UserError(f"--output-dir {self.path} is not writable ({err.strerror}); choose another directory") from None
         self._lock()

@@ -470,7 +470,7 @@ def parse_args(argv):
     p.add_argument("--config", help="YAML config, e.g. configs/pilot.yaml or configs/scale_10m.yaml (required unless "
                    "--resume, which takes the run's own config; given with --resume, it may differ from the run's "
                    "only in training.epochs)")
-    p.add_argument("--output-dir", required=True, type=Path, help="run directory: config, metrics, checkpoints, summary "
+    p.add_argument("--output-dir", required=True, help="run directory: config, metrics, checkpoints, summary "
                    "(one training at a time: the directory is locked while a run writes into it)")
     p.add_argument("--seed", type=int_in(0, 2**63 - 2),  # torch seeds are 64-bit; seed + 1 seeds shuffling
                    default=None, help="seed of weights, dropout and shuffling (default: 42; on --resume the run's own)")

@@ -419,7 +419,7 @@ def test_output_dir_is_a_file(tiny, tmp_path, capsys):
     out = tmp_path / "a_file"
     out.write_text("not a directory")
     expect_error(cli(src.train.main, train_argv(tiny["config"], out), capsys),
-                 f"--output-dir {out} is a file, not a directory")
+                 f"--output-dir {out}: is an existing file, not a directory")
     assert out.read_text() == "not a directory"
 
 
@@ -427,7 +427,7 @@ def test_output_dir_under_a_file(tiny, tmp_path, capsys):
     (tmp_path / "a_file").write_text("x")
     out = tmp_path / "a_file" / "run"
     expect_error(cli(src.train.main, train_argv(tiny["config"], out), capsys),
-                 f"--output-dir {out} is not writable (Not a directory)")
+                 f"--output-dir {out}: {tmp_path / 'a_file'} is a file, not a directory, so nothing can be created under it")
 
 
 @pytest.fixture
@@ -457,7 +457,8 @@ def test_output_dir_not_writable(unwritable_dir, tiny, capsys):
     with pytest.raises(OSError):  # the test is meaningful: the path really cannot be written
         unwritable_dir.mkdir(parents=True)
     expect_error(cli(src.train.main, train_argv(tiny["config"], unwritable_dir), capsys),
-                 f"--output-dir {unwritable_dir} is not writable", "choose another directory")
+                 f"--output-dir {unwritable_dir}: cannot be created: {unwritable_dir.parent} is not writable",
+                 "choose another directory")
 
 
 def test_output_dir_already_holds_a_run(tiny, tmp_path, capsys):

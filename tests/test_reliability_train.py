@@ -362,3 +362,23 @@ def test_run_main_never_prints_a_traceback_without_debug(capsys):
     assert len(err) < MAX_MESSAGE + 20 and "(1000002 characters)" in err
     with pytest.raises(ValueError):
         run_main(raises(ValueError("shown")), ["--debug"])
+
+
+# ---------------------------------------------------------------------------- failure 4: output paths, through src.train
+
+
+@pytest.mark.parametrize("case", ["empty", "name_too_long", "dangling_symlink"])
+def test_bad_output_dir_is_rejected_up_front(case, tiny, tmp_path, capsys, monkeypatch):
+    """`--output-dir ""` used to write the run into the current directory (the repository root), a
+    300-character name gave an ENAMETOOLONG traceback, a dangling symlink a wrong message."""
+    monkeypatch.chdir(tmp_path)
+    out, says = {
+        "empty": ("", "--output-dir: the path is empty"),
+        "name_too_long": (str(tmp_path / ("r" * 300)), "more than the 255 the file system allows"),
+        "dangling_symlink": (str(tmp_path / "link"), "is a symlink to"),
+    }[case]
+    if case == "dangling_symlink":
+        (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    expect_error(train(train_argv(tiny["config"], out), capsys), says)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, here or anywhere under it
