@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from src.config import PRECISIONS
 from src.errors import GpuOnlyError, UserError
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 AUTOCAST_DTYPE = {"fp16": torch.float16, "bf16": torch.bfloat16}
 DESCRIPTION = {
     "fp32": "fp32",
