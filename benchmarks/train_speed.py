@@ -1,6 +1,7 @@
 """Training speed: the project's training path against a plain eager loop, in one process.
 
     python benchmarks/train_speed.py [--configs configs/pilot.yaml configs/scale_10m.yaml] [--json OUT]
+    python benchmarks/train_speed.py --batch-size 256 --repeat-data 50 --dropout 0 --profile   # the extension's path
 
 For each config, after warm-up, times optimizer steps of:
   plain        the textbook loop (src.train.reference_training): host batches moved each step,
@@ -13,7 +14,9 @@ For each config, after warm-up, times optimizer steps of:
   model-compiled+graph  the whole loss compiled as one graph, then captured
 The project path is timed through Trainer.run_epoch, so shuffling, batching and loss bookkeeping
 are included; evaluation is not. Prints steps/s, ms/step, the ratio to plain, compile/capture
-time and peak memory. Needs CUDA.
+time and peak memory. Needs CUDA. `--batch-size`, `--dropout` and `--repeat-data` (the training set
+tiled K times, so that an epoch holds enough batch-256 steps) time the learnability extension's
+path; `--profile` counts the kernels of one step of each project variant and lists the slowest.
 """
 
 import argparse
@@ -30,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from src.config import load_config  # noqa: E402
 from src.data import load_jsonl, make_batch  # noqa: E402
 from src.model import CompactTransformer  # noqa: E402
-from src.tokenizer import IGNORE_INDEX
+from src.tokenizer import IGNORE_INDEX  # noqa: E402
 from src.train import DeviceData, Trainer, reference_training  # noqa: E402
 
 VARIANTS = {  # name -> (compile, cuda_graph, compile_scope)
@@ -60,7 +63,7 @@ def time_plain(cfg, batch, device, fp16, seed, steps, warmup):
             "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20}
 
 
-def time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope):
+def time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope, profile=False):
     cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, compile=compile_, cuda_graph=graph))
     torch._dynamo.reset()  # each variant compiles from scratch, as a fresh training process would
     torch.manual_seed(seed)
@@ -78,9 +81,34 @@ def time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope)
         trainer.run_epoch()
     elapsed = time.perf_counter() - tic
     steps = epochs * trainer.data.steps_per_epoch
-    return {"steps_per_s": steps / elapsed, "ms_per_step": 1000 * elapsed / steps, "setup_s": setup,
-            "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20,
-            "final_train_loss": trainer.mean_loss()}
+    out = {"steps_per_s": steps / elapsed, "ms_per_step": 1000 * elapsed / steps, "setup_s": setup,
+           "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+           "final_train_loss": trainer.mean_loss()}
+    if profile:
+        out["profile"] = profile_step(trainer, device)
+    return out
+
+
+def profile_step(trainer, device, steps: int = 20) -> dict:
+    """Kernels launched per step (CUDA kernels and memory copies/sets) and the slowest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer.start_epoch()
+    torch.cuda.synchronize(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            trainer.run_step()
+        torch.cuda.synchronize(device)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    by_name = {}
+    for e in kernels:
+        total, count = by_name.get(e.name, (0.0, 0))
+        by_name[e.name] = (total + e.device_time, count + 1)
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:12]
+    gpu_us = sum(t for t, _ in by_name.values())
+    return {"kernels_per_step": len(kernels) / steps, "gpu_busy_ms_per_step": gpu_us / 1000 / steps,
+            "top_kernels": [{"name": name[:90], "us_per_step": t / steps, "calls_per_step": c / steps}
+                            for name, (t, c) in top]}
 
 
 def main(argv=None):
@@ -90,6 +118,12 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=3, help="timed epochs of each project variant")
     p.add_argument("--fp32", action="store_true", help="time without float16 autocast")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--batch-size", type=int, default=None, help="override training.batch_size (e.g. 256)")
+    p.add_argument("--dropout", type=float, default=None, help="override model.dropout (the extension uses 0)")
+    p.add_argument("--repeat-data", type=int, default=1, metavar="K", help="tile the training set K times")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--no-plain", action="store_true", help="skip the plain loop")
+    p.add_argument("--profile", action="store_true", help="kernel count and slowest kernels of one step")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -103,19 +137,33 @@ def main(argv=None):
     results = {"gpu": gpu, "torch": torch.__version__, "fp16": fp16, "configs": {}}
     for path in args.configs:
         cfg = load_config(path)
-        batch = make_batch(load_jsonl(cfg.data.path("train"), cfg.model.max_seq_len), cfg.model.max_seq_len)
-        rows = {"plain": time_plain(cfg, batch, device, fp16, args.seed, args.plain_steps, warmup=20)}
-        for name, (compile_, graph, scope) in VARIANTS.items():
-            rows[name] = time_project(cfg, batch, device, fp16, args.seed, args.epochs, compile_, graph, scope)
-        base = rows["plain"]["steps_per_s"]
+        if args.batch_size:
+            cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, batch_size=args.batch_size))
+        if args.dropout is not None:
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=args.dropout))
+        records = load_jsonl(cfg.data.path("train"), cfg.model.max_seq_len) * args.repeat_data
+        batch = make_batch(records, cfg.model.max_seq_len)
+        rows = {} if args.no_plain else {"plain": time_plain(cfg, batch, device, fp16, args.seed, args.plain_steps, warmup=20)}
+        for name in args.variants:
+            compile_, graph, scope = VARIANTS[name]
+            rows[name] = time_project(cfg, batch, device, fp16, args.seed, args.epochs, compile_, graph, scope,
+                                      args.profile)
+        base = rows["plain"]["steps_per_s"] if "plain" in rows else float("nan")
         for r in rows.values():
             r["ratio_to_plain"] = r["steps_per_s"] / base
-        results["configs"][cfg.name] = {"batch_size": cfg.training.batch_size, "variants": rows}
+        results["configs"][cfg.name] = {"batch_size": cfg.training.batch_size, "dropout": cfg.model.dropout,
+                                        "train_examples": len(records), "variants": rows}
         print(f"\n{cfg.name} (batch {cfg.training.batch_size}, {CompactTransformer(cfg.model).num_parameters():,} parameters)")
         print(f"  {'path':<22}{'steps/s':>10}{'ms/step':>10}{'x plain':>9}{'setup s':>9}{'peak MB':>9}")
         for name, r in rows.items():
             print(f"  {name:<22}{r['steps_per_s']:>10.1f}{r['ms_per_step']:>10.3f}{r['ratio_to_plain']:>9.1f}"
                   f"{r.get('setup_s', float('nan')):>9.1f}{r['peak_memory_mb']:>9.0f}")
+            if "profile" in r:
+                prof = r["profile"]
+                print(f"      {prof['kernels_per_step']:.0f} kernels per step, GPU busy {prof['gpu_busy_ms_per_step']:.3f} "
+                      "ms per step; slowest:")
+                for k in prof["top_kernels"]:
+                    print(f"        {k['us_per_step']:8.1f} us  x{k['calls_per_step']:.0f}  {k['name']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
