@@ -36,6 +36,7 @@ or RUN/ablation_heads_<L.H+...>.json with --heads.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import time
 from pathlib import Path
@@ -43,14 +44,15 @@ from pathlib import Path
 import torch
 
 from src import stats
-from src.atomic import atomic_write_json
+from src.atomic import atomic_write_bytes, atomic_write_json
+from src.cli import ArgumentParser, check_output_file, comma_list, int_in
 from src.data import Batch
 from src.device import autocast
 from src.errors import UserError, run_main
 from src.evaluate import (METRIC_DEFINITIONS, METRICS, SIGN_CONVENTION, TEST_SPLITS, VERDICT_METRICS, add_run_arguments,
                           contrast, head_label, load_batches, open_run, paired_difference, per_example_scores,
                           relative_layer, run_seed, summarize)
-from src.model import CompactTransformer, HeadAblation
+from src.model import CompactTransformer, HeadAblation, Hooks
 from src.runfiles import stamp
 from src.tokenizer import PAD_ID
 
@@ -58,6 +60,7 @@ MODES = ("zero", "mean")
 RANKING_METRIC = "answer_loss"
 FLAT, MATCHED = "test_flat", "test_paren_matched"
 DEFAULT_MAX_SET_SIZE = 8
+MAX_SET_SIZE = 1000  # prefixes tried; more heads than any model here has, each one more Holm comparison
 MODE_DEFINITIONS = {
     "zero": "the head's output (hook_z) set to 0",
     "mean": "the head's output set to its per-position mean over the non-padding positions of the training set",
@@ -85,9 +88,9 @@ def training_means(model: CompactTransformer, batch: Batch, precision: str = "fp
         b = batch.select(torch.arange(start, min(start + chunk, len(batch)))).to(device)
         keep = (b.inputs != PAD_ID).double()  # [B, T]
         with autocast(device, precision):
-            cache = model(b.inputs, cache=names).cache
+            recorded = model(b.inputs, hooks=Hooks(record=names)).activations
         for layer, name in enumerate(names):
-            sums[layer] += torch.einsum("bthd,bt->thd", cache[name].double(), keep)
+            sums[layer] += torch.einsum("bthd,bt->thd", recorded[name].double(), keep)
         counts += keep.sum(0)
     overall = sums.sum(1) / counts.sum()  # [L, H, d]
     per_pos = sums / counts.clamp(min=1).view(1, T, 1, 1)
@@ -258,29 +261,42 @@ def targeted_ablation(model, batches, base_scores, head_scores: dict, means, pre
 # ---------------------------------------------------------------------------- output
 
 
-def heads_arg(text: str, cfg) -> list[tuple[int, int]]:
-    """Heads as LAYER.HEAD, comma- or space-separated; strict: an empty item is an error."""
-    items = text.split(",")
-    if not text.strip() or any(not t.strip() for t in items):
-        raise UserError(f"--heads {text!r}: write heads as LAYER.HEAD separated by commas, e.g. 2.2,0.3 (no empty items)")
-    heads = []
-    for item in items:
-        try:
-            layer, head = (int(x) for x in item.strip().replace("L", "").replace("H", "").replace("-", ".").split("."))
-        except ValueError:
-            raise UserError(f"--heads {item!r}: write a head as LAYER.HEAD, e.g. 2.2") from None
+def parse_head(item: str) -> tuple[int, int]:
+    """One head, written LAYER.HEAD (or L<layer>-H<head>, as the result files label heads)."""
+    text = item.replace("L", "").replace("H", "").replace("-", ".")
+    parts = text.split(".")
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise ValueError("is not a head; write a head as LAYER.HEAD, e.g. 2.2")
+    return int(parts[0]), int(parts[1])
+
+
+HEADS_FORM = "heads as LAYER.HEAD separated by commas, each once, e.g. 2.2,0.3"
+heads_list = comma_list(item=parse_head, what=HEADS_FORM)
+modes_list = comma_list(MODES, what=f"a comma-separated list of distinct modes from {', '.join(MODES)}")
+
+
+def check_heads(heads: list[tuple[int, int]], cfg) -> list[tuple[int, int]]:
+    """A UserError for a head the run's model does not have (a typo must not read as 'no effect')."""
+    for layer, head in heads:
         if not (0 <= layer < cfg.model.num_layers and 0 <= head < cfg.model.num_heads):
-            raise UserError(f"--heads {item!r}: the model has layers 0-{cfg.model.num_layers - 1} and heads "
+            raise UserError(f"--heads {layer}.{head}: the model has layers 0-{cfg.model.num_layers - 1} and heads "
                             f"0-{cfg.model.num_heads - 1}")
-        heads.append((layer, head))
     return heads
 
 
+def heads_arg(text: str, cfg) -> list[tuple[int, int]]:
+    """Heads as LAYER.HEAD, comma-separated; strict: an empty item, a repeated or unknown head is an error."""
+    try:
+        return check_heads(heads_list(text), cfg)
+    except argparse.ArgumentTypeError as err:
+        raise UserError(f"--heads {err}") from None
+
+
 def modes_arg(text: str) -> list[str]:
-    modes = [m.strip() for m in text.split(",")]
-    if not modes or any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
-        raise UserError(f"--modes {text!r}: a comma-separated list of distinct modes from {', '.join(MODES)}")
-    return modes
+    try:
+        return modes_list(text)
+    except argparse.ArgumentTypeError as err:
+        raise UserError(f"--modes {err}") from None
 
 
 def fmt_ci(entry: dict, digits: int = 4) -> str:
@@ -309,7 +325,8 @@ def format_effects(effects: dict) -> str:
     return "\n".join(lines)
 
 
-def write_heatmap(rows_by_mode: dict, cfg, path: Path, title: str) -> None:
+def render_heatmap(rows_by_mode: dict, cfg, title: str) -> bytes:
+    """PNG bytes of the heads x modes heatmap of answer_loss bracket_specificity."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -340,38 +357,46 @@ def write_heatmap(rows_by_mode: dict, cfg, path: Path, title: str) -> None:
         ax.set_title(f"{mode} ablation", fontsize=8)
     fig.colorbar(im, ax=list(axes[0])).set_label("answer_loss: matched delta - flat delta", fontsize=7)
     fig.suptitle(title, fontsize=8)
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    return buffer.getvalue()
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m src.ablate", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
-    parser.add_argument("--modes", default="zero,mean",
-                        help="ablation modes, comma-separated (default: %(default)s). zero: a head's output set to 0; "
-                        "mean: to its per-position mean over the training set (non-padding positions)")
-    parser.add_argument("--heads", default=None, metavar="L.H,...",
-                        help="ablate these heads together (e.g. 0.2,0.3) instead of the scan; written to "
+    parser.add_argument("--modes", type=modes_list, default="zero,mean",
+                        help="ablation modes, comma-separated, each once (default: %(default)s). zero: a head's output "
+                        "set to 0; mean: to its per-position mean over the training set (non-padding positions)")
+    parser.add_argument("--heads", type=heads_list, default=None, metavar="L.H,...",
+                        help="ablate these heads together (e.g. 0.2,0.3; each once) instead of the scan; written to "
                         "RUN/ablation_heads_<heads>.json")
-    parser.add_argument("--max-set-size", type=int, default=DEFAULT_MAX_SET_SIZE,
-                        help="largest prefix of the ranking the targeted set tries (default: %(default)s; each "
-                        "prefix tried is one comparison of the Holm family)")
+    parser.add_argument("--max-set-size", type=int_in(1, MAX_SET_SIZE), default=DEFAULT_MAX_SET_SIZE,
+                        help=f"largest prefix of the ranking the targeted set tries, 1 to {MAX_SET_SIZE} (default: "
+                        "%(default)s; each prefix tried is one comparison of the Holm family)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default: RUN/ablation.json, or RUN/ablation_heads_<heads>.json); the heatmap "
                         "goes beside it")
-    args = parser.parse_args(argv)
-    modes = modes_arg(args.modes)
-    if args.max_set_size < 1:
-        raise UserError(f"--max-set-size {args.max_set_size}: must be at least 1")
+    return parser
 
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    modes = args.modes
+
+    # every input is checked before any computation, every output path before anything is written
     model, ckpt, cfg, device = open_run(args)
-    heads = heads_arg(args.heads, cfg) if args.heads is not None else None
+    heads = check_heads(args.heads, cfg) if args.heads is not None else None
     if args.out is not None and args.out.is_dir():
         raise UserError(f"--out {args.out}: is a directory; give a file path such as {args.out / 'ablation.json'}")
     out_path = args.out or (args.run / (f"ablation_heads_{'+'.join(f'{l}.{h}' for l, h in sorted(set(heads)))}.json"
                                         if heads else "ablation.json"))
+    flag = "--out" if args.out else "output"
+    check_output_file(out_path, flag, "ablation.json")
+    png = None if heads else check_output_file(out_path.with_name(out_path.stem + "_heatmap.png"), "heatmap")
     tic = time.perf_counter()
     batches = load_batches(cfg, TEST_SPLITS, args.limit, device)
     means = {"zero": None}
@@ -420,13 +445,16 @@ def main(argv=None) -> int:
             result["targeted"][mode] = t
             print(f"  set: {', '.join(t['heads'])}" if t["found"] else f"  {t['message']}")
     result["elapsed_s"] = time.perf_counter() - tic
+    figure = None
+    if png is not None:  # rendered in memory: nothing is written until everything is computed
+        figure = render_heatmap(result["scan"]["modes"], cfg.model,
+                                f"{cfg.name} ({args.run.name}): answer_loss bracket_specificity per head; "
+                                "* significant after Holm")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_path, stamp("ablation", result))
     print(f"wrote {out_path}")
-    if not heads:
-        png = out_path.with_name(out_path.stem + "_heatmap.png")
-        write_heatmap(result["scan"]["modes"], cfg.model, png,
-                      f"{cfg.name} ({args.run.name}): answer_loss bracket_specificity per head; * significant after Holm")
+    if figure is not None:
+        atomic_write_bytes(png, figure)
         print(f"wrote {png}")
     return 0
 

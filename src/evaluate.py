@@ -31,12 +31,13 @@ import torch.nn.functional as F
 
 from src import stats
 from src.atomic import atomic_write_json
-from src.checkpoint import load_model
+from src.checkpoint import load_model, resolve_checkpoint
+from src.cli import MAX_EXAMPLES, ArgumentParser, check_output_file, int_in
 from src.config import config_from_dict
 from src.data import Batch, load_jsonl, make_batch
 from src.device import PRECISIONS, autocast, resolve_device, run_precision
 from src.errors import UserError, run_main
-from src.model import CompactTransformer, HeadAblation
+from src.model import CompactTransformer, HeadAblation, Hooks
 from src.runfiles import stamp
 from src.tokenizer import EOS_ID, IGNORE_INDEX, PAD_ID
 
@@ -92,12 +93,13 @@ def greedy_decode(model: CompactTransformer, batch: Batch, ablation=None, precis
     frontier = batch.prompt_len.clone()  # index where the next generated token goes
     done = torch.zeros(n, dtype=torch.bool, device=device)
     rows = torch.arange(n, device=device)
+    hooks = Hooks(ablation=ablation) if ablation is not None else None
     for _ in range(width):
         active = ~done & (frontier < width)
         if not bool(active.any()):
             break
         with autocast(device, precision):
-            logits = model(tokens, ablation=ablation).logits
+            logits = model(tokens, hooks=hooks).logits
         next_id = logits[rows, (frontier - 1).clamp(max=width - 1)].argmax(-1)
         write = active.nonzero().squeeze(1)
         tokens[write, frontier[write]] = next_id[write]
@@ -113,12 +115,13 @@ def per_example_scores(model, batch: Batch, ablation: HeadAblation | None = None
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    hooks = Hooks(ablation=ablation) if ablation is not None else None
     parts = {k: [] for k in ("token_loss_sum", "n_tokens", "answer_loss_sum", "n_answer",
                              "answer_correct", "eos_correct", "exact_match")}
     for start in range(0, len(batch), chunk):
         b = batch.select(torch.arange(start, min(start + chunk, len(batch)))).to(device)
         with autocast(device, precision):
-            logits = model(b.inputs, ablation=ablation).logits.float()
+            logits = model(b.inputs, hooks=hooks).logits.float()
         supervised = b.labels != IGNORE_INDEX
         token_loss = F.cross_entropy(logits.transpose(1, 2), b.labels.clamp(min=0), reduction="none")
         token_loss = token_loss * supervised
@@ -281,20 +284,39 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         "checkpoint records; fp32 on the CPU)")
     parser.add_argument("--fp16", dest="precision", action="store_const", const="fp16",
                         help="the same as --precision fp16 (float16 autocast on CUDA, as the 10M run trained)")
-    parser.add_argument("--limit", type=int, default=None, metavar="N",
+    parser.add_argument("--limit", type=int_in(1, MAX_EXAMPLES), default=None, metavar="N",
                         help="use only the first N examples of every split, the training set included (CPU smoke "
                         "runs; results are then not the study's figures)")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
 
 
+def check_finite_weights(state: dict, path) -> None:
+    """A UserError naming the checkpoint and its first tensor (in state-dict order) that holds a NaN
+    or an infinity: no analysis of a diverged model is ever computed or written."""
+    bad = [name for name, t in state.items()
+           if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        t = state[bad[0]]
+        n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise UserError(f"{path}: weights are not finite: tensor '{bad[0]}' holds {n_nan} NaN and {n_inf} infinite "
+                        f"values{more}; the run diverged before this checkpoint was written. Analyse an earlier "
+                        "checkpoint (--checkpoint PATH) or retrain with a lower training.learning_rate")
+
+
 def open_run(args) -> tuple[CompactTransformer, dict, object, torch.device]:
-    """(model in eval mode on the device, checkpoint dict, Config, device) for the parsed flags."""
+    """(model in eval mode on the device, checkpoint dict, Config, device) for the parsed flags.
+
+    Every analysis command opens its run here, before it reads data or writes anything: a missing
+    run, an unreadable checkpoint, weights that are not finite and a precision the device cannot
+    run are all refused at this point."""
     if not args.run.is_dir():
         raise UserError(f"--run {args.run}: not a directory; pass a run directory written by src.train")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be a positive number of examples")
     device, _ = resolve_device(args.device, gpu_only=False, precision=args.precision or "fp32")
     model, ckpt = load_model(args.run, args.checkpoint, device)
+    check_finite_weights(ckpt["model"], resolve_checkpoint(args.run, args.checkpoint))
     if args.precision is None:  # the run's own precision, unless this device cannot run it
         args.precision = run_precision(ckpt, args.run)
         if args.precision != "fp32" and device.type != "cuda":
@@ -314,12 +336,13 @@ def load_batches(cfg, splits, limit: int | None, device) -> dict[str, Batch]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.evaluate", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m src.evaluate", description=__doc__.split("\n\n")[0])
     add_run_arguments(parser)
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default: RUN/eval.json); e.g. RUN/eval_epoch_10.json for a periodic checkpoint")
     args = parser.parse_args(argv)
     model, ckpt, cfg, device = open_run(args)
+    path = check_output_file(args.out or args.run / "eval.json", "--out" if args.out else "output", "eval.json")
     batches = load_batches(cfg, EVAL_SPLITS, args.limit, device)
     scores = {s: per_example_scores(model, b, precision=args.precision) for s, b in batches.items()}
     results = {s: summarize(v) for s, v in scores.items()}
@@ -334,7 +357,7 @@ def main(argv=None) -> int:
                          "step": ckpt.get("step"), "config": cfg.name, "seed": run_seed(args.run), "precision": args.precision, "fp16": args.precision == "fp16",
                          "limit": args.limit, "metric_definitions": METRIC_DEFINITIONS, "sign_convention": SIGN_CONVENTION,
                          "metrics": results, **comparisons})
-    path = args.out or args.run / "eval.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, out)
     print(f"wrote {path}")
     return 0

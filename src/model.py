@@ -2,10 +2,14 @@
 
 A pre-LayerNorm decoder with rotary position embedding, bias-free attention projections, a GELU
 feed-forward with biases, and an output head tied to the token embedding. For interpretability the
-forward pass takes its interventions as arguments, in the spirit of TransformerLens:
+forward pass takes its interventions as one argument, `hooks` (a Hooks: the heads to ablate and the
+activations to record), in the spirit of TransformerLens:
 
-    out = model(tokens, cache={"blocks.0.attn.hook_z"}, ablation=HeadAblation({(0, 2)}))
-    out.cache["blocks.0.attn.hook_z"]       # [batch, seq, heads, head_dim]
+    out = model(tokens, hooks=Hooks(record={"blocks.0.attn.hook_z"}, ablation=HeadAblation({(0, 2)})))
+    out.activations["blocks.0.attn.hook_z"]       # [batch, seq, heads, head_dim]
+
+The model keeps no cache of any kind (no key/value cache: every forward pass sees the whole
+sequence); `activations` holds only what `hooks.record` asked for, from this one pass.
 
 Activation sites (stable names):
     hook_embed                      residual stream after the embedding      [B, T, d_model]
@@ -49,11 +53,28 @@ class HeadAblation:
         return sorted(h for l, h in self.heads if l == layer)
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """Everything a forward pass does besides computing the logits, as one argument.
+
+    `record`: activation names (see activation_names) whose values the pass returns in
+    ModelOutput.activations; `ablation`: the heads whose outputs are replaced (HeadAblation), or None.
+    """
+
+    record: frozenset = frozenset()
+    ablation: HeadAblation | None = None
+
+    def __post_init__(self):
+        if isinstance(self.record, str):  # one name, not its characters
+            raise TypeError("Hooks.record takes a collection of activation names, not one string")
+        object.__setattr__(self, "record", frozenset(self.record))
+
+
 @dataclass
 class ModelOutput:
     logits: torch.Tensor
     loss: torch.Tensor | None = None
-    cache: dict = field(default_factory=dict)
+    activations: dict = field(default_factory=dict)  # name -> tensor, for the names hooks.record asked for
 
 
 def activation_names(cfg: ModelConfig, pattern: bool = False) -> list[str]:
@@ -90,8 +111,11 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, ablation: HeadAblation | None, cache: dict | None, want: set):
+    def forward(self, x, cos, sin, hooks: Hooks | None, recorded: dict):
+        """`hooks` None is the plain (training) path; `recorded` receives the activations hooks.record names."""
         B, T, C = x.shape
+        want = hooks.record if hooks is not None else frozenset()
+        ablation = hooks.ablation if hooks is not None else None
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         p_drop = self.dropout if self.training else 0.0
@@ -102,7 +126,7 @@ class Attention(nn.Module):
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
             causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             pattern = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
-            cache[pattern_name] = pattern
+            recorded[pattern_name] = pattern
             z = F.dropout(pattern, p_drop, self.training) @ v
         else:
             z = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop, is_causal=True)
@@ -110,7 +134,7 @@ class Attention(nn.Module):
         if ablation is not None and ablation.in_layer(self.layer):
             z = ablate_heads(z, self.layer, ablation)
         if want and f"blocks.{self.layer}.attn.hook_z" in want:
-            cache[f"blocks.{self.layer}.attn.hook_z"] = z
+            recorded[f"blocks.{self.layer}.attn.hook_z"] = z
         return self.resid_dropout(self.out(z.reshape(B, T, C)))
 
 
@@ -147,8 +171,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x, cos, sin, ablation, cache, want):
-        x = x + self.attn(self.ln1(x), cos, sin, ablation, cache, want)
+    def forward(self, x, cos, sin, hooks: Hooks | None = None, recorded: dict | None = None):
+        x = x + self.attn(self.ln1(x), cos, sin, hooks, recorded)
         return x + self.ffn(self.ln2(x))
 
 
@@ -191,35 +215,34 @@ class CompactTransformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        *,
-        cache=(),
-        ablation: HeadAblation | None = None,
-    ) -> ModelOutput:
-        """Logits [B, T, vocab]; mean cross-entropy over labels != -100 when labels are given;
-        and the activations named in `cache` (see the module docstring)."""
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, *,
+                hooks: Hooks | None = None) -> ModelOutput:
+        """Logits [B, T, vocab]; mean cross-entropy over labels != -100 when labels are given; and,
+        with `hooks`, its head ablation applied and the activations it names recorded (see the module
+        docstring)."""
         B, T = tokens.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {self.cfg.max_seq_len}")
-        if ablation is not None:
-            self.check_ablation(ablation)
-        want = set(cache)
-        unknown = want - set(activation_names(self.cfg, pattern=True))
-        if unknown:
-            raise KeyError(f"unknown activation name {sorted(unknown)[0]!r}; see activation_names()")
-        store: dict = {}
+        want = frozenset()
+        if hooks is not None:
+            if hooks.ablation is not None:
+                self.check_ablation(hooks.ablation)
+            want = hooks.record
+            unknown = want - set(activation_names(self.cfg, pattern=True))
+            if unknown:
+                raise KeyError(f"unknown activation name {sorted(unknown)[0]!r}; see activation_names()")
+            if not want and hooks.ablation is None:
+                hooks = None  # nothing to do: the plain path
+        recorded: dict = {}
         x = self.embed_dropout(self.embed(tokens))
         if "hook_embed" in want:
-            store["hook_embed"] = x
+            recorded["hook_embed"] = x
         for layer, block in enumerate(self.blocks):
-            x = block(x, self.rope_cos, self.rope_sin, ablation, store, want)
+            x = block(x, self.rope_cos, self.rope_sin, hooks, recorded)
             if f"blocks.{layer}.hook_resid_post" in want:
-                store[f"blocks.{layer}.hook_resid_post"] = x
+                recorded[f"blocks.{layer}.hook_resid_post"] = x
         logits = F.linear(self.ln_f(x), self.embed.weight)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
-        return ModelOutput(logits, loss, store)
+        return ModelOutput(logits, loss, recorded)

@@ -69,6 +69,7 @@ the band at 0.95 and above is hatched, and a probe at its ceiling is ringed.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import time
 from dataclasses import dataclass
@@ -78,13 +79,15 @@ import torch
 import torch.nn.functional as F
 
 from src import stats
-from src.atomic import atomic_write_json
+from src.atomic import atomic_write_bytes, atomic_write_json
+from src.cli import (MAX_ITERATIONS, MAX_RESAMPLES, MAX_SEED, ArgumentParser, check_output_file, distinct, float_in,
+                     int_in)
 from src.data import Batch
 from src.device import autocast
 from src.errors import UserError, run_main
 from src.evaluate import (EVAL_SPLITS, add_run_arguments, load_batches, open_run, relative_layer,
                           run_seed)
-from src.model import CompactTransformer
+from src.model import CompactTransformer, Hooks
 
 SCHEMA = "probe/2"
 TASKS = {"binary": "depth > 0 (inside at least one parenthesis)",
@@ -143,9 +146,9 @@ def collect_features(model: CompactTransformer, batch: Batch, names: list[str], 
         b = batch.select(torch.arange(start, min(start + chunk, len(batch)))).to(device)
         keep = b.depth >= 0
         with autocast(device, precision):
-            cache = model(b.inputs, cache=set(names)).cache
+            recorded = model(b.inputs, hooks=Hooks(record=names)).activations
         for n in names:
-            x = cache[n][keep].float()
+            x = recorded[n][keep].float()
             feats[n].append(x if x.dim() == 3 else x[:, None])
         depths.append(b.depth[keep])
         exprs.append((torch.arange(len(b), device=device)[:, None] + start).expand_as(keep)[keep])
@@ -428,7 +431,8 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_figure(result: dict, path: Path, title: str) -> None:
+def render_figure(result: dict, title: str) -> bytes:
+    """PNG bytes of the accuracy-against-depth figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -474,51 +478,54 @@ def write_figure(result: dict, path: Path, title: str) -> None:
     fig.legend(handles, labels, fontsize=6, loc="lower center", ncol=4, frameon=False)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
     plt.close(fig)
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------- entry point
 
 
 def check_flags(args) -> None:
-    """Range-check every numeric flag and the splits; raised before anything is read or written."""
-    unknown = [s for s in args.splits if s not in EVAL_SPLITS]
-    if unknown:
-        raise UserError(f"--splits: unknown split {unknown[0]!r}; choose from {' '.join(EVAL_SPLITS)}")
-    if args.resamples < MIN_RESAMPLES:
+    """Range-check every numeric flag and the splits; raised before anything is read or written.
+    (The parser's types check the numbers first; these checks hold for a caller that builds args.)"""
+    distinct(args.splits, "--splits", EVAL_SPLITS)
+    if not MIN_RESAMPLES <= args.resamples <= MAX_RESAMPLES:
         raise UserError(f"--resamples {args.resamples}: must be at least {MIN_RESAMPLES} "
-                        f"(default {stats.DEFAULT_RESAMPLES}) for a percentile interval")
+                        f"(default {stats.DEFAULT_RESAMPLES}) for a percentile interval, and at most {MAX_RESAMPLES}")
     if not (math.isfinite(args.l2) and args.l2 >= 0):
         raise UserError(f"--l2 {args.l2}: must be a finite number >= 0")
-    if args.max_iter < 1:
-        raise UserError(f"--max-iter {args.max_iter}: must be at least 1")
+    if not 1 <= args.max_iter <= MAX_ITERATIONS:
+        raise UserError(f"--max-iter {args.max_iter}: must be at least 1 and at most {MAX_ITERATIONS}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be a positive number of examples")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.probe", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m src.probe", description=__doc__.split("\n\n")[0],
+                            epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
     parser.add_argument("--splits", nargs="+", default=list(EVAL_SPLITS), metavar="SPLIT",
-                        help="splits to score the probes on, any of %(default)s (they train on `train`; "
+                        help="splits to score the probes on, each once, any of %(default)s (they train on `train`; "
                         "default: all)")
-    parser.add_argument("--l2", type=float, default=1e-4, help="L2 penalty on the probe weights, finite and >= 0 "
+    parser.add_argument("--l2", type=float_in(0, None), default=1e-4,
+                        help="L2 penalty on the probe weights, finite and >= 0 (default: %(default)s)")
+    parser.add_argument("--max-iter", type=int_in(1, MAX_ITERATIONS), default=200,
+                        help=f"L-BFGS iterations per fit, 1 to {MAX_ITERATIONS} (default: %(default)s)")
+    parser.add_argument("--resamples", type=int_in(MIN_RESAMPLES, MAX_RESAMPLES), default=stats.DEFAULT_RESAMPLES,
+                        help=f"bootstrap resamples of the intervals over expressions, {MIN_RESAMPLES} to {MAX_RESAMPLES} "
                         "(default: %(default)s)")
-    parser.add_argument("--max-iter", type=int, default=200, help="L-BFGS iterations per fit, >= 1 (default: %(default)s)")
-    parser.add_argument("--resamples", type=int, default=stats.DEFAULT_RESAMPLES,
-                        help=f"bootstrap resamples of the intervals over expressions, >= {MIN_RESAMPLES} "
-                        "(default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=None,
+    parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=None,
                         help="seed of the untrained control model (default: the run's seed from summary.json, else 42)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: RUN/probe.json); the figure "
                         "probe_layers.png goes beside it")
     args = parser.parse_args(argv)
-    args.splits = list(dict.fromkeys(args.splits))  # a split named twice is scored once
     check_flags(args)
 
     model, ckpt, cfg, device = open_run(args)
+    out = check_output_file(args.out or args.run / "probe.json", "--out" if args.out else "output", "probe.json")
+    png = check_output_file(out.with_name("probe_layers.png"), "figure") if FIGURE_SPLIT in args.splits else None
     seed = args.seed if args.seed is not None else run_seed(args.run)
     torch.manual_seed(seed)
     control = CompactTransformer(cfg.model).to(device).eval()
@@ -585,13 +592,15 @@ def main(argv=None) -> int:
         "elapsed_s": time.perf_counter() - tic,
     }
     print(format_table(result))
-    out = args.out or args.run / "probe.json"
+    figure = None
+    if png is not None:  # rendered in memory: nothing is written until everything is computed
+        figure = render_figure(result, f"{cfg.name} ({args.run.name}): depth probes; control = untrained model, "
+                                       f"seed {seed}")
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, result)
     print(f"wrote {out}")
-    if FIGURE_SPLIT in args.splits:
-        png = out.with_name("probe_layers.png")
-        write_figure(result, png, f"{cfg.name} ({args.run.name}): depth probes; control = untrained model, seed {seed}")
+    if figure is not None:
+        atomic_write_bytes(png, figure)
         print(f"wrote {png}")
     return 0
 

@@ -36,7 +36,6 @@ never by head index; ablation effects are joined to heads elsewhere, by head lab
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import time
@@ -45,11 +44,13 @@ from pathlib import Path
 import torch
 
 from src.atomic import atomic_write_bytes, atomic_write_json
+from src.cli import ArgumentParser, check_output_file, distinct
 from src.data import OPERATORS
 from src.device import autocast
 from src.errors import UserError, run_main
 from src.evaluate import add_run_arguments, head_label, load_batches, open_run, relative_layer, run_seed
 from src.runfiles import SCHEMAS
+from src.model import Hooks
 from src.tokenizer import BOS_ID, PAD_ID, VOCAB
 
 SCHEMA = SCHEMAS["roles"]
@@ -180,11 +181,11 @@ def split_tally(model, inputs: torch.Tensor, precision: str = "fp32", chunk: int
         tokens = inputs[start:start + chunk]
         keys = role_key_tensor(tokens).to(device)
         with autocast(device, precision):
-            cache = model(tokens.to(device), cache=names).cache
+            recorded = model(tokens.to(device), hooks=Hooks(record=names)).activations
         for part, value in query_tally(keys).items():
             tally[part] += value.cpu()
         for layer, name in enumerate(names):
-            for part, value in attention_tally(cache[name], keys).items():
+            for part, value in attention_tally(recorded[name], keys).items():
                 tally[part][:, layer] += value.cpu()
     return tally
 
@@ -340,12 +341,12 @@ def render_heatmap(rows: list[dict], queries: dict, title: str) -> bytes:
 
 
 def check_splits(splits: list[str], cfg) -> list[str]:
-    """The splits, duplicates dropped; a UserError for one the run's config has no data file for."""
+    """The splits; a UserError for one named twice or one the run's config has no data file for."""
     known = [f.name for f in dataclasses.fields(cfg.data)]
     for split in splits:
         if split not in known:
             raise UserError(f"--splits: unknown split {split!r}; this run's config has {' '.join(known)}")
-    return list(dict.fromkeys(splits))
+    return distinct(splits, "--splits")
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -358,8 +359,8 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.roles", description=__doc__.split("\n\n")[0],
-                                     epilog=f"roles: {', '.join(ROLES)}; threshold {ROLE_THRESHOLD}")
+    parser = ArgumentParser(prog="python -m src.roles", description=__doc__.split("\n\n")[0],
+                            epilog=f"roles: {', '.join(ROLES)}; threshold {ROLE_THRESHOLD}")
     add_run_arguments(parser)
     parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), metavar="SPLIT",
                         help="bracketed splits whose queries are pooled to assign roles (default: %(default)s); "
@@ -373,6 +374,8 @@ def main(argv=None) -> int:
     out_path = args.out or args.run / "roles.json"
     if not out_path.parent.is_dir():
         raise UserError(f"--out {out_path}: directory {out_path.parent} does not exist")
+    check_output_file(out_path, "--out" if args.out else "output", "roles.json")
+    png_path = check_output_file(out_path.with_suffix(".png"), "figure")
     splits = check_splits(args.splits, cfg)
     scored = splits + [s for s in REFERENCE_SPLITS if s not in splits]
     tic = time.perf_counter()
@@ -398,7 +401,6 @@ def main(argv=None) -> int:
     print(f"role shares pooled over {', '.join(f'{s} ({len(batches[s])})' for s in splits)}, {elapsed:.2f}s")
     print(format_rows(rows))
     atomic_write_json(out_path, result)
-    png_path = out_path.with_suffix(".png")
     atomic_write_bytes(png_path, png)
     print(f"wrote {out_path} and {png_path}")
     return 0

@@ -58,10 +58,34 @@ def read_result(path: Path, kind: str) -> dict:
     return obj
 
 
-def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metrics_row_problem(row: dict) -> str | None:
+    """What keeps a metrics row from being read as an evaluation row (None when it can be): `step` an
+    integer where present, `train_loss` a number where present, `val` a mapping of numbers (loss,
+    exact_match, end_of_answer_acc) where present. Null values are allowed only where src.train
+    writes them (a non-finite loss is written as null)."""
+    if "step" in row and not (isinstance(row["step"], int) and not isinstance(row["step"], bool)):
+        return "'step' is not an integer"
+    if "train_loss" in row and row["train_loss"] is not None and not _number(row["train_loss"]):
+        return "'train_loss' is not a number"
+    if "val" in row:
+        val = row["val"]
+        if not isinstance(val, dict):
+            return "'val' is not a mapping of metric values"
+        for key in ("loss", "exact_match", "end_of_answer_acc"):
+            if not _number(val.get(key)):
+                return f"'val.{key}' is missing or not a number"
+    return None
+
+
+def read_metrics(path: Path, check=None) -> tuple[list[dict], list[str]]:
     """The evaluation rows of a metrics.jsonl and a note for each line that could not be used
     (`path:line: why`). A missing file is no rows. Rows written before rows carried a schema have the
-    same keys and are accepted."""
+    same keys and are accepted. `check(row)` (e.g. metrics_row_problem) may refuse a row whose values
+    a reader cannot use: it says why, and the line is skipped with a note."""
     path = Path(path)
     if not path.is_file():
         return [], []
@@ -76,6 +100,10 @@ def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
             continue
         if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or row.get("schema", SCHEMAS["metrics"]) != SCHEMAS["metrics"]:
             problems.append(f"{path}:{line_no}: not a metrics row of schema {SCHEMAS['metrics']}; line skipped")
+            continue
+        problem = check(row) if check is not None else None
+        if problem:
+            problems.append(f"{path}:{line_no}: {problem}; line skipped")
             continue
         rows.append(row)
     return rows, problems

@@ -9,7 +9,7 @@ from src import ablate
 from src.config import config_from_dict
 from src.errors import run_main
 from src.evaluate import METRICS, load_split_batches
-from src.model import CompactTransformer
+from src.model import CompactTransformer, Hooks
 from tests.tiny import SPLIT_SIZES, tiny_config, write_data, write_run
 
 FAST = ["--device", "cpu"]
@@ -138,7 +138,7 @@ def test_training_means_are_per_position_means_over_real_tokens(tiny):
     batch = load_split_batches(cfg, ("train",))["train"]
     means = ablate.training_means(model, batch)
     assert means.shape == (2, 4, cfg.model.max_seq_len, cfg.model.head_dim)
-    z = model(batch.inputs, cache={"blocks.1.attn.hook_z"}).cache["blocks.1.attn.hook_z"]
+    z = model(batch.inputs, hooks=Hooks(record={"blocks.1.attn.hook_z"})).activations["blocks.1.attn.hook_z"]
     real = batch.inputs != 0
     for t in (0, 5, 20):
         keep = real[:, t]

@@ -26,7 +26,7 @@ class Oracle(torch.nn.Module):
         self.seqs = {r.expr: sequence_ids(r.expr, r.result) for r in records}
         self.wrong_digit, self.wrong_eos = set(wrong_digit), set(wrong_eos)
 
-    def forward(self, tokens, ablation=None):
+    def forward(self, tokens, hooks=None):
         from src.model import ModelOutput
         from src.tokenizer import EOS_ID, encode
 

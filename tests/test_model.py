@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from src.config import ModelConfig, load_config
 from src.data import make_batch, make_record
-from src.model import CompactTransformer, HeadAblation, activation_names
+from src.model import CompactTransformer, HeadAblation, Hooks, activation_names
 from src.tokenizer import IGNORE_INDEX, VOCAB_SIZE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -60,8 +60,8 @@ def test_exact_parameter_count(config, count):
 def test_output_head_is_tied_to_embedding(model, tokens):
     vocab_shaped = [n for n, p in model.named_parameters() if p.shape == (VOCAB_SIZE, SMALL.d_model)]
     assert vocab_shaped == ["embed.weight"]
-    out = model(tokens, cache={f"blocks.{SMALL.num_layers - 1}.hook_resid_post"})
-    x = out.cache[f"blocks.{SMALL.num_layers - 1}.hook_resid_post"]
+    out = model(tokens, hooks=Hooks(record={f"blocks.{SMALL.num_layers - 1}.hook_resid_post"}))
+    x = out.activations[f"blocks.{SMALL.num_layers - 1}.hook_resid_post"]
     reference = model.ln_f(x) @ model.embed.weight.T
     torch.testing.assert_close(out.logits, reference, rtol=0, atol=1e-6)
 
@@ -78,7 +78,7 @@ def test_attention_projections_have_no_bias(model):
 def test_output_shapes(model, tokens):
     out = model(tokens)
     assert out.logits.shape == (B, T, VOCAB_SIZE)
-    assert out.loss is None and out.cache == {}
+    assert out.loss is None and out.activations == {}
     labels = torch.randint(0, VOCAB_SIZE, (B, T))
     loss = model(tokens, labels).loss
     assert loss.shape == () and torch.isfinite(loss)
@@ -116,8 +116,8 @@ def test_causal_masking(model, tokens, pattern):
     t = 11
     changed = tokens.clone()
     changed[:, t] = (tokens[:, t] + 1) % VOCAB_SIZE
-    a = model(tokens, cache=cache).logits
-    b = model(changed, cache=cache).logits
+    a = model(tokens, hooks=Hooks(record=cache)).logits
+    b = model(changed, hooks=Hooks(record=cache)).logits
     torch.testing.assert_close(a[:, :t], b[:, :t], rtol=0, atol=1e-6)
     assert not torch.allclose(a[:, t:], b[:, t:], atol=1e-4)
 
@@ -137,10 +137,10 @@ def test_dropout_off_in_eval_on_in_training(model, tokens):
 def test_sdpa_and_pattern_paths_agree(model, tokens):
     names = {f"blocks.{l}.attn.hook_pattern" for l in range(SMALL.num_layers)}
     fused = model(tokens)
-    explicit = model(tokens, cache=names)
+    explicit = model(tokens, hooks=Hooks(record=names))
     torch.testing.assert_close(explicit.logits, fused.logits, rtol=0, atol=1e-5)
     for name in names:
-        p = explicit.cache[name]
+        p = explicit.activations[name]
         assert p.shape == (B, SMALL.num_heads, T, T)
         torch.testing.assert_close(p.sum(-1), torch.ones(B, SMALL.num_heads, T))
         assert (p.triu(diagonal=1) == 0).all()
@@ -150,10 +150,10 @@ def test_sdpa_and_pattern_paths_agree(model, tokens):
 def test_cache_returns_every_activation_with_documented_shape(model, tokens):
     names = activation_names(SMALL, pattern=True)
     assert len(names) == 1 + 3 * SMALL.num_layers and len(set(names)) == len(names)
-    out = model(tokens, cache=names)
-    assert set(out.cache) == set(names)
+    out = model(tokens, hooks=Hooks(record=names))
+    assert set(out.activations) == set(names)
     H, hd, D = SMALL.num_heads, SMALL.head_dim, SMALL.d_model
-    for name, value in out.cache.items():
+    for name, value in out.activations.items():
         if name.endswith("hook_z"):
             assert value.shape == (B, T, H, hd), name
         elif name.endswith("hook_pattern"):
@@ -163,24 +163,24 @@ def test_cache_returns_every_activation_with_documented_shape(model, tokens):
     # the cache holds exactly what was asked for
     plain = activation_names(SMALL)
     assert not any("pattern" in n for n in plain)
-    assert set(model(tokens, cache=plain).cache) == set(plain)
-    assert set(model(tokens, cache={"blocks.1.attn.hook_z"}).cache) == {"blocks.1.attn.hook_z"}
+    assert set(model(tokens, hooks=Hooks(record=plain)).activations) == set(plain)
+    assert set(model(tokens, hooks=Hooks(record={"blocks.1.attn.hook_z"})).activations) == {"blocks.1.attn.hook_z"}
 
 
 def test_cached_activations_are_the_real_ones(model, tokens):
-    out = model(tokens, cache={"hook_embed", "blocks.0.attn.hook_z", "blocks.0.hook_resid_post"})
-    torch.testing.assert_close(out.cache["hook_embed"], model.embed(tokens))
+    out = model(tokens, hooks=Hooks(record={"hook_embed", "blocks.0.attn.hook_z", "blocks.0.hook_resid_post"}))
+    torch.testing.assert_close(out.activations["hook_embed"], model.embed(tokens))
     block = model.blocks[0]
-    z = out.cache["blocks.0.attn.hook_z"]
-    x = out.cache["hook_embed"] + block.attn.out(z.reshape(B, T, SMALL.d_model))
+    z = out.activations["blocks.0.attn.hook_z"]
+    x = out.activations["hook_embed"] + block.attn.out(z.reshape(B, T, SMALL.d_model))
     x = x + block.ffn(block.ln2(x))
-    torch.testing.assert_close(out.cache["blocks.0.hook_resid_post"], x, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.activations["blocks.0.hook_resid_post"], x, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["blocks.9.attn.hook_z", "hook_resid_pre", "blocks.0.hook_z", ""])
 def test_unknown_cache_name_raises_key_error(model, tokens, name):
     with pytest.raises(KeyError):
-        model(tokens, cache={name})
+        model(tokens, hooks=Hooks(record={name}))
 
 
 # ---------------------------------------------------------------------------- head ablation
@@ -188,16 +188,16 @@ def test_unknown_cache_name_raises_key_error(model, tokens, name):
 
 def test_empty_ablation_is_bit_identical(model, tokens):
     base = model(tokens).logits
-    assert torch.equal(model(tokens, ablation=HeadAblation()).logits, base)
-    assert torch.equal(model(tokens, ablation=HeadAblation(means=torch.randn(2, 4, 8))).logits, base)
+    assert torch.equal(model(tokens, hooks=Hooks(ablation=HeadAblation())).logits, base)
+    assert torch.equal(model(tokens, hooks=Hooks(ablation=HeadAblation(means=torch.randn(2, 4, 8)))).logits, base)
 
 
 def test_ablating_one_head_changes_logits_and_only_that_head(model, tokens):
     names = {"blocks.0.attn.hook_z"}
-    base = model(tokens, cache=names)
-    ablated = model(tokens, cache=names, ablation=HeadAblation({(0, 1)}))
+    base = model(tokens, hooks=Hooks(record=names))
+    ablated = model(tokens, hooks=Hooks(record=names, ablation=HeadAblation({(0, 1)})))
     assert not torch.allclose(ablated.logits, base.logits, atol=1e-5)
-    z, z0 = ablated.cache["blocks.0.attn.hook_z"], base.cache["blocks.0.attn.hook_z"]
+    z, z0 = ablated.activations["blocks.0.attn.hook_z"], base.activations["blocks.0.attn.hook_z"]
     assert (z[:, :, 1] == 0).all()
     keep = [0, 2, 3]
     assert torch.equal(z[:, :, keep], z0[:, :, keep])
@@ -205,15 +205,15 @@ def test_ablating_one_head_changes_logits_and_only_that_head(model, tokens):
 
 def test_ablation_of_a_later_layer_leaves_earlier_layers_alone(model, tokens):
     names = {"blocks.0.hook_resid_post"}
-    base = model(tokens, cache=names)
-    ablated = model(tokens, cache=names, ablation=HeadAblation({(1, 2)}))
-    assert torch.equal(ablated.cache["blocks.0.hook_resid_post"], base.cache["blocks.0.hook_resid_post"])
+    base = model(tokens, hooks=Hooks(record=names))
+    ablated = model(tokens, hooks=Hooks(record=names, ablation=HeadAblation({(1, 2)})))
+    assert torch.equal(ablated.activations["blocks.0.hook_resid_post"], base.activations["blocks.0.hook_resid_post"])
     assert not torch.allclose(ablated.logits, base.logits, atol=1e-5)
 
 
 @pytest.mark.parametrize("layer", [0, 1])
 def test_ablating_every_head_equals_removing_the_attention_branch(model, tokens, layer):
-    ablated = model(tokens, ablation=all_heads_of(layer)).logits
+    ablated = model(tokens, hooks=Hooks(ablation=all_heads_of(layer))).logits
     # without a bias, a zero output projection removes the layer's attention branch exactly
     removed = copy.deepcopy(model)
     with torch.no_grad():
@@ -223,31 +223,31 @@ def test_ablating_every_head_equals_removing_the_attention_branch(model, tokens,
 
 def test_mean_ablation_with_zero_means_equals_zero_ablation(model, tokens):
     heads = {(0, 0), (1, 3)}
-    zero = model(tokens, ablation=HeadAblation(heads)).logits
+    zero = model(tokens, hooks=Hooks(ablation=HeadAblation(heads))).logits
     means = torch.zeros(SMALL.num_layers, SMALL.num_heads, SMALL.head_dim)
-    assert torch.equal(model(tokens, ablation=HeadAblation(heads, means)).logits, zero)
+    assert torch.equal(model(tokens, hooks=Hooks(ablation=HeadAblation(heads, means))).logits, zero)
     per_position = torch.zeros(SMALL.num_layers, SMALL.num_heads, SMALL.max_seq_len, SMALL.head_dim)
-    assert torch.equal(model(tokens, ablation=HeadAblation(heads, per_position)).logits, zero)
+    assert torch.equal(model(tokens, hooks=Hooks(ablation=HeadAblation(heads, per_position))).logits, zero)
 
 
 def test_mean_ablation_places_the_mean_in_hook_z(model, tokens):
     names = {"blocks.0.attn.hook_z", "blocks.1.attn.hook_z"}
     torch.manual_seed(2)
     means = torch.randn(SMALL.num_layers, SMALL.num_heads, SMALL.head_dim)
-    base = model(tokens, cache=names)
-    out = model(tokens, cache=names, ablation=HeadAblation({(0, 2), (1, 0)}, means))
-    z0, z1 = out.cache["blocks.0.attn.hook_z"], out.cache["blocks.1.attn.hook_z"]
+    base = model(tokens, hooks=Hooks(record=names))
+    out = model(tokens, hooks=Hooks(record=names, ablation=HeadAblation({(0, 2), (1, 0)}, means)))
+    z0, z1 = out.activations["blocks.0.attn.hook_z"], out.activations["blocks.1.attn.hook_z"]
     assert torch.equal(z0[:, :, 2], means[0, 2].expand(B, T, -1))
     assert torch.equal(z1[:, :, 0], means[1, 0].expand(B, T, -1))
-    assert torch.equal(z0[:, :, [0, 1, 3]], base.cache["blocks.0.attn.hook_z"][:, :, [0, 1, 3]])
+    assert torch.equal(z0[:, :, [0, 1, 3]], base.activations["blocks.0.attn.hook_z"][:, :, [0, 1, 3]])
     assert not torch.allclose(out.logits, base.logits, atol=1e-5)
 
 
 def test_per_position_mean_ablation(model, tokens):
     torch.manual_seed(3)
     means = torch.randn(SMALL.num_layers, SMALL.num_heads, SMALL.max_seq_len, SMALL.head_dim)
-    out = model(tokens, cache={"blocks.1.attn.hook_z"}, ablation=HeadAblation({(1, 3)}, means))
-    z = out.cache["blocks.1.attn.hook_z"]
+    out = model(tokens, hooks=Hooks(record={"blocks.1.attn.hook_z"}, ablation=HeadAblation({(1, 3)}, means)))
+    z = out.activations["blocks.1.attn.hook_z"]
     assert torch.equal(z[:, :, 3], means[1, 3, :T].expand(B, T, -1))
 
 
@@ -255,10 +255,10 @@ def test_ablation_never_changes_weights(model, tokens):
     base = model(tokens).logits
     before = {k: v.clone() for k, v in model.state_dict().items()}
     means = torch.randn(SMALL.num_layers, SMALL.num_heads, SMALL.head_dim)
-    model(tokens, ablation=all_heads_of(0))
-    model(tokens, ablation=HeadAblation({(1, 1)}, means))
+    model(tokens, hooks=Hooks(ablation=all_heads_of(0)))
+    model(tokens, hooks=Hooks(ablation=HeadAblation({(1, 1)}, means)))
     model.train()
-    model(tokens, torch.randint(0, VOCAB_SIZE, (B, T)), ablation=HeadAblation({(0, 3)})).loss.backward()
+    model(tokens, torch.randint(0, VOCAB_SIZE, (B, T)), hooks=Hooks(ablation=HeadAblation({(0, 3)}))).loss.backward()
     after = model.state_dict()
     assert before.keys() == after.keys()
     for k in before:
@@ -269,19 +269,19 @@ def test_ablation_never_changes_weights(model, tokens):
 
 
 def test_ablation_accepts_lists_of_pairs(model, tokens):
-    a = model(tokens, ablation=HeadAblation([[0, 1], (1, 2)])).logits
-    b = model(tokens, ablation=HeadAblation({(0, 1), (1, 2)})).logits
+    a = model(tokens, hooks=Hooks(ablation=HeadAblation([[0, 1], (1, 2)]))).logits
+    b = model(tokens, hooks=Hooks(ablation=HeadAblation({(0, 1), (1, 2)}))).logits
     assert torch.equal(a, b)
 
 
 def test_ablating_a_head_of_a_missing_layer_is_an_error(model, tokens):
     with pytest.raises((ValueError, IndexError)):
-        model(tokens, ablation=HeadAblation({(SMALL.num_layers, 0)}))
+        model(tokens, hooks=Hooks(ablation=HeadAblation({(SMALL.num_layers, 0)})))
 
 
 def test_ablating_a_missing_head_is_an_error(model, tokens):
     with pytest.raises((ValueError, IndexError)):
-        model(tokens, ablation=HeadAblation({(0, SMALL.num_heads)}))
+        model(tokens, hooks=Hooks(ablation=HeadAblation({(0, SMALL.num_heads)})))
 
 
 # ---------------------------------------------------------------------------- GPU
@@ -297,8 +297,8 @@ def test_fp16_autocast_close_to_fp32_on_cuda(tokens):
         fp32 = model(tokens).logits
         with torch.amp.autocast("cuda", dtype=torch.float16):
             fused = model(tokens).logits
-            explicit = model(tokens, cache=names).logits
-        fp32_explicit = model(tokens, cache=names).logits
+            explicit = model(tokens, hooks=Hooks(record=names)).logits
+        fp32_explicit = model(tokens, hooks=Hooks(record=names)).logits
     assert fused.dtype == torch.float16
     rel = (fused.float() - fp32).norm() / fp32.norm()
     assert rel < 1e-2, f"fp16 relative error {rel:.2e}"

@@ -17,7 +17,7 @@ from src import roles
 from src.config import DataConfig, config_from_dict
 from src.errors import run_main
 from src.evaluate import load_split_batches
-from src.model import CompactTransformer
+from src.model import CompactTransformer, Hooks
 from src.tokenizer import PAD_ID, sequence_ids
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -269,7 +269,7 @@ def test_cli_shares_are_the_models_own_attention(tiny):
     model.load_state_dict(ckpt["model"])
     batch = load_split_batches(cfg, ("test_paren",))["test_paren"]
     with torch.no_grad():
-        pattern = model(batch.inputs, cache={"blocks.1.attn.hook_pattern"}).cache["blocks.1.attn.hook_pattern"]
+        pattern = model(batch.inputs, hooks=Hooks(record={"blocks.1.attn.hook_pattern"})).activations["blocks.1.attn.hook_pattern"]
     direct = roles.attention_shares(pattern, roles.role_key_tensor(batch.inputs))
     for head in tiny["result"]["heads"][4:]:
         for role in roles.ROLES:

@@ -7,14 +7,15 @@ import json
 import math
 from pathlib import Path
 
-from src.atomic import atomic_write_text
+from src.atomic import atomic_write_bytes, atomic_write_text
+from src.cli import ArgumentParser, check_output_file
 from src.errors import UserError
 from src.evaluate import METRIC_DEFINITIONS
 from src.report import figures
 from src.report.collect import collect
 from src.report.compare import aggregate
 from src.report.markdown import ORIGINAL, SECTIONS
-from src.runfiles import read_metrics, stamp
+from src.runfiles import metrics_row_problem, read_metrics, stamp
 
 
 def rounded(obj, digits: int = 5):
@@ -28,7 +29,23 @@ def rounded(obj, digits: int = 5):
     return obj
 
 
+FIGURES = ("training_curves", "probe_relative_depth", "head_specialization", "attention_roles")
+
+
+def output_paths(out: Path) -> dict[str, Path]:
+    """Every file the report writes, each checked before anything is read: {what: path}."""
+    paths = {"markdown": check_output_file(out, "--out", "REPORT.md"),
+             "json": check_output_file(out.with_name("report.json"), "output")}
+    for name in FIGURES:
+        paths[name] = check_output_file(out.parent / f"{name}.png", "output")
+    return paths
+
+
 def build_report(run_dirs, out: Path) -> dict:
+    """Check every output path, collect and compare the runs, render every figure, and only then write
+    (figures, then REPORT.md, then report.json, each atomically): any failure before the writes leaves
+    the output directory as it was, and a failed write leaves no partial file."""
+    paths = output_paths(out)
     groups, notes = collect(run_dirs)
     aggs = {name: aggregate(name, runs) for name, runs in groups.items()}
     md = ["# Pilot vs 10M: arithmetic with and without parentheses", "",
@@ -38,29 +55,31 @@ def build_report(run_dirs, out: Path) -> dict:
         md += section(aggs)
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # figures first would leave them behind a failed report; everything above is computed, nothing written yet
-    made = {
+    rendered = {
         "training_curves": figures.training_curves(
-            [(f"{r['config']} s{r['seed']}", r["metrics"]) for runs in groups.values() for r in runs],
-            out.parent / "training_curves.png"),
-        "probe_relative_depth": figures.probe_depth(aggs, out.parent / "probe_relative_depth.png"),
-        "head_specialization": figures.head_bracket_effects(groups, out.parent / "head_specialization.png"),
-        "attention_roles": figures.attention_roles(groups, out.parent / "attention_roles.png"),
+            [(f"{r['config']} s{r['seed']}", r["metrics"]) for runs in groups.values() for r in runs]),
+        "probe_relative_depth": figures.probe_depth(aggs),
+        "head_specialization": figures.head_bracket_effects(groups),
+        "attention_roles": figures.attention_roles(groups),
     }
     report = stamp("report", {"runs": [str(p) for p in run_dirs], "configs": aggs, "original_study": ORIGINAL,
-                              "notes": notes, "figures": {k: f"{k}.png" for k, ok in made.items() if ok},
+                              "notes": notes, "figures": {k: f"{k}.png" for k, png in rendered.items() if png},
                               "metric_definitions": METRIC_DEFINITIONS})
-    atomic_write_text(out, "\n".join(md))
     # one line, rounded: the aggregate repeats per-head numbers of every run
-    atomic_write_text(out.with_name("report.json"), json.dumps(rounded(report), separators=(",", ":")) + "\n")
+    report_json = json.dumps(rounded(report), separators=(",", ":")) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name, png in rendered.items():
+        if png:
+            atomic_write_bytes(paths[name], png)
+    atomic_write_text(paths["markdown"], "\n".join(md))
+    atomic_write_text(paths["json"], report_json)
     return report
 
 
 def main(argv=None) -> int:
     import src.report as package
 
-    parser = argparse.ArgumentParser(prog="python -m src.report", description=package.__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m src.report", description=package.__doc__.split("\n\n")[0],
                                      epilog=package.__doc__.split("\n\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
@@ -74,13 +93,19 @@ def main(argv=None) -> int:
     if args.out.is_dir():
         raise UserError(f"--out {args.out}: is a directory; give a Markdown file path such as {args.out / 'REPORT.md'}")
     if args.curves_only:
-        for run in args.runs:
-            rows, problems = read_metrics(run / "metrics.jsonl")
+        curves = {}
+        for run in args.runs:  # every run read and drawn before any is written
+            path = check_output_file(run / "training_curve.png", "output")
+            rows, problems = read_metrics(run / "metrics.jsonl", check=metrics_row_problem)
             for p in problems:
                 print(f"note: {p}")
-            if not figures.training_curves([(run.name, rows)], run / "training_curve.png"):
+            png = figures.training_curves([(run.name, rows)])
+            if not png:
                 raise UserError(f"{run}: no evaluations in metrics.jsonl to plot; train the run first with python -m src.train")
-            print(f"wrote {run / 'training_curve.png'}")
+            curves[path] = png
+        for path, png in curves.items():
+            atomic_write_bytes(path, png)
+            print(f"wrote {path}")
         return 0
     report = build_report(args.runs, args.out)
     print(f"wrote {args.out}, {args.out.with_name('report.json')}"

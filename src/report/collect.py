@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import yaml
+
 from src.errors import UserError
-from src.runfiles import read_metrics, read_result, regenerate_hint
+from src.runfiles import metrics_row_problem, read_metrics, read_result, regenerate_hint
 
 # key -> (file name, schema kind)
 PIECES = {
@@ -37,7 +39,7 @@ def load_run(path: Path) -> dict:
         if run[key] and run[key].get("limit"):
             run["notes"].append(f"{path}: {filename} was made with --limit {run[key]['limit']} (a subset of every "
                                 "split: not the study's figures)")
-    run["metrics"], problems = read_metrics(path / "metrics.jsonl")
+    run["metrics"], problems = read_metrics(path / "metrics.jsonl", check=metrics_row_problem)
     run["notes"] += problems
     pieces = [run[k] for k in PIECES if run[k]]
     run["config"] = next((p["config"] for p in pieces if p.get("config")), "unknown")
@@ -46,14 +48,36 @@ def load_run(path: Path) -> dict:
     return run
 
 
-def architecture(run: dict) -> tuple | None:
-    """(layers, heads, parameters) as far as the run's pieces say."""
-    s = run["summary"] or {}
-    layers = next((run[k]["num_layers"] for k in ("ablation", "probe") if run[k] and "num_layers" in run[k]), None)
-    heads = next((run[k]["num_heads"] for k in ("ablation", "probe") if run[k] and "num_heads" in run[k]), None)
-    if layers is None and s.get("parameters") is None:
-        return None
-    return (layers, heads, s.get("parameters"))
+def architecture(run: dict) -> dict:
+    """The model keys the run's pieces state: config.yaml's `model` section (d_model, num_layers,
+    ...), the parameter count of summary.json, and the layers and heads of the analyses."""
+    arch = {}
+    try:
+        raw = yaml.safe_load((Path(run["path"]) / "config.yaml").read_text(encoding="utf-8"))
+        if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+            arch = {k: v for k, v in raw["model"].items() if isinstance(v, (int, float, str, bool))}
+    except (OSError, ValueError, yaml.YAMLError):
+        pass  # no config.yaml: the other pieces still say something
+    for k in ("ablation", "probe", "roles"):
+        for key in ("num_layers", "num_heads"):
+            if run[k] and key in run[k]:
+                arch.setdefault(key, run[k][key])
+    if (run["summary"] or {}).get("parameters") is not None:
+        arch["parameters"] = run["summary"]["parameters"]
+    return arch
+
+
+def architecture_conflict(name: str, members: list[dict]) -> str | None:
+    """The message for two runs under one config name whose model keys differ (None when none do)."""
+    for i, a in enumerate(members):
+        for b in members[i + 1:]:
+            keys = [k for k in a["architecture"] if k in b["architecture"] and a["architecture"][k] != b["architecture"][k]]
+            if keys:
+                diffs = "; ".join(f"{k} {a['architecture'][k]} vs {b['architecture'][k]}" for k in keys)
+                return (f"config {name!r}: runs {a['path']} and {b['path']} are different architectures under one "
+                        f"config name (model keys: {diffs}); averaging them would mix two models: give them "
+                        "different config names (`name:` in the config) or report them separately")
+    return None
 
 
 def collect(run_dirs) -> tuple[dict[str, list[dict]], list[str]]:
@@ -74,10 +98,9 @@ def collect(run_dirs) -> tuple[dict[str, list[dict]], list[str]]:
         groups.setdefault(run["config"], []).append(run)
         notes += run["notes"]
     for name, members in groups.items():
-        archs = {r["architecture"] for r in members if r["architecture"] is not None}
-        if len(archs) > 1:
-            raise UserError(f"config {name!r}: runs of different architectures share this name "
-                            f"({'; '.join(str(a) for a in sorted(archs, key=str))}); report them under separate names")
+        conflict = architecture_conflict(name, members)
+        if conflict:
+            raise UserError(conflict)
         members.sort(key=lambda r: (r["seed"] is None, r["seed"] if r["seed"] is not None else 0, r["path"]))
 
     def size(name):

@@ -1,14 +1,21 @@
-"""The report's figures, each written atomically (src.atomic): training curves, probe accuracy
-against relative depth with the untrained control, each head's bracket-specific ablation effect,
-and the attention roles of every head."""
+"""The report's figures, each rendered in memory as PNG bytes (None when there is nothing to draw):
+training curves, probe accuracy against relative depth with the untrained control, each head's
+bracket-specific ablation effect, and the attention roles of every head. The caller writes them
+(src.atomic) once every figure and every number is ready, so a failure leaves no partial file."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
-from src.atomic import atomic_save_figure
 from src.report.compare import dig
 from src.roles import ROLES
+
+
+def _png(fig, plt) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def _pyplot():
@@ -20,12 +27,12 @@ def _pyplot():
     return plt
 
 
-def training_curves(runs: list[tuple[str, list[dict]]], path: Path) -> bool:
+def training_curves(runs: list[tuple[str, list[dict]]]) -> bytes | None:
     """Loss (train and validation) and validation accuracies against optimizer step, one colour per run."""
     runs = [(label, [r for r in rows if "val" in r and "train_loss" in r]) for label, rows in runs]
     runs = [(label, rows) for label, rows in runs if rows]
     if not runs:
-        return False
+        return None
     plt = _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
     for i, (label, rows) in enumerate(runs):
@@ -41,15 +48,13 @@ def training_curves(runs: list[tuple[str, list[dict]]], path: Path) -> bool:
     for ax in (ax_loss, ax_acc):
         ax.legend(fontsize=6)
     fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)
-    return True
+    return _png(fig, plt)
 
 
-def probe_depth(aggs: dict, path: Path) -> bool:
+def probe_depth(aggs: dict) -> bytes | None:
     panels = [("binary", "test_paren"), ("exact", "test_paren"), ("binary", "test_depth3")]
     if not any(dig(a, "probe", "curves", t, s) for a in aggs.values() for t, s in panels):
-        return False
+        return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100, sharey=True)
     for ax, (task, split) in zip(axes, panels):
@@ -73,17 +78,15 @@ def probe_depth(aggs: dict, path: Path) -> bool:
     axes[-1].legend(fontsize=6, loc="lower right")
     fig.suptitle("Depth probes: mean over seeds, band = range; dashed = untrained control", fontsize=9)
     fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)
-    return True
+    return _png(fig, plt)
 
 
-def head_bracket_effects(groups: dict, path: Path) -> bool:
+def head_bracket_effects(groups: dict) -> bytes | None:
     """Each head's answer_loss bracket_specificity (matched delta - flat delta) against its relative
     layer, both ablation modes, every seed; filled markers are significant after Holm."""
     runs = [(name, r) for name, rs in groups.items() for r in rs if dig(r, "ablation", "scan", "modes")]
     if not runs:
-        return False
+        return None
     plt = _pyplot()
     modes = ("zero", "mean")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100, sharey=True)
@@ -108,17 +111,15 @@ def head_bracket_effects(groups: dict, path: Path) -> bool:
     axes[0].set_ylabel("answer_loss bracket specificity\n(Δ bracketed twin − Δ flat)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)
-    return True
+    return _png(fig, plt)
 
 
-def attention_roles(groups: dict, path: Path) -> bool:
+def attention_roles(groups: dict) -> bytes | None:
     """One panel per role: every head's combined share against its relative layer, per config, with
     each run's uniform-attention baseline and the role threshold."""
     runs = [(name, r) for name, rs in groups.items() for r in rs if r["roles"]]
     if not runs:
-        return False
+        return None
     plt = _pyplot()
     names = list(groups)
     fig, axes = plt.subplots(1, len(ROLES), figsize=(3.2 * len(ROLES), 3.3), dpi=100, sharey=True)
@@ -142,6 +143,4 @@ def attention_roles(groups: dict, path: Path) -> bool:
     fig.suptitle("Attention roles of every head, every seed (dotted: uniform attention; dashed: role threshold)",
                  fontsize=9)
     fig.tight_layout()
-    atomic_save_figure(fig, path)
-    plt.close(fig)
-    return True
+    return _png(fig, plt)
