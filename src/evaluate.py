@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from src import stats
 from src.atomic import atomic_write_json
-from src.checkpoint import load_model, resolve_checkpoint
+from src.checkpoint import load_model
 from src.cli import MAX_EXAMPLES, ArgumentParser, check_output_file, int_in
 from src.config import config_from_dict
 from src.data import Batch, load_jsonl, make_batch
@@ -290,33 +290,18 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
 
 
-def check_finite_weights(state: dict, path) -> None:
-    """A UserError naming the checkpoint and its first tensor (in state-dict order) that holds a NaN
-    or an infinity: no analysis of a diverged model is ever computed or written."""
-    bad = [name for name, t in state.items()
-           if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
-    if bad:
-        t = state[bad[0]]
-        n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
-        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
-        raise UserError(f"{path}: weights are not finite: tensor '{bad[0]}' holds {n_nan} NaN and {n_inf} infinite "
-                        f"values{more}; the run diverged before this checkpoint was written. Analyse an earlier "
-                        "checkpoint (--checkpoint PATH) or retrain with a lower training.learning_rate")
-
-
 def open_run(args) -> tuple[CompactTransformer, dict, object, torch.device]:
     """(model in eval mode on the device, checkpoint dict, Config, device) for the parsed flags.
 
     Every analysis command opens its run here, before it reads data or writes anything: a missing
-    run, an unreadable checkpoint, weights that are not finite and a precision the device cannot
-    run are all refused at this point."""
+    run, an unreadable checkpoint, weights that are not finite (src.checkpoint.check_weights) and a
+    precision the device cannot run are all refused at this point."""
     if not args.run.is_dir():
         raise UserError(f"--run {args.run}: not a directory; pass a run directory written by src.train")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be a positive number of examples")
     device, _ = resolve_device(args.device, gpu_only=False, precision=args.precision or "fp32")
     model, ckpt = load_model(args.run, args.checkpoint, device)
-    check_finite_weights(ckpt["model"], resolve_checkpoint(args.run, args.checkpoint))
     if args.precision is None:  # the run's own precision, unless this device cannot run it
         args.precision = run_precision(ckpt, args.run)
         if args.precision != "fp32" and device.type != "cuda":

@@ -26,12 +26,12 @@ import sys
 import threading
 import time
 import warnings
-from pathlib import Path
 
 import torch
 import yaml
 from tqdm import tqdm
 
+from src.cli import MAX_SEED, int_in
 from src.checkpoint import EPOCH_STATE, load_training_checkpoint, model_from_checkpoint
 from src.config import Config, check_data_paths, config_from_dict, load_config
 from src.data import Batch, load_jsonl, make_batch
@@ -452,19 +452,6 @@ class StopSignals:
 # ---------------------------------------------------------------------------- main
 
 
-def int_in(low: int, high: int):
-    """argparse type: an integer from `low` to `high`."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer from {low} to {high}")
-        return value
-    return parse
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m src.train", description="Train a CompactTransformer (SPEC sections 2, 3, 7).")
     p.add_argument("--config", help="YAML config, e.g. configs/pilot.yaml or configs/scale_10m.yaml (required unless "
@@ -472,7 +459,7 @@ def parse_args(argv):
                    "only in training.epochs)")
     p.add_argument("--output-dir", required=True, help="run directory: config, metrics, checkpoints, summary "
                    "(one training at a time: the directory is locked while a run writes into it)")
-    p.add_argument("--seed", type=int_in(0, 2**63 - 2),  # torch seeds are 64-bit; seed + 1 seeds shuffling
+    p.add_argument("--seed", type=int_in(0, MAX_SEED),  # torch seeds are 64-bit; seed + 1 seeds shuffling
                    default=None, help="seed of weights, dropout and shuffling (default: 42; on --resume the run's own)")
     p.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda; without --gpu-only a missing "
                    "CUDA falls back to the CPU with a warning recorded in summary.json)")

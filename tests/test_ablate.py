@@ -170,3 +170,70 @@ def test_a_run_without_the_matched_split_names_the_file_and_the_fix(tmp_path, ca
     err = capsys.readouterr().err
     assert "pilot_test_paren_matched.jsonl" in err and "python -m src.data" in err
     assert not (run / "ablation.json").exists()
+
+
+# ---------------------------------------------------------------------------- targeted set, answer known
+
+
+class BracketHeadModel(torch.nn.Module):
+    """A model whose answer is known by construction. It predicts every next token of the known
+    sequences with a large margin, except where a chosen head is ablated: then, on sequences that
+    contain a bracket, its answer positions lose their margin (answer_loss rises by a different
+    amount on each example), while flat sequences are untouched. Every other head is silent: its
+    ablation changes nothing, bit for bit."""
+
+    def __init__(self, batches: dict, signal=(0, 1)):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.signal = signal
+        self.seqs = {}  # prompt (BOS, expr, " = ") as a tuple -> the labels after it (answer digits, EOS)
+        for b in batches.values():
+            for i in range(len(b)):
+                p = int(b.prompt_len[i])
+                labels = b.labels[i][b.answer_mask[i]].tolist()
+                self.seqs[tuple(b.inputs[i, :p].tolist())] = (p, labels)
+
+    def forward(self, tokens, labels=None, *, hooks=None):
+        from src.model import ModelOutput
+        from src.tokenizer import VOCAB, VOCAB_SIZE
+
+        ablated = hooks is not None and hooks.ablation is not None and self.signal in hooks.ablation.heads
+        open_id = VOCAB.index("(")
+        B, T = tokens.shape
+        logits = torch.zeros(B, T, VOCAB_SIZE)
+        for i in range(B):
+            row = tokens[i].tolist()
+            p, answer = next(v for k, v in self.seqs.items() if tuple(row[: len(k)]) == k)
+            bracketed = open_id in row[:p]
+            margin = (1.0 + (i % 5)) if ablated and bracketed else 20.0
+            for j, target in enumerate(answer):
+                if p - 1 + j < T:
+                    logits[i, p - 1 + j, target] = margin
+        return ModelOutput(logits)
+
+
+@pytest.mark.parametrize("signal", [(0, 1), None], ids=["one_signal_head", "no_signal_head"])
+def test_targeted_set_is_the_known_signal_head_and_nothing_else(tiny, signal):
+    """With one head that matters for brackets only, the targeted set chosen on the even half is
+    exactly that head, its effect on the odd half is significant after Holm, and every other
+    head's ranking estimate is exactly zero. With no such head, nothing is found."""
+    cfg = config_from_dict(tiny["raw"])
+    batches = load_split_batches(cfg, ("test_flat", "test_paren_matched"))
+    model = BracketHeadModel(batches, signal=signal if signal else (9, 9)).eval()
+    heads = [(layer, head) for layer in range(2) for head in range(4)]
+    base = ablate.score_splits(model, batches, None, "fp32")
+    kept = {h: ablate.score_splits(model, batches, ablate.HeadAblation({h}), "fp32") for h in heads}
+    t = ablate.targeted_ablation(model, batches, base, kept, None, "fp32", "zero", 3, log=lambda *_: None)
+    ranking = {r["head"]: r["estimate"] for r in t["ranking_on_selection"]}
+    if signal is None:
+        assert not t["found"] and t["heads"] is None and "no prefix of up to 3 heads" in t["message"]
+        assert set(ranking.values()) == {0.0}
+        return
+    assert t["ranking_on_selection"][0]["head"] == "L0-H1" and ranking["L0-H1"] > 1.0
+    assert all(ranking[h] == 0.0 for h in ranking if h != "L0-H1")  # silent heads: exactly no effect
+    assert t["found"] and t["heads"] == ["L0-H1"] and t["size"] == 1
+    step = t["steps"][0]["answer_loss_bracket_specificity"]  # prefix 1, Holm over the 3 prefixes tried
+    assert step["estimate"] > 1.0 and step["p_adjusted"] < 0.05 and step["significant"]
+    assert t["bracket_specificity_on_test_half"]["answer_loss"]["estimate"] == pytest.approx(step["estimate"])
+    flat = t["effects_on_test_half"]["test_flat"]["answer_loss"]
+    assert flat["estimate"] == 0.0  # flat expressions are untouched by construction

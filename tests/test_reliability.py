@@ -388,7 +388,7 @@ def test_gpu_only_without_cuda_is_a_runtime_error_with_exit_1(tiny, tmp_path, ca
 def test_seed_out_of_range(seed, tiny, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--config", tiny["config"], "--output-dir", out, "--device", "cpu", "--seed", seed]
-    expect_error(cli(src.train.main, argv, capsys), "argument --seed", f"'{seed}' is not an integer from 0 to",
+    expect_error(cli(src.train.main, argv, capsys), "argument --seed", f"{seed}: must be an integer written in digits, at least 0 and at most",
                  usage=True)
     assert not out.exists()
 
@@ -400,7 +400,7 @@ def test_missing_config_flag(tmp_path, capsys):
 
 def test_stop_after_epoch_not_positive(tiny, tmp_path, capsys):
     argv = train_argv(tiny["config"], tmp_path / "run", "--stop-after-epoch", "0")
-    expect_error(cli(src.train.main, argv, capsys), "argument --stop-after-epoch", "'0' is not an integer from 1",
+    expect_error(cli(src.train.main, argv, capsys), "argument --stop-after-epoch", "0: must be an integer written in digits, at least 1",
                  usage=True)
 
 

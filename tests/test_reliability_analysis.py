@@ -109,8 +109,9 @@ def test_non_finite_weights_are_refused_before_anything_is_written(tiny, tmp_pat
     assert snapshot(run) == before
 
 
-def test_finite_weights_check_is_in_open_run(tiny, tmp_path, capsys):
-    """The one place: a checkpoint named by --checkpoint PATH is checked too."""
+def test_finite_weights_check_covers_a_checkpoint_named_by_path(tiny, tmp_path, capsys):
+    """The one place (src.checkpoint, through which every tool loads): a checkpoint named by
+    --checkpoint PATH is checked too."""
     run = copy_run(tiny, tmp_path)
     other = tmp_path / "elsewhere.pt"
     shutil.copy(run / "checkpoint_best.pt", other)
