@@ -63,7 +63,23 @@ def time_plain(cfg, batch, device, fp16, seed, steps, warmup):
             "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20}
 
 
-def time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope, profile=False):
+SDPA_BACKENDS = {"default": None, "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                 "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+
+
+def time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope, profile=False, sdpa="default"):
+    """One project variant; `sdpa` forces one attention backend of scaled_dot_product_attention for
+    compilation, capture and the timed steps alike."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = SDPA_BACKENDS[sdpa]
+    with sdpa_kernel([getattr(SDPBackend, backend)]) if backend else contextlib.nullcontext():
+        return _time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope, profile)
+
+
+def _time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope, profile):
     cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, compile=compile_, cuda_graph=graph))
     torch._dynamo.reset()  # each variant compiles from scratch, as a fresh training process would
     torch.manual_seed(seed)
@@ -124,6 +140,8 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--no-plain", action="store_true", help="skip the plain loop")
     p.add_argument("--profile", action="store_true", help="kernel count and slowest kernels of one step")
+    p.add_argument("--sdpa", nargs="+", default=["default"], choices=list(SDPA_BACKENDS),
+                   help="attention backends to time each variant with (default: PyTorch's choice)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -146,17 +164,22 @@ def main(argv=None):
         rows = {} if args.no_plain else {"plain": time_plain(cfg, batch, device, fp16, args.seed, args.plain_steps, warmup=20)}
         for name in args.variants:
             compile_, graph, scope = VARIANTS[name]
-            rows[name] = time_project(cfg, batch, device, fp16, args.seed, args.epochs, compile_, graph, scope,
-                                      args.profile)
+            for sdpa in args.sdpa:
+                label = name if sdpa == "default" else f"{name} sdpa={sdpa}"
+                try:
+                    rows[label] = time_project(cfg, batch, device, fp16, args.seed, args.epochs, compile_, graph,
+                                               scope, args.profile, sdpa)
+                except RuntimeError as err:  # a backend that cannot run this shape or dtype
+                    print(f"  {label}: not run ({str(err).splitlines()[0][:160]})")
         base = rows["plain"]["steps_per_s"] if "plain" in rows else float("nan")
         for r in rows.values():
             r["ratio_to_plain"] = r["steps_per_s"] / base
         results["configs"][cfg.name] = {"batch_size": cfg.training.batch_size, "dropout": cfg.model.dropout,
                                         "train_examples": len(records), "variants": rows}
         print(f"\n{cfg.name} (batch {cfg.training.batch_size}, {CompactTransformer(cfg.model).num_parameters():,} parameters)")
-        print(f"  {'path':<22}{'steps/s':>10}{'ms/step':>10}{'x plain':>9}{'setup s':>9}{'peak MB':>9}")
+        print(f"  {'path':<36}{'steps/s':>10}{'ms/step':>10}{'x plain':>9}{'setup s':>9}{'peak MB':>9}")
         for name, r in rows.items():
-            print(f"  {name:<22}{r['steps_per_s']:>10.1f}{r['ms_per_step']:>10.3f}{r['ratio_to_plain']:>9.1f}"
+            print(f"  {name:<36}{r['steps_per_s']:>10.1f}{r['ms_per_step']:>10.3f}{r['ratio_to_plain']:>9.1f}"
                   f"{r.get('setup_s', float('nan')):>9.1f}{r['peak_memory_mb']:>9.0f}")
             if "profile" in r:
                 prof = r["profile"]

@@ -93,18 +93,27 @@ class DeviceData:
     An epoch's permutation is padded to a whole number of batches with the index of that row,
     which carries no supervised label: the mean loss over supervised positions of a padded final
     batch equals that of the short batch, so every step has the same shape.
+
+    The columns are cut to the longest sequence of the data (28 input positions for the pilot's
+    training set, of model.max_seq_len = 32): the model is causal, so the padding after a sequence
+    never changes its outputs, and the columns where every row is padding would be computed for
+    nothing. The loss and the gradients are those of the full width; only the summation order of
+    the matrix products can differ.
     """
 
     def __init__(self, batch: Batch, cfg: Config, device: torch.device):
         labels = batch.labels
         if cfg.training.loss_on == "answer":
             labels = labels.masked_fill(~batch.answer_mask, IGNORE_INDEX)
+        width = max(int((batch.inputs != PAD_ID).sum(1).max()), 1) if len(batch) else batch.inputs.shape[1]
+        inputs, labels = batch.inputs[:, :width], labels[:, :width]
+        self.width = width
         self.n = len(batch)
         self.batch_size = cfg.training.batch_size
         self.steps_per_epoch = math.ceil(self.n / self.batch_size)
-        pad_in = torch.full((1, batch.inputs.shape[1]), PAD_ID, dtype=torch.long)
-        pad_lab = torch.full((1, labels.shape[1]), IGNORE_INDEX, dtype=torch.long)
-        self.inputs = torch.cat([batch.inputs, pad_in]).to(device)
+        pad_in = torch.full((1, width), PAD_ID, dtype=torch.long)
+        pad_lab = torch.full((1, width), IGNORE_INDEX, dtype=torch.long)
+        self.inputs = torch.cat([inputs, pad_in]).to(device)
         self.labels = torch.cat([labels, pad_lab]).to(device)
         self.device = device
 

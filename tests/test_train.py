@@ -551,3 +551,22 @@ def test_compiled_step_matches_the_eager_step_on_the_cpu(tmp_path):
     assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-6)
     for name in w_eager:
         torch.testing.assert_close(w_compiled[name], w_eager[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_device_data_cuts_the_all_padding_columns_and_the_loss_is_unchanged(tmp_path):
+    """The columns where every row is padding are dropped (the model is causal: padding after a
+    sequence never changes its outputs), and the loss over the cut tensors is the full width's."""
+    cfg = load_config(write_tiny_config(tmp_path))
+    records = load_jsonl(cfg.data.path("train"), cfg.model.max_seq_len)
+    batch = make_batch(records, cfg.model.max_seq_len)
+    data = DeviceData(batch, cfg, torch.device("cpu"))
+    longest = max(len(src.data.sequence_ids(r.expr, r.result)) for r in records)
+    assert data.width == longest - 1 < cfg.model.max_seq_len
+    assert data.inputs.shape == (len(records) + 1, data.width)
+    torch.manual_seed(0)
+    model = CompactTransformer(cfg.model).eval()
+    with torch.no_grad():
+        full = model(batch.inputs, batch.labels)
+        cut = model(data.inputs[:-1], data.labels[:-1])
+    assert cut.loss.item() == pytest.approx(full.loss.item(), rel=1e-6)
+    torch.testing.assert_close(cut.logits, full.logits[:, : data.width], atol=1e-5, rtol=1e-5)
