@@ -4,7 +4,7 @@ Grammar: 2 to 4 integers from 1 to 99, binary operators + - *, usual precedence 
 left-associative), and parentheses. Values are computed by a recursive-descent parser over the
 string; nothing is ever passed to Python's `eval`.
 
-    python -m src.data --seed 42 --out data     # writes the six files of SPEC sections 4 and 5
+    python -m src.data --seed 42 --out data     # writes the six files of ../shared/SPEC.md sections 4 and 5
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ SPLITS = {
     "pilot_test_paren": (2000, (1, 2)),
     "pilot_test_depth3": (2000, (3,)),
 }
-# line i is line i of pilot_test_flat with one pair of value-preserving brackets added (SPEC section 5)
+# line i is line i of pilot_test_flat with one pair of value-preserving brackets added (../shared/SPEC.md section 5)
 MATCHED_SPLIT, MATCHED_SOURCE = "pilot_test_paren_matched", "pilot_test_flat"
 # generation gives up after this many expressions in a row that are too long or already taken
 # (--max-seq-len 21, the shortest that works for seed 42, needs at most about 4,500)
@@ -242,7 +242,7 @@ def check_max_seq_len(max_seq_len: int) -> None:
 
 
 def generate_splits(seed: int, max_seq_len: int = 32) -> dict[str, list[Record]]:
-    """Every split of SPEC sections 4 and 5; no expression appears twice, within or across splits."""
+    """Every split of ../shared/SPEC.md sections 4 and 5; no expression appears twice, within or across splits."""
     check_max_seq_len(max_seq_len)
     rng = random.Random(seed)
     seen: set[str] = set()
@@ -437,7 +437,7 @@ def _positive_int(text: str) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m src.data", description="Generate the six data files of SPEC sections 4 and 5."
+        prog="python -m src.data", description="Generate the six data files of ../shared/SPEC.md sections 4 and 5."
     )
     parser.add_argument("--seed", type=int, default=42, help="random seed (the shipped files use 42)")
     # a string, not a Path: Path("") would be ".", and an empty --out must be an error, not the current directory

@@ -1,4 +1,4 @@
-"""The metrics of SPEC section 5, defined once and used by training, ablation and reports.
+"""The metrics of ../shared/SPEC.md section 5, defined once and used by training, ablation and reports.
 
     python -m src.evaluate --run runs/scale_10m [--checkpoint best|latest|PATH] [--device cuda] [--out PATH]
 

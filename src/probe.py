@@ -6,7 +6,7 @@ Sites, in forward order: `hook_embed`, then per layer each head's output
 (`blocks.L.attn.hook_z`, head h: site `blocks.L.attn.hook_z.h`) and the residual stream after the
 block (`blocks.L.hook_resid_post`). The examples are the input positions of the expression's
 characters (`Batch.depth >= 0`; `<BOS>`, `" = "`, the answer and padding are left out); the target
-at a position is the nesting depth of that character (SPEC section 4).
+at a position is the nesting depth of that character (../shared/SPEC.md section 4).
 
 Two tasks: `binary` (depth > 0) and `exact` (depth as a class, 0-2 in training). A split whose
 expressions go deeper than the training ones is out of distribution (test_depth3); there the exact
@@ -21,7 +21,7 @@ Baseline: the majority class of the training targets. Control: the same probes o
 model of the same architecture and seed (`torch.manual_seed(seed)`, then `CompactTransformer`,
 as src.train builds it), at every site and on every scored split.
 
-A probe is read against its control (SPEC section 5). `selectivity` = trained accuracy - control
+A probe is read against its control (../shared/SPEC.md section 5). `selectivity` = trained accuracy - control
 accuracy, with stats.paired_bootstrap over expressions: both probes are scored on the very same
 positions, so each resampled expression carries its correct counts under both (control as a,
 trained as b). A control that reaches CEILING (0.95) on a split puts that probe at its ceiling
@@ -93,7 +93,7 @@ SCHEMA = "probe/2"
 TASKS = {"binary": "depth > 0 (inside at least one parenthesis)",
          "exact": "depth as a class (0, 1, 2 in training; depth 3 on test_depth3 is an unseen class)"}
 FIGURE_SPLIT = "test_paren"
-CEILING = 0.95  # a control at or above this accuracy leaves the probe no room to show anything (SPEC section 5)
+CEILING = 0.95  # a control at or above this accuracy leaves the probe no room to show anything
 MIN_RESAMPLES = 100  # fewer leave the 2.5% and 97.5% percentiles resting on one or two resamples
 FIRST_BLOCK = "blocks.0.hook_resid_post"
 SUMMARY_RULE = (

@@ -1,6 +1,6 @@
 """The 35-token character vocabulary shared by data, model and analysis.
 
-Ids are fixed by SPEC section 3: four special tokens, then 31 characters. Some characters
+Ids are fixed by ../shared/SPEC.md section 3: four special tokens, then 31 characters. Some characters
 (division, hex letters, comma) never occur in the data; they are reserved so that the
 vocabulary, and therefore the parameter count, stays that of the original study.
 """

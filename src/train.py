@@ -462,7 +462,8 @@ class StopSignals:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m src.train", description="Train a CompactTransformer (SPEC sections 2, 3, 7).")
+    p = argparse.ArgumentParser(prog="python -m src.train",
+                                description="Train a CompactTransformer (../shared/SPEC.md sections 2, 3, 7).")
     p.add_argument("--config", help="YAML config, e.g. configs/pilot.yaml or configs/scale_10m.yaml (required unless "
                    "--resume, which takes the run's own config; given with --resume, it may differ from the run's "
                    "only in training.epochs)")
