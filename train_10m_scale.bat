@@ -11,14 +11,7 @@ setlocal
 cd /d "%~dp0"
 if not defined PYTHON set "PYTHON=python"
 
-echo == 1/3 config and CUDA check: %PYTHON% verify_10m_config.py --require-cuda
-"%PYTHON%" verify_10m_config.py --require-cuda
-if errorlevel 1 (
-    echo [ERROR] verify_10m_config.py failed ^(parameter count off target, invalid config, or no CUDA^). Not training.
-    exit /b 1
-)
-
-echo == 2/3 nvidia-smi
+echo == 1/2 nvidia-smi
 where nvidia-smi >nul 2>nul
 if errorlevel 1 (
     echo nvidia-smi not found; relying on the PyTorch check below
@@ -30,10 +23,11 @@ if errorlevel 1 (
     )
 )
 
-echo == 3/3 PyTorch CUDA check
-"%PYTHON%" -c "import sys, torch; ok = torch.cuda.is_available(); print('torch', torch.__version__, '| CUDA', torch.version.cuda, '| available:', ok); sys.exit(0 if ok else 1)"
+rem one quick Python process for the checks (parameter count, PyTorch's CUDA), then the training
+echo == 2/2 config and CUDA check: %PYTHON% verify_10m_config.py --require-cuda
+"%PYTHON%" verify_10m_config.py --require-cuda
 if errorlevel 1 (
-    echo [ERROR] PyTorch cannot use CUDA ^(torch.cuda.is_available^(^) is False, or torch is missing^). Install a CUDA build of PyTorch. Not training.
+    echo [ERROR] verify_10m_config.py failed ^(parameter count off target, invalid config, or PyTorch sees no CUDA: install a CUDA build of PyTorch^). Not training.
     exit /b 1
 )
 
