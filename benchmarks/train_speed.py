@@ -122,9 +122,11 @@ def profile_step(trainer, device, steps: int = 20) -> dict:
         by_name[e.name] = (total + e.device_time, count + 1)
     top = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:12]
     gpu_us = sum(t for t, _ in by_name.values())
+    most = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:12]
+    row = lambda name, t, c: {"name": name[:90], "us_per_step": t / steps, "calls_per_step": c / steps}  # noqa: E731
     return {"kernels_per_step": len(kernels) / steps, "gpu_busy_ms_per_step": gpu_us / 1000 / steps,
-            "top_kernels": [{"name": name[:90], "us_per_step": t / steps, "calls_per_step": c / steps}
-                            for name, (t, c) in top]}
+            "top_kernels": [row(name, t, c) for name, (t, c) in top],
+            "most_launched": [row(name, t, c) for name, (t, c) in most]}
 
 
 def main(argv=None):
