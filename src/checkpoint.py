@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from src.config import ModelConfig
+from src.config import ModelConfig, model_config_from_dict
 from src.errors import UserError
 from src.model import CompactTransformer
 
@@ -94,27 +94,13 @@ def _is_int(value) -> bool:
 
 def checked_model_config(raw, path) -> ModelConfig:
     """The ModelConfig a checkpoint names, validated like a config file's model section."""
-    from src.config import config_from_dict
-    from src.tokenizer import VOCAB_SIZE
-
     if not isinstance(raw, dict):
         raise UserError(f"{path}: model_config does not describe a CompactTransformer (not a mapping)")
-    unknown = sorted(set(raw) - set(ModelConfig.__dataclass_fields__))
+    unknown = sorted(set(raw) - set(ModelConfig.__dataclass_fields__), key=str)
     if unknown:
         raise UserError(f"{path}: model_config does not describe a CompactTransformer (unexpected keyword argument "
-                        f"{unknown[0][:40]!r})")
-    # the config file's checks, on a config around this model section (the other sections are placeholders)
-    placeholder = {"name": "checkpoint", "target_parameters": 1, "model": raw,
-                   "training": _PLACEHOLDER_TRAINING, "data": {k: "-" for k in ("train", "val", "test_flat", "test_paren",
-                                                                                 "test_depth3")}}
-    if raw.get("vocab_size") != VOCAB_SIZE and _is_int(raw.get("vocab_size")):
-        raise UserError(f"{path}: model_config.vocab_size is {raw['vocab_size']}, not the tokenizer's {VOCAB_SIZE}")
-    return config_from_dict(placeholder, f"{path} (model_config)").model
-
-
-_PLACEHOLDER_TRAINING = {"batch_size": 1, "learning_rate": 1e-3, "warmup_steps": 0, "epochs": 1, "weight_decay": 0.0,
-                         "beta1": 0.9, "beta2": 0.95, "grad_clip": 1.0, "eval_interval": 1, "save_interval": 1,
-                         "loss_on": "all", "compile": False, "cuda_graph": False, "max_bad_steps": 1}
+                        f"{str(unknown[0])[:40]!r})")
+    return model_config_from_dict(raw, f"{path} (model_config)")
 
 
 def check_weights(weights, expected: dict, path) -> None:

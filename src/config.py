@@ -206,29 +206,31 @@ def _model_numbers(m: ModelConfig) -> int:
     return m.vocab_size * d + m.num_layers * per_layer + 2 * d + m.max_seq_len * (d // m.num_heads)
 
 
-def _check_values(cfg: Config, source: str) -> None:
-    m, t = cfg.model, cfg.training
+def _range_checks(values: dict, source: str) -> None:
+    """Each number of `values` ({dotted key: value}) positive where it must be, and within INT_RANGES."""
+    for key, value in values.items():
+        if key in POSITIVE and value <= 0:
+            raise UserError(f"{source}: key '{key}' must be positive, got {_show(value)}")
+    for key, value in values.items():
+        low_high = INT_RANGES.get(key)
+        if low_high and value > low_high[1]:
+            raise UserError(f"{source}: key '{key}' must be at most {low_high[1]} (allowed: {low_high[0]} to "
+                            f"{low_high[1]}), got {_show(value)}")
 
+
+# the numbers that must be positive
+POSITIVE = ("target_parameters", "model.vocab_size", "model.d_model", "model.num_layers", "model.num_heads",
+            "model.d_ff", "model.max_seq_len", "model.rope_base", "training.batch_size", "training.learning_rate",
+            "training.epochs", "training.grad_clip", "training.eval_interval", "training.save_interval",
+            "training.max_bad_steps")
+
+
+def _check_model(m: ModelConfig, source: str) -> None:
+    """The model section's values: sizes, head size, vocabulary, dropout, and the model as a whole."""
     def bad(key, why):
         raise UserError(f"{source}: key '{key}' {why}")
 
-    for key, value in [
-        ("target_parameters", cfg.target_parameters),
-        ("model.vocab_size", m.vocab_size), ("model.d_model", m.d_model), ("model.num_layers", m.num_layers),
-        ("model.num_heads", m.num_heads), ("model.d_ff", m.d_ff), ("model.max_seq_len", m.max_seq_len),
-        ("model.rope_base", m.rope_base), ("training.batch_size", t.batch_size),
-        ("training.learning_rate", t.learning_rate), ("training.epochs", t.epochs),
-        ("training.grad_clip", t.grad_clip), ("training.eval_interval", t.eval_interval),
-        ("training.save_interval", t.save_interval), ("training.max_bad_steps", t.max_bad_steps),
-    ]:
-        if value <= 0:
-            bad(key, f"must be positive, got {_show(value)}")
-    for key, (low, high) in INT_RANGES.items():
-        value = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
-        if value > high:
-            bad(key, f"must be at most {high} (allowed: {low} to {high}), got {_show(value)}")
+    _range_checks({f"model.{k}": v for k, v in dataclasses.asdict(m).items() if not isinstance(v, str)}, source)
     if m.d_model % m.num_heads:
         bad("model.d_model", f"({m.d_model}) must be divisible by model.num_heads ({m.num_heads})")
     if m.head_dim % 2:
@@ -239,6 +241,25 @@ def _check_values(cfg: Config, source: str) -> None:
         bad("model.vocab_size", f"must be {VOCAB_SIZE}, the size of the tokenizer's vocabulary, got {m.vocab_size}")
     if not 0 <= m.dropout < 1:
         bad("model.dropout", f"must be in [0, 1), got {_show(m.dropout)}")
+    numbers = _model_numbers(m)
+    if numbers > MAX_MODEL_NUMBERS:
+        raise UserError(
+            f"{source}: keys model.d_model ({m.d_model}), model.num_layers ({m.num_layers}), model.d_ff ({m.d_ff}) "
+            f"and model.max_seq_len ({m.max_seq_len}) make a model of about {numbers:.3g} numbers (weights and "
+            f"rotary tables); at most {MAX_MODEL_NUMBERS} (64 GiB in fp32) are allowed: lower one of them")
+
+
+def _check_values(cfg: Config, source: str) -> None:
+    t = cfg.training
+
+    def bad(key, why):
+        raise UserError(f"{source}: key '{key}' {why}")
+
+    numbers = {"target_parameters": cfg.target_parameters}
+    numbers.update({f"training.{k}": v for k, v in dataclasses.asdict(t).items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    _range_checks(numbers, source)
+    _check_model(cfg.model, source)
     if t.warmup_steps < 0:
         bad("training.warmup_steps", f"must be zero or positive, got {_show(t.warmup_steps)}")
     if t.weight_decay < 0:
@@ -251,12 +272,13 @@ def _check_values(cfg: Config, source: str) -> None:
     if t.precision not in PRECISIONS:
         bad("training.precision", f"must be one of {', '.join(PRECISIONS)}, got {_show(t.precision)} "
                                   "(--fp16 on the command line also sets fp16)")
-    numbers = _model_numbers(m)
-    if numbers > MAX_MODEL_NUMBERS:
-        raise UserError(
-            f"{source}: keys model.d_model ({m.d_model}), model.num_layers ({m.num_layers}), model.d_ff ({m.d_ff}) "
-            f"and model.max_seq_len ({m.max_seq_len}) make a model of about {numbers:.3g} numbers (weights and "
-            f"rotary tables); at most {MAX_MODEL_NUMBERS} (64 GiB in fp32) are allowed: lower one of them")
+
+
+def model_config_from_dict(raw, source: str) -> ModelConfig:
+    """A model section on its own (a checkpoint's model_config), checked as in a config file."""
+    m = _build(ModelConfig, raw, "model", source)
+    _check_model(m, source)
+    return m
 
 
 class _ConfigLoader(yaml.SafeLoader):
