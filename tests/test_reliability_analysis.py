@@ -23,24 +23,14 @@ import yaml
 
 import src.atomic
 from src import ablate, evaluate, probe, roles
-from src.errors import run_main
 from src.report import main as report_main
+from tests.test_reliability import cli  # the one runner of an entry point, as its __main__ runs it
 from tests.tiny import tiny_config, write_data, write_run
 
 ANALYSES = {"evaluate": evaluate.main, "ablate": ablate.main, "probe": probe.main, "roles": roles.main}
 FAST = {"evaluate": [], "ablate": ["--max-set-size", "1"], "probe": ["--max-iter", "5", "--resamples", "100"],
         "roles": []}
 MAX_MESSAGE = 600
-
-
-def cli(main, argv, capsys) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of an entry point run as its __main__ block runs it."""
-    try:
-        rc = run_main(main, [str(a) for a in argv])
-    except SystemExit as exit_:  # argparse's own usage errors
-        rc = exit_.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def snapshot(root: Path) -> dict:

@@ -14,8 +14,9 @@ import pytest
 
 import src.data
 import src.paths
-from src.errors import UserError, run_main
+from src.errors import UserError
 from src.paths import check_input_file, check_output_dir, check_output_file
+from tests.test_reliability import cli  # the one runner of an entry point, as its __main__ runs it
 
 LONG_NAME = "x" * 300  # longer than any file system's NAME_MAX (255 on Linux, macOS and Windows)
 is_root = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -23,16 +24,6 @@ needs_permissions = pytest.mark.skipif(is_root, reason="root writes and reads de
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def cli(main, argv, capsys) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of an entry point run as its __main__ block runs it."""
-    try:
-        rc = run_main(main, [str(a) for a in argv])
-    except SystemExit as exit_:  # argparse's own usage errors
-        rc = exit_.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def expect_error(result, *fragments, code=2) -> str:
