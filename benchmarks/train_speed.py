@@ -14,7 +14,8 @@ For each config, after warm-up, times optimizer steps of:
   model-compiled+graph  the whole loss compiled as one graph, then captured
 The project path is timed through Trainer.run_epoch, so shuffling, batching and loss bookkeeping
 are included; evaluation is not. Prints steps/s, ms/step, the ratio to plain, compile/capture
-time and peak memory. Needs CUDA. `--batch-size`, `--dropout` and `--repeat-data` (the training set
+time and peak memory. Needs CUDA. `--seeds 1 3 8` also times 3 and 8 seeds side by side
+(src.train --seeds), in seed-steps/s. `--batch-size`, `--dropout` and `--repeat-data` (the training set
 tiled K times, so that an epoch holds enough batch-256 steps) time the learnability extension's
 path; `--profile` counts the kernels of one step of each project variant and lists the slowest.
 """
@@ -34,7 +35,7 @@ from src.config import load_config  # noqa: E402
 from src.data import load_jsonl, make_batch  # noqa: E402
 from src.model import CompactTransformer  # noqa: E402
 from src.tokenizer import IGNORE_INDEX  # noqa: E402
-from src.train import DeviceData, Trainer, reference_training  # noqa: E402
+from src.train import DeviceData, SeedRNG, Trainer, reference_training, run_epochs  # noqa: E402
 
 VARIANTS = {  # name -> (compile, cuda_graph, compile_scope)
     "device-eager": (False, False, "blocks"),
@@ -67,37 +68,48 @@ SDPA_BACKENDS = {"default": None, "flash": "FLASH_ATTENTION", "efficient": "EFFI
                  "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
 
 
-def time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope, profile=False, sdpa="default"):
+def time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope, profile=False, sdpa="default",
+                 seeds=1):
     """One project variant; `sdpa` forces one attention backend of scaled_dot_product_attention for
-    compilation, capture and the timed steps alike."""
+    compilation, capture and the timed steps alike; `seeds` trainers run side by side (as
+    `python -m src.train --seeds` runs them), and steps/s counts the steps of all of them."""
     import contextlib
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     backend = SDPA_BACKENDS[sdpa]
     with sdpa_kernel([getattr(SDPBackend, backend)]) if backend else contextlib.nullcontext():
-        return _time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope, profile)
+        return _time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope, profile, seeds)
 
 
-def _time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope, profile):
+def _time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope, profile, seeds):
     cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, compile=compile_, cuda_graph=graph))
     torch._dynamo.reset()  # each variant compiles from scratch, as a fresh training process would
-    torch.manual_seed(seed)
-    model = CompactTransformer(cfg.model).to(device)
-    trainer = Trainer(cfg, model, DeviceData(batch, cfg, device), device, "fp16" if fp16 else "fp32", seed, log=lambda *_: None,
-                      compile_scope=scope)
+    data = DeviceData(batch, cfg, device)
+    trainers = []
     tic = time.perf_counter()
-    trainer.accelerate()
-    trainer.run_epoch()  # warm-up epoch (eager path: first calls; compiled path: already captured)
+    for s in range(seed, seed + seeds):
+        rng = SeedRNG(s, device)
+        with rng:
+            model = CompactTransformer(cfg.model).to(device)
+        trainer = Trainer(cfg, model, data, device, "fp16" if fp16 else "fp32", s, log=lambda *_: None,
+                          compile_scope=scope, rng=rng)
+        with rng:
+            trainer.accelerate()
+        if seeds > 1 and trainer.graph is not None:
+            trainer.stream = torch.cuda.Stream(device)
+        trainers.append(trainer)
+    run_epochs(trainers)  # warm-up epoch (eager path: first calls; compiled path: already captured)
     setup = time.perf_counter() - tic
     torch.cuda.reset_peak_memory_stats(device)
     torch.cuda.synchronize(device)
     tic = time.perf_counter()
     for _ in range(epochs):
-        trainer.run_epoch()
+        run_epochs(trainers)
     elapsed = time.perf_counter() - tic
-    steps = epochs * trainer.data.steps_per_epoch
-    out = {"steps_per_s": steps / elapsed, "ms_per_step": 1000 * elapsed / steps, "setup_s": setup,
+    steps = epochs * data.steps_per_epoch * seeds
+    trainer = trainers[0]
+    out = {"seeds": seeds, "steps_per_s": steps / elapsed, "ms_per_step": 1000 * elapsed / steps, "setup_s": setup,
            "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20,
            "final_train_loss": trainer.mean_loss()}
     if profile:
@@ -144,6 +156,9 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true", help="kernel count and slowest kernels of one step")
     p.add_argument("--sdpa", nargs="+", default=["default"], choices=list(SDPA_BACKENDS),
                    help="attention backends to time each variant with (default: PyTorch's choice)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[1], metavar="N",
+                   help="numbers of seeds to train side by side (src.train --seeds), e.g. 1 3 8; steps/s is then "
+                   "seed-steps/s, the steps of all seeds per second")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -167,12 +182,14 @@ def main(argv=None):
         for name in args.variants:
             compile_, graph, scope = VARIANTS[name]
             for sdpa in args.sdpa:
-                label = name if sdpa == "default" else f"{name} sdpa={sdpa}"
-                try:
-                    rows[label] = time_project(cfg, batch, device, fp16, args.seed, args.epochs, compile_, graph,
-                                               scope, args.profile, sdpa)
-                except RuntimeError as err:  # a backend that cannot run this shape or dtype
-                    print(f"  {label}: not run ({str(err).splitlines()[0][:160]})")
+                for seeds in args.seeds:
+                    label = name if sdpa == "default" else f"{name} sdpa={sdpa}"
+                    label += f" x{seeds} seeds" if seeds > 1 else ""
+                    try:
+                        rows[label] = time_project(cfg, batch, device, fp16, args.seed, args.epochs, compile_, graph,
+                                                   scope, args.profile and seeds == 1, sdpa, seeds)
+                    except RuntimeError as err:  # a backend that cannot run this shape or dtype
+                        print(f"  {label}: not run ({str(err).splitlines()[0][:160]})")
         base = rows["plain"]["steps_per_s"] if "plain" in rows else float("nan")
         for r in rows.values():
             r["ratio_to_plain"] = r["steps_per_s"] / base

@@ -26,12 +26,13 @@ import sys
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import yaml
 from tqdm import tqdm
 
-from src.cli import MAX_SEED, int_in
+from src.cli import MAX_SEED, comma_list, int_in
 from src.checkpoint import EPOCH_STATE, load_training_checkpoint, model_from_checkpoint
 from src.config import Config, check_data_paths, config_from_dict, load_config
 from src.data import Batch, load_jsonl, make_batch
@@ -39,7 +40,8 @@ from src.device import DESCRIPTION, autocast, check_precision, resolve_device, r
 from src.errors import UserError, run_main
 from src.evaluate import evaluate_batch
 from src.model import CompactTransformer
-from src.rundir import RunDir
+from src.paths import check_output_dir
+from src.rundir import RUN_FILES, RunDir
 from src.runfiles import SCHEMAS
 from src.tokenizer import IGNORE_INDEX, PAD_ID
 
@@ -130,6 +132,38 @@ def make_optimizer(model, cfg: Config, device: torch.device, lr) -> torch.optim.
                              fused=True, capturable=device.type == "cuda")
 
 
+# ---------------------------------------------------------------------------- one seed's random state
+
+
+class SeedRNG:
+    """The global random state one seed's run draws from: the CPU generator (weight initialisation,
+    dropout on the CPU) and, on CUDA, the device's default generator (dropout on the GPU).
+
+    Each seed keeps its own copy, made active around everything the run does (`with rng:`), so that
+    several seeds can train in one process, interleaved step by step, and each draws exactly the
+    numbers it would draw alone (torch.manual_seed(seed) in a process of its own). On CUDA the
+    default generator is pointed at the seed's own state (Generator.graphsafe_set_state): a CUDA
+    graph captured while it is active registers that state, so each seed's graph advances its own
+    Philox offset however the graphs' replays interleave."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.cpu = torch.Generator().manual_seed(seed).get_state()
+        self.cuda = None
+        if device.type == "cuda":
+            self.cuda = torch.Generator(device=device).manual_seed(seed)
+            self._default = torch.cuda.default_generators[device.index if device.index is not None
+                                                          else torch.cuda.current_device()]
+
+    def __enter__(self):
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            self._default.graphsafe_set_state(self.cuda)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cpu = torch.get_rng_state()
+
+
 # ---------------------------------------------------------------------------- the trainer
 
 
@@ -137,8 +171,13 @@ class Trainer:
     """Owns the model, optimizer and every piece of training state that a checkpoint holds."""
 
     def __init__(self, cfg: Config, model: CompactTransformer, data: DeviceData, device: torch.device,
-                 precision: str, seed: int, log=print, compile_scope: str = "blocks"):
+                 precision: str, seed: int, log=print, compile_scope: str = "blocks", rng: SeedRNG | None = None):
+        """`rng`: the seed's own random state (SeedRNG), for a trainer that shares its process with
+        other seeds; None draws from the process's global generators."""
         self.cfg, self.model, self.data, self.device, self.precision = cfg, model, data, device, precision
+        self.seed = seed
+        self.rng = rng if rng is not None else contextlib.nullcontext()
+        self.stream = None  # the CUDA stream its graph replays on, when seeds train side by side
         self.scaled = uses_loss_scaling(precision)  # fp16 only: bf16 has float32's range
         self.compile_scope = compile_scope  # "blocks" (one compiled block, reused) or "model" (benchmark only)
         t = cfg.training
@@ -294,38 +333,22 @@ class Trainer:
         self.good_steps.zero_()
 
     def run_step(self) -> None:
-        if self.graph is not None:
-            self.graph.replay()
-        else:
+        if self.graph is None:
             self.opt.zero_grad(set_to_none=True)
             with self.attention_kernels():
                 self.train_step()
+        elif self.stream is None:
+            self.graph.replay()
+        else:
+            with torch.cuda.stream(self.stream):
+                self.graph.replay()
 
     def run_epoch(self, bar=None, stop=None) -> bool:
-        """One pass over the training data, or the rest of it after a resume in the middle of an
-        epoch. The host reads the device only every PROGRESS_EVERY steps (progress bar, non-finite
-        check) and once at the end of the epoch. Returns False when `stop` (a StopSignals) asked
-        for an end after a step: the epoch is then unfinished, its state ready for a checkpoint."""
-        if not self.mid_epoch:
-            self.start_epoch()
-        first, self.mid_epoch = int(self.epoch_step), False
-        n = self.data.steps_per_epoch
-        if bar is not None:
-            bar.update(first)
-        for i in range(first, n):
-            if stop is not None and stop.signum is not None:
-                self.check_finite()
-                self.mid_epoch = True
-                return False
-            self.run_step()
-            if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == n:
-                self.check_finite()
-                if bar is not None:
-                    bar.set_postfix(loss=f"{self.mean_loss():.4f}", lr=f"{float(self.lr):.2e}", refresh=False)
-                    bar.update(i + 1 - bar.n)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return True
+        """One epoch of this trainer alone (see run_epochs); TrainingStopped on a non-finite streak."""
+        finished, stopped = run_epochs([self], bar, stop)
+        if stopped:
+            raise stopped[self]
+        return finished
 
     def check_finite(self) -> None:
         streak = int(self.max_bad_streak)
@@ -384,6 +407,77 @@ class Trainer:
             self.epoch_step.fill_(state["epoch_step"])
             for name in EPOCH_STATE:
                 getattr(self, name).copy_(state["epoch_state"][name])
+
+
+def run_epochs(trainers: list[Trainer], bar=None, stop=None) -> tuple[bool, dict]:
+    """One pass over the training data for each trainer, or the rest of it after a resume in the
+    middle of an epoch. Several trainers (seeds) run side by side, step by step, each with its own
+    random state and, when captured, its graph on a CUDA stream of its own, so that their steps
+    overlap on the GPU. The host reads the device only every PROGRESS_EVERY steps (progress bar,
+    non-finite check) and once at the end of the epoch.
+
+    Returns (finished, stopped): finished is False when `stop` (a StopSignals) asked for an end after
+    a step (the epochs are then unfinished, their state ready for a checkpoint); stopped maps each
+    trainer that hit training.max_bad_steps to its TrainingStopped; it took no step after that, and
+    the others went on."""
+    if not trainers:
+        return True, {}
+    n = trainers[0].data.steps_per_epoch
+    if any(t.data.steps_per_epoch != n for t in trainers):
+        raise ValueError("trainers that run side by side must have epochs of the same number of steps")
+    first = {}
+    for t in trainers:
+        if not t.mid_epoch:
+            t.start_epoch()
+        first[t], t.mid_epoch = int(t.epoch_step), False
+    device = trainers[0].device
+    side_by_side = len(trainers) > 1
+    if device.type == "cuda":
+        for t in trainers:
+            if t.stream is not None:
+                t.stream.wait_stream(torch.cuda.current_stream(device))
+    live, stopped = list(trainers), {}
+    if bar is not None:
+        bar.update(min(first.values()))
+
+    def check(i: int) -> None:
+        if device.type == "cuda" and side_by_side:
+            torch.cuda.synchronize(device)
+        for t in list(live):
+            if first[t] <= i:
+                try:
+                    t.check_finite()
+                except TrainingStopped as err:
+                    stopped[t] = err
+                    live.remove(t)
+
+    with contextlib.ExitStack() as active:
+        if not side_by_side:
+            active.enter_context(trainers[0].rng)
+        for i in range(min(first.values()), n):
+            if stop is not None and stop.signum is not None:
+                check(i - 1)
+                for t in live:
+                    t.mid_epoch = True
+                return False, stopped
+            for t in live:
+                if i >= first[t]:
+                    if side_by_side:
+                        with t.rng:
+                            t.run_step()
+                    else:
+                        t.run_step()
+            if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == n:
+                check(i)
+                if not live:
+                    break
+                if bar is not None:
+                    losses = " ".join(f"{t.mean_loss():.4f}" for t in live)
+                    bar.set_postfix(loss=losses, lr=f"{float(live[0].lr):.2e}", refresh=False)
+                    bar.update(i + 1 - bar.n)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return True, stopped
 
 
 # ---------------------------------------------------------------------------- the reference loop
@@ -464,12 +558,14 @@ class StopSignals:
         raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}; files already written are intact. "
                           + self.run_hint)
 
-    def interrupted(self, run: RunDir, epoch: int, step: int, epoch_done: bool) -> Interrupted:
+    def interrupted(self, runs: list, epoch: int, step: int, epoch_done: bool, resume: str) -> Interrupted:
+        """The Interrupted that ends a run (or several seeds' runs, `runs`: SeedRun) whose
+        checkpoint_latest.pt was just saved; `resume` is the command that continues it."""
         name = signal.Signals(self.signum).name
         where = f"after epoch {epoch} (step {step})" if epoch_done else f"in epoch {epoch} at step {step}"
-        return Interrupted(self.signum, f"interrupted by {name} {where}: "
-                           f"{run.path / 'checkpoint_latest.pt'} is saved. Continue with: "
-                           f"python -m src.train --output-dir {run.path} --resume")
+        saved = (f"{runs[0].run.path / 'checkpoint_latest.pt'} is saved" if len(runs) == 1 else
+                 "checkpoint_latest.pt is saved in each of " + ", ".join(str(r.run.path) for r in runs))
+        return Interrupted(self.signum, f"interrupted by {name} {where}: {saved}. Continue with: {resume}")
 
 
 # ---------------------------------------------------------------------------- main
@@ -485,6 +581,12 @@ def parse_args(argv):
                    "(one training at a time: the directory is locked while a run writes into it)")
     p.add_argument("--seed", type=int_in(0, MAX_SEED),  # torch seeds are 64-bit; seed + 1 seeds shuffling
                    default=None, help="seed of weights, dropout and shuffling (default: 42; on --resume the run's own)")
+    p.add_argument("--seeds", type=comma_list(item=seed_value, what="distinct seeds separated by commas, e.g. 42,123,7"),
+                   default=None, metavar="S1,S2,...", help="train several seeds in one process, side by side (on CUDA "
+                   "their captured steps overlap on the GPU): seed S writes the run directory OUTPUT_DIR/seedS, in "
+                   "exactly the format of a single run, each equal to training that seed alone. With --resume, "
+                   "continues those seeds' runs (finished ones are skipped); each can also be resumed on its own with "
+                   "--output-dir OUTPUT_DIR/seedS --resume. Not with --seed")
     p.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda; without --gpu-only a missing "
                    "CUDA falls back to the CPU with a warning recorded in summary.json)")
     p.add_argument("--fp16", action="store_true", help="float16 autocast in training and evaluation with dynamic "
@@ -500,10 +602,23 @@ def parse_args(argv):
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     p.add_argument("--debug", action="store_true", help="show a traceback on errors")
     args = p.parse_args(argv)
+    if args.seeds is not None and args.seed is not None:
+        p.error("--seed and --seeds: give one seed with --seed, or several with --seeds, not both")
     if args.config is None and not args.resume:
         p.error("the following arguments are required: --config (only --resume may leave it out: it takes the "
                 "run's own config)")
     return args
+
+
+def seed_value(text: str) -> int:
+    """One seed of --seeds: an integer in [0, MAX_SEED] (ValueError says what is wrong)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"out of range [0, {MAX_SEED}]")
+    return value
 
 
 def with_precision(cfg: Config, precision: str) -> Config:
@@ -521,7 +636,7 @@ def flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def resumed_settings(args, ckpt: dict, run: RunDir) -> tuple[Config, int, list[dict]]:
+def resumed_settings(args, ckpt: dict, run: RunDir, given_seed: int | None) -> tuple[Config, int, list[dict]]:
     """The run's own config and seed. A --config or --seed that differs from them is an error
     listing the differences, except training.epochs: changing it is allowed, and recorded."""
     where = run.path / "checkpoint_latest.pt"
@@ -537,14 +652,14 @@ def resumed_settings(args, ckpt: dict, run: RunDir) -> tuple[Config, int, list[d
     elif args.fp16 and own.training.precision != "fp16":
         diffs.append(f"training.precision: run {own.training.precision!r}, --fp16")
     seed = ckpt.get("seed")
-    if args.seed is not None and seed is not None and args.seed != seed:
-        diffs.append(f"seed: run {seed}, --seed {args.seed}")
+    if given_seed is not None and seed is not None and given_seed != seed:
+        diffs.append(f"seed: run {seed}, {'--seeds' if args.seeds else '--seed'} {given_seed}")
     if diffs:
         raise UserError(f"--resume: a resumed run keeps its own config and seed, and these differ from the run in "
                         f"{run.path}: {'; '.join(diffs)}. Resume without them (only training.epochs may change), "
                         "or start a new run in another --output-dir")
     if seed is None:  # a checkpoint written before checkpoints recorded their seed
-        seed = 42 if args.seed is None else args.seed
+        seed = 42 if given_seed is None else given_seed
         print(f"note: {where} does not record its seed; using {seed}", file=sys.stderr)
     changes = list(ckpt.get("epoch_changes", []))
     if given is not None and given.training.epochs != own.training.epochs:
@@ -559,31 +674,117 @@ def resumed_settings(args, ckpt: dict, run: RunDir) -> tuple[Config, int, list[d
     return own, seed, changes
 
 
+def run_paths(args) -> list[str]:
+    """The run directory of each seed: --output-dir itself, or OUTPUT_DIR/seedS for each of --seeds
+    (as typed: src.paths rejects an empty --output-dir, which a Path would read as ".")."""
+    if args.seeds is None:
+        return [args.output_dir]
+    check_output_dir(args.output_dir, "--output-dir")
+    return [str(Path(args.output_dir) / f"seed{seed}") for seed in args.seeds]
+
+
+def resume_command(args) -> str:
+    seeds = f" --seeds {','.join(map(str, args.seeds))}" if args.seeds is not None else ""
+    return f"python -m src.train --output-dir {args.output_dir}{seeds} --resume"
+
+
+def open_runs(paths: list[str], resume: bool, cleanup: contextlib.ExitStack) -> list[RunDir]:
+    """Lock the run directory of every seed, or of none: each is checked before any is created, and a
+    failure on one releases the others and removes the directories this call created."""
+    if not resume:
+        for path in paths:
+            check_output_dir(path, "--output-dir")
+            path = Path(path)
+            if any((path / name).exists() for name in RUN_FILES):
+                raise UserError(f"--output-dir {path} already holds a run; pass --resume to continue it, or choose "
+                                "another directory (nothing is overwritten)")
+    created = [d for d in dict.fromkeys(a for p in map(Path, paths) for a in [*reversed(p.parents), p])
+               if not d.exists()]
+    runs = []
+    try:
+        for path in paths:
+            runs.append(RunDir(path, resume=resume))
+    except BaseException:
+        for run in runs:
+            run.release()
+        for directory in reversed(created):
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only if empty: what this call made, nothing else
+        raise
+    for run in runs:
+        cleanup.callback(run.release)
+    return runs
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     # The checklist's hard constraint: nothing is read, built or written before this check.
     device, fallback = resolve_device(args.device, args.gpu_only, "fp16" if args.fp16 else "fp32")
-    hint = (f"Continue with: python -m src.train --output-dir {args.output_dir} --resume" if args.resume else
+    paths = run_paths(args)
+    given_seeds = args.seeds if args.seeds is not None else [args.seed]
+    hint = (f"Continue with: {resume_command(args)}" if args.resume else
             "A run that wrote a checkpoint continues with --resume")
     with StopSignals(hint) as stop, contextlib.ExitStack() as cleanup:
-        run = None
         if args.resume:
-            run = RunDir(args.output_dir, resume=True)
-            cleanup.callback(run.release)
-            ckpt = load_training_checkpoint(run.path / "checkpoint_latest.pt")
-            cfg, seed, epoch_changes = resumed_settings(args, ckpt, run)
-            source = f"{run.path / 'config.yaml'}"
+            runs = open_runs(paths, resume=True, cleanup=cleanup)
+            settings, configs = [], {}
+            for run, given in zip(runs, given_seeds):
+                ckpt = load_training_checkpoint(run.path / "checkpoint_latest.pt")
+                cfg, seed, epoch_changes = resumed_settings(args, ckpt, run, given)
+                settings.append((seed, ckpt, epoch_changes))
+                configs[run.path] = cfg
+            if len({yaml.safe_dump(c.to_dict()) for c in configs.values()}) > 1:
+                raise UserError("--resume --seeds: the runs in " + ", ".join(map(str, configs)) + " have different "
+                                "configs, so they cannot train side by side; resume each on its own with "
+                                "--output-dir OUTPUT_DIR/seedS --resume")
+            source = f"{runs[0].path / 'config.yaml'}"
         else:
             cfg = load_config(args.config)
             cfg = with_precision(cfg, "fp16") if args.fp16 else cfg
-            seed, ckpt, epoch_changes, source = 42 if args.seed is None else args.seed, None, [], args.config
-        return train(cfg, args, device, fallback, seed, ckpt, epoch_changes, source, run, stop, cleanup)
+            settings = [(42 if seed is None else seed, None, []) for seed in given_seeds]
+            runs, source = None, args.config
+        return train(cfg, args, device, fallback, settings, source, runs, paths, stop, cleanup)
 
 
-def train(cfg: Config, args, device, fallback, seed: int, ckpt: dict | None, epoch_changes: list, source: str,
-          run: RunDir | None, stop: StopSignals, cleanup: contextlib.ExitStack) -> int:
-    """Check the inputs, then train (or finish) the run; `run` is None for a new run, whose
-    directory is created and locked only once every input has passed its checks."""
+@dataclasses.dataclass
+class SeedRun:
+    """One seed's run: its directory, its trainer and the bookkeeping of its epochs."""
+
+    seed: int
+    run: RunDir
+    trainer: Trainer
+    run_info: dict
+    best: dict
+    epoch: int  # the last epoch done
+    label: str  # "" for a run alone, "[seed S] " beside others
+    first_step: int = 0
+    train_time: float = 0.0
+    timing: dict = dataclasses.field(default_factory=lambda: {"compile_and_capture_s": 0.0, "eval_s": 0.0,
+                                                              "checkpoint_s": 0.0})
+    stopped: TrainingStopped | None = None
+
+    def so_far(self) -> dict:
+        return {"epoch": self.epoch, "best": self.best, "train_time": self.train_time,
+                "steps": int(self.trainer.step) - self.first_step, "timing": self.timing}
+
+    def checkpoint(self, names: list[str]) -> None:
+        trainer = self.trainer
+        cfg = trainer.cfg
+        with trainer.rng:  # the seed's own random state goes into its checkpoint
+            ckpt = {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(),
+                    "model": trainer.model.state_dict(), "epoch": self.epoch, "best": self.best, **self.run_info,
+                    **trainer.state_dict()}
+        tic = time.perf_counter()
+        self.run.save_checkpoint(names, ckpt)
+        self.timing["checkpoint_s"] += time.perf_counter() - tic
+
+
+def train(cfg: Config, args, device, fallback, settings: list, source: str, runs: list[RunDir] | None,
+          paths: list[str], stop: StopSignals, cleanup: contextlib.ExitStack) -> int:
+    """Check the inputs, then train (or finish) the run of each seed in `settings` ((seed, checkpoint
+    or None, epoch changes), one per directory of `paths`), side by side when there are several.
+    `runs` is None for new runs, whose directories are created and locked only once every input has
+    passed its checks."""
     precision = cfg.training.precision
     check_precision(precision, device)
     check_data_paths(cfg, source)
@@ -594,58 +795,91 @@ def train(cfg: Config, args, device, fallback, seed: int, ckpt: dict | None, epo
     max_len = cfg.model.max_seq_len
     train_records = load_jsonl(cfg.data.path("train"), max_len)
     val_batch = make_batch(load_jsonl(cfg.data.path("val"), max_len), max_len).to(device)
-    if run is None:
-        run = RunDir(args.output_dir, resume=False)
-        cleanup.callback(run.release)
-    torch.manual_seed(seed)
+    if runs is None:
+        runs = open_runs(paths, resume=False, cleanup=cleanup)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32; fp16 and bf16 come from autocast
         warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores")
-    model = CompactTransformer(cfg.model).to(device)
-    data = DeviceData(make_batch(train_records, max_len), cfg, device)
-    trainer = Trainer(cfg, model, data, device, precision, seed)
-    run_info = {"seed": seed, "precision": precision, "epoch_changes": epoch_changes}
+    data = DeviceData(make_batch(train_records, max_len), cfg, device)  # one copy, read by every seed
+    side_by_side = args.seeds is not None
+    seed_runs = []
+    for run, (seed, ckpt, epoch_changes) in zip(runs, settings):
+        seed_run = start_seed(cfg, args, run, seed, ckpt, epoch_changes, data, device, val_batch,
+                              label=f"[seed {seed}] " if side_by_side else "")
+        if seed_run is not None:
+            seed_runs.append(seed_run)
+    if not seed_runs:
+        raise UserError(f"--resume: every run of --seeds in {args.output_dir} already finished; nothing to resume")
 
-    start_epoch, best = 0, {"val_loss": float("inf"), "epoch": None, "metrics": None}
-    if ckpt is not None:
-        latest = run.path / "checkpoint_latest.pt"
-        model.load_state_dict(model_from_checkpoint(ckpt, latest, cfg.model).state_dict())
-        summary = run.read_summary()
-        if ckpt["epoch"] >= cfg.training.epochs and summary is not None and summary.get("status") == "completed":
-            raise UserError(f"--resume: the run in {run.path} already finished all {ckpt['epoch']} epochs "
-                            f"(training.epochs = {cfg.training.epochs}); nothing to resume")
-        if args.stop_after_epoch is not None and args.stop_after_epoch <= ckpt["epoch"]:
-            raise UserError(f"--stop-after-epoch {args.stop_after_epoch}: the run in {run.path} is already at "
-                            f"epoch {ckpt['epoch']}; give a later epoch")
-        trainer.load_state_dict(ckpt)
-        start_epoch, best = ckpt["epoch"], ckpt["best"]
-        run.keep_metrics_until(start_epoch)
-        if epoch_changes != ckpt.get("epoch_changes", []):
-            run.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        if start_epoch >= cfg.training.epochs:
-            print(f"Finishing the run: epoch {start_epoch} (step {ckpt['step']}) is its last; no training is left")
-            finish_last_epoch(run, ckpt, trainer, val_batch)
-        else:
-            print(f"Resuming from epoch {start_epoch} (step {ckpt['step']})"
-                  + (f", {ckpt['epoch_step']} steps into epoch {start_epoch + 1}" if ckpt.get("epoch_step") else ""))
-    else:
-        run.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-    print_header(cfg, args, seed, device, fallback, model, train_records, val_batch)
+    print_header(cfg, args, [r.seed for r in seed_runs], device, fallback, seed_runs[0].trainer.model,
+                 train_records, val_batch)
     try:
-        result = train_loop(cfg, args, run, trainer, val_batch, start_epoch, best, run_info, stop)
+        train_loop(cfg, args, seed_runs, val_batch, stop)
     except torch.cuda.OutOfMemoryError as err:
         detail = str(err).splitlines()[0][:200] if str(err) else "no detail"
         raise UserError(f"{OOM_ADVICE} (PyTorch said: {detail})") from None
-    except TrainingStopped as stopped:
-        run.write_json("summary.json", make_summary(cfg, run_info, args, device, fallback, trainer, stopped.result,
-                                                    time.time() - t0, status=stopped.status))
-        raise
-    summary = make_summary(cfg, run_info, args, device, fallback, trainer, result, time.time() - t0)
-    run.write_json("summary.json", summary)
-    rate = f" ({summary['train_steps_per_s']:.0f} steps/s while training)" if summary["train_steps_per_s"] else ""
-    print(f"Done: {summary['steps']} steps in {summary['wall_time_s']:.1f} s{rate}; best epoch {summary['best_epoch']}")
+    wall = time.time() - t0
+    for r in seed_runs:
+        status = None if r.stopped is None else r.stopped.status
+        summary = make_summary(r.trainer.cfg, r.run_info, args, device, fallback, r.trainer, r.so_far(), wall,
+                               status=status, side_by_side=[x.seed for x in seed_runs])
+        r.run.write_json("summary.json", summary)
+        if r.stopped is None:
+            rate = f" ({summary['train_steps_per_s']:.0f} steps/s while training)" if summary["train_steps_per_s"] else ""
+            print(f"{r.label}Done: {summary['steps']} steps in {summary['wall_time_s']:.1f} s{rate}; "
+                  f"best epoch {summary['best_epoch']}")
+    stopped = [r for r in seed_runs if r.stopped is not None]
+    if len(seed_runs) == 1 and stopped:
+        raise stopped[0].stopped
+    if stopped:
+        went_on = [str(r.seed) for r in seed_runs if r.stopped is None]
+        raise TrainingStopped(f"{len(stopped)} of {len(seed_runs)} seeds stopped: "
+                              + "; ".join(f"seed {r.seed} ({r.stopped.status}, {r.run.path})" for r in stopped)
+                              + (f"; the others ({', '.join(went_on)}) trained to the end" if went_on else "")
+                              + ". Each stopped seed's message is above and in its summary.json",
+                              status="stopped_some_seeds")
     return 0
+
+
+def start_seed(cfg: Config, args, run: RunDir, seed: int, ckpt: dict | None, epoch_changes: list, data: DeviceData,
+               device, val_batch, label: str) -> SeedRun | None:
+    """A seed's model, trainer and run directory, new or resumed from `ckpt`; None for a resumed seed
+    whose run already finished (beside other seeds; alone that is an error)."""
+    rng = SeedRNG(seed, device)
+    with rng:  # the weights are drawn from the seed's own generator, as in a process of its own
+        model = CompactTransformer(cfg.model).to(device)
+    trainer = Trainer(cfg, model, data, device, cfg.training.precision, seed, rng=rng)
+    run_info = {"seed": seed, "precision": cfg.training.precision, "epoch_changes": epoch_changes}
+    epoch, best = 0, {"val_loss": float("inf"), "epoch": None, "metrics": None}
+    if ckpt is None:
+        run.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return SeedRun(seed, run, trainer, run_info, best, epoch, label)
+    latest = run.path / "checkpoint_latest.pt"
+    model.load_state_dict(model_from_checkpoint(ckpt, latest, cfg.model).state_dict())
+    summary = run.read_summary()
+    if ckpt["epoch"] >= cfg.training.epochs and summary is not None and summary.get("status") == "completed":
+        if label:
+            print(f"{label}the run in {run.path} already finished all {ckpt['epoch']} epochs; skipped")
+            run.release()
+            return None
+        raise UserError(f"--resume: the run in {run.path} already finished all {ckpt['epoch']} epochs "
+                        f"(training.epochs = {cfg.training.epochs}); nothing to resume")
+    if args.stop_after_epoch is not None and args.stop_after_epoch <= ckpt["epoch"]:
+        raise UserError(f"--stop-after-epoch {args.stop_after_epoch}: the run in {run.path} is already at "
+                        f"epoch {ckpt['epoch']}; give a later epoch")
+    with rng:
+        trainer.load_state_dict(ckpt)
+    epoch, best = ckpt["epoch"], ckpt["best"]
+    run.keep_metrics_until(epoch)
+    if epoch_changes != ckpt.get("epoch_changes", []):
+        run.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if epoch >= cfg.training.epochs:
+        print(f"{label}Finishing the run: epoch {epoch} (step {ckpt['step']}) is its last; no training is left")
+        finish_last_epoch(run, ckpt, trainer, val_batch)
+    else:
+        print(f"{label}Resuming from epoch {epoch} (step {ckpt['step']})"
+              + (f", {ckpt['epoch_step']} steps into epoch {epoch + 1}" if ckpt.get("epoch_step") else ""))
+    return SeedRun(seed, run, trainer, run_info, best, epoch, label, first_step=int(trainer.step))
 
 
 def finish_last_epoch(run: RunDir, ckpt: dict, trainer: Trainer, val_batch) -> None:
@@ -662,7 +896,7 @@ def finish_last_epoch(run: RunDir, ckpt: dict, trainer: Trainer, val_batch) -> N
         run.link("checkpoint_latest.pt", "checkpoint_best.pt")
 
 
-def print_header(cfg, args, seed, device, fallback, model, train_records, val_batch) -> None:
+def print_header(cfg, args, seeds: list[int], device, fallback, model, train_records, val_batch) -> None:
     line = "=" * 70
     print(line)
     if device.type == "cuda":
@@ -676,7 +910,10 @@ def print_header(cfg, args, seed, device, fallback, model, train_records, val_ba
     print(f"Parameters: {model.num_parameters():,}")
     print(f"Train data: {cfg.data.path('train')} ({len(train_records)} examples)")
     print(f"Val data:   {cfg.data.path('val')} ({len(val_batch)} examples)")
-    print(f"Seed: {seed}   Output: {args.output_dir}")
+    if args.seeds is None:
+        print(f"Seed: {seeds[0]}   Output: {args.output_dir}")
+    else:
+        print(f"Seeds: {', '.join(map(str, seeds))}, side by side   Output: {args.output_dir}/seedS")
     print("Config:")
     print("  " + yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip().replace("\n", "\n  "))
     print(line, flush=True)
@@ -687,89 +924,108 @@ def diverged(val: dict) -> bool:
     return not math.isfinite(val["loss"]) or not math.isfinite(val["perplexity"])
 
 
-def train_loop(cfg: Config, args, run: RunDir, trainer: Trainer, val_batch, start_epoch: int, best: dict,
-               run_info: dict, stop: StopSignals) -> dict:
+def train_loop(cfg: Config, args, seed_runs: list[SeedRun], val_batch, stop: StopSignals) -> None:
+    """Train every seed to its last epoch (or --stop-after-epoch), their epochs side by side; each
+    seed evaluates and checkpoints on its own. A seed that stops (non-finite loss, divergence) is
+    marked in its SeedRun and leaves the others going; a signal checkpoints them all and raises."""
     t = cfg.training
-    device = trainer.device
-    tic = time.perf_counter()
-    if start_epoch < t.epochs:  # nothing to accelerate when a resume only finishes the run
-        trainer.accelerate()
-    timing = {"compile_and_capture_s": time.perf_counter() - tic, "eval_s": 0.0, "checkpoint_s": 0.0}
+    device = seed_runs[0].trainer.device
+    active = [r for r in seed_runs if r.epoch < t.epochs]  # a resume that only finishes a run trains nothing
+    for r in active:
+        tic = time.perf_counter()
+        with r.trainer.rng:
+            r.trainer.accelerate()
+        r.timing["compile_and_capture_s"] = time.perf_counter() - tic
+        if len(active) > 1 and r.trainer.graph is not None:
+            r.trainer.stream = torch.cuda.Stream(device)  # the seeds' graphs overlap on the GPU
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    steps_per_epoch = trainer.data.steps_per_epoch
-    train_time, epoch, first_step = 0.0, start_epoch, int(trainer.step)
-
-    def checkpoint(names: list[str], epoch: int) -> None:
-        ckpt = {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": trainer.model.state_dict(),
-                "epoch": epoch, "best": best, **run_info, **trainer.state_dict()}
-        tic = time.perf_counter()
-        run.save_checkpoint(names, ckpt)
-        timing["checkpoint_s"] += time.perf_counter() - tic
-
-    def so_far(epoch: int) -> dict:
-        return {"epoch": epoch, "best": best, "train_time": train_time, "steps": int(trainer.step) - first_step,
-                "timing": timing}
-
     stop.deferring = True
-    for epoch in range(start_epoch + 1, t.epochs + 1):
+    while active:
+        epochs = sorted({r.epoch + 1 for r in active})
+        desc = f"epoch {epochs[0]}/{t.epochs}" if len(epochs) == 1 else f"epochs {epochs[0]}-{epochs[-1]}/{t.epochs}"
+        if len(seed_runs) > 1:
+            desc += f", {len(active)} seeds"
+        bar = tqdm(total=active[0].trainer.data.steps_per_epoch, desc=desc, disable=args.no_progress, leave=False,
+                   dynamic_ncols=True)
         tic = time.perf_counter()
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{t.epochs}", disable=args.no_progress,
-                   leave=False, dynamic_ncols=True)
         try:
-            finished = trainer.run_epoch(bar, stop)
-        except TrainingStopped as stopped:  # main writes the summary of what was done
-            train_time += time.perf_counter() - tic
-            stopped.result = so_far(epoch - 1)
-            raise
+            finished, stopped = run_epochs([r.trainer for r in active], bar, stop)
         finally:
             bar.close()
-        train_time += time.perf_counter() - tic
+        for r in active:
+            r.train_time += time.perf_counter() - tic
+            if r.trainer in stopped:
+                stop_seed(r, stopped[r.trainer])
+        active = [r for r in active if r.stopped is None]
         if not finished:  # SIGINT or SIGTERM in the middle of the epoch
-            checkpoint(["checkpoint_latest.pt"], epoch - 1)
-            raise stop.interrupted(run, epoch, int(trainer.step), epoch_done=False)
-        record = {"schema": SCHEMAS["metrics"], "epoch": epoch, "step": int(trainer.step), "train_loss": trainer.mean_loss(),
-                  "lr": float(trainer.lr), "skipped_steps": int(trainer.skipped_steps)}
-        if device.type == "cuda":
-            record["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        improved = False
-        if epoch % t.eval_interval == 0 or epoch == t.epochs:
-            tic = time.perf_counter()
-            val = evaluate_batch(trainer.model, val_batch, precision=trainer.precision, with_intervals=False)
-            timing["eval_s"] += time.perf_counter() - tic
-            if diverged(val):
-                raise TrainingStopped(
-                    f"stopped: the model diverged: its validation loss after epoch {epoch} is {val['loss']:.4g} "
-                    f"(perplexity {val['perplexity']:.4g}). Nothing of epoch {epoch} was saved; the last good checkpoint "
-                    f"is intact. Lower training.learning_rate (now {t.learning_rate:g}) in the config and start a new "
-                    "run (a resumed run keeps its config)", status="stopped_diverged", result=so_far(epoch - 1))
-            record["val"] = val
-            improved = val["loss"] < best["val_loss"]
-            if improved:
-                best = {"val_loss": val["loss"], "epoch": epoch, "metrics": val}
-            run.append_metrics(record)
-            print(f"epoch {epoch:3d}  train_loss {record['train_loss']:.4f}  val_loss {val['loss']:.4f}  "
-                  f"exact_match {val['exact_match']:.3f}  end_of_answer_acc {val['end_of_answer_acc']:.3f}"
-                  + (f"  peak_mem {record['peak_gpu_memory_mb']:.0f} MB" if "peak_gpu_memory_mb" in record else ""),
-                  flush=True)
-        stop_here = epoch == args.stop_after_epoch
-        names = [f"checkpoint_epoch_{epoch}.pt"] if epoch % t.save_interval == 0 else []
-        if epoch % t.save_interval == 0 or epoch == t.epochs or stop_here or stop.signum is not None:
-            names.append("checkpoint_latest.pt")
-        if improved:
-            names.append("checkpoint_best.pt")
-        if names:
-            checkpoint(names, epoch)
-        if stop.signum is not None:  # a signal during the evaluation or the checkpoint
-            raise stop.interrupted(run, epoch, int(trainer.step), epoch_done=True)
-        if stop_here:
+            for r in active:
+                r.checkpoint(["checkpoint_latest.pt"])
+            if active:
+                raise stop.interrupted(active, active[0].epoch + 1, int(active[0].trainer.step), epoch_done=False,
+                                       resume=resume_command(args))
             break
+        for r in active:
+            r.epoch += 1
+            end_epoch(r, args, val_batch, stop)
+        if stop.signum is not None:  # a signal during an evaluation or a checkpoint
+            done = [r for r in active if r.stopped is None]
+            if done:
+                raise stop.interrupted(done, done[0].epoch, int(done[0].trainer.step), epoch_done=True,
+                                       resume=resume_command(args))
+        active = [r for r in active if r.stopped is None and r.epoch < t.epochs and r.epoch != args.stop_after_epoch]
     stop.deferring = False
-    return so_far(epoch)
+
+
+def stop_seed(r: SeedRun, stopped: TrainingStopped) -> None:
+    """Mark a seed as stopped; beside other seeds, say so now (alone, main reports it as the error)."""
+    r.stopped = stopped
+    if r.label:
+        print(f"{r.label}error: {stopped}", file=sys.stderr, flush=True)
+
+
+def end_epoch(r: SeedRun, args, val_batch, stop: StopSignals) -> None:
+    """The end of one seed's epoch: its metrics row, validation, checkpoints."""
+    trainer, epoch = r.trainer, r.epoch
+    t, device = trainer.cfg.training, trainer.device
+    record = {"schema": SCHEMAS["metrics"], "epoch": epoch, "step": int(trainer.step), "train_loss": trainer.mean_loss(),
+              "lr": float(trainer.lr), "skipped_steps": int(trainer.skipped_steps)}
+    if device.type == "cuda":
+        record["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    improved = False
+    if epoch % t.eval_interval == 0 or epoch == t.epochs:
+        tic = time.perf_counter()
+        val = evaluate_batch(trainer.model, val_batch, precision=trainer.precision, with_intervals=False)
+        r.timing["eval_s"] += time.perf_counter() - tic
+        if diverged(val):
+            r.epoch -= 1  # nothing of this epoch is kept
+            stop_seed(r, TrainingStopped(
+                f"stopped: the model diverged: its validation loss after epoch {epoch} is {val['loss']:.4g} "
+                f"(perplexity {val['perplexity']:.4g}). Nothing of epoch {epoch} was saved; the last good checkpoint "
+                f"is intact. Lower training.learning_rate (now {t.learning_rate:g}) in the config and start a new "
+                "run (a resumed run keeps its config)", status="stopped_diverged"))
+            return
+        record["val"] = val
+        improved = val["loss"] < r.best["val_loss"]
+        if improved:
+            r.best = {"val_loss": val["loss"], "epoch": epoch, "metrics": val}
+        r.run.append_metrics(record)
+        print(f"{r.label}epoch {epoch:3d}  train_loss {record['train_loss']:.4f}  val_loss {val['loss']:.4f}  "
+              f"exact_match {val['exact_match']:.3f}  end_of_answer_acc {val['end_of_answer_acc']:.3f}"
+              + (f"  peak_mem {record['peak_gpu_memory_mb']:.0f} MB" if "peak_gpu_memory_mb" in record else ""),
+              flush=True)
+    stop_here = epoch == args.stop_after_epoch
+    names = [f"checkpoint_epoch_{epoch}.pt"] if epoch % t.save_interval == 0 else []
+    if epoch % t.save_interval == 0 or epoch == t.epochs or stop_here or stop.signum is not None:
+        names.append("checkpoint_latest.pt")
+    if improved:
+        names.append("checkpoint_best.pt")
+    if names:
+        r.checkpoint(names)
 
 
 def make_summary(cfg, run_info: dict, args, device, fallback, trainer: Trainer, result: dict, wall: float,
-                 status=None) -> dict:
+                 status=None, side_by_side: list[int] | None = None) -> dict:
     steps = int(trainer.step)
     if status is None:
         status = "completed" if result["epoch"] == cfg.training.epochs else "stopped_after_epoch"
@@ -797,6 +1053,7 @@ def make_summary(cfg, run_info: dict, args, device, fallback, trainer: Trainer, 
         "train_time_s": result["train_time"],
         "train_steps_per_s": result["steps"] / result["train_time"] if result["train_time"] else None,
         "accelerations": trainer.accelerations,
+        "seeds_side_by_side": side_by_side or [run_info["seed"]],  # the seeds trained together in one process
         "timing": result["timing"],
         "best_epoch": result["best"]["epoch"],
         "best_val_metrics": result["best"]["metrics"],

@@ -313,11 +313,11 @@ def test_existing_run_is_not_overwritten(full_run, tiny_config, capsys):
 def test_out_of_memory_ends_the_run_without_retry(tiny_config, tmp_path, monkeypatch, capsys):
     calls = []
 
-    def run_epoch(self, bar=None, stop=None):
+    def run_step(self):
         calls.append((self.cfg.training.batch_size, self.data.batch_size, self.cfg.model))
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+    monkeypatch.setattr(Trainer, "run_step", run_step)
     config_text = tiny_config.read_text()
     argv = ["--config", str(tiny_config), "--output-dir", str(tmp_path / "run"), "--device", "cpu", "--no-progress"]
     with pytest.raises(UserError) as err:
