@@ -5,6 +5,7 @@ left-associative), and parentheses. Values are computed by a recursive-descent p
 string; nothing is ever passed to Python's `eval`.
 
     python -m src.data --seed 42 --out data     # writes the six files of ../shared/SPEC.md sections 4 and 5
+    python -m src.data --train-size 200000      # data/generated/train_200000.jsonl (src/trainsets.py, section 8)
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import json
 import random
 import re
 from dataclasses import dataclass
+from itertools import accumulate, repeat
 from pathlib import Path
 
 import torch
 
 from src.atomic import atomic_write_text
+from src.cli import int_in
 from src.config import REPO_ROOT
 from src.errors import UserError, run_main
 from src.paths import check_output_dir
@@ -104,16 +107,12 @@ def evaluate(expr: str) -> int:
     return value
 
 
+_BRACKET_STEP = {"(": 1, ")": -1}
+
+
 def depth_labels(expr: str) -> list[int]:
     """Nesting depth at each character: '(' counts once open, ')' once closed."""
-    depth, labels = 0, []
-    for ch in expr:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        labels.append(depth)
-    return labels
+    return list(accumulate(map(_BRACKET_STEP.get, expr, repeat(0))))  # a running sum: C speed, for the generator
 
 
 def operand_count(expr: str) -> int:
@@ -123,12 +122,39 @@ def operand_count(expr: str) -> int:
 # ---------------------------------------------------------------------------- generation
 
 
-def _random_tree(rng: random.Random, n_operands: int):
-    """A random binary expression tree: an int leaf or (op, left, right)."""
+def _below(getrandbits, n: int) -> int:
+    """A random integer from 0 to n - 1, drawn exactly as random.Random draws it (`_randbelow`: getrandbits of
+    n's bit length until the value is below n), without the three layers of calls above it.
+
+    `rng.randint(a, b)` is `a + _below(rng.getrandbits, b - a + 1)` and `rng.choice(s)` is
+    `s[_below(rng.getrandbits, len(s))]`, draw for draw: the generator's hot path (python -m src.data
+    --train-size draws millions of expressions), and the shipped files stay byte for byte the same
+    (tests/test_data.py regenerates them; tests/test_trainsets.py compares with randint and choice).
+    """
+    k = n.bit_length()
+    r = getrandbits(k)
+    while r >= n:
+        r = getrandbits(k)
+    return r
+
+
+_OPERAND_VALUES = MAX_OPERAND - MIN_OPERAND + 1
+_OPERAND_BITS = _OPERAND_VALUES.bit_length()
+
+
+def _random_tree(getrandbits, n_operands: int):
+    """A random binary expression tree: an int leaf or (op, left, right), from `rng.getrandbits`.
+
+    Draw for draw what `rng.randint` (operands, the left part's size) and `rng.choice` (operators) draw, through
+    `_below`; a leaf, the commonest node, draws inline."""
     if n_operands == 1:
-        return rng.randint(MIN_OPERAND, MAX_OPERAND)
-    n_left = rng.randint(1, n_operands - 1)
-    return (rng.choice(OPERATORS), _random_tree(rng, n_left), _random_tree(rng, n_operands - n_left))
+        r = getrandbits(_OPERAND_BITS)
+        while r >= _OPERAND_VALUES:
+            r = getrandbits(_OPERAND_BITS)
+        return MIN_OPERAND + r
+    n_left = 1 + _below(getrandbits, n_operands - 1)
+    op = OPERATORS[_below(getrandbits, len(OPERATORS))]
+    return (op, _random_tree(getrandbits, n_left), _random_tree(getrandbits, n_operands - n_left))
 
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2}
@@ -136,29 +162,30 @@ _PRECEDENCE = {"+": 1, "-": 1, "*": 2}
 
 def _render(rng: random.Random, node, p_extra: float) -> str:
     """Text of a tree: parentheses where precedence requires them, and optional ones at random."""
-    if isinstance(node, int):
+    if type(node) is int:
         return str(node)
     op, left, right = node
-    parts = []
-    for side, child in (("left", left), ("right", right)):
-        text = _render(rng, child, p_extra)
-        if not isinstance(child, int):
-            child_prec, prec = _PRECEDENCE[child[0]], _PRECEDENCE[op]
-            # brackets the value needs: a lower-precedence child (a*(b+c)), and a sum or
-            # difference on the right of '-' (a-(b+c)); others only at random
-            needed = child_prec < prec or (side == "right" and child_prec == prec and op == "-")
-            if needed or rng.random() < p_extra:
-                text = f"({text})"
-        parts.append(text)
-    return parts[0] + op + parts[1]
+    prec = _PRECEDENCE[op]
+    # brackets the value needs: a lower-precedence child (a*(b+c)), and a sum or difference on
+    # the right of '-' (a-(b+c)); others only at random (drawn only where not needed)
+    left_text = _render(rng, left, p_extra)
+    if type(left) is not int and (_PRECEDENCE[left[0]] < prec or rng.random() < p_extra):
+        left_text = f"({left_text})"
+    right_text = _render(rng, right, p_extra)
+    if type(right) is not int:
+        right_prec = _PRECEDENCE[right[0]]
+        if right_prec < prec or (right_prec == prec and op == "-") or rng.random() < p_extra:
+            right_text = f"({right_text})"
+    return left_text + op + right_text
 
 
 def random_expression(rng: random.Random, max_depth: int) -> str:
     """An expression whose maximum nesting depth is exactly `max_depth`."""
     # depth d needs at least d + 1 operands: every pair of brackets encloses an operation
-    n_operands = rng.randint(max(MIN_OPERANDS, max_depth + 1), MAX_OPERANDS)
+    fewest = max(MIN_OPERANDS, max_depth + 1)
+    n_operands = fewest + _below(rng.getrandbits, MAX_OPERANDS - fewest + 1)
     while True:
-        tree = _random_tree(rng, n_operands)
+        tree = _random_tree(rng.getrandbits, n_operands)
         expr = _render(rng, tree, p_extra=0.5)
         if max_depth > 0 and rng.random() < 0.25:
             expr = f"({expr})"  # the whole expression in brackets, as in "(1+(2*3))"
@@ -436,21 +463,52 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv=None) -> int:
+    from src import trainsets  # the training sets build on this module's generator
+
     parser = argparse.ArgumentParser(
-        prog="python -m src.data", description="Generate the six data files of ../shared/SPEC.md sections 4 and 5."
+        prog="python -m src.data",
+        description="Generate the six data files of ../shared/SPEC.md sections 4 and 5, or with --train-size a "
+        "larger training set for the learnability extension (section 8).",
     )
-    parser.add_argument("--seed", type=int, default=42, help="random seed (the shipped files use 42)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed of the six files (default 42, as the shipped files)")
     # a string, not a Path: Path("") would be ".", and an empty --out must be an error, not the current directory
-    parser.add_argument("--out", default="data", help="directory to write the .jsonl files into (created if missing)")
-    parser.add_argument("--max-seq-len", type=_positive_int, default=32,
+    parser.add_argument("--out", default=None,
+                        help="directory to write into (created if missing); default data for the six files, "
+                        f"{trainsets.DEFAULT_DIR.relative_to(REPO_ROOT)} of the repository for --train-size")
+    parser.add_argument("--max-seq-len", type=_positive_int, default=None,
                         help=f"longest sequence allowed, in tokens (at least {max(t for t, _ in split_minimums().values())}, "
                         "the shortest depth-3 sequence; default 32)")
+    parser.add_argument("--train-size", type=trainsets.parse_train_size, metavar="N",
+                        help="instead of the six files, write train_N.jsonl: the first N lines of one fixed stream "
+                        "whose first 2,000 lines are data/pilot_train.jsonl and whose later lines are drawn by the same "
+                        "generator (seed 42, depths 0-2 in turn, max_seq_len 32), no expression twice and none from "
+                        "the shipped val and test files; so every set is the start of every larger one. "
+                        f"1 to {trainsets.MAX_TRAIN_SIZE:,}. A sha256 manifest is written beside it; an existing set "
+                        "is verified and kept, a damaged one is remade. Byte for byte the same on any machine")
+    parser.add_argument("--processes", type=int_in(1, 1024), default=None,
+                        help="with --train-size: processes that draw the set (default: the CPU cores available); "
+                        "the output does not depend on it")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
     args = parser.parse_args(argv)
-    check_max_seq_len(args.max_seq_len)  # the flags first, then the output directory: nothing is generated
-    check_output_dir(args.out, "--out")  # or written before every check has passed
-    out = Path(args.out)
-    splits = generate_splits(args.seed, args.max_seq_len)
+    if args.train_size is not None:
+        if args.seed is not None or args.max_seq_len is not None:
+            parser.error("--seed and --max-seq-len apply to the six files; a training set is built on the shipped "
+                         "ones (seed 42, max_seq_len 32)")
+        out = check_output_dir(trainsets.DEFAULT_DIR if args.out is None else args.out, "--out")
+        path = trainsets.training_set_path(args.train_size, out)
+        trainsets.ensure_training_set(args.train_size, out, processes=args.processes)
+        manifest = json.loads(trainsets.manifest_path(path).read_text(encoding="utf-8"))
+        print(f"{path}: {args.train_size} records, sha256 {manifest['sha256']} ({trainsets.manifest_path(path).name})")
+        return 0
+    if args.processes is not None:
+        parser.error("--processes applies only with --train-size")
+    seed = 42 if args.seed is None else args.seed
+    max_seq_len = 32 if args.max_seq_len is None else args.max_seq_len
+    out_arg = "data" if args.out is None else args.out
+    check_max_seq_len(max_seq_len)  # the flags first, then the output directory: nothing is generated
+    check_output_dir(out_arg, "--out")  # or written before every check has passed
+    out = Path(out_arg)
+    splits = generate_splits(seed, max_seq_len)
     write_splits(splits, out)
     for name, records in splits.items():
         print(f"{out / (name + '.jsonl')}: {len(records)} records")
