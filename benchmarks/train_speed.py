@@ -94,10 +94,10 @@ def _time_project(cfg, batch, device, fp16, seed, epochs, compile_, graph, scope
             model = CompactTransformer(cfg.model).to(device)
         trainer = Trainer(cfg, model, data, device, "fp16" if fp16 else "fp32", s, log=lambda *_: None,
                           compile_scope=scope, rng=rng)
+        if seeds > 1:
+            trainer.stream = torch.cuda.Stream(device)  # as src.train --seeds: captured and replayed there
         with rng:
             trainer.accelerate()
-        if seeds > 1 and trainer.graph is not None:
-            trainer.stream = torch.cuda.Stream(device)
         trainers.append(trainer)
     run_epochs(trainers)  # warm-up epoch (eager path: first calls; compiled path: already captured)
     setup = time.perf_counter() - tic
@@ -185,6 +185,7 @@ def main(argv=None):
                 for seeds in args.seeds:
                     label = name if sdpa == "default" else f"{name} sdpa={sdpa}"
                     label += f" x{seeds} seeds" if seeds > 1 else ""
+                    print(f"  timing {cfg.name} {label} ...", flush=True)
                     try:
                         rows[label] = time_project(cfg, batch, device, fp16, args.seed, args.epochs, compile_, graph,
                                                    scope, args.profile and seeds == 1, sdpa, seeds)

@@ -177,7 +177,7 @@ class Trainer:
         self.cfg, self.model, self.data, self.device, self.precision = cfg, model, data, device, precision
         self.seed = seed
         self.rng = rng if rng is not None else contextlib.nullcontext()
-        self.stream = None  # the CUDA stream its graph replays on, when seeds train side by side
+        self.stream = None  # the CUDA stream its graph is captured and replayed on, when seeds train side by side
         self.scaled = uses_loss_scaling(precision)  # fp16 only: bf16 has float32's range
         self.compile_scope = compile_scope  # "blocks" (one compiled block, reused) or "model" (benchmark only)
         t = cfg.training
@@ -320,7 +320,12 @@ class Trainer:
         torch.cuda.set_rng_state(rng, self.device)
         self.opt.zero_grad(set_to_none=True)  # gradients then live in the graph's memory pool
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # Captured on a stream of this trainer's own: PyTorch keys cuBLAS workspaces by the capture
+        # stream, so graphs captured on one shared stream would share a workspace (a race when seeds
+        # replay side by side), and destroying one such graph frees the workspace the others still
+        # use (pytorch/pytorch#193402: a segfault or an illegal address on the next replay).
+        self.capture_stream = self.stream if self.stream is not None else torch.cuda.Stream(self.device)
+        with torch.cuda.graph(self.graph, stream=self.capture_stream):
             self.train_step()
         torch.cuda.synchronize(self.device)
 
@@ -933,11 +938,11 @@ def train_loop(cfg: Config, args, seed_runs: list[SeedRun], val_batch, stop: Sto
     active = [r for r in seed_runs if r.epoch < t.epochs]  # a resume that only finishes a run trains nothing
     for r in active:
         tic = time.perf_counter()
+        if len(active) > 1 and device.type == "cuda":
+            r.trainer.stream = torch.cuda.Stream(device)  # captured and replayed there: the seeds' graphs overlap
         with r.trainer.rng:
             r.trainer.accelerate()
         r.timing["compile_and_capture_s"] = time.perf_counter() - tic
-        if len(active) > 1 and r.trainer.graph is not None:
-            r.trainer.stream = torch.cuda.Stream(device)  # the seeds' graphs overlap on the GPU
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     stop.deferring = True

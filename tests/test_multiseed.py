@@ -260,3 +260,46 @@ def test_side_by_side_on_cuda_equals_alone_within_the_noise_of_a_rerun(tiny, tmp
         summary = json.loads((tmp_path / "side" / f"seed{seed}" / "summary.json").read_text())
         assert summary["accelerations"]["cuda_graph"] and summary["seeds_side_by_side"] == list(SEEDS)
     assert max_weight_difference(tmp_path / "side" / "seed42", tmp_path / "side" / "seed7") > 1e-3
+
+
+def trained_weights(cfg, data, seeds, device, epochs=1):
+    """Each seed's weights after `epochs` epochs, the seeds side by side when there are several
+    (each graph captured and replayed on a stream of its own, as src.train --seeds runs them)."""
+    trainers = []
+    for seed in seeds:
+        rng = SeedRNG(seed, device)
+        with rng:
+            model = CompactTransformer(cfg.model).to(device)
+        trainer = Trainer(cfg, model, data, device, cfg.training.precision, seed, log=lambda *a: None, rng=rng)
+        if len(seeds) > 1:
+            trainer.stream = torch.cuda.Stream(device)
+        with rng:
+            trainer.accelerate()
+        trainers.append(trainer)
+    for _ in range(epochs):
+        run_epochs(trainers)
+    return {seed: [p.detach().float().cpu() for p in t.params] for seed, t in zip(seeds, trainers)}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", ["configs/pilot.yaml", "configs/scale_10m.yaml"])
+def test_side_by_side_at_batch_256_equals_alone_within_rerun_noise(config):
+    """The extension's path (batch 256, dropout 0, fp16, compiled blocks + graph), where the matrix
+    products are large enough for cuBLAS to use its workspace: three seeds side by side against
+    seed 42 alone, and seed 42 alone against itself (the rerun noise)."""
+    import dataclasses
+
+    device = torch.device("cuda")
+    cfg = load_config(config)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout=0.0),
+                              training=dataclasses.replace(cfg.training, batch_size=256, precision="fp16",
+                                                           compile=True, cuda_graph=True))
+    records = load_jsonl(cfg.data.path("train"), cfg.model.max_seq_len) * 10
+    data = DeviceData(make_batch(records, cfg.model.max_seq_len), cfg, device)
+    first = trained_weights(cfg, data, [42], device)[42]
+    rerun = trained_weights(cfg, data, [42], device)[42]
+    side = trained_weights(cfg, data, [42, 123, 7], device)[42]
+    noise = max(float((a - b).abs().max()) for a, b in zip(first, rerun))
+    diff = max(float((a - b).abs().max()) for a, b in zip(first, side))
+    print(f"{config} batch 256: seed 42 side by side vs alone {diff:.3g}, alone vs alone {noise:.3g}")
+    assert diff <= max(10 * noise, 1e-6)
