@@ -1,4 +1,4 @@
-"""Expression classes and the reversed-answer format of the learnability extension (../shared/SPEC.md section 8).
+"""Expression classes of the learnability extension (../shared/SPEC.md section 8).
 
 A class is (number of operands, operators, depth):
     operands    2, 3 or 4 (the grammar's range)
@@ -6,18 +6,18 @@ A class is (number of operands, operators, depth):
     depth       the maximum bracket nesting depth, 0 without brackets (0..3 in the shipped files)
 Its key, e.g. "operands=3|operators=*|depth=1", is what `exact_match_by_class` reports it under.
 
-The reversed-answer helpers (`reversed_answer`, `parse_reversed_answer`) live here for now; they are
-to be wired into tokenization (the `<BOS>expr = answer<EOS>` sequence) later, in src/tokenizer.py / src/data.py.
+The reversed-answer helpers (`reversed_answer`, `parse_reversed_answer`) live in src/tokenizer.py,
+where `sequence_ids` writes an answer in the config's `data.answer_format`; they are re-exported here.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
 from src.data import MAX_OPERANDS, MIN_OPERANDS, Record, depth_labels, evaluate, operand_count
 from src.stats import wilson_interval
+from src.tokenizer import parse_reversed_answer, reversed_answer  # noqa: F401  (re-exported)
 
 PLUS_MINUS, TIMES = "+-", "*"
 DIMENSIONS = ("operands", "operators", "depth")
@@ -96,32 +96,3 @@ def exact_match_by_class(records: Sequence[Record | str], correct) -> dict:
             tally[1] += ok
         out[group] = {key: _cell(n, k) for key, (n, k) in counts.items()}
     return out
-
-
-# ---------------------------------------------------------------------------- reversed answers
-
-_REVERSED = re.compile(r"-?[0-9]+")
-
-
-def reversed_answer(result: int) -> str:
-    """The answer's digits least significant first, the sign kept in front: -123 -> "-321",
-    120 -> "021", 0 -> "0". The variant answer format of ../shared/SPEC.md section 8."""
-    if not isinstance(result, int) or isinstance(result, bool):
-        raise TypeError(f"expected an int, got {type(result).__name__}")
-    return ("-" if result < 0 else "") + str(abs(result))[::-1]
-
-
-def parse_reversed_answer(text: str) -> int:
-    """The int whose `reversed_answer` is exactly `text`; ValueError otherwise.
-
-    Strict, like exact_match: only the canonical form is accepted, so "-0" and "210" (whose value
-    would have a leading zero: "012") are malformed, as are "", "-", "+12", " 12" and non-ASCII digits.
-    """
-    if not isinstance(text, str) or not _REVERSED.fullmatch(text):
-        raise ValueError(f"{text!r} is not a reversed answer: an optional '-' then the digits 0-9")
-    sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
-    if len(digits) > 1 and digits.endswith("0"):
-        raise ValueError(f"{text!r} is not a reversed answer: its last digit, the most significant one, is 0")
-    if sign and digits == "0":
-        raise ValueError(f"{text!r} is not a reversed answer: zero has no sign")
-    return int(sign + digits[::-1])
