@@ -20,7 +20,8 @@ every larger one:
 Every expression of depth 3 or less fits in 30 tokens, so under max_seq_len 32 the generator can
 draw billions of distinct expressions of each depth (2.6e9 flat 4-number ones alone); MAX_TRAIN_SIZE
 bounds N by memory, disk and time instead (the duplicate check holds every expression in memory).
-Measured at N = 2,000,000: 40 s on two cores, 169 MB, 1 GB of memory at the peak.
+Measured on two cores (AMD EPYC): 2,000,000 lines in 40 s (169 MB, 1 GB of memory at the peak);
+20,000,000 in 8 minutes (1.7 GB, 3.6 GB of memory).
 
 Beside each set, `train_N.manifest.json` (schema trainset/1) records N, the seed, the generator version,
 the number of lines and bytes, the set's sha256 and the sha256 of each shipped file it was built on.
@@ -33,9 +34,11 @@ For the trainer, when a config names a training set by its size:
                                            #    (progress bar on stderr from 100,000), verified against its
                                            #    manifest if present (0.2 s at 2,000,000), regenerated with a
                                            #    note on stderr if damaged (repair=False: a UserError instead)
-    check_training_set(path, max_seq_len)  # any training file: UserError `file:line: ...` for a sequence
+    check_training_set(path, max_seq_len, held_out=[val, test, ...])
+                                           # any training file: UserError `file:line: ...` for a sequence
                                            # longer than max_seq_len, an expression on two lines (both
-                                           # named) or one that is in a held-out file (file and line named)
+                                           # named) or one that is in a held-out file (file and line named);
+                                           # held_out defaults to the shipped val and test files
 
 `check_training_set` takes about a second per million lines of the form `Record.to_json` writes
 (2 s at 2,000,000; lines of other forms are parsed in full, slower). It checks the set's rules, not each record's value and depth labels: those are vouched
@@ -77,7 +80,7 @@ TRAIN_MAX_SEQ_LEN = 32       # the shipped files' limit
 TRAIN_DEPTHS = SPLITS[TRAIN_SPLIT][1]
 HELD_OUT = tuple(name for name in (*SPLITS, MATCHED_SPLIT) if name != TRAIN_SPLIT)
 CHUNK_SIZE = 10_000          # slots per independently seeded chunk (part of the stream's definition)
-MAX_TRAIN_SIZE = 20_000_000  # 10 x 2,000,000: about 1.7 GB of JSONL, 4 GB of memory, 8 minutes on two cores
+MAX_TRAIN_SIZE = 20_000_000  # 10 x 2,000,000: 1.7 GB of JSONL, 3.6 GB of memory, 8 minutes on two cores
 PROGRESS_FROM = 100_000      # a progress bar for sets at least this large
 DATA_DIR = REPO_ROOT / "data"
 DEFAULT_DIR = DATA_DIR / "generated"
@@ -134,12 +137,16 @@ def _sources(data_dir: Path) -> dict[str, str]:
 # ---------------------------------------------------------------------------- the training-time check
 
 
-def _held_out_expressions(data_dir: Path) -> dict[bytes, tuple[str, int]]:
-    """Every expression of the held-out files -> (file, line)."""
+def held_out_files(data_dir=DATA_DIR) -> list[Path]:
+    """The shipped validation and test files (HELD_OUT) in `data_dir`."""
+    return [Path(data_dir) / f"{name}.jsonl" for name in HELD_OUT]
+
+
+def _held_out_expressions(files) -> dict[bytes, tuple[str, int]]:
+    """Every expression of these files -> (file, line) of its first occurrence."""
     held = {}
-    for name in HELD_OUT:
-        path = data_dir / f"{name}.jsonl"
-        for line_no, record in enumerate(load_jsonl(path, TRAIN_MAX_SEQ_LEN), start=1):
+    for path in files:
+        for line_no, record in enumerate(load_jsonl(path, sys.maxsize), start=1):
             held.setdefault(record.expr.encode(), (str(path), line_no))
     return held
 
@@ -182,13 +189,15 @@ def _expressions_and_lengths(path: Path, data: bytes) -> tuple[list[bytes], list
     return exprs, lengths
 
 
-def check_training_set(path, max_seq_len: int, data_dir=DATA_DIR) -> None:
+def check_training_set(path, max_seq_len: int, held_out=None) -> None:
     """A UserError naming the file and line of the first problem of a training file, else None.
 
     Problems: a line that is not a record, a sequence longer than `max_seq_len` tokens, an expression
     on two lines (both line numbers), an expression that is in a held-out file (that file and its line).
+    `held_out`: the validation and test files (default: the shipped ones, `held_out_files()`); a
+    trainer passes those its config names.
     """
-    path, data_dir = Path(path), Path(data_dir)
+    path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -211,7 +220,7 @@ def check_training_set(path, max_seq_len: int, data_dir=DATA_DIR) -> None:
             if earlier != line_no:
                 raise UserError(f"{path}:{line_no}: expression {expr.decode()!r} is also on line {earlier}; "
                                 "every training expression must be distinct")
-    held = _held_out_expressions(data_dir)
+    held = _held_out_expressions(held_out_files() if held_out is None else held_out)
     shared = unique & held.keys()
     if shared:
         line_no = min(exprs.index(e) for e in shared) + 1
@@ -248,11 +257,12 @@ def _lines(exprs: list[str]) -> list[str]:
 
 
 def default_processes() -> int:
-    """The CPU cores this process may use."""
+    """The CPU cores this process may use, at most 16 (beyond that, merging the chunks here is the bottleneck)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return min(cores, 16)
 
 
 class _InProcess:
@@ -278,8 +288,8 @@ def _kept_lines(seen: set[str], processes: int, first_line: int) -> Iterator[tup
     2,000,000 (the 2-number expressions run out), and formatting them would be wasted."""
     if processes == 1:
         pool = _InProcess()
-    else:  # fork where there is one: spawn would import torch again in each worker
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    else:  # fork on Linux, where it is safe: spawn would import torch again in each worker
+        context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
         pool = ProcessPoolExecutor(processes, mp_context=context)
     misses = [0] * len(TRAIN_DEPTHS)
     with pool:
@@ -319,7 +329,7 @@ def _blocks(n: int, processes: int | None, data_dir: Path) -> Iterator[list[str]
     pilot_path = data_dir / f"{TRAIN_SPLIT}.jsonl"
     pilot = load_jsonl(pilot_path, TRAIN_MAX_SEQ_LEN)  # validated, so that the set starts from a sound file
     pilot_lines = pilot_path.read_text(encoding="utf-8").splitlines(keepends=True)
-    held = _held_out_expressions(data_dir)
+    held = _held_out_expressions(held_out_files(data_dir))
     seen = {e.decode() for e in held}
     for line_no, record in enumerate(pilot, start=1):  # checked, not assumed
         if record.expr in seen:
@@ -389,7 +399,7 @@ def write_training_set(n: int, out_dir=None, processes: int | None = None, progr
             os.fsync(fh.fileno())
         if written != n:  # not reached: the stream is endless
             raise AssertionError(f"{written} lines written for a set of {n}")
-        check_training_set(tmp, TRAIN_MAX_SEQ_LEN, data_dir)  # checked, not assumed
+        check_training_set(tmp, TRAIN_MAX_SEQ_LEN, held_out_files(data_dir))  # checked, not assumed
         replaced(tmp, path)
     except BaseException as err:  # Ctrl-C, a full disk, a failed check: no half file is left
         tmp.unlink(missing_ok=True)

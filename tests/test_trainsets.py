@@ -256,6 +256,14 @@ def test_check_names_the_held_out_file_and_line(tmp_path):
     assert f"line 42 of {DATA_DIR / 'pilot_test_paren.jsonl'}" in message
 
 
+def test_check_takes_the_held_out_files_a_config_names(tmp_path):
+    path = write(tmp_path, pilot_lines(20))
+    other_val = write(tmp_path, [make_record("1+2").to_json(), pilot_lines(20)[17]], name="val.jsonl")
+    check_training_set(path, 32, held_out=[])
+    with pytest.raises(UserError, match=f"{path}:18: .* is held out: it is on line 2 of {other_val}"):
+        check_training_set(path, 32, held_out=[DATA_DIR / "pilot_val.jsonl", other_val])
+
+
 def test_check_finds_a_sequence_too_long(tmp_path):
     path = write(tmp_path, pilot_lines(3) + [make_record("99*99*99*98").to_json()])  # 24 tokens
     with pytest.raises(UserError, match=f"{path}:4: sequence of 24 tokens .* is longer than max_seq_len 23"):
@@ -279,7 +287,8 @@ def test_check_reads_other_json_forms_and_reports_bad_lines(tmp_path):
 
 
 def test_command_writes_the_set(tmp_path, capsys):
-    rc, out, err = cli(src.data.main, ["--train-size", "2500", "--out", tmp_path / "sets", "--processes", "2"], capsys)
+    argv = ["--train-size", "2500", "--out", tmp_path / "sets", "--processes", "2", "--seed", "42"]  # 42: the fixed seed
+    rc, out, err = cli(src.data.main, argv, capsys)
     assert rc == 0, err
     path = tmp_path / "sets" / "train_2500.jsonl"
     assert f"{path}: 2500 records, sha256 " in out
