@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from src.errors import UserError
+from src.tokenizer import ANSWER_FORMATS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,18 +63,29 @@ class TrainingConfig:
     cuda_graph: bool  # capture the whole training step as a CUDA graph (CUDA only)
     max_bad_steps: int  # stop after this many consecutive steps with a non-finite loss
     precision: str = "fp32"  # fp32, fp16 or bf16 (added later; older configs lack it)
+    # the checkpoint_best.pt rule (added later): "val_loss", lowest validation loss; or "val_exact_match",
+    # highest validation exact_match, ties broken by the lower validation answer loss (SPEC section 8)
+    select_on: str = "val_loss"
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str
+    # the training file; or left out when train_size names a generated set
+    train: str = dataclasses.field(default="", kw_only=True)
     val: str
     test_flat: str
     test_paren: str
     test_depth3: str
     test_paren_matched: str = "data/pilot_test_paren_matched.jsonl"  # added later; older configs lack it
+    # the learnability extension (../shared/SPEC.md section 8), both added later:
+    train_size: int = 0  # train on the generated set of this many expressions (src/trainsets.py), not `train`
+    answer_format: str = "plain"  # "plain", or "reversed": the answer's digits least significant first
 
     def path(self, split: str) -> Path:
+        if split == "train" and self.train_size:
+            from src.trainsets import training_set_path  # here: src.trainsets imports this module
+
+            return training_set_path(self.train_size)
         p = Path(getattr(self, split))
         return p if p.is_absolute() else REPO_ROOT / p
 
@@ -91,6 +103,8 @@ class Config:
 
 
 LOSS_ON = ("all", "answer")
+SELECT_ON = ("val_loss", "val_exact_match")
+
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 MAX_CONFIG_BYTES = 64 * 1024  # a real config is about 1 KiB
@@ -269,6 +283,22 @@ def _check_values(cfg: Config, source: str) -> None:
             bad(key, f"must be in [0, 1), got {_show(beta)}")
     if t.loss_on not in LOSS_ON:
         bad("training.loss_on", f"must be one of {', '.join(LOSS_ON)}, got {_show(t.loss_on)}")
+    if t.select_on not in SELECT_ON:
+        bad("training.select_on", f"must be one of {', '.join(SELECT_ON)}, got {_show(t.select_on)}")
+    d = cfg.data
+    if d.train and d.train_size:
+        bad("data.train_size", f"names a generated training set, and data.train names the file {_show(d.train)}: "
+                               "give one of them")
+    if not d.train and not d.train_size:
+        raise UserError(f"{source}: missing key 'data.train'; give the training file, or data.train_size for a "
+                        "generated set (python -m src.data --train-size N)")
+    if d.train_size:
+        from src.trainsets import MAX_TRAIN_SIZE  # here: src.trainsets imports this module
+
+        if not 1 <= d.train_size <= MAX_TRAIN_SIZE:
+            bad("data.train_size", f"must be in [1, {MAX_TRAIN_SIZE:,}], got {_show(d.train_size)}")
+    if d.answer_format not in ANSWER_FORMATS:
+        bad("data.answer_format", f"must be one of {', '.join(ANSWER_FORMATS)}, got {_show(d.answer_format)}")
     if t.precision not in PRECISIONS:
         bad("training.precision", f"must be one of {', '.join(PRECISIONS)}, got {_show(t.precision)} "
                                   "(--fp16 on the command line also sets fp16)")

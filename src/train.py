@@ -38,12 +38,13 @@ from src.config import Config, check_data_paths, config_from_dict, load_config
 from src.data import Batch, load_jsonl, make_batch
 from src.device import DESCRIPTION, autocast, check_precision, resolve_device, run_precision, uses_loss_scaling
 from src.errors import UserError, run_main
-from src.evaluate import evaluate_batch
+from src.evaluate import EVAL_SPLITS, evaluate_batch
 from src.model import CompactTransformer
 from src.paths import check_output_dir
 from src.rundir import RUN_FILES, RunDir
 from src.runfiles import SCHEMAS
 from src.tokenizer import IGNORE_INDEX, PAD_ID
+from src.trainsets import check_training_set, ensure_training_set
 
 # dynamic loss scaling, as torch.amp.GradScaler's defaults
 INIT_SCALE, GROWTH_FACTOR, BACKOFF_FACTOR, GROWTH_INTERVAL = 2.0**16, 2.0, 0.5, 2000
@@ -115,8 +116,10 @@ class DeviceData:
         self.steps_per_epoch = math.ceil(self.n / self.batch_size)
         pad_in = torch.full((1, width), PAD_ID, dtype=torch.long)
         pad_lab = torch.full((1, width), IGNORE_INDEX, dtype=torch.long)
-        self.inputs = torch.cat([inputs, pad_in]).to(device)
-        self.labels = torch.cat([labels, pad_lab]).to(device)
+        # one byte per token (ids 0-34, and -100 for an unsupervised label): 2,000,000 rows of 28
+        # positions take 112 MB rather than 896 MB as int64; a step widens only its own batch
+        self.inputs = torch.cat([inputs, pad_in]).to(torch.int8).to(device)
+        self.labels = torch.cat([labels, pad_lab]).to(torch.int8).to(device)
         self.device = device
 
     def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
@@ -217,7 +220,8 @@ class Trainer:
         """One optimizer step, entirely on the device (no host synchronisation)."""
         t = self.cfg.training
         idx = self.order.index_select(0, self.epoch_step * self.data.batch_size + self.offsets)
-        inputs, labels = self.data.inputs.index_select(0, idx), self.data.labels.index_select(0, idx)
+        inputs = self.data.inputs.index_select(0, idx).long()
+        labels = self.data.labels.index_select(0, idx).long()
         with autocast(self.device, self.precision):
             loss = self.loss_fn(inputs, labels)
         (loss * self.scale).backward()
@@ -792,14 +796,18 @@ def train(cfg: Config, args, device, fallback, settings: list, source: str, runs
     passed its checks."""
     precision = cfg.training.precision
     check_precision(precision, device)
-    check_data_paths(cfg, source)
     if args.stop_after_epoch is not None and args.stop_after_epoch > cfg.training.epochs:
         raise UserError(f"--stop-after-epoch {args.stop_after_epoch} is beyond training.epochs "
                         f"({cfg.training.epochs}) of {source}")
     t0 = time.time()
+    if cfg.data.train_size:  # a generated set: made if missing, verified against its manifest if present
+        ensure_training_set(cfg.data.train_size, progress=False if args.no_progress else None)
+    check_data_paths(cfg, source)
     max_len = cfg.model.max_seq_len
-    train_records = load_jsonl(cfg.data.path("train"), max_len)
+    held_out = [path for split in EVAL_SPLITS if (path := cfg.data.path(split)).is_file()]
+    train_records = load_jsonl(cfg.data.path("train"), max_len)  # each record sound
     val_batch = make_batch(load_jsonl(cfg.data.path("val"), max_len), max_len).to(device)
+    check_training_set(cfg.data.path("train"), max_len, held_out=held_out)  # the set: no repeats, nothing held out
     if runs is None:
         runs = open_runs(paths, resume=False, cleanup=cleanup)
     if device.type == "cuda":
@@ -982,6 +990,14 @@ def train_loop(cfg: Config, args, seed_runs: list[SeedRun], val_batch, stop: Sto
     stop.deferring = False
 
 
+def selection_key(val: dict, select_on: str) -> tuple:
+    """What training.select_on ranks validation results by, larger being better: the loss (lower is
+    better), or exact_match with ties broken by the lower answer loss (SPEC section 8)."""
+    if select_on == "val_exact_match":
+        return (val["exact_match"], -val["answer_loss"])
+    return (-val["loss"],)
+
+
 def stop_seed(r: SeedRun, stopped: TrainingStopped) -> None:
     """Mark a seed as stopped; beside other seeds, say so now (alone, main reports it as the error)."""
     r.stopped = stopped
@@ -1011,7 +1027,7 @@ def end_epoch(r: SeedRun, args, val_batch, stop: StopSignals) -> None:
                 "run (a resumed run keeps its config)", status="stopped_diverged"))
             return
         record["val"] = val
-        improved = val["loss"] < r.best["val_loss"]
+        improved = r.best["metrics"] is None or selection_key(val, t.select_on) > selection_key(r.best["metrics"], t.select_on)
         if improved:
             r.best = {"val_loss": val["loss"], "epoch": epoch, "metrics": val}
         r.run.append_metrics(record)

@@ -563,10 +563,13 @@ def test_device_data_cuts_the_all_padding_columns_and_the_loss_is_unchanged(tmp_
     longest = max(len(src.data.sequence_ids(r.expr, r.result)) for r in records)
     assert data.width == longest - 1 < cfg.model.max_seq_len
     assert data.inputs.shape == (len(records) + 1, data.width)
+    # one byte per token on the device, the same ids
+    assert data.inputs.dtype == data.labels.dtype == torch.int8
+    assert torch.equal(data.inputs[:-1].long(), batch.inputs[:, : data.width])
     torch.manual_seed(0)
     model = CompactTransformer(cfg.model).eval()
     with torch.no_grad():
         full = model(batch.inputs, batch.labels)
-        cut = model(data.inputs[:-1], data.labels[:-1])
+        cut = model(data.inputs[:-1].long(), data.labels[:-1].long())
     assert cut.loss.item() == pytest.approx(full.loss.item(), rel=1e-6)
     torch.testing.assert_close(cut.logits, full.logits[:, : data.width], atol=1e-5, rtol=1e-5)
