@@ -15,6 +15,8 @@ Besides each split's metrics, eval.json holds two comparisons of the test sets:
     content_and_bracket_gap  test_paren minus test_flat: different expressions (operand counts, the
                              share of `*`, signs differ too), so this mixes content with brackets; an
                              interval from resampling each set, no test and no verdict
+and, per split, exact_match by expression class (`exact_match_by_class`: operands, operators, depth
+and their cross, each with a Wilson interval; src/classes.py, SPEC section 8).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from src import stats
 from src.atomic import atomic_write_json
 from src.checkpoint import load_model
+from src.classes import exact_match_by_class
 from src.cli import MAX_EXAMPLES, ArgumentParser, check_output_file, int_in
 from src.config import config_from_dict
 from src.data import Batch, load_jsonl, make_batch
@@ -331,6 +334,8 @@ def main(argv=None) -> int:
     batches = load_batches(cfg, EVAL_SPLITS, args.limit, device)
     scores = {s: per_example_scores(model, b, precision=args.precision) for s, b in batches.items()}
     results = {s: summarize(v) for s, v in scores.items()}
+    by_class = {s: exact_match_by_class(load_jsonl(cfg.data.path(s), cfg.model.max_seq_len)[: args.limit],
+                                        scores[s]["exact_match"]) for s in batches}
     comparisons = compare_test_sets(scores)
     print(format_table(results))
     for metric in VERDICT_METRICS:
@@ -341,7 +346,7 @@ def main(argv=None) -> int:
     out = stamp("eval", {"run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"],
                          "step": ckpt.get("step"), "config": cfg.name, "seed": run_seed(args.run), "precision": args.precision, "fp16": args.precision == "fp16",
                          "limit": args.limit, "metric_definitions": METRIC_DEFINITIONS, "sign_convention": SIGN_CONVENTION,
-                         "metrics": results, **comparisons})
+                         "metrics": results, **comparisons, "exact_match_by_class": by_class})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, out)
     print(f"wrote {path}")
