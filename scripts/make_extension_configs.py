@@ -5,8 +5,8 @@
 One config per scale x training-set size N, plain answers and answer-only loss, and at the largest N
 two labelled variants (`loss_on: all`; reversed answers). Every config of a curve has the same
 optimizer-step budget, so a curve compares data, not compute: the number of epochs is the budget over
-the steps of one epoch (ceil(N / batch)), rounded to whole epochs (the step counts differ by under
-0.1%). Evaluation and checkpoints are spaced to the same number of steps at every N.
+the steps of one epoch (ceil(N / batch)), rounded to whole epochs (the step counts differ by at most
+0.12%: 124,978 to 125,120). Evaluation and checkpoints are spaced to the same number of steps at every N.
 
 The shared settings (batch, learning rate, warm-up, weight decay, dropout) come from the calibration in
 SPEC section 8 and the learning-rate sweep recorded in results/extension/SWEEP.md; they are set here,

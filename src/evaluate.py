@@ -240,7 +240,7 @@ def evaluate_batch(model, batch: Batch, precision="fp32", ablation=None, with_in
 def load_split_batches(cfg, splits=EVAL_SPLITS) -> dict[str, Batch]:
     """Validated data of each split as one padded batch."""
     max_len = cfg.model.max_seq_len
-    return {s: make_batch(load_jsonl(cfg.data.path(s), max_len), max_len) for s in splits}
+    return {s: make_batch(load_jsonl(cfg.data.path(s), max_len), max_len, cfg.data.answer_format) for s in splits}
 
 
 def format_table(results: dict[str, dict]) -> str:

@@ -805,15 +805,17 @@ def train(cfg: Config, args, device, fallback, settings: list, source: str, runs
     check_data_paths(cfg, source)
     max_len = cfg.model.max_seq_len
     held_out = [path for split in EVAL_SPLITS if (path := cfg.data.path(split)).is_file()]
-    train_records = load_jsonl(cfg.data.path("train"), max_len)  # each record sound
-    val_batch = make_batch(load_jsonl(cfg.data.path("val"), max_len), max_len).to(device)
+    # each record sound: checked line by line, or, for a generated set, by its verified checksum
+    train_records = load_jsonl(cfg.data.path("train"), max_len, verified=bool(cfg.data.train_size))
+    answers = cfg.data.answer_format
+    val_batch = make_batch(load_jsonl(cfg.data.path("val"), max_len), max_len, answers).to(device)
     check_training_set(cfg.data.path("train"), max_len, held_out=held_out)  # the set: no repeats, nothing held out
     if runs is None:
         runs = open_runs(paths, resume=False, cleanup=cleanup)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32; fp16 and bf16 come from autocast
         warnings.filterwarnings("ignore", message="TensorFloat32 tensor cores")
-    data = DeviceData(make_batch(train_records, max_len), cfg, device)  # one copy, read by every seed
+    data = DeviceData(make_batch(train_records, max_len, answers), cfg, device)  # one copy, read by every seed
     side_by_side = args.seeds is not None
     seed_runs = []
     for run, (seed, ckpt, epoch_changes) in zip(runs, settings):

@@ -103,9 +103,9 @@ def full_run(tiny_config, tmp_path_factory):
     scratch = tmp_path_factory.mktemp("scratch")  # stands in for the system temp dir
     read = []
 
-    def recording_load_jsonl(path, max_seq_len):
+    def recording_load_jsonl(path, max_seq_len, **kwargs):
         read.append(Path(path))
-        return load_jsonl(path, max_seq_len)
+        return load_jsonl(path, max_seq_len, **kwargs)
 
     def no_generation(*args, **kwargs):
         raise AssertionError("data generated at train time")
