@@ -20,8 +20,10 @@ every larger one:
 Every expression of depth 3 or less fits in 30 tokens, so under max_seq_len 32 the generator can
 draw billions of distinct expressions of each depth (2.6e9 flat 4-number ones alone); MAX_TRAIN_SIZE
 bounds N by memory, disk and time instead (the duplicate check holds every expression in memory).
-Measured on two cores (AMD EPYC): 2,000,000 lines in 40 s (169 MB, 1 GB of memory at the peak);
-20,000,000 in 8 minutes (1.7 GB, 3.6 GB of memory).
+Measured on two cores (AMD EPYC VM, `python -m src.data --train-size 2000000`): 38-41 s while both
+cores were free (66-70 s of CPU; 169 MB; 650 MB-1 GB of memory at the peak), up to 60-97 s while the host
+was busy (two pure-Python loops side by side then ran 2.3 times slower than one alone); 20,000,000 in
+8 minutes (1.7 GB, 3.6 GB of memory).
 
 Beside each set, `train_N.manifest.json` (schema trainset/1) records N, the seed, the generator version,
 the number of lines and bytes, the set's sha256 and the sha256 of each shipped file it was built on.
