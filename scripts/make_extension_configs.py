@@ -8,9 +8,9 @@ optimizer-step budget, so a curve compares data, not compute: the number of epoc
 the steps of one epoch (ceil(N / batch)), rounded to whole epochs (the step counts differ by at most
 0.12%: 124,978 to 125,120). Evaluation and checkpoints are spaced to the same number of steps at every N.
 
-The shared settings (batch, learning rate, warm-up, weight decay, dropout) come from the calibration in
-SPEC section 8 and the learning-rate sweep recorded in results/extension/SWEEP.md; they are set here,
-once. `--check` exits 1 when a committed config differs from what this script writes.
+The shared settings (batch, warm-up, weight decay, dropout) come from the calibration in SPEC section 8,
+the learning rate of each scale from the sweep recorded in results/extension/SWEEP.md; they are set
+here, once. `--check` exits 1 when a committed config differs from what this script writes.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ EVALS = 16                           # validation exact_match this many times pe
 CHECKPOINTS = 4                      # periodic checkpoints per run (besides latest and best)
 SHARED = {                           # the calibration's recipe (SPEC section 8)
     "batch_size": BATCH,
-    "learning_rate": 1.0e-3,
     "warmup_steps": 1000,
     "weight_decay": 0.1,
     "beta1": 0.9,
@@ -48,6 +47,8 @@ SHARED = {                           # the calibration's recipe (SPEC section 8)
     "max_bad_steps": 50,
 }
 SCALES = {"pilot": "configs/pilot.yaml", "10m": "configs/scale_10m.yaml"}  # architecture and precision from these
+# peak learning rate per scale: the best validation exact_match of the sweep in results/extension/SWEEP.md
+LEARNING_RATE = {"pilot": 4.0e-3, "10m": 1.0e-3}
 VARIANTS = {"": {}, "_lossall": {"training": {"loss_on": "all"}}, "_reversed": {"data": {"answer_format": "reversed"}}}
 
 
@@ -63,7 +64,7 @@ def config(scale: str, n: int, variant: str) -> dict:
         "name": f"ext_{scale}_n{n}{variant}",
         "target_parameters": base["target_parameters"],
         "model": {**base["model"], "dropout": 0.0},
-        "training": {**SHARED, "epochs": epochs, "eval_interval": every, "save_interval": every * (EVALS // CHECKPOINTS),
+        "training": {**SHARED, "learning_rate": LEARNING_RATE[scale], "epochs": epochs, "eval_interval": every, "save_interval": every * (EVALS // CHECKPOINTS),
                      "precision": base["training"]["precision"]},
         "data": {**{k: v for k, v in base["data"].items() if k != "train"}, "train_size": n, "answer_format": "plain"},
     }

@@ -81,6 +81,11 @@ class DataConfig:
     train_size: int = 0  # train on the generated set of this many expressions (src/trainsets.py), not `train`
     answer_format: str = "plain"  # "plain", or "reversed": the answer's digits least significant first
 
+    @staticmethod
+    def splits() -> tuple[str, ...]:
+        """The keys that name data files: train, val and the test sets."""
+        return tuple(f.name for f in dataclasses.fields(DataConfig) if f.name not in ("train_size", "answer_format"))
+
     def path(self, split: str) -> Path:
         if split == "train" and self.train_size:
             from src.trainsets import training_set_path  # here: src.trainsets imports this module

@@ -29,13 +29,13 @@ def write_tiny_run(root: Path, seed: int = 0) -> Path:
     data = root / "data"
     data.mkdir()
     files = {}
-    for field in dataclasses.fields(DataConfig):  # whatever splits the config knows, test_paren_matched included
-        source = REPO_ROOT / "data" / f"pilot_{field.name}.jsonl"
+    for name in DataConfig.splits():  # whatever splits the config knows, test_paren_matched included
+        source = REPO_ROOT / "data" / f"pilot_{name}.jsonl"
         if not source.is_file():
             source = REPO_ROOT / "data" / "pilot_test_paren.jsonl"
-        lines = source.read_text().splitlines()[:SPLIT_SIZES.get(field.name, 40)]
-        files[field.name] = data / f"pilot_{field.name}.jsonl"
-        files[field.name].write_text("\n".join(lines) + "\n")
+        lines = source.read_text().splitlines()[:SPLIT_SIZES.get(name, 40)]
+        files[name] = data / f"pilot_{name}.jsonl"
+        files[name].write_text("\n".join(lines) + "\n")
     raw = yaml.safe_load((REPO_ROOT / "configs" / "pilot.yaml").read_text())
     raw["name"] = "tiny"
     raw["model"].update(d_model=32, num_layers=2, num_heads=4, d_ff=64)

@@ -21,7 +21,7 @@ from src.model import CompactTransformer, Hooks
 from src.tokenizer import PAD_ID, sequence_ids
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_SPLITS = [f.name for f in dataclasses.fields(DataConfig)]
+DATA_SPLITS = list(DataConfig.splits())
 # the matched-pairs split is being added to the config and data; until it is, the CLI runs on test_paren
 MATCHED = "test_paren_matched" in DATA_SPLITS and (REPO_ROOT / "data" / "pilot_test_paren_matched.jsonl").is_file()
 SPLITS = ["--splits"] + (["test_paren_matched", "test_paren"] if MATCHED else ["test_paren"])
