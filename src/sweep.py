@@ -76,6 +76,7 @@ import json
 import math
 import os
 import queue
+import re
 import shlex
 import signal
 import socket
@@ -111,15 +112,19 @@ class Interrupted(UserError):
 
 
 def check_config(cfg: Config, path: Path) -> None:
-    """HOOK for the configs that name their training set by size (`data.train_size`, issue 13 item 1,
-    another change; to be extended there): a UserError naming `path` for a config the trainer would
-    refuse, found before any run of the sweep starts.
-
-    Today: the data files exist, except a generated training set (data.train_size), which src.train
-    makes on demand. The place to refuse a config whose N disagrees with its training file (a set whose
-    manifest or line count is not N) is here."""
-    generated = bool(getattr(cfg.data, "train_size", 0))
+    """A UserError naming `path` for a config the trainer would refuse, found before any run starts:
+    a data file that does not exist (a generated training set, data.train_size, is made on demand by
+    src.train), or a config whose name gives a training-set size (`..._n200000...`) that its training
+    data does not have."""
+    generated = bool(cfg.data.train_size)
     check_data_paths(cfg, str(path), ("val",) if generated else ("train", "val"))
+    named = re.search(r"_n(\d+)(?:_|$)", path.stem)
+    if named:
+        n, size = int(named.group(1)), train_size(cfg)
+        source = f"data.train_size {size}" if generated else f"data.train {cfg.data.train} ({size} lines)"
+        if size is not None and size != n:
+            raise UserError(f"{path}: its name says N = {n:,} training expressions, but {source}; rename the "
+                            "config or fix its data section (scripts/make_extension_configs.py writes both)")
 
 
 def train_size(cfg: Config) -> int | None:

@@ -272,3 +272,17 @@ def test_a_config_naming_its_training_set_by_size_generates_it_and_trains(tiny, 
     assert generated[:2000] == (REPO_ROOT / "data" / "pilot_train.jsonl").read_text().splitlines()
     assert len(generated) == 2100
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["steps"] == 33  # ceil(2100 / 64)
+
+
+def test_the_sweep_refuses_a_config_whose_name_and_training_set_size_disagree(tmp_path, pilot_raw, capsys):
+    from src import sweep
+
+    raw = copy.deepcopy(pilot_raw)
+    del raw["data"]["train"]
+    raw["data"]["train_size"] = 20000
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    write_yaml(sweep_dir / "ext_pilot_n200000.yaml", raw)
+    message = expect_error(cli(sweep.main, [sweep_dir, "--seeds", "1", "--device", "cpu", "--dry-run"], capsys),
+                           "ext_pilot_n200000.yaml", "N = 200,000", "data.train_size 20000")
+    assert "rename the config" in message
