@@ -22,7 +22,7 @@ import torch
 
 from src.atomic import atomic_write_text
 from src.cli import int_in
-from src.config import REPO_ROOT
+from src.config import GENERATED_DIR, MAX_TRAIN_SIZE, REPO_ROOT
 from src.errors import UserError, run_main
 from src.paths import check_output_dir
 from src.tokenizer import (ANSWER_SEPARATOR, BOS_ID, CHARACTERS, EOS_ID, IGNORE_INDEX, PAD_ID, answer_text, encode,
@@ -522,7 +522,7 @@ def main(argv=None) -> int:
     # a string, not a Path: Path("") would be ".", and an empty --out must be an error, not the current directory
     parser.add_argument("--out", default=None,
                         help="directory to write into (created if missing); default data for the six files, "
-                        f"{trainsets.DEFAULT_DIR.relative_to(REPO_ROOT)} of the repository for --train-size")
+                        f"{GENERATED_DIR.relative_to(REPO_ROOT)} of the repository for --train-size")
     parser.add_argument("--max-seq-len", type=_positive_int, default=None,
                         help=f"longest sequence allowed, in tokens (at least {max(t for t, _ in split_minimums().values())}, "
                         "the shortest depth-3 sequence; default 32)")
@@ -531,7 +531,7 @@ def main(argv=None) -> int:
                         "whose first 2,000 lines are data/pilot_train.jsonl and whose later lines are drawn by the same "
                         "generator (seed 42, depths 0-2 in turn, max_seq_len 32), no expression twice and none from "
                         "the shipped val and test files; so every set is the start of every larger one. "
-                        f"1 to {trainsets.MAX_TRAIN_SIZE:,}. A sha256 manifest is written beside it; an existing set "
+                        f"1 to {MAX_TRAIN_SIZE:,}. A sha256 manifest is written beside it; an existing set "
                         "is verified and kept, a damaged one is remade. Byte for byte the same on any machine, with any "
                         "number of processes; 2,000,000 take about 40 s on two cores")
     parser.add_argument("--processes", type=int_in(1, 1024), default=None, metavar="P",
@@ -544,7 +544,7 @@ def main(argv=None) -> int:
         if args.seed not in (None, trainsets.TRAIN_SEED) or args.max_seq_len not in (None, trainsets.TRAIN_MAX_SEQ_LEN):
             parser.error("--seed and --max-seq-len apply to the six files; a training set is built on the shipped "
                          "ones (seed 42, max_seq_len 32)")
-        out = check_output_dir(trainsets.DEFAULT_DIR if args.out is None else args.out, "--out")
+        out = check_output_dir(GENERATED_DIR if args.out is None else args.out, "--out")
         path = trainsets.training_set_path(args.train_size, out)
         trainsets.ensure_training_set(args.train_size, out, processes=args.processes)
         manifest = json.loads(trainsets.manifest_path(path).read_text(encoding="utf-8"))

@@ -68,7 +68,8 @@ from tqdm import tqdm
 
 from src.atomic import atomic_write_json, replaced
 from src.cli import int_in
-from src.config import REPO_ROOT
+from src import config
+from src.config import MAX_TRAIN_SIZE, REPO_ROOT
 from src.data import (MATCHED_SPLIT, MAX_MISSES, MAX_OPERAND, MAX_OPERANDS, SPLITS, _check_record, evaluate,
                       load_jsonl, make_record, random_expression)
 from src.errors import UserError, write_failed
@@ -82,10 +83,8 @@ TRAIN_MAX_SEQ_LEN = 32       # the shipped files' limit
 TRAIN_DEPTHS = SPLITS[TRAIN_SPLIT][1]
 HELD_OUT = tuple(name for name in (*SPLITS, MATCHED_SPLIT) if name != TRAIN_SPLIT)
 CHUNK_SIZE = 10_000          # slots per independently seeded chunk (part of the stream's definition)
-MAX_TRAIN_SIZE = 20_000_000  # 10 x 2,000,000: 1.7 GB of JSONL, 3.6 GB of memory, 8 minutes on two cores
 PROGRESS_FROM = 100_000      # a progress bar for sets at least this large
 DATA_DIR = REPO_ROOT / "data"
-DEFAULT_DIR = DATA_DIR / "generated"
 
 # the form Record.to_json writes; a line of another form is parsed and checked in full
 _CANONICAL = re.compile(rb'^\{"expr": "([0-9()+*-]+)", "result": (-?[0-9]+), "depth": \[[0-9, ]*\]\}$', re.M)
@@ -115,7 +114,7 @@ def check_train_size(n) -> int:
 
 def training_set_path(n: int, out_dir=None) -> Path:
     """Where the set of size `n` lives: `out_dir` (default data/generated/) / train_N.jsonl."""
-    return Path(DEFAULT_DIR if out_dir is None else out_dir) / f"train_{check_train_size(n)}.jsonl"
+    return config.generated_training_set(check_train_size(n), out_dir)
 
 
 def manifest_path(path: Path) -> Path:

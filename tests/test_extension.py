@@ -254,10 +254,10 @@ def test_make_batch_refuses_a_sequence_longer_than_max_seq_len():
 def test_a_config_naming_its_training_set_by_size_generates_it_and_trains(tiny, tmp_path, capsys, monkeypatch):
     """data.train_size 2,100: the pilot's 2,000 training lines and 100 generated ones, made on the
     first run (into a temporary directory here), verified and reused on the next."""
-    import src.trainsets
+    import src.config
     from tests.test_reliability import REPO_ROOT
 
-    monkeypatch.setattr(src.trainsets, "DEFAULT_DIR", tmp_path / "generated")
+    monkeypatch.setattr(src.config, "GENERATED_DIR", tmp_path / "generated")
     raw = tiny_raw(tiny["data"], epochs=1, batch_size=64, eval_interval=1)
     raw["data"] = {k: str(REPO_ROOT / "data" / f"pilot_{k}.jsonl") for k in
                    ("val", "test_flat", "test_paren", "test_depth3", "test_paren_matched")}
