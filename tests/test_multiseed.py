@@ -303,3 +303,14 @@ def test_side_by_side_at_batch_256_equals_alone_within_rerun_noise(config):
     diff = max(float((a - b).abs().max()) for a, b in zip(first, side))
     print(f"{config} batch 256: seed 42 side by side vs alone {diff:.3g}, alone vs alone {noise:.3g}")
     assert diff <= max(10 * noise, 1e-6)
+
+
+def test_resume_of_seeds_with_different_configs_is_refused(tiny, tmp_path, capsys):
+    root = tmp_path / "runs"
+    other = write_yaml(tmp_path / "other.yaml", tiny_raw(tiny["data"], learning_rate=1e-3))
+    for seed, config in ((42, tiny["config"]), (7, other)):
+        rc, _, err = train(argv(config, root / f"seed{seed}", "--seed", seed, "--stop-after-epoch", "1"), capsys)
+        assert rc == 0, err
+    message = expect_error(train(["--output-dir", root, "--seeds", "42,7", "--resume", "--device", "cpu"], capsys),
+                           "different configs", "resume each on its own")
+    assert str(root / "seed42") in message and str(root / "seed7") in message
