@@ -20,6 +20,7 @@ SCHEMAS = {
     "probe": "probe/2",          # src.probe: probe.json
     "roles": "roles/1",          # src.roles: roles.json
     "report": "report/2",        # src.report: report.json
+    "extension": "extension/1",  # src.extension: results/extension/extension.json
 }
 REGENERATE = {
     "summary": "python -m src.train --config CONFIG --output-dir {run} ...",
@@ -29,6 +30,7 @@ REGENERATE = {
     "probe": "python -m src.probe --run {run}",
     "roles": "python -m src.roles --run {run}",
     "report": "python -m src.report RUN [RUN ...]",
+    "extension": "python -m src.extension",
 }
 
 
