@@ -3,6 +3,7 @@ size, the reversed answer format, model selection on validation exact_match, and
 keep training expressions apart from the held-out ones."""
 
 import copy
+import re
 import json
 
 import pytest
@@ -286,3 +287,20 @@ def test_the_sweep_refuses_a_config_whose_name_and_training_set_size_disagree(tm
     message = expect_error(cli(sweep.main, [sweep_dir, "--seeds", "1", "--device", "cpu", "--dry-run"], capsys),
                            "ext_pilot_n200000.yaml", "N = 200,000", "data.train_size 20000")
     assert "rename the config" in message
+
+
+def test_the_report_tool_appends_the_extension_section_with_its_figures_linked(tmp_path, capsys):
+    from src.report.cli import main as report_main
+    from tests.test_reliability import REPO_ROOT
+
+    runs = [REPO_ROOT / "results" / config / f"seed{seed}" for config in ("pilot", "scale_10m") for seed in (42, 123, 7)]
+    out = tmp_path / "REPORT.md"
+    rc, _, err = cli(report_main, [*runs, "--out", out, "--extension", REPO_ROOT / "results" / "extension"], capsys)
+    assert rc == 0, err
+    text = out.read_text()
+    section = text[text.index("## Extension: when the models compute"):]
+    assert "| 10m | 2,000,000 |" in section
+    for link in re.findall(r"\]\(([^)]+\.png)\)", section):
+        assert (out.parent / link).resolve().is_file(), link
+    rc, _, err = cli(report_main, [*runs, "--out", tmp_path / "b" / "REPORT.md", "--extension", tmp_path], capsys)
+    assert rc == 2 and "extension.json" in err and "python -m src.extension" in err

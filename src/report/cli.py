@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 from pathlib import Path
 
 from src.atomic import atomic_write_bytes, atomic_write_text
@@ -15,7 +17,7 @@ from src.report import figures
 from src.report.collect import collect
 from src.report.compare import aggregate
 from src.report.markdown import ORIGINAL, SECTIONS
-from src.runfiles import metrics_row_problem, read_metrics, stamp
+from src.runfiles import metrics_row_problem, read_metrics, read_result, stamp
 
 
 def rounded(obj, digits: int = 5):
@@ -41,10 +43,24 @@ def output_paths(out: Path) -> dict[str, Path]:
     return paths
 
 
-def build_report(run_dirs, out: Path) -> dict:
+def extension_section(directory: Path | None, out: Path) -> list[str]:
+    """The learnability extension's section (SPEC section 8), from DIRECTORY/extension.json as
+    `python -m src.extension` wrote it, its figures linked relative to the report; [] without one."""
+    if directory is None:
+        return []
+    from src.extension import markdown  # the extension's own renderer: one definition of its tables
+
+    rep = read_result(directory / "extension.json", "extension")
+    prefix = os.path.relpath(directory, out.parent).replace(os.sep, "/")
+    text = re.sub(r"\]\(([\w.-]+\.png)\)", lambda m: f"]({prefix}/{m.group(1)})", markdown(rep))
+    return [text.replace("`extension.json`", f"`{prefix}/extension.json`"), ""]
+
+
+def build_report(run_dirs, out: Path, extension: Path | None = None) -> dict:
     """Check every output path, collect and compare the runs, render every figure, and only then write
     (figures, then REPORT.md, then report.json, each atomically): any failure before the writes leaves
-    the output directory as it was, and a failed write leaves no partial file."""
+    the output directory as it was, and a failed write leaves no partial file. `extension`: the
+    directory of the extension's extension.json, whose section is appended."""
     paths = output_paths(out)
     groups, notes = collect(run_dirs)
     aggs = {name: aggregate(name, runs) for name, runs in groups.items()}
@@ -53,6 +69,7 @@ def build_report(run_dirs, out: Path) -> dict:
           f"`{out.with_name('report.json').name}`.", ""]
     for section in SECTIONS:
         md += section(aggs)
+    md += extension_section(extension, out)
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     rendered = {
@@ -86,6 +103,9 @@ def main(argv=None) -> int:
                         help="run directories (several seeds of a config are aggregated; a directory given twice counts once)")
     parser.add_argument("--out", type=Path, default=Path("results/REPORT.md"),
                         help="Markdown report (default: %(default)s); report.json and the figures go beside it")
+    parser.add_argument("--extension", type=Path, default=None, metavar="DIR",
+                        help="also a section for the learnability extension, from DIR/extension.json (written by "
+                        "python -m src.extension; e.g. results/extension)")
     parser.add_argument("--curves-only", action="store_true",
                         help="only write each RUN's training_curve.png (from its metrics.jsonl) and stop")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
@@ -107,7 +127,7 @@ def main(argv=None) -> int:
             atomic_write_bytes(path, png)
             print(f"wrote {path}")
         return 0
-    report = build_report(args.runs, args.out)
+    report = build_report(args.runs, args.out, args.extension)
     print(f"wrote {args.out}, {args.out.with_name('report.json')}"
           + "".join(f", {args.out.parent / p}" for p in report["figures"].values()))
     for note in report["notes"]:
