@@ -178,5 +178,5 @@ if has report; then
   for config in pilot scale_10m; do for seed in $SEEDS; do runs+=("$RESULTS/$config/seed$seed"); done; done
   extension=()  # the learnability extension's section, where its runs were aggregated (python -m src.extension)
   [ -f "$RESULTS/extension/extension.json" ] && extension=(--extension "$RESULTS/extension")
-  $PYTHON -m src.report "${runs[@]}" --out "$RESULTS/REPORT.md" "${extension[@]}"
+  $PYTHON -m src.report "${runs[@]}" --out "$RESULTS/REPORT.md" ${extension[@]+"${extension[@]}"}
 fi
