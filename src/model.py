@@ -2,11 +2,12 @@
 
 A pre-LayerNorm decoder with rotary position embedding, bias-free attention projections, a GELU
 feed-forward with biases, and an output head tied to the token embedding. For interpretability the
-forward pass takes its interventions as one argument, `hooks` (a Hooks: the heads to ablate and the
-activations to record), in the spirit of TransformerLens:
+forward pass takes its interventions as one argument, `hooks` (a Hooks: the heads to ablate, the
+activations to record and the activations to patch), in the spirit of TransformerLens:
 
     out = model(tokens, hooks=Hooks(record={"blocks.0.attn.hook_z"}, ablation=HeadAblation({(0, 2)})))
     out.activations["blocks.0.attn.hook_z"]       # [batch, seq, heads, head_dim]
+    out = model(tokens, hooks=Hooks(patch={"blocks.1.hook_resid_post": Patch(values, mask)}))
 
 The model keeps no cache of any kind (no key/value cache: every forward pass sees the whole
 sequence); `activations` holds only what `hooks.record` asked for, from this one pass.
@@ -19,12 +20,21 @@ Activation sites (stable names):
 
 Training uses the fused `scaled_dot_product_attention`; asking for a pattern switches that layer
 to an explicit softmax that computes the same function.
+
+Patching (activation patching, src/patching.py): `Hooks.patch` maps a site's name to a Patch(values,
+mask); where the activation is produced, the elements under `mask` are replaced by `values`
+(`torch.where(mask, values, activation)`), so every later layer sees the patched value. `values` has
+the activation's exact shape, `mask` is boolean with as many dimensions, broadcast to it (e.g.
+[B, T, 1] for a residual site, [B, T, H, 1] to patch some heads of hook_z); mask None replaces the
+whole activation. On hook_z a patch is applied after the head ablation; a site both patched and
+recorded is recorded as patched (what later layers see). Attention patterns cannot be patched.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -53,21 +63,57 @@ class HeadAblation:
         return sorted(h for l, h in self.heads if l == layer)
 
 
+class Patch(NamedTuple):
+    """A replacement for one activation site: `values` (the activation's shape) where `mask` is True.
+
+    `mask`: boolean, as many dimensions as the activation, broadcast to its shape; None replaces
+    every element."""
+
+    values: torch.Tensor
+    mask: torch.Tensor | None = None
+
+
 @dataclass(frozen=True)
 class Hooks:
     """Everything a forward pass does besides computing the logits, as one argument.
 
     `record`: activation names (see activation_names) whose values the pass returns in
-    ModelOutput.activations; `ablation`: the heads whose outputs are replaced (HeadAblation), or None.
+    ModelOutput.activations; `ablation`: the heads whose outputs are replaced (HeadAblation), or None;
+    `patch`: activation name -> Patch (or a (values, mask) pair), applied where the activation is produced.
     """
 
     record: frozenset = frozenset()
     ablation: HeadAblation | None = None
+    patch: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.record, str):  # one name, not its characters
             raise TypeError("Hooks.record takes a collection of activation names, not one string")
         object.__setattr__(self, "record", frozenset(self.record))
+        if not isinstance(self.patch, dict):
+            raise TypeError("Hooks.patch takes a dict: activation name -> Patch(values, mask)")
+        object.__setattr__(self, "patch", {name: Patch(*p) for name, p in self.patch.items()})
+
+
+def patch_activation(x: torch.Tensor, name: str, patch: dict) -> torch.Tensor:
+    """x with the Patch that `patch` holds for `name` applied (x itself when it holds none)."""
+    if name not in patch:
+        return x
+    values, mask = patch[name]
+    if tuple(values.shape) != tuple(x.shape):
+        raise ValueError(f"patch for {name}: values have shape {tuple(values.shape)}; the activation has {tuple(x.shape)}")
+    values = values.to(device=x.device, dtype=x.dtype)
+    if mask is None:
+        return values
+    if mask.dtype != torch.bool or mask.dim() != x.dim():
+        raise ValueError(f"patch for {name}: the mask must be boolean with {x.dim()} dimensions, got {mask.dtype} "
+                         f"with {mask.dim()}")
+    try:
+        torch.broadcast_shapes(tuple(mask.shape), tuple(x.shape))
+    except RuntimeError:
+        raise ValueError(f"patch for {name}: mask of shape {tuple(mask.shape)} does not broadcast to the "
+                         f"activation's {tuple(x.shape)}") from None
+    return torch.where(mask.to(x.device), values, x)
 
 
 @dataclass
@@ -133,6 +179,8 @@ class Attention(nn.Module):
         z = z.transpose(1, 2)  # [B, T, H, head_dim]
         if ablation is not None and ablation.in_layer(self.layer):
             z = ablate_heads(z, self.layer, ablation)
+        if hooks is not None and hooks.patch:
+            z = patch_activation(z, f"blocks.{self.layer}.attn.hook_z", hooks.patch)
         if want and f"blocks.{self.layer}.attn.hook_z" in want:
             recorded[f"blocks.{self.layer}.attn.hook_z"] = z
         return self.resid_dropout(self.out(z.reshape(B, T, C)))
@@ -218,8 +266,8 @@ class CompactTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, *,
                 hooks: Hooks | None = None) -> ModelOutput:
         """Logits [B, T, vocab]; mean cross-entropy over labels != -100 when labels are given; and,
-        with `hooks`, its head ablation applied and the activations it names recorded (see the module
-        docstring)."""
+        with `hooks`, its head ablation and patches applied and the activations it names recorded (see
+        the module docstring)."""
         B, T = tokens.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {self.cfg.max_seq_len}")
@@ -231,14 +279,24 @@ class CompactTransformer(nn.Module):
             unknown = want - set(activation_names(self.cfg, pattern=True))
             if unknown:
                 raise KeyError(f"unknown activation name {sorted(unknown)[0]!r}; see activation_names()")
-            if not want and hooks.ablation is None:
+            unknown = set(hooks.patch) - set(activation_names(self.cfg))
+            if unknown:
+                name = sorted(unknown)[0]
+                why = "attention patterns cannot be patched" if name.endswith("hook_pattern") else "see activation_names()"
+                raise KeyError(f"cannot patch activation {name!r}: {why}")
+            if not want and hooks.ablation is None and not hooks.patch:
                 hooks = None  # nothing to do: the plain path
+        patch = hooks.patch if hooks is not None else None
         recorded: dict = {}
         x = self.embed_dropout(self.embed(tokens))
+        if patch:
+            x = patch_activation(x, "hook_embed", patch)
         if "hook_embed" in want:
             recorded["hook_embed"] = x
         for layer, block in enumerate(self.blocks):
             x = block(x, self.rope_cos, self.rope_sin, hooks, recorded)
+            if patch:
+                x = patch_activation(x, f"blocks.{layer}.hook_resid_post", patch)
             if f"blocks.{layer}.hook_resid_post" in want:
                 recorded[f"blocks.{layer}.hook_resid_post"] = x
         logits = F.linear(self.ln_f(x), self.embed.weight)
