@@ -21,6 +21,7 @@ SCHEMAS = {
     "roles": "roles/1",          # src.roles: roles.json
     "report": "report/2",        # src.report: report.json
     "extension": "extension/1",  # src.extension: results/extension/extension.json
+    "patching": "patching/1",    # src.patching: patching.json
 }
 REGENERATE = {
     "summary": "python -m src.train --config CONFIG --output-dir {run} ...",
@@ -31,6 +32,7 @@ REGENERATE = {
     "roles": "python -m src.roles --run {run}",
     "report": "python -m src.report RUN [RUN ...]",
     "extension": "python -m src.extension",
+    "patching": "python -m src.patching --run {run}",
 }
 
 
