@@ -35,8 +35,7 @@ from src.config import load_config
 from src.errors import UserError, run_main
 from src.evaluate import METRIC_DEFINITIONS
 from src.paths import check_output_dir
-from src.report.cli import rounded
-from src.runfiles import read_result, regenerate_hint
+from src.runfiles import rounded, read_result, regenerate_hint
 from src.stats import t_quantile_975, wilson_interval
 from src.sweep import find_configs
 from src.train import seed_value

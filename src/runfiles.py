@@ -8,6 +8,7 @@ and the command that regenerates it, so that a stale file never feeds an analysi
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from src.errors import UserError
@@ -111,3 +112,14 @@ def read_metrics(path: Path, check=None) -> tuple[list[dict], list[str]]:
             continue
         rows.append(row)
     return rows, problems
+
+
+def rounded(obj, digits: int = 5):
+    """Floats to `digits` significant digits: report.json stays small and diffs stay readable."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [rounded(v, digits) for v in obj]
+    return obj

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -17,18 +16,7 @@ from src.report import figures
 from src.report.collect import collect
 from src.report.compare import aggregate
 from src.report.markdown import ORIGINAL, SECTIONS
-from src.runfiles import metrics_row_problem, read_metrics, read_result, stamp
-
-
-def rounded(obj, digits: int = 5):
-    """Floats to `digits` significant digits: report.json stays small and diffs stay readable."""
-    if isinstance(obj, float):
-        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else obj
-    if isinstance(obj, dict):
-        return {k: rounded(v, digits) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [rounded(v, digits) for v in obj]
-    return obj
+from src.runfiles import metrics_row_problem, read_metrics, read_result, rounded, stamp
 
 
 FIGURES = ("training_curves", "probe_relative_depth", "head_specialization", "attention_roles")
