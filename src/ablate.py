@@ -36,7 +36,6 @@ or RUN/ablation_heads_<L.H+...>.json with --heads.
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import time
 from pathlib import Path
@@ -53,6 +52,7 @@ from src.evaluate import (METRIC_DEFINITIONS, METRICS, SIGN_CONVENTION, TEST_SPL
                           contrast, head_label, load_batches, open_run, paired_difference, per_example_scores,
                           relative_layer, run_seed, summarize)
 from src.model import CompactTransformer, HeadAblation, Hooks
+from src.plotting import png_bytes, pyplot
 from src.runfiles import stamp
 from src.tokenizer import PAD_ID
 
@@ -327,10 +327,7 @@ def format_effects(effects: dict) -> str:
 
 def render_heatmap(rows_by_mode: dict, cfg, title: str) -> bytes:
     """PNG bytes of the heads x modes heatmap of answer_loss bracket_specificity."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     modes = list(rows_by_mode)
     grids, marks = {}, {}
@@ -357,10 +354,7 @@ def render_heatmap(rows_by_mode: dict, cfg, title: str) -> bytes:
         ax.set_title(f"{mode} ablation", fontsize=8)
     fig.colorbar(im, ax=list(axes[0])).set_label("answer_loss: matched delta - flat delta", fontsize=7)
     fig.suptitle(title, fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def build_parser() -> ArgumentParser:

@@ -22,7 +22,6 @@ every run was read and every figure drawn.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import re
@@ -35,6 +34,7 @@ from src.config import load_config
 from src.errors import UserError, run_main
 from src.evaluate import METRIC_DEFINITIONS
 from src.paths import check_output_dir
+from src.plotting import png_bytes, pyplot
 from src.runfiles import rounded, read_result, regenerate_hint
 from src.stats import t_quantile_975, wilson_interval
 from src.sweep import find_configs
@@ -275,22 +275,6 @@ def aggregate(groups: dict[str, list[dict]], grid: list[str], missing: list[dict
 # ---------------------------------------------------------------------------- figures
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig, plt) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 def _seeds_text(counts: list[int]) -> str:
     counts = sorted(set(counts))
     if not counts:
@@ -303,7 +287,7 @@ VARIANT_MARKERS = {"reversed": ("^", 1.18), "lossall": ("s", 1.40)}  # marker, x
 
 def learning_curve(rep: dict) -> bytes:
     """exact_match against N, one panel per scale, one line per test split; variants as points."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.lines import Line2D
     from matplotlib.ticker import NullFormatter
 
@@ -359,7 +343,7 @@ def learning_curve(rep: dict) -> bytes:
                  f"(variants: open markers, right of their N)\nmean over seeds, bars = 95% interval (t over seeds; "
                  f"one seed: Wilson); {_seeds_text(counts)}", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
-    return _png(fig, plt)
+    return png_bytes(fig, dpi=90)
 
 
 OPERATOR_LABEL = {"+-": "+ − only", "*": "with *"}
@@ -367,7 +351,7 @@ OPERATOR_LABEL = {"+-": "+ − only", "*": "with *"}
 
 def class_heatmap(scale: str, name: str, entry: dict) -> bytes:
     """exact_match by class (rows: operands x operators, columns: depth 0-3), pooled test sets."""
-    plt = _pyplot()
+    plt = pyplot()
     import numpy as np
 
     cells = entry["pooled"]["by_class"]
@@ -395,7 +379,7 @@ def class_heatmap(scale: str, name: str, entry: dict) -> bytes:
                  f"pooled per seed, mean over {seeds} seed{'s' if seeds != 1 else ''}\n(blank: no such expressions "
                  "in these test sets)", fontsize=8)
     fig.tight_layout()
-    return _png(fig, plt)
+    return png_bytes(fig, dpi=90)
 
 
 # ---------------------------------------------------------------------------- Markdown

@@ -62,7 +62,6 @@ residual stream, layer x position class, one panel per direction).
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import time
 from dataclasses import dataclass
@@ -78,6 +77,7 @@ from src.device import autocast
 from src.errors import UserError, run_main
 from src.evaluate import add_run_arguments, head_label, open_run, relative_layer, run_seed
 from src.model import CompactTransformer, Hooks, Patch
+from src.plotting import png_bytes, pyplot
 from src.tokenizer import ANSWER_SEPARATOR, answer_text
 
 SCHEMA = "patching/1"
@@ -461,10 +461,7 @@ def format_resid(resid: dict, classes) -> str:
 
 def render_figure(resid: dict, classes, title: str) -> bytes:
     """PNG bytes: layer x position class heatmap of the residual stream's restored share, one panel per direction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     directions = list(resid)
     layers = len(next(iter(resid[directions[0]].values())))
@@ -488,10 +485,7 @@ def render_figure(resid: dict, classes, title: str) -> bytes:
         ax.set_title(f"{source} -> {receiver}", fontsize=8)
     fig.colorbar(im, ax=list(axes[0]), extend="both").set_label("restored share of answer logp", fontsize=7)
     fig.suptitle(title, fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 # ---------------------------------------------------------------------------- command line

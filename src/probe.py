@@ -69,7 +69,6 @@ the band at 0.95 and above is hatched, and a probe at its ceiling is ringed.
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import time
 from dataclasses import dataclass
@@ -88,6 +87,7 @@ from src.errors import UserError, run_main
 from src.evaluate import (EVAL_SPLITS, add_run_arguments, load_batches, open_run, relative_layer,
                           run_seed)
 from src.model import CompactTransformer, Hooks
+from src.plotting import png_bytes, pyplot
 
 SCHEMA = "probe/2"
 TASKS = {"binary": "depth > 0 (inside at least one parenthesis)",
@@ -433,10 +433,7 @@ def format_table(result: dict) -> str:
 
 def render_figure(result: dict, title: str) -> bytes:
     """PNG bytes of the accuracy-against-depth figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     L = result["num_layers"]
     ood = result["summary"]["out_of_distribution"]
@@ -478,10 +475,7 @@ def render_figure(result: dict, title: str) -> bytes:
     fig.legend(handles, labels, fontsize=6, loc="lower center", ncol=4, frameon=False)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 # ---------------------------------------------------------------------------- entry point

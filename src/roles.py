@@ -37,7 +37,6 @@ never by head index; ablation effects are joined to heads elsewhere, by head lab
 from __future__ import annotations
 
 import dataclasses
-import io
 import time
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from src.errors import UserError, run_main
 from src.evaluate import add_run_arguments, head_label, load_batches, open_run, relative_layer, run_seed
 from src.runfiles import SCHEMAS
 from src.model import Hooks
+from src.plotting import png_bytes, pyplot
 from src.tokenizer import BOS_ID, PAD_ID, VOCAB
 
 SCHEMA = SCHEMAS["roles"]
@@ -308,10 +308,7 @@ def role_table_markdown(runs: list[dict]) -> str:
 
 def render_heatmap(rows: list[dict], queries: dict, title: str) -> bytes:
     """PNG bytes of a heads x roles heatmap of combined shares, values written in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     grid = [[r["combined"][role] if r["combined"][role] is not None else float("nan") for role in ROLES]
             for r in rows]
@@ -331,10 +328,7 @@ def render_heatmap(rows: list[dict], queries: dict, title: str) -> bytes:
     ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.05).ax.tick_params(labelsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 # ---------------------------------------------------------------------------- command line

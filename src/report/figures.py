@@ -5,26 +5,9 @@ bracket-specific ablation effect, and the attention roles of every head. The cal
 
 from __future__ import annotations
 
-import io
-
+from src.plotting import png_bytes, pyplot
 from src.report.compare import dig
 from src.roles import ROLES
-
-
-def _png(fig, plt) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def training_curves(runs: list[tuple[str, list[dict]]]) -> bytes | None:
@@ -33,7 +16,7 @@ def training_curves(runs: list[tuple[str, list[dict]]]) -> bytes | None:
     runs = [(label, rows) for label, rows in runs if rows]
     if not runs:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
     for i, (label, rows) in enumerate(runs):
         x = [r.get("step", r["epoch"]) for r in rows]
@@ -48,14 +31,14 @@ def training_curves(runs: list[tuple[str, list[dict]]]) -> bytes | None:
     for ax in (ax_loss, ax_acc):
         ax.legend(fontsize=6)
     fig.tight_layout()
-    return _png(fig, plt)
+    return png_bytes(fig)
 
 
 def probe_depth(aggs: dict) -> bytes | None:
     panels = [("binary", "test_paren"), ("exact", "test_paren"), ("binary", "test_depth3")]
     if not any(dig(a, "probe", "curves", t, s) for a in aggs.values() for t, s in panels):
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=100, sharey=True)
     for ax, (task, split) in zip(axes, panels):
         for i, (name, agg) in enumerate(aggs.items()):
@@ -78,7 +61,7 @@ def probe_depth(aggs: dict) -> bytes | None:
     axes[-1].legend(fontsize=6, loc="lower right")
     fig.suptitle("Depth probes: mean over seeds, band = range; dashed = untrained control", fontsize=9)
     fig.tight_layout()
-    return _png(fig, plt)
+    return png_bytes(fig)
 
 
 def head_bracket_effects(groups: dict) -> bytes | None:
@@ -87,7 +70,7 @@ def head_bracket_effects(groups: dict) -> bytes | None:
     runs = [(name, r) for name, rs in groups.items() for r in rs if dig(r, "ablation", "scan", "modes")]
     if not runs:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     modes = ("zero", "mean")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100, sharey=True)
     names = list(groups)
@@ -111,7 +94,7 @@ def head_bracket_effects(groups: dict) -> bytes | None:
     axes[0].set_ylabel("answer_loss bracket specificity\n(Δ bracketed twin − Δ flat)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    return _png(fig, plt)
+    return png_bytes(fig)
 
 
 def attention_roles(groups: dict) -> bytes | None:
@@ -120,7 +103,7 @@ def attention_roles(groups: dict) -> bytes | None:
     runs = [(name, r) for name, rs in groups.items() for r in rs if r["roles"]]
     if not runs:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     names = list(groups)
     fig, axes = plt.subplots(1, len(ROLES), figsize=(3.2 * len(ROLES), 3.3), dpi=100, sharey=True)
     for ax, role in zip(axes, ROLES):
@@ -143,4 +126,4 @@ def attention_roles(groups: dict) -> bytes | None:
     fig.suptitle("Attention roles of every head, every seed (dotted: uniform attention; dashed: role threshold)",
                  fontsize=9)
     fig.tight_layout()
-    return _png(fig, plt)
+    return png_bytes(fig)
