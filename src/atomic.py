@@ -79,13 +79,6 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def atomic_save_figure(fig, path, **savefig_kwargs) -> None:
-    """A matplotlib figure rendered in memory first, so that no partial PNG is ever left behind."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **savefig_kwargs)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def atomic_save(obj, path) -> None:
     """torch.save into memory, then written atomically like every other file.
 
