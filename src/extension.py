@@ -9,8 +9,11 @@ Wilson interval, and over seeds the mean with a 95% t interval (n - 1 degrees of
 [0, 1]); a config with one seed says so (`seeds: 1`) and its interval is that seed's Wilson interval
 (`interval: "wilson (one seed)"`). Also: exact_match by expression class at the largest N of each
 scale (each class cell averaged over seeds the same way), the bracket cost of each run (src.evaluate's
-paired test of test_paren_matched minus test_flat), the training steps and steps/s of each run, and
-which config x seed of the grid (--configs x --seeds) is not run yet.
+paired test of test_paren_matched minus test_flat), the training steps and steps/s of each run, the
+differences between configs that findings rest on (larger minus smaller model at each N, each N
+against the next, each variant against the plain format), each tested over seeds with Welch's t-test
+and Holm over the family `extension_configs` (a side with one seed: listed as untested), and which
+config x seed of the grid (--configs x --seeds) is not run yet.
 
 Written to --out: extension.json (every number), learning_curve.png (exact_match against N, plain
 answers with answer-only loss; the variants as separate points at their N), class_heatmap_<scale>.png
@@ -36,7 +39,7 @@ from src.evaluate import METRIC_DEFINITIONS
 from src.paths import check_output_dir
 from src.plotting import png_bytes, pyplot
 from src.runfiles import rounded, read_result, regenerate_hint
-from src.stats import t_quantile_975, wilson_interval
+from src.stats import Family, t_quantile_975, welch_t, wilson_interval
 from src.sweep import find_configs
 from src.train import seed_value
 
@@ -232,6 +235,44 @@ def not_run(configs_dir: str, seeds: list[int], results: Path) -> tuple[list[str
                    if not (results / c / f"seed{s}" / "eval.json").is_file()]
 
 
+def comparisons(configs: dict[str, dict], scales: list[str]) -> dict:
+    """The differences between configs that the findings rest on, each tested over seeds.
+
+    For each test split of the curve: scale (the larger model minus the smaller, plain format, at each
+    N), data (the next N minus this N, plain format, within a scale) and variant (the variant minus the
+    plain format at the variant's N). Each is mean exact_match of the one config's seeds minus the
+    other's, with Welch's t-test over seeds (the seed is the replicate; analytic, p_floor 0), and
+    Holm over the whole family of tested comparisons. A comparison with fewer than two seeds on a side
+    is listed as untested, never as a finding."""
+    plain = {(c["scale"], c["N"]): name for name, c in configs.items() if c["variant"] == PLAIN and c["N"]}
+    pairs = []
+    for i, small in enumerate(scales):
+        for large in scales[i + 1:]:
+            for n in sorted({n for s, n in plain if s == small} & {n for s, n in plain if s == large}):
+                pairs.append(("scale", f"{large} − {small} at N = {n:,}", plain[(small, n)], plain[(large, n)]))
+    for scale in scales:
+        ns = sorted(n for s, n in plain if s == scale)
+        for lo, hi in zip(ns, ns[1:]):
+            pairs.append(("data", f"{scale}: N = {hi:,} − N = {lo:,}", plain[(scale, lo)], plain[(scale, hi)]))
+    for name, c in sorted(configs.items()):
+        if c["variant"] != PLAIN and (c["scale"], c["N"]) in plain:
+            pairs.append(("variant", f"{c['scale']}: {c['variant']} − plain at N = {c['N']:,}",
+                          plain[(c["scale"], c["N"])], name))
+    family, tested, untested = Family("extension_configs"), [], []
+    for kind, label, a, b in pairs:
+        for split in CURVE_SPLITS:
+            va = [p["exact_match"] for p in configs[a]["splits"][split]["per_seed"]]
+            vb = [p["exact_match"] for p in configs[b]["splits"][split]["per_seed"]]
+            entry = {"kind": kind, "comparison": label, "split": split, "a": a, "b": b, "seeds_a": len(va),
+                     "seeds_b": len(vb), "difference": "mean exact_match of b minus a"}
+            if min(len(va), len(vb)) < 2:
+                untested.append({**entry, "why": "needs two seeds or more on each side"})
+                continue
+            tested.append(family.add(f"{label}/{split}", {**entry, **welch_t(va, vb)}))
+    declared = family.close() if tested else {"name": family.name, "size": 0, "correction": "holm", "members": []}
+    return {"family": declared, "tested": tested, "untested": untested}
+
+
 def aggregate(groups: dict[str, list[dict]], grid: list[str], missing: list[dict], args, notes: list[str]) -> dict:
     configs = {}
     for name, runs in groups.items():
@@ -266,6 +307,7 @@ def aggregate(groups: dict[str, list[dict]], grid: list[str], missing: list[dict
                       "class_cells": "the same by `seeds`: one seed, its Wilson interval; more, the t interval"},
         "scales": scales, "largest_n": largest,
         "configs": configs, "curve": curve, "class_breakdown": breakdown,
+        "comparisons": comparisons(configs, scales),
         "grid": {"configs": grid, "seeds": list(args.seeds), "size": len(grid) * len(args.seeds),
                  "finished": len(grid) * len(args.seeds) - len(missing), "not_run": missing},
         "notes": notes,
@@ -452,6 +494,7 @@ def markdown(rep: dict) -> str:
         md += [" ".join(f"![{s} by class](class_heatmap_{s}.png)" for s in scales), ""]
     else:
         md += ["No plain-format run is finished.", ""]
+    md += comparisons_markdown(rep["comparisons"])
     md += ["### Per run: training and the bracket cost", "",
            "Bracket cost: exact_match on test_paren_matched minus test_flat (the same expressions with "
            "value-preserving brackets), exact McNemar test, Holm over src.evaluate's bracket_cost family.", ""]
@@ -479,6 +522,23 @@ def markdown(rep: dict) -> str:
     if rep["notes"]:
         md += ["Notes:", ""] + [f"- {n}" for n in rep["notes"]] + [""]
     return "\n".join(md)
+
+
+def comparisons_markdown(comp: dict) -> list[str]:
+    fam = comp["family"]
+    md = ["### Differences between configs, tested over seeds", "",
+          "b − a: mean exact_match of b's seeds minus a's, 95% Welch interval, Welch's t-test over seeds (the seed "
+          f"is the replicate), Holm over the family `{fam['name']}` of {fam['size']} tests (every row below). "
+          "With three seeds a side the test has few degrees of freedom: a large p is no evidence of no difference.", ""]
+    rows = [[t["comparison"], t["split"], f"{t['seeds_a']} / {t['seeds_b']}",
+             f"{t['estimate']:+.3f} [{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}]", f"{t['p_value']:.2g}",
+             f"{t['p_adjusted']:.2g}", "yes" if t["significant"] else "no"] for t in comp["tested"]]
+    md += table(["comparison (b − a)", "split", "seeds a / b", "difference [95% CI]", "p", "p (Holm)",
+                 "significant"], rows) if rows else ["No comparison has two seeds or more on each side yet.", ""]
+    untested = list(dict.fromkeys(f"{u['comparison']} ({u['seeds_a']} / {u['seeds_b']} seeds)" for u in comp["untested"]))
+    if untested:
+        md += ["Untested (fewer than two seeds on a side): " + "; ".join(untested) + ".", ""]
+    return md
 
 
 def _n(rep: dict, split: str):

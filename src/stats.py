@@ -224,6 +224,28 @@ def paired_contrast(terms, alpha_ci: float = 0.95) -> dict:
     return {**out, "ci95": [estimate - half, estimate + half], "t": t, "p_value": t_two_sided_p(t, n - 1)}
 
 
+def welch_t(a, b) -> dict:
+    """mean(b) - mean(a) for two independent groups of replicates (e.g. one metric of each seed of two
+    configs), with Welch's unequal-variance t-test and its 95% interval (Welch-Satterthwaite degrees
+    of freedom). Analytic: p_floor = 0. Needs two values or more in each group."""
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    out = {"test": "welch_t", "n_a": len(a), "n_b": len(b), "p_floor": 0.0}
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"welch_t needs two values or more in each group (got {len(a)} and {len(b)})")
+    mean_a, mean_b = sum(a) / len(a), sum(b) / len(b)
+    var_a = sum((x - mean_a) ** 2 for x in a) / (len(a) - 1) / len(a)
+    var_b = sum((x - mean_b) ** 2 for x in b) / (len(b) - 1) / len(b)
+    estimate, se = mean_b - mean_a, math.sqrt(var_a + var_b)
+    out.update(estimate=estimate, mean_a=mean_a, mean_b=mean_b)
+    if se == 0.0:  # no spread on either side: nothing to test the difference against
+        return {**out, "df": float("nan"), "t": float("nan") if estimate == 0 else math.copysign(math.inf, estimate),
+                "ci95": [estimate, estimate], "p_value": 1.0 if estimate == 0.0 else 0.0}
+    df = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1))
+    t = estimate / se
+    half = t_quantile_975(df) * se
+    return {**out, "df": df, "t": t, "ci95": [estimate - half, estimate + half], "p_value": t_two_sided_p(t, df)}
+
+
 # ---------------------------------------------------------------------------- corrections
 
 

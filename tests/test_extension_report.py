@@ -205,3 +205,29 @@ def test_help_explains_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--results", "--out", "--configs", "--seeds", "--debug"):
         assert flag in text
+
+
+def test_configs_are_compared_over_seeds_with_welch_and_holm_and_single_seeds_stay_untested(tmp_path, real):
+    results = tmp_path / "results"
+    for seed, flat in ((42, 0.50), (123, 0.52), (7, 0.54)):
+        summary = write_run(results, real, "ext_pilot_n2000000", seed, flat=flat) / "summary.json"
+        summary.write_text(json.dumps({**json.loads(summary.read_text()), "parameters": 660_000}))  # the smaller model
+    for seed, flat in ((42, 0.80), (123, 0.83), (7, 0.86)):
+        write_run(results, real, "ext_10m_n2000000", seed, flat=flat)
+    write_run(results, real, "ext_10m_n2000000_reversed", 42, flat=0.7, answer_format="reversed")
+    comp = run(tmp_path, results)["comparisons"]
+    scale = {t["split"]: t for t in comp["tested"] if t["kind"] == "scale"}
+    assert set(scale) == {"test_flat", "test_paren", "test_depth3"}
+    flat = scale["test_flat"]
+    assert (flat["a"], flat["b"], flat["test"]) == ("ext_pilot_n2000000", "ext_10m_n2000000", "welch_t")
+    assert flat["estimate"] == pytest.approx(0.31, abs=1e-3)
+    # the other splits are the same real numbers in every seed: no spread, no difference
+    assert scale["test_paren"]["estimate"] == pytest.approx(0.0, abs=1e-12) and scale["test_paren"]["p_value"] == 1.0
+    fam = comp["family"]
+    assert (fam["name"], fam["correction"], fam["size"]) == ("extension_configs", "holm", 3)
+    assert flat["p_adjusted"] == pytest.approx(min(1.0, 3 * flat["p_value"]), rel=1e-5)  # the file keeps 6 digits
+    assert [u["b"] for u in comp["untested"]] == ["ext_10m_n2000000_reversed"] * 3
+    assert all(u["seeds_b"] == 1 for u in comp["untested"])
+    text = (tmp_path / "out" / "EXTENSION.md").read_text()
+    assert "10m − pilot at N = 2,000,000 | test_flat | 3 / 3 | +0.310" in text
+    assert "Untested (fewer than two seeds on a side): 10m: reversed − plain at N = 2,000,000 (3 / 1 seeds)" in text

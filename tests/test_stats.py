@@ -121,3 +121,24 @@ def test_family_refuses_a_floor_that_cannot_reach_its_threshold():
     for i in range(16):
         ok.add(f"h{i}", {"p_value": 0.5, "p_floor": stats.bootstrap_p_floor(1_000_000)})
     assert ok.close()["p_floor_max"] * 16 <= 0.005
+
+
+def test_welch_t_matches_the_reference_values():
+    # scipy.stats.ttest_ind(b, a, equal_var=False): t 3.6742346141747673, p 0.021311641128756713, df 4
+    # and t -16.3379898137741, p 0.00270136414039214, df 2.1514217276677385
+    r = stats.welch_t([1, 2, 3], [4, 5, 6])
+    assert (r["test"], r["p_floor"], r["estimate"]) == ("welch_t", 0.0, 3.0)
+    assert r["t"] == pytest.approx(3.6742346141747673, rel=1e-12) and r["df"] == pytest.approx(4.0)
+    assert r["p_value"] == pytest.approx(0.021311641128756713, rel=1e-9)
+    assert r["ci95"][0] < 3.0 < r["ci95"][1]
+    r = stats.welch_t([0.878, 0.871, 0.875], [0.684, 0.700, 0.72])
+    assert r["t"] == pytest.approx(-16.3379898137741, rel=1e-10)
+    assert r["df"] == pytest.approx(2.1514217276677385, rel=1e-10)
+    assert r["p_value"] == pytest.approx(0.00270136414039214, rel=1e-8)
+
+
+def test_welch_t_without_spread_or_replicates():
+    assert stats.welch_t([0.5, 0.5], [0.5, 0.5])["p_value"] == 1.0
+    assert stats.welch_t([0.5, 0.5], [0.6, 0.6])["p_value"] == 0.0
+    with pytest.raises(ValueError, match="two values or more"):
+        stats.welch_t([0.5], [0.6, 0.7])
