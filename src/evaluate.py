@@ -237,10 +237,25 @@ def evaluate_batch(model, batch: Batch, precision="fp32", ablation=None, with_in
     return summarize(per_example_scores(model, batch, ablation, precision), with_intervals)
 
 
-def load_split_batches(cfg, splits=EVAL_SPLITS) -> dict[str, Batch]:
-    """Validated data of each split as one padded batch."""
-    max_len = cfg.model.max_seq_len
-    return {s: make_batch(load_jsonl(cfg.data.path(s), max_len), max_len, cfg.data.answer_format) for s in splits}
+# The analyses (probe fits, mean-ablation means) read at most this many training expressions: the
+# first lines of the training file, which for a generated set are the same at every N (nested sets).
+ANALYSIS_TRAIN_MAX = 20_000
+
+
+def split_records(cfg, split: str, train_max: int | None = None) -> list:
+    """The validated records of one split; of the training set only the first `train_max`, when given."""
+    path = cfg.data.path(split)
+    if split == "train" and cfg.data.train_size and not path.is_file():
+        raise UserError(f"{path}: the training set of this run is not there; generate it with "
+                        f"`python -m src.data --train-size {cfg.data.train_size}`")
+    return load_jsonl(path, cfg.model.max_seq_len, max_records=train_max if split == "train" else None)
+
+
+def load_split_batches(cfg, splits=EVAL_SPLITS, train_max: int | None = None) -> dict[str, Batch]:
+    """Validated data of each split as one padded batch; of the training set only the first
+    `train_max` expressions, when given."""
+    return {s: make_batch(split_records(cfg, s, train_max), cfg.model.max_seq_len, cfg.data.answer_format)
+            for s in splits}
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -315,8 +330,10 @@ def open_run(args) -> tuple[CompactTransformer, dict, object, torch.device]:
 
 
 def load_batches(cfg, splits, limit: int | None, device) -> dict[str, Batch]:
-    """Each split as one padded batch on the device, cut to its first `limit` examples."""
-    batches = load_split_batches(cfg, tuple(splits))
+    """Each split as one padded batch on the device, cut to its first `limit` examples; the training
+    set to its first ANALYSIS_TRAIN_MAX expressions at most (the extension's sets hold millions)."""
+    train_max = min(limit or ANALYSIS_TRAIN_MAX, ANALYSIS_TRAIN_MAX)
+    batches = load_split_batches(cfg, tuple(splits), train_max=train_max)
     if limit is not None:
         batches = {s: b.select(torch.arange(min(limit, len(b)))) for s, b in batches.items()}
     return {s: b.to(device) for s, b in batches.items()}

@@ -1,0 +1,276 @@
+"""Probes for intermediate values, which the tokens cannot give away (issue 14 item 3).
+
+    python -m src.value_probe --run D [--operator-target left_operand|pending_sum] [--device cuda] [--out PATH]
+
+A depth probe can be solved by counting brackets. These targets (src.intermediate) cannot, except
+where they copy a digit already in the input:
+    close     at each ')': the value of the bracketed sub-expression it closes
+    operator  at each operator: its left operand's value (or, with --operator-target pending_sum, the
+              group's sum of completed terms), i.e. the running partial result
+each read as two classification tasks: `mod10` (|value| mod 10, 10 classes) and `sign` (-1, 0, +1).
+If a model computes intermediate results step by step, they are linearly decodable where they are
+complete (the "step-free" question of the original study); if it does not, only the copy baseline's
+share (the digit just read) is.
+
+Sites: the embedding and the residual stream after each block (`blocks.L.hook_resid_post`), i.e.
+by layer. The probe is src.probe's softmax regression (standardized features, L2, L-BFGS from zero),
+fitted on the run's first training expressions (at most src.evaluate.ANALYSIS_TRAIN_MAX) and scored
+on other splits. Each probe is read against:
+  - the untrained control: the same probe on an untrained model of the same architecture and seed;
+    `selectivity` = trained - control accuracy on the same positions, stats.paired_bootstrap over
+    expressions, and `at_ceiling` when the control reaches src.probe.CEILING;
+  - the copy baseline (mod10: the last digit before the position; sign: always +1) and the majority
+    class of the training targets;
+  - the non-trivial positions alone (where the copy baseline is wrong): accuracy and selectivity
+    there are the part the tokens cannot give away.
+claim per (kind, task, split, site): "at ceiling: no claim" when the control is at its ceiling,
+else "selective beyond the tokens" when the selectivity on the non-trivial positions has its 95%
+interval above 0, else "selective" when the selectivity on all positions has, else "not selective".
+
+Output: DIR/value_probe.json (schema value_probe/1): run, config, seed, precision, operator_target,
+train_expressions, definitions, baselines {kind: {split: copy baseline and majority accuracy}},
+and per kind (close, operator) and task (mod10, sign) one entry per site with trained, control,
+selectivity, trained_nontrivial, control_nontrivial, selectivity_nontrivial, at_ceiling and claim
+per split; and `best_layer` per kind and task: the residual site with the best training accuracy
+(chosen on the training expressions, never on the scored splits), with its claim on each split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from src import stats
+from src.atomic import atomic_write_json
+from src.cli import MAX_ITERATIONS, MAX_RESAMPLES, MAX_SEED, ArgumentParser, check_output_file, distinct, float_in, int_in
+from src.data import make_batch
+from src.errors import run_main
+from src.evaluate import ANALYSIS_TRAIN_MAX, add_run_arguments, open_run, run_seed, split_records
+from src.intermediate import KINDS, OPERATOR_TARGETS, at_expression_positions, batch_targets
+from src.model import CompactTransformer
+from src.probe import (CEILING, MIN_RESAMPLES, accuracy_entry, at_ceiling, collect_features, fit_probes,
+                       selectivity_entry, site_groups)
+
+SCHEMA = "value_probe/1"
+SPLITS = ("test_flat", "test_paren", "test_depth3")
+TASKS = {"mod10": 10, "sign": 3}
+CLAIM_RULE = ("'at ceiling: no claim' when the untrained control reaches the ceiling on that split; else 'selective "
+              "beyond the tokens' when the 95% interval of the selectivity on the non-trivial positions (where the "
+              "copy baseline is wrong) lies above 0; else 'selective' when that of the selectivity on all positions "
+              "does; else 'not selective'. One interval per claim, not corrected across claims.")
+
+
+def task_target(fields: dict, task: str) -> torch.Tensor:
+    return fields["mod10"] if task == "mod10" else fields["sign_class"]
+
+
+def residual_sites(cfg) -> list:
+    return [site for group in site_groups(cfg) for site in group if site.kind != "head"]
+
+
+def load_split(cfg, split: str, limit: int | None, device, operator_target: str):
+    """(batch on the device, targets at the expression positions) of one split."""
+    max_len = cfg.model.max_seq_len
+    records = split_records(cfg, split, min(limit or ANALYSIS_TRAIN_MAX, ANALYSIS_TRAIN_MAX))[:limit]
+    batch = make_batch(records, max_len, cfg.data.answer_format)
+    return batch.to(device), at_expression_positions(batch_targets(records, max_len, operator_target), batch.depth)
+
+
+def features(model, batch, sites, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """([positions, sites, d_model] on the CPU, expression index) at the expression positions."""
+    feats, _, expr = collect_features(model, batch, [s.activation for s in sites], precision)
+    return torch.cat([feats[s.activation] for s in sites], dim=1).cpu(), expr.cpu()
+
+
+def probe_kind(x: dict, fields: dict, expr: dict, kind: str, task: str, splits, l2: float, max_iter: int):
+    """Fit on train, score on `splits`: {split: correct [positions of this kind, sites] bool}, or None
+    where the training expressions hold no position of this kind."""
+    mask = {s: fields[s][f"{kind}_mask"] for s in fields}
+    if int(mask["train"].sum()) == 0:
+        return None
+    y = task_target(fields["train"], task)[mask["train"]]
+    probe = fit_probes(x["train"][mask["train"]], y, TASKS[task], l2, max_iter)
+    out = {"train": (probe.predict(x["train"][mask["train"]]) == y[:, None])}
+    for split in splits:
+        m = mask[split]
+        out[split] = probe.predict(x[split][m]) == task_target(fields[split], task)[m][:, None]
+    return out
+
+
+def claim(ceiling: bool, selectivity: dict, selectivity_nontrivial: dict) -> str:
+    if ceiling:
+        return "at ceiling: no claim"
+    if (selectivity_nontrivial.get("ci95") or [0])[0] > 0:
+        return "selective beyond the tokens"
+    if (selectivity.get("ci95") or [0])[0] > 0:
+        return "selective"
+    return "not selective"
+
+
+def site_entries(sites, kind: str, task: str, correct: dict, fields: dict, expr: dict, splits, resamples: int) -> list:
+    entries = []
+    for i, site in enumerate(sites):
+        e = {"site": site.name, "layer": site.layer, "relative_depth": site.relative_depth,
+             "train_accuracy": correct["trained"]["train"][:, i].double().mean().item(),
+             "control_train_accuracy": correct["control"]["train"][:, i].double().mean().item(), "splits": {}}
+        for split in splits:
+            m = fields[split][f"{kind}_mask"]
+            if int(m.sum()) == 0:
+                continue
+            where, nontrivial = expr[split][m], ~fields[split]["trivial"][m]
+            t, c = correct["trained"][split][:, i], correct["control"][split][:, i]
+            s = {"trained": accuracy_entry(t, where, resamples), "control": accuracy_entry(c, where, resamples),
+                 "selectivity": selectivity_entry(t, c, where, resamples)}
+            if task == "mod10" and bool(nontrivial.any()):
+                s |= {"trained_nontrivial": accuracy_entry(t[nontrivial], where[nontrivial], resamples),
+                      "control_nontrivial": accuracy_entry(c[nontrivial], where[nontrivial], resamples),
+                      "selectivity_nontrivial": selectivity_entry(t[nontrivial], c[nontrivial], where[nontrivial],
+                                                                  resamples)}
+            s["at_ceiling"] = at_ceiling(s["control"])
+            s["claim"] = claim(s["at_ceiling"], s["selectivity"], s.get("selectivity_nontrivial", {}))
+            e["splits"][split] = s
+        entries.append(e)
+    return entries
+
+
+def baselines(fields: dict, kind: str, splits, resamples: int) -> dict:
+    """Per split: the copy baseline (mod10: the last digit read; sign: always +1) and the majority
+    class of the training targets, with the number of positions and the share that is trivial."""
+    train = fields["train"]
+    tm = train[f"{kind}_mask"]
+    majority = {task: int(torch.bincount(task_target(train, task)[tm], minlength=TASKS[task]).argmax()) if int(tm.sum())
+                else None for task in TASKS}
+    out = {}
+    for split, f in fields.items():
+        if split == "train":
+            continue
+        m = f[f"{kind}_mask"]
+        if int(m.sum()) == 0:
+            out[split] = {"n_positions": 0}
+            continue
+        where = f["expr"][m]
+        out[split] = {"n_positions": int(m.sum()), "trivial_share": f["trivial"][m].double().mean().item(),
+                      "copy_mod10": accuracy_entry(f["trivial"][m], where, resamples),
+                      "copy_sign": accuracy_entry(f["sign"][m] == 1, where, resamples),
+                      "majority": {task: accuracy_entry(task_target(f, task)[m] == majority[task], where, resamples)
+                                   for task in TASKS if majority[task] is not None}}
+    return out
+
+
+def best_layer(entries: list, splits) -> dict:
+    """The residual site (not the embedding) with the best training accuracy, and its claim per split."""
+    resid = [e for e in entries if e["layer"] is not None]
+    best = max(resid, key=lambda e: e["train_accuracy"])  # max keeps the earliest of ties
+    return {"site": best["site"], "layer": best["layer"], "train_accuracy": best["train_accuracy"],
+            "splits": {s: {"trained": best["splits"][s]["trained"]["accuracy"],
+                           "control": best["splits"][s]["control"]["accuracy"],
+                           "selectivity": best["splits"][s]["selectivity"],
+                           "trained_nontrivial": best["splits"][s].get("trained_nontrivial", {}).get("accuracy"),
+                           "selectivity_nontrivial": best["splits"][s].get("selectivity_nontrivial"),
+                           "claim": best["splits"][s]["claim"]}
+                       for s in splits if s in best["splits"]}}
+
+
+def value_probe(model, control, cfg, args) -> dict:
+    """Everything of value_probe.json but the run's identity."""
+    device = next(model.parameters()).device
+    sites = residual_sites(cfg.model)
+    batches, fields = {}, {}
+    for split in ["train", *args.splits]:
+        batches[split], fields[split] = load_split(cfg, split, args.limit, device, args.operator_target)
+    x, expr = {}, {}
+    per_model = {}
+    for name, m in (("trained", model), ("control", control)):
+        for split, batch in batches.items():
+            x[split], expr[split] = features(m, batch, sites, args.precision)
+            if not torch.equal(expr[split], fields[split]["expr"]):
+                raise RuntimeError(f"{split}: probed positions differ from the targets' positions")
+        per_model[name] = {(kind, task): probe_kind(x, fields, expr, kind, task, args.splits, args.l2, args.max_iter)
+                           for kind in KINDS for task in TASKS}
+    results = {}
+    for kind in KINDS:
+        results[kind] = {}
+        for task in TASKS:
+            if per_model["trained"][(kind, task)] is None:
+                results[kind][task] = None
+                continue
+            correct = {name: per_model[name][(kind, task)] for name in per_model}
+            entries = site_entries(sites, kind, task, correct, fields, expr, args.splits, args.resamples)
+            results[kind][task] = {"sites": entries, "best_layer": best_layer(entries, args.splits)}
+    return {"train_expressions": len(batches["train"]),
+            "baselines": {kind: baselines(fields, kind, args.splits, args.resamples) for kind in KINDS},
+            "probes": results}
+
+
+def format_summary(result: dict) -> str:
+    lines = [f"{'kind':<9} {'task':<6} {'split':<12} {'best site':<26} {'trained':>8} {'control':>8} "
+             f"{'non-triv':>8} {'copy':>6}  claim"]
+    for kind, tasks in result["probes"].items():
+        for task, r in (tasks or {}).items():
+            if r is None:
+                continue
+            b = r["best_layer"]
+            for split, s in b["splits"].items():
+                base = result["baselines"][kind][split]
+                copy = base["copy_mod10" if task == "mod10" else "copy_sign"]["accuracy"]
+                nt = s["trained_nontrivial"]
+                lines.append(f"{kind:<9} {task:<6} {split:<12} {b['site']:<26} {s['trained']:>8.3f} {s['control']:>8.3f} "
+                             f"{'' if nt is None else f'{nt:.3f}':>8} {copy:>6.3f}  {s['claim']}")
+    return "\n".join(lines)
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m src.value_probe", description=__doc__.split("\n\n")[0],
+                       epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(p)
+    p.add_argument("--splits", nargs="+", default=list(SPLITS), metavar="SPLIT",
+                   help="splits to score the probes on, each once, any of %(default)s (default: all)")
+    p.add_argument("--operator-target", choices=OPERATOR_TARGETS, default="left_operand",
+                   help="the target at an operator: its left operand's value, or the sum of the group's completed "
+                   "terms (default: %(default)s; src.intermediate defines both)")
+    p.add_argument("--l2", type=float_in(0, None), default=1e-4, help="L2 penalty on the probe weights (default: %(default)s)")
+    p.add_argument("--max-iter", type=int_in(1, MAX_ITERATIONS), default=200,
+                   help=f"L-BFGS iterations per fit, 1 to {MAX_ITERATIONS} (default: %(default)s)")
+    p.add_argument("--resamples", type=int_in(MIN_RESAMPLES, MAX_RESAMPLES), default=stats.DEFAULT_RESAMPLES,
+                   help=f"bootstrap resamples over expressions, {MIN_RESAMPLES} to {MAX_RESAMPLES} (default: %(default)s)")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=None,
+                   help="seed of the untrained control (default: the run's seed from summary.json, else 42)")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default: RUN/value_probe.json)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    distinct(args.splits, "--splits", SPLITS)
+    model, ckpt, cfg, device = open_run(args)
+    out = check_output_file(args.out or args.run / "value_probe.json", "--out" if args.out else "output",
+                            "value_probe.json")
+    seed = args.seed if args.seed is not None else run_seed(args.run)
+    torch.manual_seed(seed)
+    control = CompactTransformer(cfg.model).to(device).eval()
+    tic = time.perf_counter()
+    body = value_probe(model, control, cfg, args)
+    result = {"schema": SCHEMA, "run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"],
+              "config": cfg.name, "seed": run_seed(args.run), "control_seed": seed, "device": str(device),
+              "precision": args.precision, "limit": args.limit, "operator_target": args.operator_target,
+              "l2": args.l2, "max_iter": args.max_iter, "resamples": args.resamples,
+              "sites": "hook_embed and blocks.L.hook_resid_post (the residual stream after block L)",
+              "tasks": {"mod10": "|value| mod 10 (10 classes)", "sign": "sign of the value (-1, 0, +1)"},
+              "targets": {"close": "at each ')': the value of the sub-expression it closes",
+                          "operator": f"at each operator: {args.operator_target} (src.intermediate)"},
+              "nontrivial": "positions where the copy baseline (the last digit read) gets mod10 wrong",
+              "selectivity_definition": "trained - control accuracy on the same positions, stats.paired_bootstrap "
+                                        "over expressions (control as a, trained as b)",
+              "ceiling": CEILING, "claim_rule": CLAIM_RULE, **body, "elapsed_s": time.perf_counter() - tic}
+    print(format_summary(result))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, result)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))
