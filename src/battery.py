@@ -36,8 +36,8 @@ import torch
 from src.atomic import atomic_write_json
 from src.cli import MAX_EXAMPLES, ArgumentParser, comma_list, int_in
 from src.errors import UserError, run_main
+from src.runfiles import stamp
 
-SCHEMA = "battery/1"
 STEPS = ("ablate", "roles", "probe", "patching", "value_probe")
 OUTPUTS = {"ablate": "ablation.json", "roles": "roles.json", "probe": "probe.json", "patching": "patching.json",
            "value_probe": "value_probe.json"}
@@ -98,9 +98,9 @@ def main(argv=None) -> int:
               flush=True)
     total = time.perf_counter() - tic
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") and torch.cuda.is_available() else "cpu"
-    record = {"schema": SCHEMA, "run": str(args.run), "device": device, "torch": torch.__version__,
+    record = stamp("battery", {"run": str(args.run), "device": device, "torch": torch.__version__,
               "limit": args.limit, "steps": steps, "outputs": {s["step"]: OUTPUTS[s["step"]] for s in steps},
-              "total_s": total, "failed": [s["step"] for s in steps if s["status"] != "ok"]}
+              "total_s": total, "failed": [s["step"] for s in steps if s["status"] != "ok"]})
     atomic_write_json(args.run / "battery.json", record)
     print(f"battery: {len(steps)} step(s) in {total:.1f} s on {device}; "
           + (f"FAILED: {', '.join(record['failed'])}" if record["failed"] else "all ok")

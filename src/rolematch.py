@@ -35,13 +35,28 @@ intervals is a descriptive test of compatibility, not a test of equality: it lea
 
 `match_across_scales` builds the table (role x scale x seed) and the verdicts; `rolematch_markdown`
 renders both.
+
+The command reads each run's roles.json and ablation.json (and patching.json where it exists):
+
+    python -m src.rolematch --pilot P1 P2 P3 --large L1 L2 L3 [--mode zero|mean]
+        [--split test_paren_matched|bracket_specificity|...] [--metric answer_loss] --out DIR
+
+and writes DIR/rolematch.json (schema rolematch/1: the table, the verdicts, and per run the layer where
+residual patching restores most of the bracketed twin's answer log-probability, by direction and
+position class, with its relative layer) and DIR/ROLEMATCH.md.
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
+from src.atomic import atomic_write_json, atomic_write_text
+from src.cli import ArgumentParser
+from src.errors import UserError, run_main
 from src.roles import ROLE_THRESHOLD, ROLES, match_roles
+from src.runfiles import read_result, stamp
 
 PILOT, LARGE = "pilot", "10M"
 SCALES = (PILOT, LARGE)
@@ -269,3 +284,87 @@ def rolematch_markdown(result: dict) -> str:
               "persists: every 10M seed holds the role at the pilot's depth, with no opposite effect direction and "
               "overlapping intervals; moves: held at 10M but not so; vanishes: no 10M seed holds it."]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def patching_peaks(patching: dict) -> dict:
+    """{direction: {class: the residual layer with the largest restored_share, its relative layer,
+    share and interval}} of one patching.json."""
+    out = {}
+    for direction_name, classes in patching.get("resid", {}).items():
+        for cls, layers in classes.items():
+            scored = [e for e in layers if e.get("restored_share") is not None]
+            if scored:
+                best = max(scored, key=lambda e: e["restored_share"])
+                out.setdefault(direction_name, {})[cls] = {k: best.get(k) for k in
+                                                            ("layer", "relative_layer", "restored_share", "ci95")}
+    return out
+
+
+def run_evidence(run: Path, mode: str, split: str, metric: str) -> tuple[RunEvidence, dict | None]:
+    roles = read_result(run / "roles.json", "roles")
+    ablation = read_result(run / "ablation.json", "ablation")
+    try:
+        effects = effects_from_ablation(ablation, mode, split, metric)
+    except (KeyError, ValueError) as err:
+        raise UserError(f"{run / 'ablation.json'}: no {mode}/{split}/{metric} effects ({err}); rerun "
+                        f"`python -m src.ablate --run {run}`") from None
+    patching = read_result(run / "patching.json", "patching") if (run / "patching.json").is_file() else None
+    return RunEvidence(roles, effects), patching
+
+
+def main(argv=None) -> int:
+    p = ArgumentParser(prog="python -m src.rolematch", description=__doc__.split("\n\n")[0],
+                       epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pilot", nargs="+", type=Path, required=True, metavar="RUN", help="the pilot's run directories")
+    p.add_argument("--large", nargs="+", type=Path, required=True, metavar="RUN", help="the 10M model's run directories")
+    p.add_argument("--mode", choices=("zero", "mean"), default="zero", help="ablation mode of the effects (default: zero)")
+    p.add_argument("--split", default=MATCHED_SPLIT, help="the scan's split of the effects, or bracket_specificity "
+                   "(default: %(default)s)")
+    p.add_argument("--metric", default="answer_loss", help="the effects' metric (default: %(default)s)")
+    p.add_argument("--out", type=Path, required=True, help="directory for rolematch.json and ROLEMATCH.md")
+    p.add_argument("--debug", action="store_true", help="show a traceback on error")
+    args = p.parse_args(argv)
+    evidence = {}
+    for scale, runs in ((PILOT, args.pilot), (LARGE, args.large)):
+        for run in runs:
+            if not run.is_dir():
+                raise UserError(f"--{'pilot' if scale == PILOT else 'large'} {run}: not a directory")
+        evidence[scale] = [run_evidence(run, args.mode, args.split, args.metric) for run in runs]
+    try:
+        table = match_across_scales([e for e, _ in evidence[PILOT]], [e for e, _ in evidence[LARGE]])
+    except ValueError as err:
+        raise UserError(f"the runs cannot be matched: {err}") from None
+    peaks = {scale: [{"run": str(run), "seed": e.seed, "peaks": patching_peaks(pt) if pt else None}
+                     for run, (e, pt) in zip(runs, evidence[scale])]
+             for scale, runs in ((PILOT, args.pilot), (LARGE, args.large))}
+    result = stamp("rolematch", {"pilot_runs": [str(r) for r in args.pilot], "large_runs": [str(r) for r in args.large],
+                                 "mode": args.mode, "split": args.split, "metric": args.metric, **table,
+                                 "patching_peaks": peaks})
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "rolematch.json", result)
+    atomic_write_text(args.out / "ROLEMATCH.md", rolematch_markdown(result) + peaks_markdown(peaks))
+    print(rolematch_markdown(result))
+    print(f"wrote {args.out / 'rolematch.json'} and {args.out / 'ROLEMATCH.md'}")
+    return 0
+
+
+def peaks_markdown(peaks: dict) -> str:
+    lines = ["", "Residual patching: the layer where the restored share of the answer log-probability peaks "
+             "(src.patching; relative layer in brackets).", "",
+             "| scale | seed | direction | class | peak layer (relative) | restored share [95%] |", "|---|---|---|---|---|---|"]
+    for scale, runs in peaks.items():
+        for r in runs:
+            for direction_name, classes in (r["peaks"] or {}).items():
+                for cls, e in classes.items():
+                    ci = e.get("ci95")
+                    share = f"{e['restored_share']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                    lines.append(f"| {scale} | {r['seed']} | {direction_name} | {cls} | {e['layer']} "
+                                 f"({e['relative_layer']:.2f}) | {share} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

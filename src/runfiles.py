@@ -23,6 +23,9 @@ SCHEMAS = {
     "report": "report/2",        # src.report: report.json
     "extension": "extension/1",  # src.extension: results/extension/extension.json
     "patching": "patching/1",    # src.patching: patching.json
+    "value_probe": "value_probe/1",  # src.value_probe: value_probe.json
+    "battery": "battery/1",      # src.battery: battery.json
+    "rolematch": "rolematch/1",  # src.rolematch: rolematch.json
 }
 REGENERATE = {
     "summary": "python -m src.train --config CONFIG --output-dir {run} ...",
@@ -34,6 +37,9 @@ REGENERATE = {
     "report": "python -m src.report RUN [RUN ...]",
     "extension": "python -m src.extension",
     "patching": "python -m src.patching --run {run}",
+    "value_probe": "python -m src.value_probe --run {run}",
+    "battery": "python -m src.battery --run {run}",
+    "rolematch": "python -m src.rolematch --pilot RUN ... --large RUN ...",
 }
 
 

@@ -53,8 +53,8 @@ from src.intermediate import KINDS, OPERATOR_TARGETS, at_expression_positions, b
 from src.model import CompactTransformer
 from src.probe import (CEILING, MIN_RESAMPLES, accuracy_entry, at_ceiling, collect_features, fit_probes,
                        selectivity_entry, site_groups)
+from src.runfiles import stamp
 
-SCHEMA = "value_probe/1"
 SPLITS = ("test_flat", "test_paren", "test_depth3")
 TASKS = {"mod10": 10, "sign": 3}
 CLAIM_RULE = ("'at ceiling: no claim' when the untrained control reaches the ceiling on that split; else 'selective "
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     control = CompactTransformer(cfg.model).to(device).eval()
     tic = time.perf_counter()
     body = value_probe(model, control, cfg, args)
-    result = {"schema": SCHEMA, "run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"],
+    result = stamp("value_probe", {"run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"],
               "config": cfg.name, "seed": run_seed(args.run), "control_seed": seed, "device": str(device),
               "precision": args.precision, "limit": args.limit, "operator_target": args.operator_target,
               "l2": args.l2, "max_iter": args.max_iter, "resamples": args.resamples,
@@ -264,7 +264,7 @@ def main(argv=None) -> int:
               "nontrivial": "positions where the copy baseline (the last digit read) gets mod10 wrong",
               "selectivity_definition": "trained - control accuracy on the same positions, stats.paired_bootstrap "
                                         "over expressions (control as a, trained as b)",
-              "ceiling": CEILING, "claim_rule": CLAIM_RULE, **body, "elapsed_s": time.perf_counter() - tic}
+              "ceiling": CEILING, "claim_rule": CLAIM_RULE, **body, "elapsed_s": time.perf_counter() - tic})
     print(format_summary(result))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, result)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from src import roles
+from src import battery, rolematch, roles
+from src.errors import run_main
 from src.rolematch import (LARGE, PILOT, VERDICTS, HeadEffect, RunEvidence, direction, effects_from_ablation,
                            match_across_scales, role_verdict, rolematch_markdown)
+from tests.test_probe import write_tiny_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCE = "zero/test_paren_matched/answer_loss"
@@ -219,3 +221,31 @@ def test_shipped_results_end_to_end():
     assert len(result["cells"]) == len(roles.ROLES) * (len(pilot) + len(large))
     assert all(v["verdict"] in VERDICTS for v in result["verdicts"].values())
     assert rolematch_markdown(result).count("\n| ") >= len(result["cells"])
+
+
+def test_the_command_matches_real_run_files_and_reports_the_patching_peaks(tmp_path, capsys):
+    runs = []
+    for seed in (0, 1):
+        (tmp_path / f"s{seed}").mkdir()
+        run = write_tiny_run(tmp_path / f"s{seed}", seed=seed)
+        assert battery.main(["--run", str(run), "--device", "cpu", "--limit", "24", "--only", "ablate,roles,patching",
+                             "--quiet"]) == 0
+        runs.append(run)
+    out = tmp_path / "match"
+    assert rolematch.main(["--pilot", str(runs[0]), "--large", str(runs[1]), "--out", str(out)]) == 0
+    result = json.loads((out / "rolematch.json").read_text())
+    assert result["schema"] == "rolematch/1" and result["mode"] == "zero"
+    assert result["effect_source"] == "zero/test_paren_matched/answer_loss"
+    assert {c["role"] for c in result["cells"]} == set(roles.ROLES) and len(result["cells"]) == 2 * len(roles.ROLES)
+    assert set(result["verdicts"]) == set(roles.ROLES)
+    peaks = result["patching_peaks"]["pilot"][0]["peaks"]
+    patching = json.loads((runs[0] / "patching.json").read_text())
+    for direction_name, classes in peaks.items():
+        for cls, peak in classes.items():
+            shares = [e["restored_share"] for e in patching["resid"][direction_name][cls] if e["restored_share"] is not None]
+            assert peak["restored_share"] == max(shares)
+    assert "| role | verdict |" in (out / "ROLEMATCH.md").read_text()
+    capsys.readouterr()
+    (runs[1] / "roles.json").unlink()
+    assert run_main(rolematch.main, ["--pilot", str(runs[0]), "--large", str(runs[1]), "--out", str(out)]) == 2
+    assert "roles.json: not found; make it with `python -m src.roles" in capsys.readouterr().err
