@@ -37,9 +37,10 @@ CUDA_VISIBLE_DEVICES set to its own GPU. With one GPU, or --device cpu, one work
 environment is passed on unchanged. --workers N overrides the count (workers then share the GPUs
 in turn).
 
-One writer per run: src.train locks each run directory (src.rundir); the sweep also holds RUNS/C/.lock
-while it works on config C, and skips, with a note, a config whose .lock or any of whose run
-directories' .lock is held by another process (another sweep, a training started by hand). Such a
+One writer per run: src.train locks each run directory (src.rundir); the sweep also holds
+RUNS/C/.seedS.lock for each seed S of config C it works on, and skips, with a note, a config one of
+whose seeds' .seedS.lock or run directories' .lock is held by another process (another sweep, a
+training started by hand). Sweeps of disjoint seeds of one config (one per GPU) run side by side. Such a
 skip is not a failure (exit 0): run the sweep again once the other process ends.
 
 --list prints, for each config with something left to do, one self-contained command that does it:
@@ -302,11 +303,17 @@ def holder(lock: Path) -> str | None:
         os.close(fd)  # drops the lock if this call took it
 
 
+def seed_lock(runs: Path, seed: int) -> Path:
+    return runs / f".seed{seed}.lock"
+
+
 def in_use(group: Group, sweep_lock: bool = False) -> str | None:
     """Why the group cannot be worked on now (a run directory locked by another process; with
-    `sweep_lock`, also the config locked by another sweep), or None."""
-    if sweep_lock and (who := holder(group.runs / ".lock")):
-        return f"{group.runs} is in use by {who}"
+    `sweep_lock`, also one of its seeds locked by another sweep), or None."""
+    if sweep_lock:
+        for p in group.seeds:
+            if who := holder(seed_lock(group.runs, p.seed)):
+                return f"{group.runs} seed {p.seed} is in use by {who}"
     for seed in group.doing("train", "resume", "evaluate"):
         who = holder(group.run(seed) / ".lock")
         if who:
@@ -315,23 +322,29 @@ def in_use(group: Group, sweep_lock: bool = False) -> str | None:
 
 
 class GroupLock:
-    """RUNS/<config>/.lock, held while a sweep works on the config (the flock of src.rundir)."""
+    """RUNS/<config>/.seedS.lock for each seed, held while a sweep works on those seeds of the config
+    (the flock of src.rundir): all of them, or none and a BlockingIOError naming the holder."""
 
-    def __init__(self, runs: Path):
+    def __init__(self, runs: Path, seeds):
         runs.mkdir(parents=True, exist_ok=True)
-        self.path = runs / ".lock"
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(fd):
-            who = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise BlockingIOError(f"{runs} is in use by {who}")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"PID {os.getpid()} on {socket.gethostname()} (src.sweep)\n".encode())
-        self.fd = fd
+        self.held: list[tuple[Path, int]] = []
+        for seed in sorted(seeds):
+            path = seed_lock(runs, seed)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_lock(fd):
+                who = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+                os.close(fd)
+                self.release()
+                raise BlockingIOError(f"{runs} seed {seed} is in use by {who}")
+            os.ftruncate(fd, 0)
+            os.write(fd, f"PID {os.getpid()} on {socket.gethostname()} (src.sweep)\n".encode())
+            self.held.append((path, fd))
 
     def release(self) -> None:
-        self.path.unlink(missing_ok=True)
-        os.close(self.fd)
+        for path, fd in self.held:
+            path.unlink(missing_ok=True)
+            os.close(fd)
+        self.held = []
 
 
 # ---------------------------------------------------------------------------- commands
@@ -523,7 +536,7 @@ class Sweep:
     def run_group(self, group: Group, env: dict) -> None:
         group.done_steps = 0
         try:
-            lock = GroupLock(group.runs)
+            lock = GroupLock(group.runs, [p.seed for p in group.seeds])
         except BlockingIOError as err:
             self.skip(group, str(err))
             return

@@ -147,7 +147,7 @@ def test_full_sweep_collects_every_run(swept):
             assert summary["status"] == "completed" and summary["steps"] == EPOCHS * STEPS_PER_EPOCH
             assert "--device cpu" in (run / "evaluate.log").read_text()
         assert (swept["runs"] / name / "train.log").is_file()
-        assert not (swept["runs"] / name / ".lock").exists()  # the sweep's lock on the config is gone
+        assert not list((swept["runs"] / name).glob(".seed*.lock"))  # the sweep's locks on the seeds are gone
 
 
 def test_sweep_resumes_the_partial_run_and_trains_the_new_seed_beside_it(swept):
@@ -225,7 +225,7 @@ def test_config_in_use_is_skipped_and_a_failed_one_reported_while_the_others_go_
 
 def test_config_held_by_another_sweep_is_skipped(tmp_path, capsys):
     env = make_sweep(tmp_path)
-    other_sweep = src.sweep.GroupLock(env["runs"] / "b")
+    other_sweep = src.sweep.GroupLock(env["runs"] / "b", [42])
     held = RunDir(str(env["runs"] / "a" / "seed42"), resume=False)
     try:
         rc, out, err = sweep(env, capsys, "--dry-run", seeds=(42,))
@@ -235,9 +235,25 @@ def test_config_held_by_another_sweep_is_skipped(tmp_path, capsys):
         held.release()
         other_sweep.release()
     assert rc == 0, err
-    assert f"note: b skipped: {env['runs'] / 'b'} is in use by PID {os.getpid()}" in err
+    assert f"note: b skipped: {env['runs'] / 'b'} seed 42 is in use by PID {os.getpid()}" in err
     assert "2 config(s) skipped (in use)" in out
     assert not env["results"].exists()
+
+
+def test_sweeps_of_disjoint_seeds_of_one_config_run_side_by_side(tmp_path, capsys):
+    env = make_sweep(tmp_path)
+    other_sweep = src.sweep.GroupLock(env["runs"] / "a", [42])  # another sweep (another GPU) on seed 42 of a
+    try:
+        rc, out, err = sweep(env, capsys, "--dry-run", "--only", "a", seeds=(123,))
+        assert "in use" not in out and "train" in out
+        rc, out, err = sweep(env, capsys, "--dry-run", "--only", "a", seeds=(42, 123))
+        assert "a: in use now" in out
+        rc, out, err = sweep(env, capsys, "--only", "a", seeds=(123,))
+    finally:
+        other_sweep.release()
+    assert rc == 0, err
+    assert (env["results"] / "a" / "seed123" / "eval.json").is_file()
+    assert not (env["results"] / "a" / "seed42").exists()
 
 
 # ---------------------------------------------------------------------------- what each seed needs

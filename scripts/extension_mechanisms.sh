@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The learnability extension, part 2 (issue 14): retrain the models to take apart, run the whole
+# battery on each (src.battery), then match the pilot's roles to the 10M model's (src.rolematch).
+#
+#   bash scripts/extension_mechanisms.sh                     # the N = 2,000,000 models, seeds 42 123 7
+#   RUNS="ext_pilot_n2000000:42 ext_10m_n2000000:42" bash scripts/extension_mechanisms.sh
+#   GPUS="0 1 2 3" bash scripts/extension_mechanisms.sh     # one queue per GPU
+#
+# Checkpoints are not kept in the repository, so each model is trained again (the commands of
+# results/extension/RUNS.md; deterministic given config and seed up to GPU rounding) into RUNS_DIR,
+# with its results in RETRAIN_DIR (never results/extension, whose finished runs the sweep would skip).
+# Each run's retrained eval.json goes beside the battery's files, so that the retrained model can be
+# held against the committed one. Small outputs are copied to OUT/<config>/seed<S>/.
+#
+# Environment: RUNS (config:seed items), GPUS (CUDA device indices; default: all visible, or the CPU
+# when there is none), RUNS_DIR (default runs/extension), RETRAIN_DIR (default runs/extension_retrain),
+# OUT (default results/extension/mechanisms).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-"ext_10m_n2000000:42 ext_10m_n2000000:123 ext_10m_n2000000:7 ext_pilot_n2000000:42 ext_pilot_n2000000:123 ext_pilot_n2000000:7"}
+RUNS_DIR=${RUNS_DIR:-runs/extension}
+RETRAIN_DIR=${RETRAIN_DIR:-runs/extension_retrain}
+OUT=${OUT:-results/extension/mechanisms}
+if [ -z "${GPUS:-}" ]; then
+  GPUS=$(python -c "import torch; print(' '.join(map(str, range(torch.cuda.device_count()))) or 'cpu')")
+fi
+read -r -a gpus <<< "$GPUS"
+read -r -a items <<< "$RUNS"
+
+# every training set the items need, generated once before the queues start (the queues would race)
+for size in $(for item in "${items[@]}"; do c=${item%%:*}; echo "${c#*_n}" | sed 's/_.*//'; done | sort -u); do
+  python -m src.data --train-size "$size"
+done
+
+one() {  # one config:seed on one device: train (or finish) it, evaluate it, run the battery, copy the results
+  local config=${1%%:*} seed=${1##*:} device=$2
+  local run="$RUNS_DIR/$config/seed$seed" dest="$OUT/$config/seed$seed"
+  local where=(--device cuda)
+  [ "$device" = cpu ] && where=(--device cpu)
+  python -m src.sweep configs/extension --only "$config" --seeds "$seed" --runs-dir "$RUNS_DIR" \
+    --results-dir "$RETRAIN_DIR" --no-progress "${where[@]}"
+  python -m src.battery --run "$run" "${where[@]}" --quiet
+  mkdir -p "$dest"
+  for f in battery.json ablation.json roles.json probe.json patching.json value_probe.json eval.json summary.json; do
+    [ -f "$run/$f" ] && cp "$run/$f" "$dest/$f"
+  done
+  echo "== $config seed $seed: done on $device -> $dest"
+}
+
+pids=()
+for i in "${!gpus[@]}"; do
+  (
+    device=${gpus[$i]}
+    [ "$device" != cpu ] && export CUDA_VISIBLE_DEVICES=$device
+    for j in "${!items[@]}"; do
+      if [ $((j % ${#gpus[@]})) -eq "$i" ]; then one "${items[$j]}" "$device"; fi
+    done
+  ) &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+
+# roles matched across scales, where both scales have runs
+pilot=() large=()
+for item in "${items[@]}"; do
+  config=${item%%:*} seed=${item##*:}
+  case $config in
+    ext_pilot_*) pilot+=("$RUNS_DIR/$config/seed$seed") ;;
+    ext_10m_*) large+=("$RUNS_DIR/$config/seed$seed") ;;
+  esac
+done
+if [ ${#pilot[@]} -gt 0 ] && [ ${#large[@]} -gt 0 ]; then
+  python -m src.rolematch --pilot "${pilot[@]}" --large "${large[@]}" --out "$OUT" || status=1
+fi
+exit $status
