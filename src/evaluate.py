@@ -238,8 +238,9 @@ def evaluate_batch(model, batch: Batch, precision="fp32", ablation=None, with_in
 
 
 # The analyses (probe fits, mean-ablation means) read at most this many training expressions: the
-# first lines of the training file, which for a generated set are the same at every N (nested sets).
-ANALYSIS_TRAIN_MAX = 20_000
+# first lines of the training file. Every generated set starts with data/pilot_train.jsonl (nested
+# sets), so every model of both studies is probed and mean-ablated on the very same 2,000 expressions.
+ANALYSIS_TRAIN_MAX = 2_000
 
 
 def split_records(cfg, split: str, train_max: int | None = None) -> list:
