@@ -10,7 +10,8 @@
 # results/extension/RUNS.md; deterministic given config and seed up to GPU rounding) into RUNS_DIR,
 # with its results in RETRAIN_DIR (never results/extension, whose finished runs the sweep would skip).
 # Each run's retrained eval.json goes beside the battery's files, so that the retrained model can be
-# held against the committed one. Small outputs are copied to OUT/<config>/seed<S>/.
+# held against the committed one. Small outputs are copied to OUT/<config>/seed<S>/; the role
+# matching (OUT/rolematch.json) and the report section (OUT/MECHANISMS.md) are written last.
 #
 # Environment: RUNS (config:seed items), GPUS (CUDA device indices; default: all visible, or the CPU
 # when there is none), RUNS_DIR (default runs/extension), RETRAIN_DIR (default runs/extension_retrain),
@@ -71,7 +72,10 @@ for item in "${items[@]}"; do
     ext_10m_*) large+=("$RUNS_DIR/$config/seed$seed") ;;
   esac
 done
+match=()
 if [ ${#pilot[@]} -gt 0 ] && [ ${#large[@]} -gt 0 ]; then
-  python -m src.rolematch --pilot "${pilot[@]}" --large "${large[@]}" --out "$OUT" || status=1
+  python -m src.rolematch --pilot "${pilot[@]}" --large "${large[@]}" --out "$OUT" && match=(--rolematch "$OUT") || status=1
 fi
+# the section "Extension: mechanisms" (python -m src.report ... --extension results/extension includes it)
+python -m src.mechanisms "$OUT"/*/seed* "${match[@]}" --out "$OUT" > /dev/null || status=1
 exit $status

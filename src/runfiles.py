@@ -26,6 +26,7 @@ SCHEMAS = {
     "value_probe": "value_probe/1",  # src.value_probe: value_probe.json
     "battery": "battery/1",      # src.battery: battery.json
     "rolematch": "rolematch/1",  # src.rolematch: rolematch.json
+    "mechanisms": "mechanisms/1",  # src.mechanisms: mechanisms.json
 }
 REGENERATE = {
     "summary": "python -m src.train --config CONFIG --output-dir {run} ...",
@@ -40,6 +41,7 @@ REGENERATE = {
     "value_probe": "python -m src.value_probe --run {run}",
     "battery": "python -m src.battery --run {run}",
     "rolematch": "python -m src.rolematch --pilot RUN ... --large RUN ...",
+    "mechanisms": "python -m src.mechanisms RUN ... --out DIR",
 }
 
 

@@ -31,9 +31,13 @@ def output_paths(out: Path) -> dict[str, Path]:
     return paths
 
 
+MECHANISMS = "mechanisms/MECHANISMS.md"  # beside extension.json: the section "Extension: mechanisms"
+
+
 def extension_section(directory: Path | None, out: Path) -> list[str]:
     """The learnability extension's section (SPEC section 8), from DIRECTORY/extension.json as
-    `python -m src.extension` wrote it, its figures linked relative to the report; [] without one."""
+    `python -m src.extension` wrote it, its figures linked relative to the report, followed by
+    DIRECTORY/mechanisms/MECHANISMS.md where `python -m src.mechanisms` wrote one; [] without one."""
     if directory is None:
         return []
     from src.extension import markdown  # the extension's own renderer: one definition of its tables
@@ -41,7 +45,12 @@ def extension_section(directory: Path | None, out: Path) -> list[str]:
     rep = read_result(directory / "extension.json", "extension")
     prefix = os.path.relpath(directory, out.parent).replace(os.sep, "/")
     text = re.sub(r"\]\(([\w.-]+\.png)\)", lambda m: f"]({prefix}/{m.group(1)})", markdown(rep))
-    return [text.replace("`extension.json`", f"`{prefix}/extension.json`"), ""]
+    section = [text.replace("`extension.json`", f"`{prefix}/extension.json`"), ""]
+    mechanisms = directory / MECHANISMS
+    if mechanisms.is_file():  # part 2, as `python -m src.mechanisms` wrote it
+        text = mechanisms.read_text(encoding="utf-8")
+        section += [text.replace("`mechanisms.json`", f"`{prefix}/mechanisms/mechanisms.json`"), ""]
+    return section
 
 
 def build_report(run_dirs, out: Path, extension: Path | None = None) -> dict:

@@ -1,0 +1,229 @@
+"""The section "Extension: mechanisms" (issue 14 item 6), from the battery's files of each run.
+
+    python -m src.mechanisms RUN [RUN ...] [--rolematch DIR] --out DIR
+
+Each RUN is a directory holding the files src.battery leaves (ablation.json, roles.json, probe.json,
+patching.json, value_probe.json, battery.json; a missing one leaves its cells empty, and says so)
+and summary.json (config, seed). scripts/extension_mechanisms.sh copies them to
+results/extension/mechanisms/<config>/seed<S>/; the replication's runs (results/pilot/seed<S>,
+results/scale_10m/seed<S>) hold the same kinds of file.
+
+Written to --out: mechanisms.json (schema mechanisms/1: per run what the tables show) and
+MECHANISMS.md, whose tables hold only what the files hold, each with the test it comes from:
+    heads        per run: heads whose ablation changes answer_loss on the matched pairs significantly
+                 (either sign) under both zero and mean ablation (Holm over the head_effect family), heads
+                 whose effect differs between the bracketed twins and the flat originals under both modes
+                 (head_bracket family), and the targeted set of each
+                 mode (chosen on one half, tested on the other: its bracket specificity there, Holm over
+                 the sets tried)
+    roles        the role matching of src.rolematch (--rolematch DIR/rolematch.json), verbatim
+    values       per run, kind (close, operator) and task (mod10, sign): the best layer's accuracy on
+                 test_paren against the untrained control and the copy baseline, on the non-trivial
+                 positions too, and its claim
+    depth        per run: the depth probes' best site and claim on test_paren and test_depth3
+    patching     per run: where residual patching peaks (bracketed_to_flat, per position class)
+    time         per run: the battery's wall time and device
+No finding is stated here that a table does not show; the README draws the conclusions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from src.atomic import atomic_write_json, atomic_write_text
+from src.cli import ArgumentParser
+from src.errors import UserError, run_main
+from src.rolematch import patching_peaks, peaks_markdown, rolematch_markdown
+from src.runfiles import read_result, stamp
+
+BOTH = "both"
+VALUE_SPLIT = "test_paren"
+DEPTH_SPLITS = ("test_paren", "test_depth3")
+KIND_FILES = {"ablation": "ablation.json", "roles": "roles.json", "probe": "probe.json", "patching": "patching.json",
+              "value_probe": "value_probe.json", "battery": "battery.json"}
+
+
+def read_run(run: Path) -> dict:
+    """The run's identity and whichever battery files it holds ({kind: dict}); absent kinds listed."""
+    if not run.is_dir():
+        raise UserError(f"{run}: not a directory; pass run directories holding the battery's files")
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{run / 'summary.json'}: unreadable ({str(err)[:120]}); every run needs its summary.json") from None
+    files, missing = {}, []
+    for kind, name in KIND_FILES.items():
+        if (run / name).is_file():
+            files[kind] = read_result(run / name, kind)
+        else:
+            missing.append(name)
+    return {"run": str(run), "config": summary.get("config"), "seed": summary.get("seed"),
+            "parameters": summary.get("parameters"), "files": files, "missing": missing}
+
+
+def head_summary(ablation: dict) -> dict:
+    """Heads significant under both modes on the matched pairs, bracket-specific heads, targeted sets."""
+    matters, bracket = [], []
+    for finding in ablation.get("head_findings", []):
+        test = finding["tests"].get("test_paren_matched/answer_loss", {})
+        if test.get("holds_under") == BOTH:
+            matters.append(finding["head"])
+    modes = ablation.get("scan", {}).get("modes", {})
+    specific = {mode: {row["head"] for row in rows if row["bracket_specificity"]["answer_loss"].get("significant")}
+                for mode, rows in modes.items()}
+    if specific:
+        bracket = sorted(set.intersection(*specific.values()))
+    targeted = {}
+    for mode, t in ablation.get("targeted", {}).items():
+        # the chosen set's test on the held-out half, as corrected over the sets tried (its step of the family)
+        step = next((s for s in t.get("steps", []) if s.get("heads") == t.get("heads")), {})
+        b = step.get("answer_loss_bracket_specificity", {})
+        targeted[mode] = {"found": t.get("found"), "heads": t.get("heads"), "estimate": b.get("estimate"),
+                          "ci95": b.get("ci95"), "p_adjusted": b.get("p_adjusted"), "family": b.get("family")}
+    base = ablation.get("baseline", {})
+    return {"heads_scanned": ablation.get("num_layers", 0) * ablation.get("num_heads", 0),
+            "matter_under_both": matters, "bracket_specific_under_both": bracket, "targeted": targeted,
+            "baseline_exact_match": {s: base.get(s, {}).get("exact_match") for s in ("test_flat", "test_paren_matched")}}
+
+
+def value_summary(value_probe: dict) -> dict:
+    out = {}
+    for kind, tasks in value_probe.get("probes", {}).items():
+        for task, r in (tasks or {}).items():
+            if r is None or VALUE_SPLIT not in r["best_layer"]["splits"]:
+                continue
+            b = r["best_layer"]
+            s = b["splits"][VALUE_SPLIT]
+            base = value_probe["baselines"][kind][VALUE_SPLIT]
+            out[f"{kind}/{task}"] = {"site": b["site"], "layer": b["layer"], "trained": s["trained"],
+                                     "control": s["control"], "trained_nontrivial": s["trained_nontrivial"],
+                                     "copy_baseline": base["copy_mod10" if task == "mod10" else "copy_sign"]["accuracy"],
+                                     "n_positions": base["n_positions"], "claim": s["claim"]}
+    return out
+
+
+def depth_summary(probe: dict) -> dict:
+    out = {}
+    for task, splits in probe.get("summary", {}).get("tasks", {}).items():
+        for split in DEPTH_SPLITS:
+            if split in splits:
+                b = splits[split]["best_site"]
+                out[f"{task}/{split}"] = {"site": b["site"], "trained": b["trained_accuracy"],
+                                          "control": b["control_accuracy"], "claim": b["claim"]}
+    return out
+
+
+def summarize_run(r: dict) -> dict:
+    f = r["files"]
+    out = {k: r[k] for k in ("run", "config", "seed", "parameters", "missing")}
+    if "ablation" in f:
+        out["heads"] = head_summary(f["ablation"])
+    if "value_probe" in f:
+        out["values"] = value_summary(f["value_probe"])
+    if "probe" in f:
+        out["depth"] = depth_summary(f["probe"])
+    if "patching" in f:
+        out["patching_peaks"] = patching_peaks(f["patching"])
+    if "battery" in f:
+        out["battery"] = {"total_s": f["battery"]["total_s"], "device": f["battery"]["device"],
+                          "steps": {s["step"]: round(s["wall_s"], 1) for s in f["battery"]["steps"]}}
+    return out
+
+
+def _fmt(x, digits=3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(runs: list[dict], rolematch: dict | None) -> str:
+    md = ["## Extension: mechanisms", "",
+          "Generated by `python -m src.mechanisms` from the battery's files of each run (`python -m src.battery`); "
+          "every number is in `mechanisms.json`. Heads are named by index within one run only: across seeds and "
+          "scales they are compared by role (below), never by index.", ""]
+    label = lambda r: f"`{r['config']}` seed {r['seed']}"  # noqa: E731
+    md += ["### Heads that matter, and heads that matter for brackets", "",
+           "Matter: ablating the head changes answer_loss on the matched pairs significantly (either sign) under both "
+           "zero and mean ablation (paired t, Holm over the head_effect family). Bracket-specific: its effect differs "
+           "between the bracketed twins and the flat originals under both modes (head_bracket family). Targeted set: "
+           "the smallest set whose effect is significantly larger on the twins, chosen on "
+           "the even-indexed pairs, tested on the odd ones (bracket specificity of answer_loss, Holm over the sets "
+           "tried).", ""]
+    md += ["| run | exact_match flat / matched | heads | matter (both modes) | bracket-specific (both) | targeted set, zero "
+           "[95% CI] p (Holm) | targeted set, mean |", "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        h = r.get("heads")
+        if h is None:
+            md.append(f"| {label(r)} | — | — | no ablation.json | — | — | — |")
+            continue
+        em = h["baseline_exact_match"]
+        cells = []
+        for mode in ("zero", "mean"):
+            t = h["targeted"].get(mode)
+            if not t:
+                cells.append("—")
+            elif not t["found"]:
+                cells.append("none significant")
+            else:
+                ci = t["ci95"] or [None, None]
+                cells.append(f"{'+'.join(t['heads'])}: {t['estimate']:+.4f} [{_fmt(ci[0], 4)}, {_fmt(ci[1], 4)}] "
+                             f"p {t['p_adjusted']:.2g}")
+        md.append(f"| {label(r)} | {_fmt(em['test_flat'])} / {_fmt(em['test_paren_matched'])} | {h['heads_scanned']} | "
+                  f"{len(h['matter_under_both'])}: {', '.join(h['matter_under_both']) or '—'} | "
+                  f"{', '.join(h['bracket_specific_under_both']) or 'none'} | {cells[0]} | {cells[1]} |")
+    md += ["", "### Roles matched across scales", ""]
+    if rolematch:
+        md += [rolematch_markdown(rolematch), peaks_markdown(rolematch.get("patching_peaks", {}))]
+    else:
+        md += ["No rolematch.json given (`python -m src.rolematch`).", ""]
+    md += ["### Intermediate values (src.value_probe)", "",
+           f"On {VALUE_SPLIT}: the residual layer with the best training accuracy; trained and untrained-control "
+           "accuracy, the copy baseline (mod10: the last digit read; sign: always +), the trained probe on the positions "
+           "the copy baseline gets wrong (non-trivial), and the claim (selectivity intervals paired over expressions).", ""]
+    md += ["| run | target | layer | positions | trained | control | copy baseline | trained, non-trivial | claim |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        for key, v in (r.get("values") or {}).items():
+            md.append(f"| {label(r)} | {key} | {v['layer']} | {v['n_positions']} | {_fmt(v['trained'])} | "
+                      f"{_fmt(v['control'])} | {_fmt(v['copy_baseline'])} | {_fmt(v['trained_nontrivial'])} | {v['claim']} |")
+        if not r.get("values"):
+            md.append(f"| {label(r)} | — | — | — | — | — | — | — | no value_probe.json |")
+    md += ["", "### Depth probes (src.probe)", "", "| run | task / split | best site | trained | control | claim |",
+           "|---|---|---|---|---|---|"]
+    for r in runs:
+        for key, v in (r.get("depth") or {}).items():
+            md.append(f"| {label(r)} | {key} | {v['site']} | {_fmt(v['trained'])} | {_fmt(v['control'])} | {v['claim']} |")
+    md += ["", "### The battery's time", "", "| run | device | total s | steps (s) |", "|---|---|---|---|"]
+    for r in runs:
+        b = r.get("battery")
+        if b:
+            steps = ", ".join(f"{k} {v}" for k, v in b["steps"].items())
+            md.append(f"| {label(r)} | {b['device']} | {b['total_s']:.1f} | {steps} |")
+    missing = [f"{label(r)}: {', '.join(r['missing'])}" for r in runs if r["missing"]]
+    if missing:
+        md += ["", "Files not there: " + "; ".join(missing) + "."]
+    return "\n".join(md) + "\n"
+
+
+def main(argv=None) -> int:
+    p = ArgumentParser(prog="python -m src.mechanisms", description=__doc__.split("\n\n")[0],
+                       epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="directories holding the battery's files")
+    p.add_argument("--rolematch", type=Path, default=None, metavar="DIR", help="directory of rolematch.json")
+    p.add_argument("--out", type=Path, required=True, help="directory for mechanisms.json and MECHANISMS.md")
+    p.add_argument("--debug", action="store_true", help="show a traceback on error")
+    args = p.parse_args(argv)
+    runs = [summarize_run(read_run(run)) for run in args.runs]
+    rolematch = read_result(args.rolematch / "rolematch.json", "rolematch") if args.rolematch else None
+    text = markdown(runs, rolematch)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "mechanisms.json", stamp("mechanisms", {"runs": runs, "rolematch": str(args.rolematch)
+                                                                                     if args.rolematch else None}))
+    atomic_write_text(args.out / "MECHANISMS.md", text)
+    print(text)
+    print(f"wrote {args.out / 'mechanisms.json'} and {args.out / 'MECHANISMS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

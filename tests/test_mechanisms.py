@@ -1,0 +1,72 @@
+"""src.mechanisms on the battery's files of two tiny runs, CPU: the section's tables hold what the
+files hold, a missing file is said, and the report includes the section."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from src import battery, mechanisms, rolematch
+from src.errors import run_main
+from src.report.cli import extension_section
+from tests.test_probe import write_tiny_run
+
+EXTENSION_JSON = Path(__file__).resolve().parent.parent / "results" / "extension" / "extension.json"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mechanisms")
+    out = []
+    for seed in (0, 1):
+        (root / f"s{seed}").mkdir()
+        run = write_tiny_run(root / f"s{seed}", seed=seed)
+        assert battery.main(["--run", str(run), "--device", "cpu", "--limit", "24", "--quiet"]) == 0
+        out.append(run)
+    assert rolematch.main(["--pilot", str(out[0]), "--large", str(out[1]), "--out", str(root / "match")]) == 0
+    return {"root": root, "runs": out, "match": root / "match"}
+
+
+def test_the_tables_hold_what_the_files_hold(runs, tmp_path):
+    out = tmp_path / "out"
+    assert mechanisms.main([*map(str, runs["runs"]), "--rolematch", str(runs["match"]), "--out", str(out)]) == 0
+    result = json.loads((out / "mechanisms.json").read_text())
+    assert result["schema"] == "mechanisms/1" and [r["seed"] for r in result["runs"]] == [0, 1]
+    first = result["runs"][0]
+    assert first["missing"] == []
+    ablation = json.loads((runs["runs"][0] / "ablation.json").read_text())
+    both = [f["head"] for f in ablation["head_findings"]
+            if f["tests"]["test_paren_matched/answer_loss"]["holds_under"] == "both"]
+    assert first["heads"]["matter_under_both"] == both and first["heads"]["heads_scanned"] == 8
+    for mode, t in first["heads"]["targeted"].items():
+        assert t["found"] == ablation["targeted"][mode]["found"]
+        if t["found"]:
+            assert t["family"] == f"targeted_{mode}" and t["p_adjusted"] < 0.05
+    vp = json.loads((runs["runs"][0] / "value_probe.json").read_text())
+    best = vp["probes"]["close"]["mod10"]["best_layer"]
+    assert first["values"]["close/mod10"]["layer"] == best["layer"]
+    assert first["values"]["close/mod10"]["trained"] == best["splits"]["test_paren"]["trained"]
+    assert first["battery"]["device"] == "cpu" and set(first["battery"]["steps"]) == set(battery.STEPS)
+    text = (out / "MECHANISMS.md").read_text()
+    assert text.startswith("## Extension: mechanisms")
+    assert "| role | verdict |" in text and "close/mod10" in text and "Files not there" not in text
+
+
+def test_a_missing_file_is_said_and_the_report_includes_the_section(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["runs"][0], run)
+    (run / "value_probe.json").unlink()
+    ext = tmp_path / "extension"
+    assert mechanisms.main([str(run), "--out", str(ext / "mechanisms")]) == 0
+    text = (ext / "mechanisms" / "MECHANISMS.md").read_text()
+    assert "no value_probe.json" in text and "Files not there: `tiny` seed 0: value_probe.json." in text
+    assert "No rolematch.json given" in text
+    shutil.copy(EXTENSION_JSON, ext / "extension.json")
+    section = "\n".join(extension_section(ext, tmp_path / "REPORT.md"))
+    assert "## Extension: when the models compute" in section and "## Extension: mechanisms" in section
+    assert "`extension/mechanisms/mechanisms.json`" in section
+    capsys.readouterr()
+    (run / "summary.json").unlink()
+    assert run_main(mechanisms.main, [str(run), "--out", str(tmp_path / "x")]) == 2
+    assert "summary.json: unreadable" in capsys.readouterr().err
