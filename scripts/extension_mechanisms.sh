@@ -4,6 +4,7 @@
 #
 #   bash scripts/extension_mechanisms.sh                     # the N = 2,000,000 models, seeds 42 123 7
 #   RUNS="ext_pilot_n2000000:42 ext_10m_n2000000:42" bash scripts/extension_mechanisms.sh
+#   RUNS="pilot:42 scale_10m:42" bash scripts/extension_mechanisms.sh   # the replication's models (item 5)
 #   GPUS="0 1 2 3" bash scripts/extension_mechanisms.sh     # one queue per GPU
 #
 # Checkpoints are not kept in the repository, so each model is trained again (the commands of
@@ -30,17 +31,30 @@ read -r -a gpus <<< "$GPUS"
 read -r -a items <<< "$RUNS"
 
 # every training set the items need, generated once before the queues start (the queues would race)
-for size in $(for item in "${items[@]}"; do c=${item%%:*}; echo "${c#*_n}" | sed 's/_.*//'; done | sort -u); do
+for size in $(for item in "${items[@]}"; do
+                c=${item%%:*}; [[ $c =~ ^ext_.+_n([0-9]+) ]] && echo "${BASH_REMATCH[1]}"; done | sort -u); do
   python -m src.data --train-size "$size"
 done
 
 one() {  # one config:seed on one device: train (or finish) it, evaluate it, run the battery, copy the results
-  local config=${1%%:*} seed=${1##*:} device=$2
-  local run="$RUNS_DIR/$config/seed$seed" dest="$OUT/$config/seed$seed"
+  local config=${1%%:*} seed=${1##*:} device=$2 run
+  local dest="$OUT/$config/seed$seed"
   local where=(--device cuda)
   [ "$device" = cpu ] && where=(--device cpu)
-  python -m src.sweep configs/extension --only "$config" --seeds "$seed" --runs-dir "$RUNS_DIR" \
-    --results-dir "$RETRAIN_DIR" --no-progress "${where[@]}"
+  if [ -f "configs/extension/$config.yaml" ]; then
+    run="$RUNS_DIR/$config/seed$seed"
+    python -m src.sweep configs/extension --only "$config" --seeds "$seed" --runs-dir "$RUNS_DIR" \
+      --results-dir "$RETRAIN_DIR" --no-progress "${where[@]}"
+  else  # a replication config, configs/<config>.yaml, trained as scripts/reproduce_study.sh trains it
+    run="$RUNS_DIR/replication/$config/seed$seed"
+    if [ ! -f "$run/summary.json" ]; then
+      local resume=()
+      [ -f "$run/checkpoint_latest.pt" ] && resume=(--resume)
+      python -m src.train --config "configs/$config.yaml" --output-dir "$run" --seed "$seed" "${where[@]}" \
+        --no-progress "${resume[@]}"
+    fi
+    python -m src.evaluate --run "$run" "${where[@]}"
+  fi
   python -m src.battery --run "$run" "${where[@]}" --quiet
   mkdir -p "$dest"
   for f in battery.json ablation.json roles.json probe.json patching.json value_probe.json eval.json summary.json; do
@@ -63,19 +77,29 @@ done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 
-# roles matched across scales, where both scales have runs
-pilot=() large=()
+# roles matched across scales, within each study where both scales have runs
+declare -A pilot large
 for item in "${items[@]}"; do
   config=${item%%:*} seed=${item##*:}
   case $config in
-    ext_pilot_*) pilot+=("$RUNS_DIR/$config/seed$seed") ;;
-    ext_10m_*) large+=("$RUNS_DIR/$config/seed$seed") ;;
+    ext_pilot_*) pilot[extension]+=" $RUNS_DIR/$config/seed$seed" ;;
+    ext_10m_*) large[extension]+=" $RUNS_DIR/$config/seed$seed" ;;
+    pilot) pilot[replication]+=" $RUNS_DIR/replication/$config/seed$seed" ;;
+    scale_10m) large[replication]+=" $RUNS_DIR/replication/$config/seed$seed" ;;
   esac
 done
 match=()
-if [ ${#pilot[@]} -gt 0 ] && [ ${#large[@]} -gt 0 ]; then
-  python -m src.rolematch --pilot "${pilot[@]}" --large "${large[@]}" --out "$OUT" && match=(--rolematch "$OUT") || status=1
-fi
+for study in extension replication; do
+  if [ -n "${pilot[$study]:-}" ] && [ -n "${large[$study]:-}" ]; then
+    dir="$OUT"; [ "$study" = replication ] && dir="$OUT/replication"
+    # shellcheck disable=SC2086  # the lists are space-separated run directories
+    if python -m src.rolematch --pilot ${pilot[$study]} --large ${large[$study]} --out "$dir"; then
+      match+=("$dir")
+    else
+      status=1
+    fi
+  fi
+done
 # the section "Extension: mechanisms" (python -m src.report ... --extension results/extension includes it)
-python -m src.mechanisms "$OUT"/*/seed* "${match[@]}" --out "$OUT" > /dev/null || status=1
+python -m src.mechanisms "$OUT"/*/seed* ${match[@]+--rolematch "${match[@]}"} --out "$OUT" > /dev/null || status=1
 exit $status
