@@ -21,8 +21,9 @@ on other splits. Each probe is read against:
     expressions, and `at_ceiling` when the control reaches src.probe.CEILING;
   - the copy baseline (mod10: the last digit before the position; sign: always +1) and the majority
     class of the training targets;
-  - the non-trivial positions alone (where the copy baseline is wrong): accuracy and selectivity
-    there are the part the tokens cannot give away.
+  - the non-trivial positions alone (where the copy baseline is wrong: for mod10 the last digit
+    read is not the target's, for sign the value is not positive): accuracy and selectivity there
+    are the part the tokens cannot give away.
 claim per (kind, task, split, site): "at ceiling: no claim" when the control is at its ceiling,
 else "selective beyond the tokens" when the selectivity on the non-trivial positions has its 95%
 interval above 0, else "selective" when the selectivity on all positions has, else "not selective".
@@ -100,6 +101,12 @@ def probe_kind(x: dict, fields: dict, expr: dict, kind: str, task: str, splits, 
     return out
 
 
+def nontrivial_positions(fields: dict, task: str):
+    """Where the copy baseline is wrong: mod10, the last digit read is not the target's; sign, the
+    value is not positive (the baseline says + everywhere, as every number of the grammar is)."""
+    return ~fields["trivial"] if task == "mod10" else fields["sign"] != 1
+
+
 def claim(ceiling: bool, selectivity: dict, selectivity_nontrivial: dict) -> str:
     if ceiling:
         return "at ceiling: no claim"
@@ -120,11 +127,11 @@ def site_entries(sites, kind: str, task: str, correct: dict, fields: dict, expr:
             m = fields[split][f"{kind}_mask"]
             if int(m.sum()) == 0:
                 continue
-            where, nontrivial = expr[split][m], ~fields[split]["trivial"][m]
+            where, nontrivial = expr[split][m], nontrivial_positions(fields[split], task)[m]
             t, c = correct["trained"][split][:, i], correct["control"][split][:, i]
             s = {"trained": accuracy_entry(t, where, resamples), "control": accuracy_entry(c, where, resamples),
                  "selectivity": selectivity_entry(t, c, where, resamples)}
-            if task == "mod10" and bool(nontrivial.any()):
+            if bool(nontrivial.any()):
                 s |= {"trained_nontrivial": accuracy_entry(t[nontrivial], where[nontrivial], resamples),
                       "control_nontrivial": accuracy_entry(c[nontrivial], where[nontrivial], resamples),
                       "selectivity_nontrivial": selectivity_entry(t[nontrivial], c[nontrivial], where[nontrivial],
@@ -261,7 +268,8 @@ def main(argv=None) -> int:
               "tasks": {"mod10": "|value| mod 10 (10 classes)", "sign": "sign of the value (-1, 0, +1)"},
               "targets": {"close": "at each ')': the value of the sub-expression it closes",
                           "operator": f"at each operator: {args.operator_target} (src.intermediate)"},
-              "nontrivial": "positions where the copy baseline (the last digit read) gets mod10 wrong",
+              "nontrivial": "positions where the copy baseline is wrong: mod10, the last digit read is not the "
+                            "target's; sign, the value is not positive (the baseline says + everywhere)",
               "selectivity_definition": "trained - control accuracy on the same positions, stats.paired_bootstrap "
                                         "over expressions (control as a, trained as b)",
               "ceiling": CEILING, "claim_rule": CLAIM_RULE, **body, "elapsed_s": time.perf_counter() - tic})

@@ -30,6 +30,8 @@ def test_targets_and_the_copy_baseline_at_the_closing_brackets_of_hand_made_expr
     assert f["mod10"][close].tolist() == [5, 5, 1, 5, 0]
     assert f["sign_class"][close].tolist() == [2, 2, 0, 2, 2]
     assert f["trivial"][close].tolist() == [False, True, False, False, False]
+    assert value_probe.nontrivial_positions(f, "mod10")[close].tolist() == [True, False, True, True, True]
+    assert value_probe.nontrivial_positions(f, "sign")[close].tolist() == [False, False, True, False, False]
     base = value_probe.baselines({"train": f, "test": f}, "close", ["test"], resamples=200)["test"]
     assert base["n_positions"] == 5 and base["trivial_share"] == pytest.approx(0.2)
     assert base["copy_mod10"]["accuracy"] == pytest.approx(0.2)
