@@ -15,8 +15,13 @@ against the next, each variant against the plain format), each tested over seeds
 and Holm over the family `extension_configs` (a side with one seed: listed as untested), and which
 config x seed of the grid (--configs x --seeds) is not run yet.
 
+Each run's validation exact_match at every evaluation (its metrics.jsonl) is kept too, and for the
+largest N whether it was still rising when training ended (`still_rising`: the last evaluation the
+best, and the change over the last interval).
+
 Written to --out: extension.json (every number), learning_curve.png (exact_match against N, plain
-answers with answer-only loss; the variants as separate points at their N), class_heatmap_<scale>.png
+answers with answer-only loss; the variants as separate points at their N), val_progress.png
+(validation exact_match against steps at the largest N, one line per run), class_heatmap_<scale>.png
 (exact_match by class at the largest N, plain format) and EXTENSION.md (the section
 "## Extension: when the models compute": tables of numbers, no findings). Nothing is written unless
 every run was read and every figure drawn.
@@ -38,7 +43,7 @@ from src.errors import UserError, run_main
 from src.evaluate import METRIC_DEFINITIONS
 from src.paths import check_output_dir
 from src.plotting import png_bytes, pyplot
-from src.runfiles import rounded, read_result, regenerate_hint
+from src.runfiles import metrics_row_problem, read_metrics, rounded, read_result, regenerate_hint
 from src.stats import Family, t_quantile_975, welch_t, wilson_interval
 from src.sweep import find_configs
 from src.train import seed_value
@@ -139,6 +144,10 @@ def load_run(seed_dir: Path, config: str, seed: int, notes: list[str]) -> dict:
         summary = read_result(seed_dir / "summary.json", "summary")
     else:
         notes.append(f"{seed_dir}: no summary.json; its training steps are unknown")
+    rows, problems = read_metrics(seed_dir / "metrics.jsonl", metrics_row_problem)
+    notes.extend(problems)
+    val_curve = [{"epoch": r["epoch"], "step": r.get("step"), "exact_match": r["val"]["exact_match"]}
+                 for r in rows if isinstance(r.get("val"), dict) and r["val"].get("exact_match") is not None]
     cost = ev.get("bracket_cost", {}).get("metrics", {})
     keep = ("flat", "bracketed", "test", "estimate", "ci95", "p_value", "p_adjusted", "significant", "lost", "gained")
     return {
@@ -150,6 +159,7 @@ def load_run(seed_dir: Path, config: str, seed: int, notes: list[str]) -> dict:
                      "evaluated_step": ev.get("step")},
         "bracket_cost": {m: {k: cost[m][k] for k in keep if k in cost[m]} for m in ("exact_match", "answer_loss")
                          if m in cost},
+        "val_curve": val_curve,
     }
 
 
@@ -273,6 +283,17 @@ def comparisons(configs: dict[str, dict], scales: list[str]) -> dict:
     return {"family": declared, "tested": tested, "untested": untested}
 
 
+def still_rising(curve: list[dict]) -> dict | None:
+    """Whether validation exact_match was still going up when training ended: the best evaluation is
+    the last one, and the gain over the last evaluation interval. None without two evaluations."""
+    if len(curve) < 2:
+        return None
+    values = [c["exact_match"] for c in curve]
+    best = max(range(len(values)), key=lambda i: (values[i], i))  # ties: the later evaluation
+    return {"best_is_last": best == len(values) - 1, "last": values[-1], "gain_over_last_interval": values[-1] - values[-2],
+            "evaluations": len(values)}
+
+
 def aggregate(groups: dict[str, list[dict]], grid: list[str], missing: list[dict], args, notes: list[str]) -> dict:
     configs = {}
     for name, runs in groups.items():
@@ -280,7 +301,8 @@ def aggregate(groups: dict[str, list[dict]], grid: list[str], missing: list[dict
         configs[name] = {**d, "parameters": runs[0]["parameters"], "seeds": [r["seed"] for r in runs],
                          "splits": {s: split_entry(runs, s) for s in SPLITS},
                          "runs": [{"seed": r["seed"], "path": r["path"], "training": r["training"],
-                                   "bracket_cost": r["bracket_cost"]} for r in runs]}
+                                   "bracket_cost": r["bracket_cost"], "val_curve": r["val_curve"],
+                                   "still_rising": still_rising(r["val_curve"])} for r in runs]}
         if name not in grid:
             notes.append(f"{name}: finished, but not a config of {args.configs} (not in the grid)")
     scales = sorted({c["scale"] for c in configs.values()},
@@ -495,6 +517,7 @@ def markdown(rep: dict) -> str:
     else:
         md += ["No plain-format run is finished.", ""]
     md += comparisons_markdown(rep["comparisons"])
+    md += progress_markdown(rep)
     md += ["### Per run: training and the bracket cost", "",
            "Bracket cost: exact_match on test_paren_matched minus test_flat (the same expressions with "
            "value-preserving brackets), exact McNemar test, Holm over src.evaluate's bracket_cost family.", ""]
@@ -522,6 +545,57 @@ def markdown(rep: dict) -> str:
     if rep["notes"]:
         md += ["Notes:", ""] + [f"- {n}" for n in rep["notes"]] + [""]
     return "\n".join(md)
+
+
+def progress_markdown(rep: dict) -> list[str]:
+    """Validation exact_match at the end of training, for the largest N of each scale (every variant)."""
+    rows = []
+    for name, c in _order(rep):
+        if c["N"] is None or c["N"] != rep["largest_n"].get(c["scale"]):
+            continue
+        for run in c["runs"]:
+            r = run.get("still_rising")
+            if r is None:
+                continue
+            last3 = ", ".join(f"{v['exact_match']:.3f}" for v in run["val_curve"][-3:])
+            rows.append([f"`{name}`", run["seed"], r["evaluations"], last3, f"{r['gain_over_last_interval']:+.3f}",
+                         "yes" if r["best_is_last"] else "no"])
+    if not rows:
+        return []
+    return ["### Still rising when training ended? (largest N)", "",
+            "Validation exact_match (n = 200) at the last three evaluations, its change over the last interval, and "
+            "whether the last evaluation was the best (the selected checkpoint is then the last one). The last "
+            "interval is also where the learning rate decays to zero, so a late rise is suggestive of more steps "
+            "helping, not proof. Figure: `val_progress.png`.", "",
+            *table(["config", "seed", "evaluations", "last three", "last change", "last is best"], rows),
+            "![validation exact_match over training](val_progress.png)", ""]
+
+
+def val_progress(rep: dict) -> bytes | None:
+    """Validation exact_match against optimizer steps for every run at the largest N of each scale."""
+    panels = [(scale, [(name, c) for name, c in _order(rep) if c["scale"] == scale and c["N"]
+                       and c["N"] == rep["largest_n"].get(scale)]) for scale in rep["scales"]]
+    panels = [(scale, configs) for scale, configs in panels
+              if any(run["val_curve"] for _, c in configs for run in c["runs"])]
+    if not panels:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.4), sharey=True, squeeze=False)
+    for ax, (scale, configs) in zip(axes[0], panels):
+        for i, (name, c) in enumerate(configs):
+            for j, run in enumerate(c["runs"]):
+                curve = [v for v in run["val_curve"] if v["step"] is not None]
+                if curve:
+                    ax.plot([v["step"] for v in curve], [v["exact_match"] for v in curve], color=f"C{i}", lw=1,
+                            marker=".", ms=3, label=f"{c['variant']}" if j == 0 else None)
+        ax.set_title(f"{scale}, N = {rep['largest_n'][scale]:,}", fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, title="variant (one line per seed)", title_fontsize=7)
+    axes[0][0].set_ylabel("validation exact_match (n = 200)")
+    fig.tight_layout()
+    return png_bytes(fig, dpi=90)
 
 
 def comparisons_markdown(comp: dict) -> list[str]:
@@ -556,6 +630,9 @@ def build(args) -> dict:
     groups, notes = find_runs(args.results)
     rep = aggregate(groups, grid, missing, args, notes)
     pngs = {"learning_curve.png": learning_curve(rep)}
+    progress = val_progress(rep)
+    if progress is not None:
+        pngs["val_progress.png"] = progress
     for name, entry in rep["class_breakdown"].items():
         if entry["variant"] == PLAIN:
             pngs[f"class_heatmap_{entry['scale']}.png"] = class_heatmap(entry["scale"], name, entry)

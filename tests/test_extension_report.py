@@ -231,3 +231,19 @@ def test_configs_are_compared_over_seeds_with_welch_and_holm_and_single_seeds_st
     text = (tmp_path / "out" / "EXTENSION.md").read_text()
     assert "10m − pilot at N = 2,000,000 | test_flat | 3 / 3 | +0.310" in text
     assert "Untested (fewer than two seeds on a side): 10m: reversed − plain at N = 2,000,000 (3 / 1 seeds)" in text
+
+
+def test_validation_progress_at_the_largest_n_is_read_from_metrics_jsonl(tmp_path, real):
+    results = tmp_path / "results"
+    run_dir = write_run(results, real, "ext_10m_n2000000", 42, flat=0.8)
+    rows = [{"schema": "metrics/1", "epoch": e, "step": 100 * e, "train_loss": 1.0,
+             "val": {"loss": 1.0, "exact_match": em, "end_of_answer_acc": 1.0}}
+            for e, em in ((1, 0.1), (2, 0.3), (3, 0.5))]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    rep = run(tmp_path, results)
+    entry = rep["configs"]["ext_10m_n2000000"]["runs"][0]
+    assert [v["exact_match"] for v in entry["val_curve"]] == [0.1, 0.3, 0.5]
+    assert entry["still_rising"]["best_is_last"] and entry["still_rising"]["gain_over_last_interval"] == pytest.approx(0.2)
+    assert any("metrics.jsonl:4: not valid JSON" in n for n in rep["notes"])
+    assert "val_progress.png" in rep["figures"] and (tmp_path / "out" / "val_progress.png").stat().st_size > 1000
+    assert "| `ext_10m_n2000000` | 42 | 3 | 0.100, 0.300, 0.500 | +0.200 | yes |" in (tmp_path / "out" / "EXTENSION.md").read_text()
