@@ -58,9 +58,9 @@ A command for one config runs one worker and leaves CUDA_VISIBLE_DEVICES as the 
 
 --dry-run prints the plan (each config x seed: train, resume, evaluate, finished, blocked, in use) and
 an estimate of the training time: a seed trains epochs x ceil(training expressions / batch size)
-optimizer steps; a config's steps/s comes from a completed run of it in RUNS on the same device type
-(summary.json: train_steps_per_s x the seeds trained side by side, i.e. the process's seed-steps/s),
-else from --steps-per-s (default 300 seed-steps/s: the 10M model at batch 256 on one H100, per
+optimizer steps; a config's steps/s comes from a completed run of it in RUNS, or else in RESULTS, on the
+same device type (summary.json: train_steps_per_s x the seeds trained side by side, i.e. the process's
+seed-steps/s), else from --steps-per-s (default 300 seed-steps/s: the 10M model at batch 256 on one H100, per
 BENCHMARKS.md; the pilot is faster). Startup, compilation and evaluation are not counted.
 
 Bad inputs are one-line errors before anything starts (exit 2): a missing sweep directory, one
@@ -383,8 +383,10 @@ def visible_gpus() -> list[str]:
 
 
 def rate_of(group: Group, args) -> tuple[float, str]:
-    """Seed-steps/s of one training process of this config, and where the figure comes from."""
-    for summary_path in sorted(group.runs.glob("seed*/summary.json")):
+    """Seed-steps/s of one training process of this config, and where the figure comes from: a
+    completed run of it in RUNS, else one already collected in RESULTS, else --steps-per-s."""
+    found = sorted(group.runs.glob("seed*/summary.json")) + sorted(group.result(0).parent.glob("seed*/summary.json"))
+    for summary_path in found:
         s = read_json(summary_path)
         rate = s.get("train_steps_per_s") if s else None
         if s and s.get("status") == "completed" and s.get("device") == args.device and isinstance(rate, (int, float)) \

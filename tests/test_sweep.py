@@ -187,6 +187,15 @@ def test_estimate_uses_the_rate_a_completed_run_measured(swept):
     assert rate == summary["train_steps_per_s"] * 2 and source.startswith("measured")
 
 
+def test_estimate_uses_a_run_collected_in_results_when_runs_has_none(swept, tmp_path):
+    """A new machine has no run directories, only the committed results: their summaries still measure."""
+    args = src.sweep.parse_args(argv({**swept, "runs": tmp_path / "fresh_runs"}))
+    b = src.sweep.make_plan(args)[1]
+    rate, source = src.sweep.rate_of(b, args)
+    summary = json.loads((swept["results"] / "b" / "seed42" / "summary.json").read_text())
+    assert rate == summary["train_steps_per_s"] * 2 and source == f"measured, {swept['results'] / 'b' / 'seed42' / 'summary.json'}"
+
+
 # ---------------------------------------------------------------------------- locks and failures
 
 
