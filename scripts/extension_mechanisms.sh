@@ -30,7 +30,8 @@ fi
 read -r -a gpus <<< "$GPUS"
 read -r -a items <<< "$RUNS"
 
-# every training set the items need, generated once before the queues start (the queues would race)
+# every training set the items need, generated once before the queues start (otherwise the first queue
+# to need one generates it, with every core, while the others wait on its lock)
 for size in $(for item in "${items[@]}"; do
                 c=${item%%:*}; [[ $c =~ ^ext_.+_n([0-9]+) ]] && echo "${BASH_REMATCH[1]}"; done | sort -u); do
   python -m src.data --train-size "$size"
