@@ -44,3 +44,12 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
     assert run_main(battery.main, ["--run", str(tmp_path), "--only", "ablate,nothing"]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_the_battery_runs_on_cuda(tmp_path):
+    run = write_tiny_run(tmp_path)
+    assert battery.main(["--run", str(run), "--device", "cuda", "--limit", "30", "--quiet"]) == 0
+    record = json.loads((run / "battery.json").read_text())
+    assert record["failed"] == [] and record["device"] != "cpu"
+    assert json.loads((run / "value_probe.json").read_text())["device"].startswith("cuda")
