@@ -14,7 +14,10 @@
 # held against the committed one. Small outputs are copied to OUT/<config>/seed<S>/; the role
 # matching (OUT/rolematch.json) and the report section (OUT/MECHANISMS.md) are written last.
 #
-# Environment: RUNS (config:seed items), GPUS (CUDA device indices; default: all visible, or the CPU
+# Each model is also evaluated on fresh test files (python -m src.data --fresh-test FRESH_SEED: no
+# expression of any shipped file or training set) -> eval_fresh_<FRESH_SEED>.json.
+#
+# Environment: RUNS (config:seed items), FRESH_SEED (default 2026), GPUS (CUDA device indices; default: all visible, or the CPU
 # when there is none), RUNS_DIR (default runs/extension), RETRAIN_DIR (default runs/extension_retrain),
 # OUT (default results/extension/mechanisms).
 set -euo pipefail
@@ -24,6 +27,7 @@ RUNS=${RUNS:-"ext_10m_n2000000:42 ext_10m_n2000000:123 ext_10m_n2000000:7 ext_pi
 RUNS_DIR=${RUNS_DIR:-runs/extension}
 RETRAIN_DIR=${RETRAIN_DIR:-runs/extension_retrain}
 OUT=${OUT:-results/extension/mechanisms}
+FRESH_SEED=${FRESH_SEED:-2026}
 if [ -z "${GPUS:-}" ]; then
   GPUS=$(python -c "import torch; print(' '.join(map(str, range(torch.cuda.device_count()))) or 'cpu')")
 fi
@@ -36,6 +40,10 @@ for size in $(for item in "${items[@]}"; do
                 c=${item%%:*}; [[ $c =~ ^ext_.+_n([0-9]+) ]] && echo "${BASH_REMATCH[1]}"; done | sort -u); do
   python -m src.data --train-size "$size"
 done
+# fresh test files: drawn like the test sets with another seed, none of their expressions in any shipped
+# file or training set (the results are also read on expressions no model has seen)
+FRESH=data/generated/fresh_$FRESH_SEED
+python -m src.data --fresh-test "$FRESH_SEED" --out "$FRESH"
 
 one() {  # one config:seed on one device: train (or finish) it, evaluate it, run the battery, copy the results
   local config=${1%%:*} seed=${1##*:} device=$2 run
@@ -56,9 +64,11 @@ one() {  # one config:seed on one device: train (or finish) it, evaluate it, run
     fi
     python -m src.evaluate --run "$run" "${where[@]}"
   fi
+  python -m src.evaluate --run "$run" "${where[@]}" --data-dir "$FRESH" > /dev/null
   python -m src.battery --run "$run" "${where[@]}" --quiet
   mkdir -p "$dest"
-  for f in battery.json ablation.json roles.json probe.json patching.json value_probe.json eval.json summary.json; do
+  for f in battery.json ablation.json roles.json probe.json patching.json value_probe.json eval.json \
+           "eval_fresh_$FRESH_SEED.json" summary.json; do
     [ -f "$run/$f" ] && cp "$run/$f" "$dest/$f"
   done
   echo "== $config seed $seed: done on $device -> $dest"

@@ -47,6 +47,7 @@ MATCHED_SPLIT, MATCHED_SOURCE = "pilot_test_paren_matched", "pilot_test_flat"
 # generation gives up after this many expressions in a row that are too long or already taken
 # (--max-seq-len 21, the shortest that works for seed 42, needs at most about 4,500)
 MAX_MISSES = 50_000
+MAX_FRESH_EXCLUDE = 2_000_000  # --fresh-test avoids the largest training set of the extension (SPEC section 8)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -272,13 +273,18 @@ def check_max_seq_len(max_seq_len: int) -> None:
                         f"{tokens} tokens ({example}); use --max-seq-len {tokens} or more (the shipped files use 32)")
 
 
-def generate_splits(seed: int, max_seq_len: int = 32) -> dict[str, list[Record]]:
-    """Every split of ../shared/SPEC.md sections 4 and 5; no expression appears twice, within or across splits."""
+def generate_splits(seed: int, max_seq_len: int = 32, exclude: set[str] | None = None,
+                    only=None) -> dict[str, list[Record]]:
+    """Every split of ../shared/SPEC.md sections 4 and 5; no expression appears twice, within or across splits.
+    `exclude`: expressions none of the splits may hold (e.g. every file a model has seen); `only`: these
+    splits of SPLITS (the matched pairs are made whenever their source is)."""
     check_max_seq_len(max_seq_len)
     rng = random.Random(seed)
-    seen: set[str] = set()
+    seen: set[str] = set(exclude or ())
     splits = {}
     for name, (count, depths) in SPLITS.items():
+        if only is not None and name not in only:
+            continue
         # a flat expression leaves room for the two brackets its matched twin adds
         limit = max_seq_len - 2 if name == MATCHED_SOURCE else max_seq_len
         records, misses = [], 0
@@ -297,6 +303,8 @@ def generate_splits(seed: int, max_seq_len: int = 32) -> dict[str, list[Record]]
             seen.add(expr)
             records.append(record)
         splits[name] = records
+    if MATCHED_SOURCE not in splits:
+        return splits
     # a generator of its own, so that the files above are the same with or without this one
     rng = random.Random(f"{seed}-{MATCHED_SPLIT}")
     matched = []
@@ -537,12 +545,26 @@ def main(argv=None) -> int:
                         f"1 to {MAX_TRAIN_SIZE:,}. A sha256 manifest is written beside it; an existing set "
                         "is verified and kept, a damaged one is remade. Byte for byte the same on any machine, with any "
                         "number of processes; 2,000,000 take about 40 s on two cores")
+    parser.add_argument("--fresh-test", type=int_in(0, 2**63 - 1), default=None, metavar="SEED",
+                        help="instead of the six files, write fresh test files (test_flat, test_paren, test_depth3 and "
+                        "the matched pairs, named as the shipped ones) drawn by the same generator with this seed, "
+                        "holding no expression of any shipped file nor of the training set of --exclude-train "
+                        "expressions (generated if missing): expressions no model of the repository has seen. Default "
+                        "--out: data/generated/fresh_SEED. Evaluate a run on them with "
+                        "`python -m src.evaluate --run D --data-dir DIR`")
+    parser.add_argument("--exclude-train", type=trainsets.parse_train_size, default=MAX_FRESH_EXCLUDE, metavar="N",
+                        help="with --fresh-test: the generated training set whose expressions the fresh files must avoid "
+                        "(default: %(default)s, the largest of the extension; every smaller one is its start)")
     parser.add_argument("--processes", type=int_in(1, 1024), default=None, metavar="P",
                         help="with --train-size: processes that draw the set (default: the CPU cores available, "
                         "at most 16); "
                         "the output does not depend on it")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
     args = parser.parse_args(argv)
+    if args.fresh_test is not None:
+        if args.train_size is not None or args.seed is not None:
+            parser.error("--fresh-test takes its own seed; it goes with neither --train-size nor --seed")
+        return write_fresh_test(args.fresh_test, args.exclude_train, args.out, args.processes)
     if args.train_size is not None:
         if args.seed not in (None, trainsets.TRAIN_SEED) or args.max_seq_len not in (None, trainsets.TRAIN_MAX_SEQ_LEN):
             parser.error("--seed and --max-seq-len apply to the six files; a training set is built on the shipped "
@@ -565,6 +587,22 @@ def main(argv=None) -> int:
     write_splits(splits, out)
     for name, records in splits.items():
         print(f"{out / (name + '.jsonl')}: {len(records)} records")
+    return 0
+
+
+def write_fresh_test(seed: int, exclude_train: int, out_arg: str | None, processes: int | None) -> int:
+    """The test files drawn with `seed`, disjoint from every shipped file and from train_<exclude_train>."""
+    from src import trainsets
+
+    out = check_output_dir(GENERATED_DIR / f"fresh_{seed}" if out_arg is None else out_arg, "--out")
+    seen = {r.expr for name in (*SPLITS, MATCHED_SPLIT) for r in load_jsonl(REPO_ROOT / "data" / f"{name}.jsonl", 32)}
+    train = trainsets.ensure_training_set(exclude_train, processes=processes)
+    with open(train, "rb") as fh:
+        seen.update(json.loads(line)["expr"] for line in fh)
+    splits = generate_splits(seed, 32, exclude=seen, only=("pilot_test_flat", "pilot_test_paren", "pilot_test_depth3"))
+    write_splits(splits, Path(out))
+    for name, records in splits.items():
+        print(f"{Path(out) / (name + '.jsonl')}: {len(records)} records, none in the shipped files or {train.name}")
     return 0
 
 

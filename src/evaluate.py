@@ -22,6 +22,7 @@ and their cross, each with a Wilson interval; src/classes.py, SPEC section 8).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import json
 import math
@@ -341,14 +342,34 @@ def load_batches(cfg, splits, limit: int | None, device) -> dict[str, Batch]:
 
 
 
+def with_data_dir(cfg, directory: Path):
+    """`cfg` with each evaluation split read from DIRECTORY/pilot_<split>.jsonl where that file exists."""
+    if not directory.is_dir():
+        raise UserError(f"--data-dir {directory}: not a directory")
+    found = {split: str(directory.resolve() / f"pilot_{split}.jsonl") for split in EVAL_SPLITS
+             if (directory / f"pilot_{split}.jsonl").is_file()}
+    if not found:
+        raise UserError(f"--data-dir {directory}: holds none of {', '.join(f'pilot_{s}.jsonl' for s in EVAL_SPLITS)}; "
+                        "write fresh test files with `python -m src.data --fresh-test SEED --out DIR`")
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **found))
+
+
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m src.evaluate", description=__doc__.split("\n\n")[0])
     add_run_arguments(parser)
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default: RUN/eval.json); e.g. RUN/eval_epoch_10.json for a periodic checkpoint")
+                        help="JSON path (default: RUN/eval.json, or RUN/eval_<DIR name>.json with --data-dir); e.g. "
+                        "RUN/eval_epoch_10.json for a periodic checkpoint")
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                        help="evaluate on the files of DIR named as the shipped ones (pilot_test_flat.jsonl, ...) "
+                        "instead of the config's, split by split, e.g. the fresh test files of "
+                        "`python -m src.data --fresh-test SEED`; splits without a file there keep the config's")
     args = parser.parse_args(argv)
     model, ckpt, cfg, device = open_run(args)
-    path = check_output_file(args.out or args.run / "eval.json", "--out" if args.out else "output", "eval.json")
+    if args.data_dir is not None:
+        cfg = with_data_dir(cfg, args.data_dir)
+    default_out = args.run / ("eval.json" if args.data_dir is None else f"eval_{args.data_dir.resolve().name}.json")
+    path = check_output_file(args.out or default_out, "--out" if args.out else "output", "eval.json")
     batches = load_batches(cfg, EVAL_SPLITS, args.limit, device)
     scores = {s: per_example_scores(model, b, precision=args.precision) for s, b in batches.items()}
     results = {s: summarize(v) for s, v in scores.items()}
@@ -364,6 +385,7 @@ def main(argv=None) -> int:
     out = stamp("eval", {"run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"],
                          "step": ckpt.get("step"), "config": cfg.name, "seed": run_seed(args.run), "precision": args.precision, "fp16": args.precision == "fp16",
                          "limit": args.limit, "metric_definitions": METRIC_DEFINITIONS, "sign_convention": SIGN_CONVENTION,
+                         "data_files": {split: str(cfg.data.path(split)) for split in EVAL_SPLITS},
                          "metrics": results, **comparisons, "exact_match_by_class": by_class})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, out)

@@ -41,6 +41,7 @@ from src.runfiles import read_result, stamp
 BOTH = "both"
 VALUE_SPLIT = "test_paren"
 DEPTH_SPLITS = ("test_paren", "test_depth3")
+FRESH_SPLITS = ("test_flat", "test_paren", "test_depth3")
 KIND_FILES = {"ablation": "ablation.json", "roles": "roles.json", "probe": "probe.json", "patching": "patching.json",
               "value_probe": "value_probe.json", "battery": "battery.json"}
 
@@ -59,8 +60,12 @@ def read_run(run: Path) -> dict:
             files[kind] = read_result(run / name, kind)
         else:
             missing.append(name)
+    evals = {}
+    for path in [run / "eval.json", *sorted(run.glob("eval_fresh*.json"))]:
+        if path.is_file():
+            evals[path.stem] = read_result(path, "eval")
     return {"run": str(run), "config": summary.get("config"), "seed": summary.get("seed"),
-            "parameters": summary.get("parameters"), "files": files, "missing": missing}
+            "parameters": summary.get("parameters"), "files": files, "missing": missing, "evals": evals}
 
 
 def head_summary(ablation: dict) -> dict:
@@ -118,6 +123,9 @@ def depth_summary(probe: dict) -> dict:
 def summarize_run(r: dict) -> dict:
     f = r["files"]
     out = {k: r[k] for k in ("run", "config", "seed", "parameters", "missing")}
+    out["exact_match"] = {name: {split: {"exact_match": m["exact_match"], "ci95": m["exact_match_ci95"], "n": m["n_examples"]}
+                                 for split, m in ev["metrics"].items() if split in FRESH_SPLITS}
+                          for name, ev in r["evals"].items()}
     if "ablation" in f:
         out["heads"] = head_summary(f["ablation"])
     if "value_probe" in f:
@@ -142,6 +150,18 @@ def markdown(runs: list[dict], rolematches: dict[str, dict]) -> str:
           "every number is in `mechanisms.json`. Heads are named by index within one run only: across seeds and "
           "scales they are compared by role (below), never by index.", ""]
     label = lambda r: f"`{r['config']}` seed {r['seed']}"  # noqa: E731
+    rows = []
+    for r in runs:
+        for name, splits in r.get("exact_match", {}).items():
+            cells = [f"{splits[s]['exact_match']:.3f} [{splits[s]['ci95'][0]:.3f}, {splits[s]['ci95'][1]:.3f}]"
+                     if s in splits else "—" for s in FRESH_SPLITS]
+            rows.append(f"| {label(r)} | `{name}.json` | " + " | ".join(cells) + " |")
+    if rows:
+        md += ["### The models taken apart: exact_match on the shipped and on fresh test sets", "",
+               "`eval.json`: the shipped test sets; `eval_fresh_<seed>.json`: test sets drawn the same way with "
+               "another seed, holding no expression of any shipped file or training set (`python -m src.data "
+               "--fresh-test`). 95% Wilson intervals; different expressions, so the two are not a paired comparison.", "",
+               "| run | file | " + " | ".join(FRESH_SPLITS) + " |", "|---|---|" + "---|" * len(FRESH_SPLITS), *rows, ""]
     md += ["### Heads that matter, and heads that matter for brackets", "",
            "Matter: ablating the head changes answer_loss on the matched pairs significantly (either sign) under both "
            "zero and mean ablation (paired t, Holm over the head_effect family). Bracket-specific: its effect differs "

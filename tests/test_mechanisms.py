@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from src import battery, mechanisms, rolematch
+from src import battery, data, evaluate, mechanisms, rolematch
 from src.errors import run_main
 from src.report.cli import extension_section
 from tests.test_probe import write_tiny_run
@@ -57,9 +57,14 @@ def test_a_missing_file_is_said_and_the_report_includes_the_section(runs, tmp_pa
     run = tmp_path / "run"
     shutil.copytree(runs["runs"][0], run)
     (run / "value_probe.json").unlink()
+    fresh = tmp_path / "fresh_7"
+    data.write_splits(data.generate_splits(7, only=("pilot_test_flat", "pilot_test_paren", "pilot_test_depth3")), fresh)
+    assert evaluate.main(["--run", str(run), "--device", "cpu", "--limit", "20", "--data-dir", str(fresh)]) == 0
     ext = tmp_path / "extension"
     assert mechanisms.main([str(run), "--out", str(ext / "mechanisms")]) == 0
     text = (ext / "mechanisms" / "MECHANISMS.md").read_text()
+    fresh_em = json.loads((run / "eval_fresh_7.json").read_text())["metrics"]["test_flat"]["exact_match"]
+    assert f"| `tiny` seed 0 | `eval_fresh_7.json` | {fresh_em:.3f} [" in text
     assert "no value_probe.json" in text and "Files not there: `tiny` seed 0: value_probe.json." in text
     assert "No rolematch.json given" in text
     shutil.copy(EXTENSION_JSON, ext / "extension.json")
