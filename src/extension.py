@@ -21,7 +21,9 @@ best, and the change over the last interval).
 
 Written to --out: extension.json (every number), learning_curve.png (exact_match against N, plain
 answers with answer-only loss; the variants as separate points at their N), val_progress.png
-(validation exact_match against steps at the largest N, one line per run), class_heatmap_<scale>.png
+(validation exact_match against steps at the largest N, one line per run), class_curve.png
+(exact_match by operands x operators against N, per scale; `class_curve` in extension.json),
+class_heatmap_<scale>.png
 (exact_match by class at the largest N, plain format) and EXTENSION.md (the section
 "## Extension: when the models compute": tables of numbers, no findings). Nothing is written unless
 every run was read and every figure drawn.
@@ -283,6 +285,33 @@ def comparisons(configs: dict[str, dict], scales: list[str]) -> dict:
     return {"family": declared, "tested": tested, "untested": untested}
 
 
+def operand_operator_cells(run: dict) -> dict[str, dict]:
+    """One run's pooled class cells (test sets pooled) summed over depth: one cell per operands x operators."""
+    tally: dict[str, list[int]] = {}
+    for key, cell in pooled_cells(run).items():
+        operands, operators, _ = class_key(key)
+        t = tally.setdefault(f"operands={operands}|operators={operators}", [0, 0])
+        t[0] += cell["n"]
+        t[1] += cell["correct"]
+    return {key: {"n": n, "correct": k, "exact_match": k / n, "exact_match_ci95": list(wilson_interval(k, n))}
+            for key, (n, k) in tally.items()}
+
+
+def class_curve(groups: dict[str, list[dict]], configs: dict[str, dict], scales: list[str]) -> dict:
+    """{scale: {operands x operators: [{N, seeds, mean, ci95} per N]}}: exact_match by class against N
+    (plain format; test sets pooled, depths summed; mean over seeds as for every cell)."""
+    out = {}
+    for scale in scales:
+        plain = sorted(((c["N"], name) for name, c in configs.items()
+                        if c["scale"] == scale and c["variant"] == PLAIN and c["N"]))
+        per_n = {n: [operand_operator_cells(run) for run in groups[name]] for n, name in plain}
+        keys = sorted({k for cells in per_n.values() for c in cells for k in c},
+                      key=lambda k: (int(k.split("|")[0].split("=")[1]), k.split("|")[1] != "operators=+-"))
+        out[scale] = {k: [{"N": n, **cell_over_seeds([c.get(k) for c in cells])} for n, cells in per_n.items()]
+                      for k in keys}
+    return out
+
+
 def still_rising(curve: list[dict]) -> dict | None:
     """Whether validation exact_match was still going up when training ended: the best evaluation is
     the last one, and the gain over the last evaluation interval. None without two evaluations."""
@@ -330,6 +359,7 @@ def aggregate(groups: dict[str, list[dict]], grid: list[str], missing: list[dict
         "scales": scales, "largest_n": largest,
         "configs": configs, "curve": curve, "class_breakdown": breakdown,
         "comparisons": comparisons(configs, scales),
+        "class_curve": class_curve(groups, configs, scales),
         "grid": {"configs": grid, "seeds": list(args.seeds), "size": len(grid) * len(args.seeds),
                  "finished": len(grid) * len(args.seeds) - len(missing), "not_run": missing},
         "notes": notes,
@@ -518,6 +548,7 @@ def markdown(rep: dict) -> str:
         md += ["No plain-format run is finished.", ""]
     md += comparisons_markdown(rep["comparisons"])
     md += progress_markdown(rep)
+    md += class_curve_markdown(rep)
     md += ["### Per run: training and the bracket cost", "",
            "Bracket cost: exact_match on test_paren_matched minus test_flat (the same expressions with "
            "value-preserving brackets), exact McNemar test, Holm over src.evaluate's bracket_cost family.", ""]
@@ -545,6 +576,55 @@ def markdown(rep: dict) -> str:
     if rep["notes"]:
         md += ["Notes:", ""] + [f"- {n}" for n in rep["notes"]] + [""]
     return "\n".join(md)
+
+
+def class_curve_markdown(rep: dict) -> list[str]:
+    """exact_match by operands x operators against N, per scale (plain format, test sets pooled)."""
+    md = []
+    for scale, classes in rep.get("class_curve", {}).items():
+        ns = sorted({p["N"] for points in classes.values() for p in points})
+        if not ns:
+            continue
+        if not md:
+            md = ["### By class against N: which classes are still rising (plain answers)", "",
+                  "Test sets pooled and depths summed per class, mean over seeds [95% interval] (one seed: Wilson); "
+                  "`seeds` as in the tables above. Figure: `class_curve.png`.", ""]
+        rows = []
+        for key, points in classes.items():
+            operands, operators = (part.split("=")[1] for part in key.split("|"))
+            by_n = {p["N"]: p for p in points}
+            rows.append([operands, OPERATOR_LABEL[operators], *[ci_text(by_n.get(n)) for n in ns]])
+        md += [f"{scale}:", ""] + table(["operands", "operators", *[f"N = {n:,}" for n in ns]], rows)
+    if md:
+        md += ["![exact_match by class against N](class_curve.png)", ""]
+    return md
+
+
+def class_curve_figure(rep: dict) -> bytes | None:
+    panels = [(scale, classes) for scale, classes in rep.get("class_curve", {}).items() if classes]
+    if not panels:
+        return None
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels) + 1.4, 3.6), sharey=True, squeeze=False)
+    for ax, (scale, classes) in zip(axes[0], panels):
+        for i, (key, points) in enumerate(classes.items()):
+            operands, operators = (part.split("=")[1] for part in key.split("|"))
+            points = [p for p in points if p["mean"] is not None]
+            x, y = [p["N"] for p in points], [p["mean"] for p in points]
+            err = [[p["mean"] - p["ci95"][0] for p in points], [p["ci95"][1] - p["mean"] for p in points]]
+            ax.errorbar(x, y, yerr=err, fmt="o-" if operators == "+-" else "s--", color=f"C{int(operands) - 2}",
+                        ms=4, capsize=2, label=f"{operands} operands, {OPERATOR_LABEL[operators]}")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("training expressions N (log scale)")
+        ax.set_title(scale, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("exact_match (test sets pooled)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right")
+    fig.suptitle("exact_match by class against N (plain answers); mean over seeds, bars = 95% interval", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
+    return png_bytes(fig, dpi=90)
 
 
 def progress_markdown(rep: dict) -> list[str]:
@@ -630,9 +710,9 @@ def build(args) -> dict:
     groups, notes = find_runs(args.results)
     rep = aggregate(groups, grid, missing, args, notes)
     pngs = {"learning_curve.png": learning_curve(rep)}
-    progress = val_progress(rep)
-    if progress is not None:
-        pngs["val_progress.png"] = progress
+    for filename, png in (("val_progress.png", val_progress(rep)), ("class_curve.png", class_curve_figure(rep))):
+        if png is not None:
+            pngs[filename] = png
     for name, entry in rep["class_breakdown"].items():
         if entry["variant"] == PLAIN:
             pngs[f"class_heatmap_{entry['scale']}.png"] = class_heatmap(entry["scale"], name, entry)

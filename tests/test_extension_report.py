@@ -134,7 +134,7 @@ def test_class_cells_are_averaged_over_seeds_at_the_largest_n_and_pooled_over_th
     text = (tmp_path / "out" / "EXTENSION.md").read_text()
     assert "| `ext_10m_n2000000_reversed` | reversed | reversed | answer | 1 |" in text
     assert f"| 2 | with * | 0 | {n} |" in text
-    assert sorted(rep["figures"]) == ["class_heatmap_10m.png", "learning_curve.png"]
+    assert sorted(rep["figures"]) == ["class_curve.png", "class_heatmap_10m.png", "learning_curve.png"]
 
 
 def test_the_grid_runs_not_made_yet_are_listed(tmp_path, real):
@@ -247,3 +247,21 @@ def test_validation_progress_at_the_largest_n_is_read_from_metrics_jsonl(tmp_pat
     assert any("metrics.jsonl:4: not valid JSON" in n for n in rep["notes"])
     assert "val_progress.png" in rep["figures"] and (tmp_path / "out" / "val_progress.png").stat().st_size > 1000
     assert "| `ext_10m_n2000000` | 42 | 3 | 0.100, 0.300, 0.500 | +0.200 | yes |" in (tmp_path / "out" / "EXTENSION.md").read_text()
+
+
+def test_exact_match_by_class_against_n_pools_test_sets_and_depths(tmp_path, real):
+    results = tmp_path / "results"
+    write_run(results, real, "ext_10m_n2000", 42, class_correct=10, train_size=2000)
+    for seed, correct in ((42, 100), (7, 200)):
+        write_run(results, real, "ext_10m_n2000000", seed, class_correct=correct)
+    rep = run(tmp_path, results)
+    # operands=2 with *: depth 0 (test_flat, the changed cell) plus depth 1 (test_paren, as in the real file)
+    paren = real["eval"]["exact_match_by_class"]["test_paren"]["by_class"]["operands=2|operators=*|depth=1"]
+    flat_n = real["eval"]["exact_match_by_class"]["test_flat"]["by_class"][FLAT_KEY]["n"]
+    n = flat_n + paren["n"]
+    points = rep["class_curve"]["10m"]["operands=2|operators=*"]
+    assert [p["N"] for p in points] == [2000, 2000000] and [p["seeds"] for p in points] == [1, 2]
+    assert points[0]["mean"] == pytest.approx((10 + paren["correct"]) / n)
+    assert points[1]["per_seed"] == pytest.approx([(200 + paren["correct"]) / n, (100 + paren["correct"]) / n])
+    assert "class_curve.png" in rep["figures"]
+    assert "### By class against N" in (tmp_path / "out" / "EXTENSION.md").read_text()
