@@ -17,6 +17,10 @@
 # Each model is also evaluated on fresh test files (python -m src.data --fresh-test FRESH_SEED: no
 # expression of any shipped file or training set) -> eval_fresh_<FRESH_SEED>.json.
 #
+# The battery's files go to RAW/<config>/seed<S>/ (all of them) and, up to SMALL_KB each, to
+# OUT/<config>/seed<S>/ with a FILES.txt listing every file (size, sha256, kept or not): the head scans
+# and patching of a 10M model run to megabytes, which results/ does not hold; mechanisms.json does.
+#
 # Environment: RUNS (config:seed items), FRESH_SEED (default 2026), GPUS (CUDA device indices; default: all visible, or the CPU
 # when there is none), RUNS_DIR (default runs/extension), RETRAIN_DIR (default runs/extension_retrain),
 # OUT (default results/extension/mechanisms).
@@ -27,6 +31,8 @@ RUNS=${RUNS:-"ext_10m_n2000000:42 ext_10m_n2000000:123 ext_10m_n2000000:7 ext_pi
 RUNS_DIR=${RUNS_DIR:-runs/extension}
 RETRAIN_DIR=${RETRAIN_DIR:-runs/extension_retrain}
 OUT=${OUT:-results/extension/mechanisms}
+RAW=${RAW:-runs/extension_mechanisms}  # every file of the battery, whatever its size (git-ignored)
+SMALL_KB=${SMALL_KB:-300}              # files up to this size are copied into OUT (committed)
 FRESH_SEED=${FRESH_SEED:-2026}
 if [ -z "${GPUS:-}" ]; then
   GPUS=$(python -c "import torch; print(' '.join(map(str, range(torch.cuda.device_count()))) or 'cpu')")
@@ -47,7 +53,7 @@ python -m src.data --fresh-test "$FRESH_SEED" --out "$FRESH"
 
 one() {  # one config:seed on one device: train (or finish) it, evaluate it, run the battery, copy the results
   local config=${1%%:*} seed=${1##*:} device=$2 run
-  local dest="$OUT/$config/seed$seed"
+  local dest="$RAW/$config/seed$seed"
   local where=(--device cuda)
   [ "$device" = cpu ] && where=(--device cpu)
   if [ -f "configs/extension/$config.yaml" ]; then
@@ -99,18 +105,26 @@ for item in "${items[@]}"; do
     scale_10m) large[replication]+=" $RUNS_DIR/replication/$config/seed$seed" ;;
   esac
 done
-match=()
 for study in extension replication; do
   if [ -n "${pilot[$study]:-}" ] && [ -n "${large[$study]:-}" ]; then
     dir="$OUT"; [ "$study" = replication ] && dir="$OUT/replication"
     # shellcheck disable=SC2086  # the lists are space-separated run directories
-    if python -m src.rolematch --pilot ${pilot[$study]} --large ${large[$study]} --out "$dir"; then
-      match+=("$dir")
-    else
-      status=1
-    fi
+    python -m src.rolematch --pilot ${pilot[$study]} --large ${large[$study]} --out "$dir" || status=1
   fi
 done
+match=()  # every study's table there is, this call's or an earlier one's
+for dir in "$OUT" "$OUT/replication"; do [ -f "$dir/rolematch.json" ] && match+=("$dir"); done
 # the section "Extension: mechanisms" (python -m src.report ... --extension results/extension includes it)
-python -m src.mechanisms "$OUT"/*/seed* ${match[@]+--rolematch "${match[@]}"} --out "$OUT" > /dev/null || status=1
+python -m src.mechanisms "$RAW"/*/seed* ${match[@]+--rolematch "${match[@]}"} --out "$OUT" > /dev/null || status=1
+# the small files of each run into OUT, and the list of all of them
+for raw in "$RAW"/*/seed*; do
+  dest="$OUT/${raw#"$RAW"/}"
+  mkdir -p "$dest"
+  : > "$dest/FILES.txt"
+  for f in "$raw"/*; do
+    size=$(stat -c %s "$f")
+    if [ "$size" -le $((SMALL_KB * 1024)) ]; then cp "$f" "$dest/"; kept=kept; else kept="left out (over ${SMALL_KB} KB)"; fi
+    echo "$(basename "$f") $size bytes sha256 $(sha256sum "$f" | cut -c1-64) $kept" >> "$dest/FILES.txt"
+  done
+done
 exit $status
