@@ -33,6 +33,7 @@ RETRAIN_DIR=${RETRAIN_DIR:-runs/extension_retrain}
 OUT=${OUT:-results/extension/mechanisms}
 RAW=${RAW:-runs/extension_mechanisms}  # every file of the battery, whatever its size (git-ignored)
 SMALL_KB=${SMALL_KB:-300}              # files up to this size are copied into OUT (committed)
+MATCH_N=${MATCH_N:-2000000}            # the extension's roles are matched between ext_pilot_nN and ext_10m_nN
 FRESH_SEED=${FRESH_SEED:-2026}
 if [ -z "${GPUS:-}" ]; then
   GPUS=$(python -c "import torch; print(' '.join(map(str, range(torch.cuda.device_count()))) or 'cpu')")
@@ -94,15 +95,17 @@ done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 
-# roles matched across scales, within each study where both scales have runs
+# roles matched across scales, within each study where both scales have runs (every run in RAW: this
+# call's and any earlier call's)
 declare -A pilot large
-for item in "${items[@]}"; do
-  config=${item%%:*} seed=${item##*:}
+for raw in "$RAW"/*/seed*; do
+  [ -f "$raw/roles.json" ] && [ -f "$raw/ablation.json" ] || continue
+  config=$(basename "$(dirname "$raw")")
   case $config in
-    ext_pilot_*) pilot[extension]+=" $RUNS_DIR/$config/seed$seed" ;;
-    ext_10m_*) large[extension]+=" $RUNS_DIR/$config/seed$seed" ;;
-    pilot) pilot[replication]+=" $RUNS_DIR/replication/$config/seed$seed" ;;
-    scale_10m) large[replication]+=" $RUNS_DIR/replication/$config/seed$seed" ;;
+    "ext_pilot_n$MATCH_N") pilot[extension]+=" $raw" ;;
+    "ext_10m_n$MATCH_N") large[extension]+=" $raw" ;;
+    pilot) pilot[replication]+=" $raw" ;;
+    scale_10m) large[replication]+=" $raw" ;;
   esac
 done
 for study in extension replication; do
