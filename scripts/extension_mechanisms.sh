@@ -21,8 +21,10 @@
 # OUT/<config>/seed<S>/ with a FILES.txt listing every file (size, sha256, kept or not): the head scans
 # and patching of a 10M model run to megabytes, which results/ does not hold; mechanisms.json does.
 #
-# Environment: RUNS (config:seed items), FRESH_SEED (default 2026), GPUS (CUDA device indices; default: all visible, or the CPU
-# when there is none), RUNS_DIR (default runs/extension), RETRAIN_DIR (default runs/extension_retrain),
+# Environment: RUNS (config:seed items), FRESH_SEED (default 2026), FRESH_EXCLUDE (default 2000000),
+# EXT_CONFIGS (default configs/extension), REP_CONFIGS (default configs), MATCH_N (default 2000000),
+# LIMIT (smoke runs: --limit for every evaluation and the battery), RAW, SMALL_KB, FRESH, GPUS (CUDA
+# device indices; default: all visible, or the CPU when there is none), RUNS_DIR (default runs/extension), RETRAIN_DIR (default runs/extension_retrain),
 # OUT (default results/extension/mechanisms).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +36,10 @@ OUT=${OUT:-results/extension/mechanisms}
 RAW=${RAW:-runs/extension_mechanisms}  # every file of the battery, whatever its size (git-ignored)
 SMALL_KB=${SMALL_KB:-300}              # files up to this size are copied into OUT (committed)
 MATCH_N=${MATCH_N:-2000000}            # the extension's roles are matched between ext_pilot_nN and ext_10m_nN
+EXT_CONFIGS=${EXT_CONFIGS:-configs/extension}  # the extension's configs
+REP_CONFIGS=${REP_CONFIGS:-configs}            # the replication's (pilot.yaml, scale_10m.yaml)
+FRESH_EXCLUDE=${FRESH_EXCLUDE:-2000000}        # the training set the fresh test files avoid
+LIMIT=${LIMIT:-}                               # smoke runs only: the first LIMIT examples of every split
 FRESH_SEED=${FRESH_SEED:-2026}
 if [ -z "${GPUS:-}" ]; then
   GPUS=$(python -c "import torch; print(' '.join(map(str, range(torch.cuda.device_count()))) or 'cpu')")
@@ -49,33 +55,36 @@ for size in $(for item in "${items[@]}"; do
 done
 # fresh test files: drawn like the test sets with another seed, none of their expressions in any shipped
 # file or training set (the results are also read on expressions no model has seen)
-FRESH=data/generated/fresh_$FRESH_SEED
-python -m src.data --fresh-test "$FRESH_SEED" --out "$FRESH"
+FRESH=${FRESH:-data/generated/fresh_$FRESH_SEED}
+python -m src.data --fresh-test "$FRESH_SEED" --exclude-train "$FRESH_EXCLUDE" --out "$FRESH"
+FRESH_EVAL="eval_$(basename "$FRESH").json"  # the name src.evaluate --data-dir gives its output
+limit=()
+[ -n "$LIMIT" ] && limit=(--limit "$LIMIT")
 
 one() {  # one config:seed on one device: train (or finish) it, evaluate it, run the battery, copy the results
   local config=${1%%:*} seed=${1##*:} device=$2 run
   local dest="$RAW/$config/seed$seed"
   local where=(--device cuda)
   [ "$device" = cpu ] && where=(--device cpu)
-  if [ -f "configs/extension/$config.yaml" ]; then
+  if [ -f "$EXT_CONFIGS/$config.yaml" ]; then
     run="$RUNS_DIR/$config/seed$seed"
-    python -m src.sweep configs/extension --only "$config" --seeds "$seed" --runs-dir "$RUNS_DIR" \
+    python -m src.sweep "$EXT_CONFIGS" --only "$config" --seeds "$seed" --runs-dir "$RUNS_DIR" \
       --results-dir "$RETRAIN_DIR" --no-progress "${where[@]}"
-  else  # a replication config, configs/<config>.yaml, trained as scripts/reproduce_study.sh trains it
+  else  # a replication config, REP_CONFIGS/<config>.yaml, trained as scripts/reproduce_study.sh trains it
     run="$RUNS_DIR/replication/$config/seed$seed"
     if [ ! -f "$run/summary.json" ]; then
       local resume=()
       [ -f "$run/checkpoint_latest.pt" ] && resume=(--resume)
-      python -m src.train --config "configs/$config.yaml" --output-dir "$run" --seed "$seed" "${where[@]}" \
+      python -m src.train --config "$REP_CONFIGS/$config.yaml" --output-dir "$run" --seed "$seed" "${where[@]}" \
         --no-progress "${resume[@]}"
     fi
-    python -m src.evaluate --run "$run" "${where[@]}"
+    python -m src.evaluate --run "$run" "${where[@]}" ${limit[@]+"${limit[@]}"}
   fi
-  python -m src.evaluate --run "$run" "${where[@]}" --data-dir "$FRESH" > /dev/null
-  python -m src.battery --run "$run" "${where[@]}" --quiet
+  python -m src.evaluate --run "$run" "${where[@]}" --data-dir "$FRESH" ${limit[@]+"${limit[@]}"} > /dev/null
+  python -m src.battery --run "$run" "${where[@]}" --quiet ${limit[@]+"${limit[@]}"}
   mkdir -p "$dest"
   for f in battery.json ablation.json roles.json probe.json patching.json value_probe.json eval.json \
-           "eval_fresh_$FRESH_SEED.json" summary.json; do
+           "$FRESH_EVAL" summary.json; do
     [ -f "$run/$f" ] && cp "$run/$f" "$dest/$f"
   done
   echo "== $config seed $seed: done on $device -> $dest"
