@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from src import stats
-from src.atomic import atomic_write_bytes, atomic_write_json
+from src.atomic import write_result
 from src.cli import ArgumentParser, check_output_file, comma_list, int_in
 from src.data import Batch
 from src.device import autocast
@@ -444,12 +444,7 @@ def main(argv=None) -> int:
         figure = render_heatmap(result["scan"]["modes"], cfg.model,
                                 f"{cfg.name} ({args.run.name}): answer_loss bracket_specificity per head; "
                                 "* significant after Holm")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_path, stamp("ablation", result))
-    print(f"wrote {out_path}")
-    if figure is not None:
-        atomic_write_bytes(png, figure)
-        print(f"wrote {png}")
+    write_result(out_path, stamp("ablation", result), (png, figure))
     return 0
 
 

@@ -79,6 +79,18 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def write_result(path, obj, figure: tuple | None = None) -> None:
+    """An analysis command's outputs, once everything is computed: the JSON at `path` (its directory
+    made), then `figure` = (png path, png bytes) where there is one; each write is atomic and said."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, obj)
+    print(f"wrote {path}")
+    if figure is not None and figure[1] is not None:
+        atomic_write_bytes(figure[0], figure[1])
+        print(f"wrote {figure[0]}")
+
+
 def atomic_save(obj, path) -> None:
     """torch.save into memory, then written atomically like every other file.
 

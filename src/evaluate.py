@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from src import stats
-from src.atomic import atomic_write_json
+from src.atomic import write_result
 from src.checkpoint import load_model
 from src.classes import exact_match_by_class
 from src.cli import MAX_EXAMPLES, ArgumentParser, check_output_file, int_in
@@ -387,9 +387,7 @@ def main(argv=None) -> int:
                          "limit": args.limit, "metric_definitions": METRIC_DEFINITIONS, "sign_convention": SIGN_CONVENTION,
                          "data_files": {split: str(cfg.data.path(split)) for split in EVAL_SPLITS},
                          "metrics": results, **comparisons, "exact_match_by_class": by_class})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, out)
-    print(f"wrote {path}")
+    write_result(path, out)
     return 0
 
 

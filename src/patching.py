@@ -70,7 +70,7 @@ from pathlib import Path
 import torch
 
 from src import stats
-from src.atomic import atomic_write_bytes, atomic_write_json
+from src.atomic import write_result
 from src.cli import ArgumentParser, check_output_file, comma_list, float_in, int_in
 from src.data import Batch, Record, depth_labels, load_jsonl, make_batch
 from src.device import autocast
@@ -552,12 +552,8 @@ def main(argv=None) -> int:
                                f"{len(pairs)} matched pairs, residual stream; restored share = sum(patched - receiver) / "
                                f"sum(source - receiver) of answer logp\nover a gap (bracketed - flat) of "
                                f"{gap['estimate']:+.3f} [{lo:+.3f}, {hi:+.3f}] nats per pair")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_path, result)
-    print(f"wrote {out_path} ({scan_s:.1f} s of patching)")
-    if figure is not None:
-        atomic_write_bytes(png, figure)
-        print(f"wrote {png}")
+    print(f"{scan_s:.1f} s of patching")
+    write_result(out_path, result, (png, figure))
     return 0
 
 

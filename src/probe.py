@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 
 from src import stats
-from src.atomic import atomic_write_bytes, atomic_write_json
+from src.atomic import write_result
 from src.cli import (MAX_ITERATIONS, MAX_RESAMPLES, MAX_SEED, ArgumentParser, check_output_file, distinct, float_in,
                      int_in)
 from src.data import Batch
@@ -590,12 +590,7 @@ def main(argv=None) -> int:
     if png is not None:  # rendered in memory: nothing is written until everything is computed
         figure = render_figure(result, f"{cfg.name} ({args.run.name}): depth probes; control = untrained model, "
                                        f"seed {seed}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, result)
-    print(f"wrote {out}")
-    if figure is not None:
-        atomic_write_bytes(png, figure)
-        print(f"wrote {png}")
+    write_result(out, result, (png, figure))
     return 0
 
 

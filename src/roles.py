@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from src.atomic import atomic_write_bytes, atomic_write_json
+from src.atomic import write_result
 from src.cli import ArgumentParser, check_output_file, distinct
 from src.data import OPERATORS
 from src.device import autocast
@@ -394,9 +394,7 @@ def main(argv=None) -> int:
     png = render_heatmap(rows, queries, title)  # rendered before anything is written
     print(f"role shares pooled over {', '.join(f'{s} ({len(batches[s])})' for s in splits)}, {elapsed:.2f}s")
     print(format_rows(rows))
-    atomic_write_json(out_path, result)
-    atomic_write_bytes(png_path, png)
-    print(f"wrote {out_path} and {png_path}")
+    write_result(out_path, result, (png_path, png))
     return 0
 
 

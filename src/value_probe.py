@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from src import stats
-from src.atomic import atomic_write_json
+from src.atomic import write_result
 from src.cli import MAX_ITERATIONS, MAX_RESAMPLES, MAX_SEED, ArgumentParser, check_output_file, distinct, float_in, int_in
 from src.data import make_batch
 from src.errors import run_main
@@ -274,9 +274,7 @@ def main(argv=None) -> int:
                                         "over expressions (control as a, trained as b)",
               "ceiling": CEILING, "claim_rule": CLAIM_RULE, **body, "elapsed_s": time.perf_counter() - tic})
     print(format_summary(result))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, result)
-    print(f"wrote {out}")
+    write_result(out, result)
     return 0
 
 
