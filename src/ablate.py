@@ -23,6 +23,10 @@ Decisions use VERDICT_METRICS (exact_match, answer_loss) and Holm over declared 
 Every test entry carries test, estimate, ci95, p_value, p_floor, and in a family p_adjusted and
 significant. `head_findings` says, per head, under which modes (zero, mean, both) each finding holds.
 
+exact_match here is teacher-forced (src.evaluate.EXACT_MATCH_METHODS): every answer token and <EOS> the
+argmax given the true prefix, which equals greedy decoding and costs one forward pass instead of one per
+generated token; ablation.json's `exact_match_method` holds the unablated model's exact_match both ways.
+
 Targeted set (per mode): heads are ranked by answer_loss bracket_specificity on the even-indexed
 examples only (from the scan); the prefixes of that ranking (1 to --max-set-size heads) are then
 ablated jointly and tested on the odd-indexed examples, Holm over the prefixes tried (family
@@ -48,7 +52,7 @@ from src.cli import ArgumentParser, check_output_file, comma_list, int_in
 from src.data import Batch
 from src.device import autocast
 from src.errors import UserError, run_main
-from src.evaluate import (METRIC_DEFINITIONS, METRICS, SIGN_CONVENTION, TEST_SPLITS, VERDICT_METRICS, add_run_arguments,
+from src.evaluate import (EXACT_MATCH_METHODS, METRIC_DEFINITIONS, METRICS, SIGN_CONVENTION, TEST_SPLITS, VERDICT_METRICS, add_run_arguments,
                           contrast, head_label, load_batches, open_run, paired_difference, per_example_scores,
                           relative_layer, run_seed, summarize)
 from src.model import CompactTransformer, HeadAblation, Hooks
@@ -105,8 +109,20 @@ def training_means(model: CompactTransformer, batch: Batch, precision: str = "fp
 # ---------------------------------------------------------------------------- effects
 
 
-def score_splits(model, batches: dict, ablation, precision: str, decode: bool = True) -> dict:
-    return {s: per_example_scores(model, b, ablation, precision, decode_answers=decode) for s, b in batches.items()}
+EXACT_MATCH_METHOD = "teacher_forced"  # src.evaluate.EXACT_MATCH_METHODS: equal to greedy decoding, one forward pass
+
+
+def score_splits(model, batches: dict, ablation, precision: str, exact_match: str | None = EXACT_MATCH_METHOD) -> dict:
+    return {s: per_example_scores(model, b, ablation, precision, exact_match=exact_match) for s, b in batches.items()}
+
+
+def exact_match_check(model, batches: dict, base_scores: dict, precision: str) -> dict:
+    """The unablated model's exact_match both ways on every split: the teacher-forced outcomes the
+    scan uses against greedy decoding (the definition), and how many examples they disagree on."""
+    greedy = score_splits(model, batches, None, precision, exact_match="greedy")
+    return {s: {"teacher_forced": int(base_scores[s]["exact_match"].sum()), "greedy": int(greedy[s]["exact_match"].sum()),
+                "disagreements": int((base_scores[s]["exact_match"] != greedy[s]["exact_match"]).sum()),
+                "n_examples": len(greedy[s]["exact_match"])} for s in batches}
 
 
 def subset(scores: dict, idx: torch.Tensor) -> dict:
@@ -220,7 +236,7 @@ def targeted_ablation(model, batches, base_scores, head_scores: dict, means, pre
         ablation = HeadAblation(set(order[:k]), means)
         # the test needs answer_loss only: teacher forcing, no greedy decoding
         pair = {s: test_batches[s] for s in (FLAT, MATCHED)}
-        scores = score_splits(model, pair, ablation, precision, decode=False)
+        scores = score_splits(model, pair, ablation, precision, exact_match=None)
         spec = bracket_specificity(base_test, scores, (RANKING_METRIC,))[RANKING_METRIC]
         family.add(f"{mode}/prefix_{k}", spec)
         steps.append({"size": k, "heads": [head_label(*h) for h in order[:k]],
@@ -408,6 +424,8 @@ def main(argv=None) -> int:
         "sign_convention": SIGN_CONVENTION, "metric_definitions": METRIC_DEFINITIONS,
         "verdict_metrics": list(VERDICT_METRICS), "ranking_metric": RANKING_METRIC,
         "baseline": {s: summarize(v) for s, v in base_scores.items()},
+        "exact_match_method": {"method": EXACT_MATCH_METHOD, "definition": EXACT_MATCH_METHODS[EXACT_MATCH_METHOD],
+                               "check_against_greedy": exact_match_check(model, batches, base_scores, args.precision)},
     }
     if heads:
         rows = {}

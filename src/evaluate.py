@@ -112,10 +112,24 @@ def greedy_decode(model: CompactTransformer, batch: Batch, ablation=None, precis
     return tokens
 
 
+EXACT_MATCH_METHODS = {
+    "greedy": "greedy decoding from the prompt, compared with the answer and <EOS> (the definition, SPEC section 5)",
+    "teacher_forced": "every answer token and <EOS> is the argmax of the teacher-forced logits, i.e. given the true "
+                      "prefix. Equal to greedy decoding: a greedy decoder that has produced the true prefix so far "
+                      "sees exactly the teacher-forced input, so it stays on the answer if and only if every "
+                      "teacher-forced argmax is right (up to floating-point near-ties between differently shaped "
+                      "forward passes). One forward pass instead of one per generated token.",
+}
+
+
 @torch.no_grad()
 def per_example_scores(model, batch: Batch, ablation: HeadAblation | None = None, precision="fp32",
-                       chunk: int = 2048, decode_answers: bool = True) -> dict:
-    """Per-example parts of every metric (float64 tensors on the CPU, one entry per example)."""
+                       chunk: int = 2048, exact_match: str | None = "greedy") -> dict:
+    """Per-example parts of every metric (float64 tensors on the CPU, one entry per example).
+
+    `exact_match`: how exact_match is computed (EXACT_MATCH_METHODS), or None for none (NaN)."""
+    if exact_match is not None and exact_match not in EXACT_MATCH_METHODS:
+        raise ValueError(f"exact_match={exact_match!r}: expected one of {', '.join(EXACT_MATCH_METHODS)} or None")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -137,7 +151,9 @@ def per_example_scores(model, batch: Batch, ablation: HeadAblation | None = None
         parts["n_answer"].append(b.answer_mask.sum(1))
         parts["answer_correct"].append((correct & b.answer_mask).sum(1))
         parts["eos_correct"].append(correct[rows, b.eos_pos])
-        if decode_answers:
+        if exact_match == "teacher_forced":
+            parts["exact_match"].append(~(b.answer_mask & ~correct).any(1))
+        elif exact_match == "greedy":
             generated = greedy_decode(model, b, ablation, precision)
             # strict: token j+1 generated must be label j at every answer position (digits, then
             # <EOS> exactly where the answer ends); nothing is skipped or normalised

@@ -108,11 +108,9 @@ def patch_activation(x: torch.Tensor, name: str, patch: dict) -> torch.Tensor:
     if mask.dtype != torch.bool or mask.dim() != x.dim():
         raise ValueError(f"patch for {name}: the mask must be boolean with {x.dim()} dimensions, got {mask.dtype} "
                          f"with {mask.dim()}")
-    try:
-        torch.broadcast_shapes(tuple(mask.shape), tuple(x.shape))
-    except RuntimeError:
+    if any(m not in (1, n) for m, n in zip(mask.shape, x.shape)):  # (torch.broadcast_shapes costs ~2 ms a call)
         raise ValueError(f"patch for {name}: mask of shape {tuple(mask.shape)} does not broadcast to the "
-                         f"activation's {tuple(x.shape)}") from None
+                         f"activation's {tuple(x.shape)}")
     return torch.where(mask.to(x.device), values, x)
 
 
@@ -189,6 +187,8 @@ class Attention(nn.Module):
 def ablate_heads(z: torch.Tensor, layer: int, ablation: HeadAblation) -> torch.Tensor:
     """z [B, T, H, d] with the ablated heads of `layer` set to zero or to their mean."""
     heads = ablation.in_layer(layer)
+    if not heads:  # nothing of this layer is ablated (and no host-to-device copy of an empty index)
+        return z
     drop = torch.zeros(z.shape[2], dtype=torch.bool, device=z.device)
     drop[heads] = True
     drop = drop.view(1, 1, -1, 1)

@@ -308,10 +308,10 @@ def patching_scan(model: CompactTransformer, pairs: Pairs, classes=tuple(POSITIO
     record = [site_name(s, layer) for s in sites for layer in range(L)]
     parts: dict = {}
 
-    def add(key, logp, correct):
+    def add(key, logp, correct):  # kept on the device until the end: no host synchronisation per cell
         entry = parts.setdefault(key, {"logp": [], "correct": []})
-        entry["logp"].append(logp.double().cpu())
-        entry["correct"].append(correct.cpu())
+        entry["logp"].append(logp)
+        entry["correct"].append(correct)
 
     tic = time.perf_counter()
     # pairs in order of length, each chunk cut to its longest sequence: the padding is most of a
@@ -365,7 +365,8 @@ def patching_scan(model: CompactTransformer, pairs: Pairs, classes=tuple(POSITIO
         log(f"  pairs {start + n}/{len(pairs)} patched ({time.perf_counter() - tic:.1f} s)")
     model.train(was_training)
     back = torch.argsort(order)  # the pairs' own order again
-    out = {key: {"logp": torch.cat(v["logp"])[back], "correct": torch.cat(v["correct"])[back]} for key, v in parts.items()}
+    out = {key: {"logp": torch.cat(v["logp"]).double().cpu()[back], "correct": torch.cat(v["correct"]).cpu()[back]}
+           for key, v in parts.items()}
     return {"clean": {which: out.pop(("clean", which)) for which in ("flat", "bracketed")}, "cells": out}
 
 

@@ -77,13 +77,15 @@ def load_split(cfg, split: str, limit: int | None, device, operator_target: str)
     max_len = cfg.model.max_seq_len
     records = split_records(cfg, split, min(limit or ANALYSIS_TRAIN_MAX, ANALYSIS_TRAIN_MAX))[:limit]
     batch = make_batch(records, max_len, cfg.data.answer_format)
-    return batch.to(device), at_expression_positions(batch_targets(records, max_len, operator_target), batch.depth)
+    fields = at_expression_positions(batch_targets(records, max_len, operator_target), batch.depth)
+    return batch.to(device), {name: tensor.to(device) for name, tensor in fields.items()}
 
 
 def features(model, batch, sites, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """([positions, sites, d_model] on the CPU, expression index) at the expression positions."""
+    """([positions, sites, d_model], expression index) at the expression positions, on the model's device
+    (the probes are fitted where the features are: on a GPU, not on its host's CPU)."""
     feats, _, expr = collect_features(model, batch, [s.activation for s in sites], precision)
-    return torch.cat([feats[s.activation] for s in sites], dim=1).cpu(), expr.cpu()
+    return torch.cat([feats[s.activation] for s in sites], dim=1), expr
 
 
 def probe_kind(x: dict, fields: dict, expr: dict, kind: str, task: str, splits, l2: float, max_iter: int):

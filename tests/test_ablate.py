@@ -100,9 +100,9 @@ def test_targeted_set_is_tested_only_on_examples_it_was_not_chosen_on(tiny, monk
     seen = []
     real = ablate.score_splits
 
-    def spy(model_, batches_, ablation, fp16, decode=True):
+    def spy(model_, batches_, ablation, fp16, exact_match=ablate.EXACT_MATCH_METHOD):
         seen.append({s: b.inputs.clone() for s, b in batches_.items()})
-        return real(model_, batches_, ablation, fp16, decode)
+        return real(model_, batches_, ablation, fp16, exact_match)
 
     monkeypatch.setattr(ablate, "score_splits", spy)
     t = ablate.targeted_ablation(model, batches, base, kept, None, False, "zero", 3, log=lambda *_: None)

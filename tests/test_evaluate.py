@@ -111,3 +111,21 @@ def test_mcnemar_exact():
     b = torch.tensor([0] * 20 + [0] * 80)
     assert stats.mcnemar_exact(a, b)["p_value"] < 1e-4
     assert stats.mcnemar_exact(a, a)["p_value"] == 1.0
+
+
+@pytest.mark.parametrize("wrong", [dict(), dict(wrong_digit={"1+2", "((2+3)*4)"}), dict(wrong_eos={"7-(8+9)"}),
+                                   dict(wrong_digit={"99*99*99*99"}, wrong_eos={"(3*4)-5", "99*99*99*99"})])
+def test_teacher_forced_exact_match_equals_greedy_decoding(batch, wrong):
+    model = Oracle([make_record(e) for e in EXPRS], **wrong)
+    greedy = per_example_scores(model, batch, exact_match="greedy")["exact_match"]
+    forced = per_example_scores(model, batch, exact_match="teacher_forced")["exact_match"]
+    wrong_exprs = set().union(*wrong.values()) if wrong else set()
+    assert greedy.tolist() == [float(e not in wrong_exprs) for e in EXPRS]
+    assert forced.tolist() == greedy.tolist()
+
+
+def test_exact_match_can_be_left_out_and_an_unknown_method_is_refused(batch):
+    model = Oracle([make_record(e) for e in EXPRS])
+    assert torch.isnan(per_example_scores(model, batch, exact_match=None)["exact_match"]).all()
+    with pytest.raises(ValueError, match="exact_match='beam'"):
+        per_example_scores(model, batch, exact_match="beam")

@@ -237,7 +237,7 @@ def test_scan_stacks_heads_like_separate_passes_and_scores_like_evaluate(model):
     scan = patching.patching_scan(model, pairs, chunk=4, log=lambda *_: None)  # 6 pairs: two chunks
     clean = scan["clean"]
     for which, batch in (("flat", pairs.flat), ("bracketed", pairs.bracketed)):
-        ref = per_example_scores(model, batch, decode_answers=False)
+        ref = per_example_scores(model, batch, exact_match=None)
         torch.testing.assert_close(clean[which]["logp"], -ref["answer_loss_sum"], rtol=0, atol=1e-5)
     L, H = SMALL.num_layers, SMALL.num_heads
     assert len(scan["cells"]) == 2 * len(patching.POSITION_CLASSES) * L * (1 + H)
