@@ -6,6 +6,8 @@
 #   RUNS="ext_pilot_n2000000:42 ext_10m_n2000000:42" bash scripts/extension_mechanisms.sh
 #   RUNS="pilot:42 scale_10m:42" bash scripts/extension_mechanisms.sh   # the replication's models (item 5)
 #   GPUS="0 1 2 3" bash scripts/extension_mechanisms.sh     # one queue per GPU
+#   GPUS="0 1" QUEUES="ext_10m_n2000000:42;ext_pilot_n2000000:42 pilot:42" bash scripts/extension_mechanisms.sh
+#                                                            # queue i (items split at ';') on GPU i
 #
 # Checkpoints are not kept in the repository, so each model is trained again (the commands of
 # results/extension/RUNS.md; deterministic given config and seed up to GPU rounding) into RUNS_DIR,
@@ -21,7 +23,9 @@
 # OUT/<config>/seed<S>/ with a FILES.txt listing every file (size, sha256, kept or not): the head scans
 # and patching of a 10M model run to megabytes, which results/ does not hold; mechanisms.json does.
 #
-# Environment: RUNS (config:seed items), FRESH_SEED (default 2026), FRESH_EXCLUDE (default 2000000),
+# Environment: RUNS (config:seed items, dealt round-robin to the GPUs), QUEUES (instead of RUNS: one
+# list of items per GPU, the lists separated by ';'), OMP_NUM_THREADS (default: the cores shared out
+# among the queues, so that the steps' CPU work does not oversubscribe the host), FRESH_SEED (default 2026), FRESH_EXCLUDE (default 2000000),
 # EXT_CONFIGS (default configs/extension), REP_CONFIGS (default configs), MATCH_N (default 2000000),
 # LIMIT (smoke runs: --limit for every evaluation and the battery), RAW, SMALL_KB, FRESH, GPUS (CUDA
 # device indices; default: all visible, or the CPU when there is none), RUNS_DIR (default runs/extension), RETRAIN_DIR (default runs/extension_retrain),
@@ -45,7 +49,15 @@ if [ -z "${GPUS:-}" ]; then
   GPUS=$(python -c "import torch; print(' '.join(map(str, range(torch.cuda.device_count()))) or 'cpu')")
 fi
 read -r -a gpus <<< "$GPUS"
+if [ -n "${QUEUES:-}" ]; then  # one list per GPU
+  IFS=';' read -r -a queues <<< "$QUEUES"
+  if [ "${#queues[@]}" -gt "${#gpus[@]}" ]; then
+    echo "QUEUES has ${#queues[@]} lists but GPUS names ${#gpus[@]} device(s): one list per device" >&2; exit 2
+  fi
+  RUNS="${queues[*]}"
+fi
 read -r -a items <<< "$RUNS"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / ${#gpus[@]} > 0 ? $(nproc) / ${#gpus[@]} : 1 ))}
 
 # every training set the items need, generated once before the queues start (otherwise the first queue
 # to need one generates it, with every core, while the others wait on its lock)
@@ -80,8 +92,8 @@ one() {  # one config:seed on one device: train (or finish) it, evaluate it, run
     fi
     python -m src.evaluate --run "$run" "${where[@]}" ${limit[@]+"${limit[@]}"}
   fi
-  python -m src.evaluate --run "$run" "${where[@]}" --data-dir "$FRESH" ${limit[@]+"${limit[@]}"} > /dev/null
   python -m src.battery --run "$run" "${where[@]}" --quiet ${limit[@]+"${limit[@]}"}
+  python -m src.evaluate --run "$run" "${where[@]}" --data-dir "$FRESH" ${limit[@]+"${limit[@]}"} > /dev/null
   mkdir -p "$dest"
   for f in battery.json ablation.json roles.json probe.json patching.json value_probe.json eval.json \
            "$FRESH_EVAL" summary.json; do
@@ -95,9 +107,14 @@ for i in "${!gpus[@]}"; do
   (
     device=${gpus[$i]}
     [ "$device" != cpu ] && export CUDA_VISIBLE_DEVICES=$device
-    for j in "${!items[@]}"; do
-      if [ $((j % ${#gpus[@]})) -eq "$i" ]; then one "${items[$j]}" "$device"; fi
-    done
+    if [ -n "${QUEUES:-}" ]; then
+      read -r -a mine <<< "${queues[$i]:-}"
+      for item in ${mine[@]+"${mine[@]}"}; do one "$item" "$device"; done
+    else
+      for j in "${!items[@]}"; do
+        if [ $((j % ${#gpus[@]})) -eq "$i" ]; then one "${items[$j]}" "$device"; fi
+      done
+    fi
   ) &
   pids+=($!)
 done

@@ -31,7 +31,8 @@ def test_the_script_takes_both_studies_apart(tmp_path):
     raw = yaml.safe_load((REPO_ROOT / "configs" / "pilot.yaml").read_text())
     (rep / "pilot.yaml").write_text(yaml.safe_dump(tiny(raw, 2), sort_keys=False))
     out, raw_dir = tmp_path / "out", tmp_path / "raw"
-    env = {**os.environ, "RUNS": "ext_pilot_n2000:42 ext_10m_n2000:42 pilot:42", "MATCH_N": "2000", "GPUS": "cpu",
+    # two queues (both on the CPU here): the runs of QUEUES' first list in order on one, the second's on the other
+    env = {**os.environ, "QUEUES": "ext_pilot_n2000:42 pilot:42;ext_10m_n2000:42", "MATCH_N": "2000", "GPUS": "cpu cpu",
            "EXT_CONFIGS": str(ext), "REP_CONFIGS": str(rep), "FRESH_EXCLUDE": "2000", "FRESH": str(tmp_path / "fresh_2026"),
            "LIMIT": "24", "RUNS_DIR": str(tmp_path / "runs"), "RETRAIN_DIR": str(tmp_path / "retrain"),
            "RAW": str(raw_dir), "OUT": str(out), "SMALL_KB": "60"}
@@ -53,3 +54,11 @@ def test_the_script_takes_both_studies_apart(tmp_path):
     assert sorted(r["config"] for r in mech["runs"]) == ["ext_10m_n2000", "ext_pilot_n2000", "pilot"]
     assert "eval_fresh_2026" in mech["runs"][0]["exact_match"]
     assert (out / "MECHANISMS.md").read_text().startswith("## Extension: mechanisms")
+
+
+def test_more_queues_than_devices_is_refused_before_anything_runs(tmp_path):
+    env = {**os.environ, "QUEUES": "a:1;b:2;c:3", "GPUS": "cpu cpu", "RUNS_DIR": str(tmp_path / "runs")}
+    done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "QUEUES has 3 lists but GPUS names 2 device(s)" in done.stderr
+    assert not (tmp_path / "runs").exists()
