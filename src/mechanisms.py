@@ -21,7 +21,10 @@ MECHANISMS.md, whose tables hold only what the files hold, each with the test it
                  test_paren against the untrained control and the copy baseline, on the non-trivial
                  positions too, and its claim
     depth        per run: the depth probes' best site and claim on test_paren and test_depth3
-    patching     per run: where residual patching peaks (bracketed_to_flat, per position class)
+    patching     per run: the change of the answer log-probability when the residual stream at one class of
+                 positions comes from the bracketed twin, per layer, and the last layer that still
+                 changes it (reach); the twins' own gap beside it
+    values over seeds   per config and value target: the non-trivial selectivity over seeds, t-test, Holm
     time         per run: the battery's wall time and device
 No finding is stated here that a table does not show; the README draws the conclusions.
 """
@@ -32,10 +35,13 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
+from src import stats
 from src.atomic import atomic_write_json, atomic_write_text
 from src.cli import ArgumentParser
 from src.errors import UserError, run_main
-from src.rolematch import patching_peaks, peaks_markdown, rolematch_markdown
+from src.rolematch import patching_peaks, rolematch_markdown
 from src.runfiles import read_result, stamp
 
 BOTH = "both"
@@ -105,7 +111,62 @@ def value_summary(value_probe: dict) -> dict:
             out[f"{kind}/{task}"] = {"site": b["site"], "layer": b["layer"], "trained": s["trained"],
                                      "control": s["control"], "trained_nontrivial": s["trained_nontrivial"],
                                      "copy_baseline": base["copy_mod10" if task == "mod10" else "copy_sign"]["accuracy"],
-                                     "n_positions": base["n_positions"], "claim": s["claim"]}
+                                     "n_positions": base["n_positions"], "claim": s["claim"],
+                                     "selectivity_nontrivial": (s.get("selectivity_nontrivial") or {}).get("estimate")}
+    return out
+
+
+def value_family(runs: list[dict]) -> dict:
+    """Per config with two seeds or more and per value target (kind/task): is the selectivity on the
+    non-trivial positions (the best layer's, on VALUE_SPLIT) above 0 over seeds? A one-sample t-test of
+    the seeds' estimates (the seed is the replicate; analytic, p_floor 0), Holm over every config x
+    target tested here (family `value_selectivity_over_seeds`). A target whose control is at its ceiling
+    in some seed is left out (it supports no claim). The per-seed bootstrap intervals cannot carry a
+    family (their p floor is 2/B)."""
+    by_config: dict[str, list[dict]] = {}
+    for r in runs:
+        if r.get("values"):
+            by_config.setdefault(r["config"], []).append(r)
+    fam, rows = stats.Family("value_selectivity_over_seeds"), []
+    for config, members in by_config.items():
+        if len(members) < 2:
+            continue
+        for key in sorted({k for r in members for k in r["values"]}):
+            xs = [r["values"][key]["selectivity_nontrivial"] for r in members if key in r["values"]]
+            at_ceiling = any(r["values"][key]["claim"].startswith("at ceiling") for r in members if key in r["values"])
+            if len(xs) < 2 or any(x is None for x in xs) or at_ceiling:  # a control at its ceiling supports no claim
+                continue
+            test = stats.paired_contrast([(1.0, torch.tensor(xs, dtype=torch.float64), torch.ones(len(xs)))])
+            test["test"] = "one_sample_t_over_seeds"
+            rows.append(({"config": config, "target": key, "seeds": [r["seed"] for r in members if key in r["values"]],
+                          "values": xs}, fam.add(f"{config}/{key}", test)))
+    declared = fam.close() if rows else None  # writes p_adjusted and significant into each test
+    return {"family": declared, "rows": [row | test for row, test in rows]}
+
+
+REACH_NATS = 0.1  # a patch whose mean change of the answer log-probability is at least this "still reaches" the answer
+PROFILE_CLASSES = ("close", "equals", "inside", "prompt")
+
+
+def patching_profile(patching: dict, direction: str = "bracketed_to_flat") -> dict:
+    """Residual patching of one run, read as changes rather than shares: per position class, the mean change
+    of the receiver's answer log-probability (nats) when that class's residual stream at layer l comes from
+    the twin, for every layer; `reach`: the last layer whose change is at least REACH_NATS in size (None when
+    none is), with its relative layer. The twins' own gap (bracketed - flat answer log-probability, paired t
+    interval) says how small the restored share's denominator is."""
+    clean = patching.get("baseline", {}).get("bracketed_minus_flat", {}).get("logp")
+    out = {"direction": direction, "twin_gap_logp": clean, "reach_nats": REACH_NATS, "classes": {}}
+    layers_of = patching.get("resid", {}).get(direction, {})
+    for cls in PROFILE_CLASSES:
+        layers = layers_of.get(cls)
+        if not layers:
+            continue
+        changes = [e["logp_change"] for e in layers]
+        reaching = [e for e in layers if abs(e["logp_change"]) >= REACH_NATS]
+        last = reaching[-1] if reaching else None
+        out["classes"][cls] = {"logp_change": changes, "answer_correct": [e["answer_correct"] for e in layers],
+                               "reach_layer": last["layer"] if last else None,
+                               "reach_relative_layer": last["relative_layer"] if last else None}
     return out
 
 
@@ -134,6 +195,7 @@ def summarize_run(r: dict) -> dict:
         out["depth"] = depth_summary(f["probe"])
     if "patching" in f:
         out["patching_peaks"] = patching_peaks(f["patching"])
+        out["patching_profile"] = patching_profile(f["patching"])
     if "battery" in f:
         out["battery"] = {"total_s": f["battery"]["total_s"], "device": f["battery"]["device"],
                           "steps": {s["step"]: round(s["wall_s"], 1) for s in f["battery"]["steps"]}}
@@ -142,6 +204,48 @@ def summarize_run(r: dict) -> dict:
 
 def _fmt(x, digits=3) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
+
+
+def patching_markdown(runs: list[dict]) -> list[str]:
+    profiled = [r for r in runs if r.get("patching_profile", {}).get("classes")]
+    if not profiled:
+        return []
+    md = ["### Activation patching on the matched pairs (src.patching)", "",
+          "The residual stream after layer l at one class of positions is taken from the bracketed twin into the "
+          "flat expression's run (bracketed_to_flat); each cell is the mean change of the flat run's answer "
+          f"log-probability in nats (teacher-forced, over the pairs). Reach: the last layer whose change is at least "
+          f"{REACH_NATS} nats in size, i.e. the last layer at which what sits at those positions is still read on "
+          "the way to the answer (relative layer = layer / (layers - 1)). Twin gap: bracketed - flat answer "
+          "log-probability of the unpatched twins [paired t 95%], the denominator of patching.json's restored "
+          "shares: where it is this close to 0 those shares are a change divided by almost nothing, so the changes "
+          "are the figures to read. Descriptive: no test.", "",
+          "| run | twin gap (nats) | class | change by layer (nats) | reach (relative) |", "|---|---|---|---|---|"]
+    for r in profiled:
+        p = r["patching_profile"]
+        gap = p.get("twin_gap_logp") or {}
+        ci = gap.get("ci95") or [None, None]
+        gap_text = f"{_fmt(gap.get('estimate'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if gap else "—"
+        for cls, c in p["classes"].items():
+            changes = ", ".join(f"{x:+.2f}" for x in c["logp_change"])
+            reach = "none" if c["reach_layer"] is None else f"{c['reach_layer']} ({c['reach_relative_layer']:.2f})"
+            md.append(f"| `{r['config']}` seed {r['seed']} | {gap_text} | {cls} | {changes} | {reach} |")
+    return md + [""]
+
+
+def value_family_markdown(fam: dict) -> list[str]:
+    if not fam["rows"]:
+        return []
+    md = ["", "Over seeds: the selectivity on the non-trivial positions (trained - control, best layer, "
+          f"{VALUE_SPLIT}) of each seed, its mean [95% t interval over seeds], a one-sample t-test against 0 (the "
+          f"seed is the replicate; p_floor 0) and Holm over the family `{fam['family']['name']}` of "
+          f"{fam['family']['size']} tests (every row; a target whose control is at its ceiling in some seed is left out).", "",
+          "| config | target | seeds | per seed | mean [95% CI] | p | p (Holm) | above 0 |", "|---|---|---|---|---|---|---|---|"]
+    for row in fam["rows"]:
+        ci = row["ci95"]
+        md.append(f"| `{row['config']}` | {row['target']} | {len(row['values'])} | "
+                  f"{', '.join(f'{x:+.3f}' for x in row['values'])} | {row['estimate']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] | "
+                  f"{row['p_value']:.2g} | {row['p_adjusted']:.2g} | {'yes' if row['significant'] and row['estimate'] > 0 else 'no'} |")
+    return md
 
 
 def markdown(runs: list[dict], rolematches: dict[str, dict]) -> str:
@@ -194,10 +298,10 @@ def markdown(runs: list[dict], rolematches: dict[str, dict]) -> str:
     md += ["", "### Roles matched across scales", ""]
     for name, rolematch in rolematches.items():
         runs_text = ", ".join(f"`{r}`" for r in rolematch["pilot_runs"] + rolematch["large_runs"])
-        md += [f"From `{name}` (pilot and 10M runs: {runs_text}):", "", rolematch_markdown(rolematch),
-               peaks_markdown(rolematch.get("patching_peaks", {}))]
+        md += [f"From `{name}` (pilot and 10M runs: {runs_text}):", "", rolematch_markdown(rolematch)]
     if not rolematches:
         md += ["No rolematch.json given (`python -m src.rolematch`).", ""]
+    md += patching_markdown(runs)
     md += ["### Intermediate values (src.value_probe)", "",
            f"On {VALUE_SPLIT}: the residual layer with the best training accuracy; trained and untrained-control "
            "accuracy, the copy baseline (mod10: the last digit read; sign: always +), the trained probe on the positions "
@@ -210,6 +314,7 @@ def markdown(runs: list[dict], rolematches: dict[str, dict]) -> str:
                       f"{_fmt(v['control'])} | {_fmt(v['copy_baseline'])} | {_fmt(v['trained_nontrivial'])} | {v['claim']} |")
         if not r.get("values"):
             md.append(f"| {label(r)} | — | — | — | — | — | — | — | no value_probe.json |")
+    md += value_family_markdown(value_family(runs))
     md += ["", "### Depth probes (src.probe)", "", "| run | task / split | best site | trained | control | claim |",
            "|---|---|---|---|---|---|"]
     for r in runs:
@@ -240,7 +345,8 @@ def main(argv=None) -> int:
     rolematches = {str(d / "rolematch.json"): read_result(d / "rolematch.json", "rolematch") for d in args.rolematch}
     text = markdown(runs, rolematches)
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "mechanisms.json", stamp("mechanisms", {"runs": runs, "rolematch": list(rolematches)}))
+    atomic_write_json(args.out / "mechanisms.json", stamp("mechanisms", {"runs": runs, "rolematch": list(rolematches),
+                                                                          "value_family": value_family(runs)}))
     atomic_write_text(args.out / "MECHANISMS.md", text)
     print(text)
     print(f"wrote {args.out / 'mechanisms.json'} and {args.out / 'MECHANISMS.md'}")

@@ -353,7 +353,9 @@ def main(argv=None) -> int:
 
 def peaks_markdown(peaks: dict) -> str:
     lines = ["", "Residual patching: the layer where the restored share of the answer log-probability peaks "
-             "(src.patching; relative layer in brackets).", "",
+             "(src.patching; relative layer in brackets). A share is a change divided by the twins' own gap "
+             "(bracketed - flat answer log-probability): where that gap is close to 0 the shares run far outside "
+             "[0, 1] and mean little; MECHANISMS.md then shows the changes themselves.", "",
              "| scale | seed | direction | class | peak layer (relative) | restored share [95%] |", "|---|---|---|---|---|---|"]
     for scale, runs in peaks.items():
         for r in runs:

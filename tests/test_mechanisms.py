@@ -75,3 +75,43 @@ def test_a_missing_file_is_said_and_the_report_includes_the_section(runs, tmp_pa
     (run / "summary.json").unlink()
     assert run_main(mechanisms.main, [str(run), "--out", str(tmp_path / "x")]) == 2
     assert "summary.json: unreadable" in capsys.readouterr().err
+
+
+def value_run(config: str, seed: int, selectivity: dict, ceiling=()) -> dict:
+    """A summarized run holding only value-probe summaries (what value_family reads)."""
+    return {"config": config, "seed": seed,
+            "values": {key: {"selectivity_nontrivial": x,
+                             "claim": "at ceiling: no claim" if key in ceiling else "selective"}
+                       for key, x in selectivity.items()}}
+
+
+def test_value_family_tests_over_seeds_with_holm_and_leaves_out_ceilings_and_single_seeds():
+    runs = [value_run("big", s, {"close/sign": 0.40 + d, "close/mod10": d, "operator/sign": 0.3},
+                      ceiling={"operator/sign"} if s == 7 else ())
+            for s, d in ((42, 0.01), (123, -0.02), (7, 0.015))]
+    runs.append(value_run("lonely", 1, {"close/sign": 0.9}))
+    fam = mechanisms.value_family(runs)
+    rows = {(r["config"], r["target"]): r for r in fam["rows"]}
+    assert set(rows) == {("big", "close/sign"), ("big", "close/mod10")}  # ceiling and one-seed configs left out
+    assert fam["family"]["size"] == 2 and fam["family"]["correction"] == "holm"
+    sign, mod10 = rows[("big", "close/sign")], rows[("big", "close/mod10")]
+    assert sign["estimate"] == pytest.approx(0.40 + 0.005 / 3)
+    assert sign["significant"] and not mod10["significant"]
+    assert sign["p_floor"] == 0.0 and sign["p_adjusted"] >= sign["p_value"]
+
+
+def test_patching_profile_reads_changes_and_the_last_layer_that_still_reaches_the_answer():
+    def cells(changes):
+        return [{"layer": i, "relative_layer": i / (len(changes) - 1), "logp_change": c, "answer_correct": 0.5}
+                for i, c in enumerate(changes)]
+    patching = {"baseline": {"bracketed_minus_flat": {"logp": {"estimate": -0.03, "ci95": [-0.05, -0.01]}}},
+                "resid": {"bracketed_to_flat": {"close": cells([-20.0, -3.0, -0.5, -0.05]),
+                                                "equals": cells([-0.01, 0.0, 0.0, 0.0]),
+                                                "prompt": cells([+0.2, -0.09, +0.15, 0.0])}}}
+    p = mechanisms.patching_profile(patching)
+    assert p["twin_gap_logp"]["estimate"] == -0.03
+    assert p["classes"]["close"]["reach_layer"] == 2 and p["classes"]["close"]["reach_relative_layer"] == pytest.approx(2 / 3)
+    assert p["classes"]["equals"]["reach_layer"] is None  # nothing there is read
+    assert p["classes"]["prompt"]["reach_layer"] == 2     # the size of a change counts, either sign
+    assert "inside" not in p["classes"]                   # a class the file does not hold is left out
+    assert p["classes"]["close"]["logp_change"] == [-20.0, -3.0, -0.5, -0.05]
