@@ -155,16 +155,29 @@ def patching_profile(patching: dict, direction: str = "bracketed_to_flat") -> di
     none is), with its relative layer. The twins' own gap (bracketed - flat answer log-probability, paired t
     interval) says how small the restored share's denominator is."""
     clean = patching.get("baseline", {}).get("bracketed_minus_flat", {}).get("logp")
-    out = {"direction": direction, "twin_gap_logp": clean, "reach_nats": REACH_NATS, "classes": {}}
     layers_of = patching.get("resid", {}).get(direction, {})
-    for cls in PROFILE_CLASSES:
-        layers = layers_of.get(cls)
-        if not layers:
-            continue
-        changes = [e["logp_change"] for e in layers]
-        reaching = [e for e in layers if abs(e["logp_change"]) >= REACH_NATS]
+    present = {cls: layers_of[cls] for cls in PROFILE_CLASSES if layers_of.get(cls)}
+    # a patching.json written since each cell carries a paired t-test: Holm over this profile's cells, and a
+    # layer reaches the answer only when its change is also significant; an older file is read descriptively
+    tested = bool(present) and all("logp_change_test" in e for layers in present.values() for e in layers)
+    family = None
+    if tested:
+        fam = stats.Family(f"patching_profile_{direction}")
+        for cls, layers in present.items():
+            for e in layers:
+                fam.add(f"{cls}/L{e['layer']}", dict(e["logp_change_test"]))
+        family = fam.close()
+        adjusted = iter(fam.entries)
+    out = {"direction": direction, "twin_gap_logp": clean, "reach_nats": REACH_NATS, "tested": tested,
+           "family": family, "classes": {}}
+    for cls, layers in present.items():
+        tests = [next(adjusted) for _ in layers] if tested else [None] * len(layers)
+        reaching = [e for e, t in zip(layers, tests)
+                    if abs(e["logp_change"]) >= REACH_NATS and (t is None or t["significant"])]
         last = reaching[-1] if reaching else None
-        out["classes"][cls] = {"logp_change": changes, "answer_correct": [e["answer_correct"] for e in layers],
+        out["classes"][cls] = {"logp_change": [e["logp_change"] for e in layers],
+                               "answer_correct": [e["answer_correct"] for e in layers],
+                               "p_adjusted": [t["p_adjusted"] for t in tests] if tested else None,
                                "reach_layer": last["layer"] if last else None,
                                "reach_relative_layer": last["relative_layer"] if last else None}
     return out
@@ -218,7 +231,9 @@ def patching_markdown(runs: list[dict]) -> list[str]:
           "the way to the answer (relative layer = layer / (layers - 1)). Twin gap: bracketed - flat answer "
           "log-probability of the unpatched twins [paired t 95%], the denominator of patching.json's restored "
           "shares: where it is this close to 0 those shares are a change divided by almost nothing, so the changes "
-          "are the figures to read. Descriptive: no test.", "",
+          "are the figures to read. A run whose patching.json carries a paired t-test per cell (written since "
+          "2026-11-26, second session) has its reach tested too: the change must also be significant after Holm over "
+          "that run's cells shown here; the runs marked `descriptive` predate those tests.", "",
           "| run | twin gap (nats) | class | change by layer (nats) | reach (relative) |", "|---|---|---|---|---|"]
     for r in profiled:
         p = r["patching_profile"]
@@ -228,6 +243,7 @@ def patching_markdown(runs: list[dict]) -> list[str]:
         for cls, c in p["classes"].items():
             changes = ", ".join(f"{x:+.2f}" for x in c["logp_change"])
             reach = "none" if c["reach_layer"] is None else f"{c['reach_layer']} ({c['reach_relative_layer']:.2f})"
+            reach += "" if p.get("tested") else ", descriptive"
             md.append(f"| `{r['config']}` seed {r['seed']} | {gap_text} | {cls} | {changes} | {reach} |")
     return md + [""]
 

@@ -112,6 +112,9 @@ METRIC_DEFINITIONS = {
                       "patched, i.e. every class but `answer`); Wilson interval",
     "answer_correct_restored_share": "sum(correct_patched - correct_receiver) / sum(correct_source - correct_receiver); "
                                      "bootstrap interval; null when the twins never differ",
+    "logp_change": "mean over the pairs of logp_patched - logp_receiver (nats); logp_change_test: paired t-test over "
+                   "the pairs (analytic, p_floor 0), uncorrected here: a reader of several cells declares the family "
+                   "(src.mechanisms: Holm over the cells of each run's profile)",
 }
 
 
@@ -400,6 +403,8 @@ def summarize_cell(patched: dict, receiver: dict, source: dict, min_gap: float) 
         ratios = (patched["logp"] - receiver["logp"])[keep] / gap[keep]
         per_example = float(ratios.mean())
         per_ci = _interval(stats.bootstrap_ratio_interval(ratios, torch.ones_like(ratios))) if len(ratios) > 1 else None
+    ones = torch.ones_like(patched["logp"], dtype=torch.float64)
+    change_test = stats.paired_contrast([(-1, receiver["logp"], ones), (1, patched["logp"], ones)])
     correct = patched["correct"]
     em_share, em_ci = restored_share(correct, receiver["correct"], source["correct"])
     return {
@@ -407,6 +412,7 @@ def summarize_cell(patched: dict, receiver: dict, source: dict, min_gap: float) 
         "restored_share_per_example": _finite(per_example), "per_example_ci95": per_ci,
         "n_per_example": int(keep.sum()),
         "logp_change": float((patched["logp"] - receiver["logp"]).mean()),
+        "logp_change_test": {k: change_test[k] for k in ("test", "estimate", "ci95", "p_value", "p_floor", "n")},
         "answer_correct": float(correct.double().mean()),
         "answer_correct_ci95": list(stats.wilson_interval(int(correct.sum()), len(correct))),
         "answer_correct_restored_share": _finite(em_share), "answer_correct_restored_share_ci95": em_ci,
@@ -538,7 +544,8 @@ def main(argv=None) -> int:
         "sites": {s: SITES[s] for s in sites}, "position_classes": {c: POSITION_CLASSES[c] for c in classes},
         "bracket_counterpart": BRACKET_COUNTERPART, "class_counts": class_counts(pairs.alignments),
         "metric_definitions": METRIC_DEFINITIONS, "min_gap": args.min_gap, "resamples": stats.DEFAULT_RESAMPLES,
-        "verdicts": "none: descriptive shares with intervals, no tests",
+        "verdicts": "none: descriptive shares with intervals; each cell's logp_change carries a paired t-test, "
+                    "uncorrected (the family is declared by whoever reads several cells)",
         "baseline": summarize_clean(scan["clean"]), **summary,
     }
     result["scan_s"] = scan_s

@@ -115,3 +115,17 @@ def test_patching_profile_reads_changes_and_the_last_layer_that_still_reaches_th
     assert p["classes"]["prompt"]["reach_layer"] == 2     # the size of a change counts, either sign
     assert "inside" not in p["classes"]                   # a class the file does not hold is left out
     assert p["classes"]["close"]["logp_change"] == [-20.0, -3.0, -0.5, -0.05]
+
+
+def test_patching_profile_with_tests_needs_a_significant_change_to_reach():
+    def cell(layer, change, p):
+        return {"layer": layer, "relative_layer": layer / 2, "logp_change": change, "answer_correct": 0.5,
+                "logp_change_test": {"test": "paired_t", "estimate": change, "ci95": [change - 1, change + 1],
+                                     "p_value": p, "p_floor": 0.0, "n": 100}}
+    patching = {"resid": {"bracketed_to_flat": {"close": [cell(0, -5.0, 1e-9), cell(1, -0.5, 1e-6), cell(2, -0.3, 0.2)],
+                                                "equals": [cell(0, -0.05, 1e-9), cell(1, 0.0, 1.0), cell(2, 0.0, 1.0)]}}}
+    p = mechanisms.patching_profile(patching)
+    assert p["tested"] and p["family"]["size"] == 6 and p["family"]["correction"] == "holm"
+    assert p["classes"]["close"]["reach_layer"] == 1      # layer 2 is large enough but not significant
+    assert p["classes"]["equals"]["reach_layer"] is None  # significant but too small to count
+    assert p["classes"]["close"]["p_adjusted"][0] == pytest.approx(6e-9)

@@ -290,6 +290,10 @@ def test_cli_writes_patching_json_and_figure(tiny_run):
         last = res["resid"][direction]["answer"][-1]
         assert last["restored_share"] == pytest.approx(1.0, abs=1e-4)
         assert last["answer_correct"] == res["baseline"][patching.DIRECTIONS[direction][0]]["answer_correct"]
+        for cell in res["resid"][direction]["inside"]:  # each cell's change carries its paired t-test
+            t = cell["logp_change_test"]
+            assert t["test"] == "paired_t" and t["p_floor"] == 0.0 and t["n"] == 12
+            assert t["estimate"] == pytest.approx(cell["logp_change"], abs=1e-9)
     # L0-H0 of the tiny run writes nothing to the residual stream: patching it is a no-op (up to the rounding
     # of a pass over the pairs stacked once per head against the clean pass over them once)
     for direction in patching.DIRECTIONS:
