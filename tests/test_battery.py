@@ -2,6 +2,7 @@
 step is reported and the others still run."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,18 @@ def test_the_battery_runs_on_cuda(tmp_path):
     record = json.loads((run / "battery.json").read_text())
     assert record["failed"] == [] and record["device"] != "cpu"
     assert json.loads((run / "value_probe.json").read_text())["device"].startswith("cuda")
+
+
+def test_the_profiling_script_profiles_a_step_on_an_untrained_model(tmp_path):
+    import os
+    import pstats
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "DEVICE": "cpu", "STEPS": "roles", "RUNSETS": "pilot", "PROFILE_DIR": str(tmp_path)}
+    done = subprocess.run(["bash", str(root / "scripts" / "profile_battery.sh")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "times.txt").read_text().startswith("pilot roles rc=0 wall=")
+    assert (tmp_path / "run_pilot" / "roles.json").is_file()
+    assert pstats.Stats(str(tmp_path / "pilot_roles.prof")).total_calls > 0

@@ -129,3 +129,14 @@ def test_patching_profile_with_tests_needs_a_significant_change_to_reach():
     assert p["classes"]["close"]["reach_layer"] == 1      # layer 2 is large enough but not significant
     assert p["classes"]["equals"]["reach_layer"] is None  # significant but too small to count
     assert p["classes"]["close"]["p_adjusted"][0] == pytest.approx(6e-9)
+
+
+def test_standardized_to_reweights_the_shipped_rates_to_the_fresh_mix():
+    cell = lambda n, k: {"n": n, "correct": k}  # noqa: E731
+    shipped = {"by_class": {"a": cell(100, 90), "b": cell(100, 10), "c": cell(50, 50)}}
+    fresh = {"by_class": {"a": cell(10, 9), "b": cell(90, 9), "d": cell(5, 5)}}
+    s = mechanisms.standardized_to(shipped, fresh)
+    assert s["shipped_standardized"] == pytest.approx((10 * 0.9 + 90 * 0.1) / 100)  # 0.18, against a raw 0.6
+    assert s["fresh"] == pytest.approx(18 / 100)
+    assert s["classes"] == 2 and s["fresh_classes_left_out"] == 1 and s["fresh_n"] == 100
+    assert mechanisms.standardized_to(shipped, {"by_class": {"d": cell(5, 5)}}) is None
