@@ -181,21 +181,28 @@ def role_verdict(pilot_cells: list[dict], large_cells: list[dict], depth_toleran
         return {"verdict": "not held in the pilot", "reasons": ["no pilot seed has a head holding the role"]} | counts
     if not large_held:
         return {"verdict": "vanishes", "reasons": ["no 10M seed has a head holding the role"]} | counts
-    reasons = []
+    reasons, failed = [], []
     if len(large_held) < len(large_cells):
         reasons.append(f"held in {len(large_held)} of {len(large_cells)} 10M seeds")
+        failed.append("seeds")
     low = min(c["relative_layer"] for c in pilot_held)
     high = max(c["relative_layer"] for c in pilot_held)
     for q in large_held:
         if not low - depth_tolerance - EPSILON <= q["relative_layer"] <= high + depth_tolerance + EPSILON:
             reasons.append(f"10M seed {q['seed']}: {q['head']} at relative layer {q['relative_layer']:.2f}, "
                            f"outside the pilot's {low:.2f}-{high:.2f} +/- {depth_tolerance:.2f}")
+            failed.append("depth")
         for p in pilot_held:
             if p["effect_direction"] * q["effect_direction"] == -1:
                 reasons.append(f"10M seed {q['seed']} against pilot seed {p['seed']}: opposite effect directions")
+                failed.append("direction")
             elif not intervals_overlap(p["effect_ci95"], q["effect_ci95"]):
                 reasons.append(f"10M seed {q['seed']} against pilot seed {p['seed']}: effect intervals do not overlap")
-    return {"verdict": "moves" if reasons else "persists", "reasons": reasons} | counts
+                failed.append("effect size")
+    # which conditions of `persists` failed, in a fixed order: "moves" at the same depth with a different
+    # effect size is another finding than "moves" to another depth
+    return {"verdict": "moves" if reasons else "persists", "reasons": reasons,
+            "failed": [c for c in ("depth", "direction", "effect size", "seeds") if c in failed]} | counts
 
 
 def match_across_scales(pilot: list[RunEvidence], large: list[RunEvidence],
@@ -234,7 +241,8 @@ def match_across_scales(pilot: list[RunEvidence], large: list[RunEvidence],
                 "persists": "every 10M seed holds it at the pilot holders' relative depth (+/- depth_tolerance), "
                             "with no opposite effect direction and overlapping effect intervals against every "
                             "pilot holder",
-                "moves": "held by some 10M seed but not persists: see reasons",
+                "moves": "held by some 10M seed but not persists: see reasons; `failed` names the conditions that "
+                         "failed (depth, direction, effect size, seeds: held in only some 10M seeds)",
             },
         },
         "depth_tolerance": depth_tolerance,
@@ -264,7 +272,8 @@ def rolematch_markdown(result: dict) -> str:
     lines = ["| role | verdict | pilot seeds holding | 10M seeds holding | reasons |", "|---|---|---|---|---|"]
     for role, v in result["verdicts"].items():
         reasons = "; ".join(v["reasons"]) if v["verdict"] != "persists" else "-"
-        lines.append(f"| {role} | **{v['verdict']}** | {v['pilot_seeds_holding']} of {v['pilot_seeds']} | "
+        verdict = f"**{v['verdict']}**" + (f" ({', '.join(v['failed'])})" if v.get("failed") else "")
+        lines.append(f"| {role} | {verdict} | {v['pilot_seeds_holding']} of {v['pilot_seeds']} | "
                      f"{v['large_seeds_holding']} of {v['large_seeds']} | {reasons} |")
     lines += ["", "| role | scale | seed | head (share) | relative layer | effect / baseline [95%] |",
               "|---|---|---|---|---|---|"]
@@ -282,7 +291,7 @@ def rolematch_markdown(result: dict) -> str:
               f"held. Effect: {result['effect_source']}, ablated - baseline as a share of the model's own baseline. "
               f"Relative layer: layer / (num_layers - 1); same depth within {result['depth_tolerance']:.2f}. "
               "persists: every 10M seed holds the role at the pilot's depth, with no opposite effect direction and "
-              "overlapping intervals; moves: held at 10M but not so; vanishes: no 10M seed holds it."]
+              "overlapping intervals; moves: held at 10M but not so (in brackets: what differs); vanishes: no 10M seed holds it."]
     return "\n".join(lines) + "\n"
 
 

@@ -143,7 +143,11 @@ def test_moves_on_opposite_directions_disjoint_intervals_or_only_some_seeds():
     assert some["verdict"] == "moves" and some["reasons"] == ["held in 1 of 2 10M seeds"]
     # a null effect at 10M whose interval still reaches the pilot's is compatible, not opposite
     compatible = role_verdict(pilot, [cell(1, 0.4, (0.01, -0.01, 0.04))], 1 / 6)
-    assert compatible["verdict"] == "persists"
+    assert compatible["verdict"] == "persists" and compatible["failed"] == []
+    # what failed is named, so that "moves" at the same depth is told from "moves" to another depth
+    assert opposite["failed"] == ["direction"] and disjoint["failed"] == ["effect size"] and some["failed"] == ["seeds"]
+    both = role_verdict(pilot, [cell(1, 0.8, (0.30, 0.20, 0.40)), cell(2, 0.4, NULL, held=False)], 1 / 6)
+    assert both["failed"] == ["depth", "effect size", "seeds"]
 
 
 def test_depth_tolerance_is_half_the_pilot_spacing_inclusive():
