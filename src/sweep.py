@@ -25,8 +25,10 @@ RUNS/C --seeds a,b`, side by side), the seeds to resume into another (`... --see
 --config C, so that a config edited since is refused and a longer training.epochs is honoured). Then
 each seed is evaluated (`python -m src.evaluate --run RUNS/C/seedS --out RUNS/C/seedS/eval.json`,
 in the precision it trained in) and its files are copied to RESULTS/C/seedS, eval.json last. The
-subprocesses write to RUNS/C/train.log and RUNS/C/seedS/evaluate.log (appended, each command under a
-header line); a progress bar over these steps goes to stderr.
+subprocesses write to RUNS/C/train_<seeds>.log (one log per set of seeds trained together, e.g.
+train_42+7.log, so that sweeps of disjoint seeds of one config never write to one file) and
+RUNS/C/seedS/evaluate.log (appended, each command under a header line); a progress bar over these
+steps goes to stderr.
 
 A failed training or evaluation is reported (exit status, its last error line, the log) and the
 sweep goes on with the other configs; it exits 1 at the end if anything failed or was blocked.
@@ -250,7 +252,7 @@ def seed_plan(cfg: Config, seed: int, run: Path, result: Path) -> SeedPlan:
         return SeedPlan(seed, "evaluate", "training completed")
     if status not in RESUMABLE:
         return SeedPlan(seed, "blocked", f"{run} stopped with status {status!r} (its summary.json and "
-                        f"{run.parent / 'train.log'} say why); a resumed run keeps its config, so fix the config "
+                        f"{run.parent}/train_*.log say why); a resumed run keeps its config, so fix the config "
                         "and remove the run directory to train the seed again")
     if not has_checkpoint:
         return SeedPlan(seed, "blocked", f"{run}: summary.json says {status!r} but checkpoint_latest.pt is "
@@ -356,6 +358,11 @@ def sweep_command(args, group: Group) -> str:
     cmd = ["python", "-m", "src.sweep", args.sweep_dir, "--seeds", seeds, "--only", group.name,
            "--runs-dir", args.runs_dir, "--results-dir", args.results_dir, "--device", args.device]
     return shlex.join(cmd + (["--gpu-only"] if args.gpu_only else []))
+
+
+def train_log(runs: Path, seeds) -> Path:
+    """RUNS/C/train_<seeds>.log: the log of the seeds trained together in one command."""
+    return runs / f"train_{'+'.join(str(s) for s in seeds)}.log"
 
 
 def train_command(args, group: Group, seeds: list[int], resume: bool) -> list[str]:
@@ -590,7 +597,7 @@ class Sweep:
         what = f"{group.name}: {'resuming' if resume else 'training'} seeds {','.join(map(str, seeds))}"
         self.note(what)
         self.advance(0, what)
-        log = group.runs / "train.log"
+        log = train_log(group.runs, seeds)
         rc, error = self.execute(train_command(self.args, group, seeds, resume), log, env)
         group.done_steps += 1
         self.advance()
@@ -608,7 +615,7 @@ class Sweep:
             self.advance()
             if not self.stopping.is_set() and seed not in group.reported:
                 self.fail(f"{group.name} seed {seed}: not evaluated: its training did not complete (summary.json "
-                          f"status {status!r}; log: {group.runs / 'train.log'})")
+                          f"status {status!r}; log: {train_log(group.runs, [seed])} or the train_*.log that holds it)")
             return
         log = run / "evaluate.log"
         self.advance(0, what)

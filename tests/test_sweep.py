@@ -146,20 +146,20 @@ def test_full_sweep_collects_every_run(swept):
             summary = json.loads((result / "summary.json").read_text())
             assert summary["status"] == "completed" and summary["steps"] == EPOCHS * STEPS_PER_EPOCH
             assert "--device cpu" in (run / "evaluate.log").read_text()
-        assert (swept["runs"] / name / "train.log").is_file()
+        assert list((swept["runs"] / name).glob("train_*.log"))
         assert not list((swept["runs"] / name).glob(".seed*.lock"))  # the sweep's locks on the seeds are gone
 
 
 def test_sweep_resumes_the_partial_run_and_trains_the_new_seed_beside_it(swept):
-    log = (swept["runs"] / "a" / "train.log").read_text()
-    commands = [line for line in log.splitlines() if line.startswith("=== ")]
+    fresh, resumed = ((swept["runs"] / "a" / f"train_{s}.log").read_text() for s in (7, 42))  # a log per command
+    commands = [line for log in (fresh, resumed) for line in log.splitlines() if line.startswith("=== ")]
     assert len(commands) == 2
     assert "--seeds 7 " in commands[0] and "--resume" not in commands[0]
     assert "--seeds 42 " in commands[1] and "--resume" in commands[1]
-    assert "Resuming from epoch 1" in log
+    assert "Resuming from epoch 1" in resumed
     run = swept["runs"] / "a" / "seed42"
     assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    b_log = (swept["runs"] / "b" / "train.log").read_text()
+    b_log = (swept["runs"] / "b" / "train_42+7.log").read_text()
     assert [line for line in b_log.splitlines() if line.startswith("=== ")][0].count("--seeds 42,7 ") == 1
 
 
@@ -219,8 +219,8 @@ def test_config_in_use_is_skipped_and_a_failed_one_reported_while_the_others_go_
     assert f"note: a skipped: {env['runs'] / 'a' / 'seed42'} is in use by PID {os.getpid()}" in err
     assert "1 config(s) skipped (in use): a" in out
     assert not (env["results"] / "a").exists()
-    assert not (env["runs"] / "a" / "train.log").exists()  # no training was started for it
-    log = env["runs"] / "b" / "train.log"
+    assert not list((env["runs"] / "a").glob("train_*.log"))  # no training was started for it
+    log = env["runs"] / "b" / "train_42.log"
     failures = [line for line in err.splitlines() if line.startswith("FAILED")]
     assert len(set(failures)) == 1, err  # the training's failure, once (its seed is not reported again)
     assert "b: training seeds 42: exit status 2" in failures[0] and "broken.jsonl:3" in failures[0]
@@ -309,7 +309,7 @@ def test_blocked_seed_is_reported_and_nothing_else_runs(tmp_path, capsys):
     assert rc == 0 and out == "" and "a seed 42 is left out" in err
     rc, out, err = sweep(env, capsys, seeds=(42,))
     assert rc == 1 and "FAILED a seed 42:" in err and "stopped_non_finite" in err
-    assert not (env["runs"] / "a" / "train.log").exists()
+    assert not list((env["runs"] / "a").glob("train_*.log"))
 
 
 # ---------------------------------------------------------------------------- workers and GPUs
