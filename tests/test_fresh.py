@@ -8,6 +8,7 @@ import pytest
 
 import src.config
 from src import data, evaluate
+from src.data import cli as data_cli
 from src.errors import run_main
 from tests.test_probe import write_tiny_run
 
@@ -20,7 +21,7 @@ def fresh(tmp_path_factory):
     root = tmp_path_factory.mktemp("fresh")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(src.config, "GENERATED_DIR", root / "generated")
-        assert data.main(["--fresh-test", "7", "--exclude-train", "2100", "--out", str(root / "fresh")]) == 0
+        assert data_cli.main(["--fresh-test", "7", "--exclude-train", "2100", "--out", str(root / "fresh")]) == 0
     return root
 
 
@@ -45,7 +46,7 @@ def test_fresh_files_avoid_every_shipped_and_training_expression_and_are_drawn_l
 
 def test_fresh_files_are_reproducible_and_differ_from_the_shipped_ones(fresh, tmp_path, monkeypatch):
     monkeypatch.setattr(src.config, "GENERATED_DIR", fresh / "generated")
-    assert data.main(["--fresh-test", "7", "--exclude-train", "2100", "--out", str(tmp_path / "again")]) == 0
+    assert data_cli.main(["--fresh-test", "7", "--exclude-train", "2100", "--out", str(tmp_path / "again")]) == 0
     for name in NAMES:
         assert (tmp_path / "again" / f"{name}.jsonl").read_bytes() == (fresh / "fresh" / f"{name}.jsonl").read_bytes()
     # the shipped files are untouched by the new parameters: seed 42 still gives them byte for byte
@@ -68,6 +69,6 @@ def test_a_run_is_evaluated_on_the_fresh_files(fresh, tmp_path, capsys):
 @pytest.mark.parametrize("extra", [["--seed", "3"], ["--train-size", "3000"]])
 def test_fresh_test_refuses_a_seed_or_train_size_beside_it(capsys, extra):
     with pytest.raises(SystemExit) as exit_info:
-        data.main(["--fresh-test", "7", *extra])
+        data_cli.main(["--fresh-test", "7", *extra])
     assert exit_info.value.code == 2
     assert "--fresh-test takes its own seed" in capsys.readouterr().err

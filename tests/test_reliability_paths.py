@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import src.data
+import src.data.cli
 import src.paths
 from src.errors import UserError
 from src.paths import check_input_file, check_output_dir, check_output_file
@@ -255,13 +256,13 @@ def test_input_file_without_read_permission(tmp_path):
 def test_data_out_is_an_existing_file(tmp_path, capsys):
     out = tmp_path / "data.txt"
     out.write_text("keep me")
-    expect_error(cli(src.data.main, ["--out", out], capsys), f"--out {out}: is an existing file, not a directory")
+    expect_error(cli(src.data.cli.main, ["--out", out], capsys), f"--out {out}: is an existing file, not a directory")
     assert out.read_text() == "keep me"
 
 
 def test_data_out_empty(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # where `--out ""` used to write its six files
-    expect_error(cli(src.data.main, ["--out", ""], capsys), "--out: the path is empty")
+    expect_error(cli(src.data.cli.main, ["--out", ""], capsys), "--out: the path is empty")
     assert listing(tmp_path) == []
 
 
@@ -282,5 +283,5 @@ def test_data_out_bad_directory(case, tmp_path, capsys, monkeypatch):
         fail_probe(monkeypatch)
         out, says = tmp_path / "data", "is not writable (Permission denied)"
     before = listing(tmp_path)
-    expect_error(cli(src.data.main, ["--out", out], capsys), "--out", says)
+    expect_error(cli(src.data.cli.main, ["--out", out], capsys), "--out", says)
     assert listing(tmp_path) == before

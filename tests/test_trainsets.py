@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import src.data
+import src.data.cli
 from src import trainsets
 from src.data import OPERATORS, _PRECEDENCE, depth_labels, make_record, random_expression
 from src.errors import UserError
@@ -288,7 +289,7 @@ def test_check_reads_other_json_forms_and_reports_bad_lines(tmp_path):
 
 def test_command_writes_the_set(tmp_path, capsys):
     argv = ["--train-size", "2500", "--out", tmp_path / "sets", "--processes", "2", "--seed", "42"]  # 42: the fixed seed
-    rc, out, err = cli(src.data.main, argv, capsys)
+    rc, out, err = cli(src.data.cli.main, argv, capsys)
     assert rc == 0, err
     path = tmp_path / "sets" / "train_2500.jsonl"
     assert f"{path}: 2500 records, sha256 " in out
@@ -302,7 +303,7 @@ def test_command_writes_the_set(tmp_path, capsys):
 ])
 def test_bad_train_size_is_a_clear_error_and_writes_nothing(tmp_path, capsys, value, says):
     out = tmp_path / "sets"
-    message = expect_error(cli(src.data.main, ["--train-size", value, "--out", out], capsys), "--train-size", says,
+    message = expect_error(cli(src.data.cli.main, ["--train-size", value, "--out", out], capsys), "--train-size", says,
                            usage=True)
     assert "Traceback" not in message and not out.exists()
 
@@ -310,7 +311,7 @@ def test_bad_train_size_is_a_clear_error_and_writes_nothing(tmp_path, capsys, va
 @pytest.mark.parametrize("flag", [["--seed", "43"], ["--max-seq-len", "30"]])
 def test_seed_and_max_seq_len_do_not_apply_to_a_training_set(tmp_path, capsys, flag):
     out = tmp_path / "sets"
-    expect_error(cli(src.data.main, ["--train-size", "2500", *flag, "--out", out], capsys), "apply to the six files",
+    expect_error(cli(src.data.cli.main, ["--train-size", "2500", *flag, "--out", out], capsys), "apply to the six files",
                  usage=True)
     assert not out.exists()
 
@@ -323,5 +324,5 @@ def test_api_refuses_bad_sizes(tmp_path):
 
 
 def test_help_explains_the_flag(capsys):
-    rc, out, _ = cli(src.data.main, ["--help"], capsys)
+    rc, out, _ = cli(src.data.cli.main, ["--help"], capsys)
     assert rc == 0 and "--train-size N" in out and "pilot_train.jsonl" in " ".join(out.split())

@@ -6,11 +6,13 @@ string; nothing is ever passed to Python's `eval`.
 
     python -m src.data --seed 42 --out data     # writes the six files of ../shared/SPEC.md sections 4 and 5
     python -m src.data --train-size 200000      # data/generated/train_200000.jsonl (src/trainsets.py, section 8)
+
+The command line is src/data/cli.py (run by src/data/__main__.py), kept apart so that src.trainsets,
+which builds on this generator, is imported by the command and never by the library.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import re
@@ -21,10 +23,8 @@ from pathlib import Path
 import torch
 
 from src.atomic import atomic_write_text
-from src.cli import int_in
-from src.config import GENERATED_DIR, MAX_TRAIN_SIZE, REPO_ROOT
-from src.errors import UserError, run_main
-from src.paths import check_output_dir
+from src.config import REPO_ROOT
+from src.errors import UserError
 from src.tokenizer import (ANSWER_SEPARATOR, BOS_ID, CHARACTERS, EOS_ID, IGNORE_INDEX, PAD_ID, answer_text, encode,
                            sequence_ids)
 
@@ -505,106 +505,3 @@ def make_batch(records: list[Record], max_seq_len: int, answer_format: str = "pl
     rows, cols = _ragged(expr_len)
     depth[rows, cols + 1] = torch.tensor([d for r in records for d in r.depth], dtype=torch.long)
     return Batch(inputs, labels, answer_mask, m.squeeze(1) - 1, prompt_len, depth, [r.result for r in records])
-
-
-# ---------------------------------------------------------------------------- command line
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return value
-
-
-def main(argv=None) -> int:
-    from src import trainsets  # the training sets build on this module's generator
-
-    parser = argparse.ArgumentParser(
-        prog="python -m src.data",
-        description="Generate the six data files of ../shared/SPEC.md sections 4 and 5, or with --train-size a "
-        "larger training set for the learnability extension (section 8).",
-    )
-    parser.add_argument("--seed", type=int, default=None, help="random seed of the six files (default 42, as the shipped files)")
-    # a string, not a Path: Path("") would be ".", and an empty --out must be an error, not the current directory
-    parser.add_argument("--out", default=None,
-                        help="directory to write into (created if missing); default data for the six files, "
-                        f"{GENERATED_DIR.relative_to(REPO_ROOT)} of the repository for --train-size")
-    parser.add_argument("--max-seq-len", type=_positive_int, default=None,
-                        help=f"longest sequence allowed, in tokens (at least {max(t for t, _ in split_minimums().values())}, "
-                        "the shortest depth-3 sequence; default 32)")
-    parser.add_argument("--train-size", type=trainsets.parse_train_size, metavar="N",
-                        help="instead of the six files, write train_N.jsonl: the first N lines of one fixed stream "
-                        "whose first 2,000 lines are data/pilot_train.jsonl and whose later lines are drawn by the same "
-                        "generator (seed 42, depths 0-2 in turn, max_seq_len 32), no expression twice and none from "
-                        "the shipped val and test files; so every set is the start of every larger one. "
-                        f"1 to {MAX_TRAIN_SIZE:,}. A sha256 manifest is written beside it; an existing set "
-                        "is verified and kept, a damaged one is remade. Byte for byte the same on any machine, with any "
-                        "number of processes; 2,000,000 take about 40 s on two cores")
-    parser.add_argument("--fresh-test", type=int_in(0, 2**63 - 1), default=None, metavar="SEED",
-                        help="instead of the six files, write fresh test files (test_flat, test_paren, test_depth3 and "
-                        "the matched pairs, named as the shipped ones) drawn by the same generator with this seed, "
-                        "holding no expression of any shipped file nor of the training set of --exclude-train "
-                        "expressions (generated if missing): expressions no model of the repository has seen. Default "
-                        "--out: data/generated/fresh_SEED. Evaluate a run on them with "
-                        "`python -m src.evaluate --run D --data-dir DIR`")
-    parser.add_argument("--exclude-train", type=trainsets.parse_train_size, default=MAX_FRESH_EXCLUDE, metavar="N",
-                        help="with --fresh-test: the generated training set whose expressions the fresh files must avoid "
-                        "(default: %(default)s, the largest of the extension; every smaller one is its start)")
-    parser.add_argument("--processes", type=int_in(1, 1024), default=None, metavar="P",
-                        help="with --train-size: processes that draw the set (default: the CPU cores available, "
-                        "at most 16); "
-                        "the output does not depend on it")
-    parser.add_argument("--debug", action="store_true", help="show a traceback on error")
-    args = parser.parse_args(argv)
-    if args.fresh_test is not None:
-        if args.train_size is not None or args.seed is not None:
-            parser.error("--fresh-test takes its own seed; it goes with neither --train-size nor --seed")
-        return write_fresh_test(args.fresh_test, args.exclude_train, args.out, args.processes)
-    if args.train_size is not None:
-        if args.seed not in (None, trainsets.TRAIN_SEED) or args.max_seq_len not in (None, trainsets.TRAIN_MAX_SEQ_LEN):
-            parser.error("--seed and --max-seq-len apply to the six files; a training set is built on the shipped "
-                         "ones (seed 42, max_seq_len 32)")
-        out = check_output_dir(GENERATED_DIR if args.out is None else args.out, "--out")
-        path = trainsets.training_set_path(args.train_size, out)
-        trainsets.ensure_training_set(args.train_size, out, processes=args.processes)
-        manifest = json.loads(trainsets.manifest_path(path).read_text(encoding="utf-8"))
-        print(f"{path}: {args.train_size} records, sha256 {manifest['sha256']} ({trainsets.manifest_path(path).name})")
-        return 0
-    if args.processes is not None:
-        parser.error("--processes applies only with --train-size")
-    seed = 42 if args.seed is None else args.seed
-    max_seq_len = 32 if args.max_seq_len is None else args.max_seq_len
-    out_arg = "data" if args.out is None else args.out
-    check_max_seq_len(max_seq_len)  # the flags first, then the output directory: nothing is generated
-    check_output_dir(out_arg, "--out")  # or written before every check has passed
-    out = Path(out_arg)
-    splits = generate_splits(seed, max_seq_len)
-    write_splits(splits, out)
-    for name, records in splits.items():
-        print(f"{out / (name + '.jsonl')}: {len(records)} records")
-    return 0
-
-
-def write_fresh_test(seed: int, exclude_train: int, out_arg: str | None, processes: int | None) -> int:
-    """The test files drawn with `seed`, disjoint from every shipped file and from train_<exclude_train>."""
-    from src import trainsets
-
-    out = check_output_dir(GENERATED_DIR / f"fresh_{seed}" if out_arg is None else out_arg, "--out")
-    seen = {r.expr for name in (*SPLITS, MATCHED_SPLIT) for r in load_jsonl(REPO_ROOT / "data" / f"{name}.jsonl", 32)}
-    train = trainsets.ensure_training_set(exclude_train, processes=processes)
-    with open(train, "rb") as fh:
-        seen.update(json.loads(line)["expr"] for line in fh)
-    splits = generate_splits(seed, 32, exclude=seen, only=("pilot_test_flat", "pilot_test_paren", "pilot_test_depth3"))
-    write_splits(splits, Path(out))
-    for name, records in splits.items():
-        print(f"{Path(out) / (name + '.jsonl')}: {len(records)} records, none in the shipped files or {train.name}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_main(main))
