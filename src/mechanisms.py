@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from src import stats
-from src.atomic import atomic_write_json, atomic_write_text
+from src.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from src.cli import ArgumentParser
 from src.errors import UserError, run_main
 from src.rolematch import patching_peaks, rolematch_markdown
@@ -254,6 +254,7 @@ def patching_markdown(runs: list[dict]) -> list[str]:
           "are the figures to read. A run whose patching.json carries a paired t-test per cell (written since "
           "2026-11-26, second session) has its reach tested too: the change must also be significant after Holm over "
           "that run's cells shown here; the runs marked `descriptive` predate those tests.", "",
+          f"![patching profile per config: class x layer, mean over seeds]({FIGURE})", "",
           "| run | twin gap (nats) | class | change by layer (nats) | reach (relative) |", "|---|---|---|---|---|"]
     for r in profiled:
         p = r["patching_profile"]
@@ -266,6 +267,54 @@ def patching_markdown(runs: list[dict]) -> list[str]:
             reach += "" if p.get("tested") else ", descriptive"
             md.append(f"| `{r['config']}` seed {r['seed']} | {gap_text} | {cls} | {changes} | {reach} |")
     return md + [""]
+
+
+FIGURE = "patching_profile.png"
+
+
+def profile_figure(runs: list[dict]) -> bytes | None:
+    """One heatmap per config with a patching profile: position class x layer, the mean over the config's
+    seeds of the change of the answer log-probability (nats, symmetric log colour scale), layers labelled
+    with their relative depth, so that the two scales' profiles can be read side by side."""
+    import numpy as np
+
+    from src.plotting import png_bytes, pyplot
+
+    by_config: dict[str, list[dict]] = {}
+    for r in runs:
+        if r.get("patching_profile", {}).get("classes"):
+            by_config.setdefault(r["config"], []).append(r["patching_profile"])
+    if not by_config:
+        return None
+    plt = pyplot()
+    from matplotlib.colors import SymLogNorm
+
+    n = len(by_config)
+    cols = min(2, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 2.8 * rows + 0.6), squeeze=False, constrained_layout=True)
+    norm = SymLogNorm(linthresh=REACH_NATS, vmin=-30, vmax=30, base=10)
+
+    def pilot_left(config: str) -> tuple[str, bool]:  # the two scales of one study side by side, the pilot first
+        return ("pilot" if config == "scale_10m" else config.replace("_10m_", "_pilot_")), "10m" in config
+
+    for ax, (config, profiles) in zip(axes.flat, sorted(by_config.items(), key=lambda kv: pilot_left(kv[0]))):
+        classes = [c for c in PROFILE_CLASSES if all(c in p["classes"] for p in profiles)]
+        grid = np.array([[np.mean([p["classes"][c]["logp_change"][layer] for p in profiles])
+                          for layer in range(len(profiles[0]["classes"][c]["logp_change"]))] for c in classes])
+        image = ax.imshow(grid, cmap="RdBu", norm=norm, aspect="auto")
+        layers = grid.shape[1]
+        ax.set_xticks(range(layers), [f"L{layer}\n{layer / max(1, layers - 1):.2f}" for layer in range(layers)], fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=8)
+        for (i, j), value in np.ndenumerate(grid):
+            ax.text(j, i, f"{value:+.1f}" if abs(value) >= 0.05 else "0", ha="center", va="center", fontsize=6)
+        ax.set_title(f"{config} ({len(profiles)} seed{'s' if len(profiles) > 1 else ''})", fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="answer log-prob change (nats)")
+    fig.suptitle("Residual stream from the bracketed twin into the flat run, by position class and layer "
+                 "(layer, relative depth)", fontsize=9)
+    return png_bytes(fig, dpi=110)
 
 
 def value_family_markdown(fam: dict) -> list[str]:
@@ -396,10 +445,13 @@ def main(argv=None) -> int:
     runs = [summarize_run(read_run(run)) for run in args.runs]
     rolematches = {str(d / "rolematch.json"): read_result(d / "rolematch.json", "rolematch") for d in args.rolematch}
     text = markdown(runs, rolematches)
+    figure = profile_figure(runs)  # rendered before anything is written
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / "mechanisms.json", stamp("mechanisms", {"runs": runs, "rolematch": list(rolematches),
                                                                           "value_family": value_family(runs)}))
     atomic_write_text(args.out / "MECHANISMS.md", text)
+    if figure is not None:
+        atomic_write_bytes(args.out / FIGURE, figure)
     print(text)
     print(f"wrote {args.out / 'mechanisms.json'} and {args.out / 'MECHANISMS.md'}")
     return 0

@@ -140,3 +140,14 @@ def test_standardized_to_reweights_the_shipped_rates_to_the_fresh_mix():
     assert s["fresh"] == pytest.approx(18 / 100)
     assert s["classes"] == 2 and s["fresh_classes_left_out"] == 1 and s["fresh_n"] == 100
     assert mechanisms.standardized_to(shipped, {"by_class": {"d": cell(5, 5)}}) is None
+
+
+def test_the_profile_figure_is_drawn_from_the_profiles_and_skipped_without_them():
+    def run(config, seed, changes):
+        cells = {"close": changes, "equals": [0.0] * len(changes)}
+        return {"config": config, "seed": seed, "patching_profile": {"classes": {
+            c: {"logp_change": v} for c, v in cells.items()}}}
+    runs = [run("ext_pilot_n2000", 1, [-5.0, -1.0, 0.0, 0.0]), run("ext_10m_n2000", 1, [-9.0, -3.0, -1.0, -0.2, 0.0, 0.0])]
+    png = mechanisms.profile_figure(runs)
+    assert png.startswith(b"\x89PNG")
+    assert mechanisms.profile_figure([{"config": "x", "seed": 1}]) is None

@@ -49,6 +49,7 @@ def extension_section(directory: Path | None, out: Path) -> list[str]:
     mechanisms = directory / MECHANISMS
     if mechanisms.is_file():  # part 2, as `python -m src.mechanisms` wrote it
         text = mechanisms.read_text(encoding="utf-8")
+        text = re.sub(r"\]\(([\w.-]+\.png)\)", lambda m: f"]({prefix}/mechanisms/{m.group(1)})", text)
         section += [text.replace("`mechanisms.json`", f"`{prefix}/mechanisms/mechanisms.json`"), ""]
     return section
 
