@@ -8,8 +8,9 @@ and summary.json (config, seed). scripts/extension_mechanisms.sh copies them to
 results/extension/mechanisms/<config>/seed<S>/; the replication's runs (results/pilot/seed<S>,
 results/scale_10m/seed<S>) hold the same kinds of file.
 
-Written to --out: mechanisms.json (schema mechanisms/1: per run what the tables show) and
-MECHANISMS.md, whose tables hold only what the files hold, each with the test it comes from:
+Written to --out: mechanisms.json (schema mechanisms/1: per run what the tables show),
+patching_profile.png (the patching profile of each config, mean over its seeds) and MECHANISMS.md,
+whose tables hold only what the files hold, each with the test it comes from:
     heads        per run: heads whose ablation changes answer_loss on the matched pairs significantly
                  (either sign) under both zero and mean ablation (Holm over the head_effect family), heads
                  whose effect differs between the bracketed twins and the flat originals under both modes
