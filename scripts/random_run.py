@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from src.atomic import atomic_save  # noqa: E402
 from src.config import config_from_dict  # noqa: E402
 from src.model import CompactTransformer  # noqa: E402
 
@@ -37,9 +38,9 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     model = CompactTransformer(cfg.model)
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": model.state_dict(),
+    atomic_save({"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": model.state_dict(),
                 "epoch": 0, "step": 0, "best": {"val_loss": float("nan"), "epoch": 0, "metrics": None}},
-               args.out / "checkpoint_best.pt")
+                args.out / "checkpoint_best.pt")
     (args.out / "summary.json").write_text(json.dumps({"config": cfg.name, "seed": args.seed}) + "\n")
     print(f"wrote {args.out / 'checkpoint_best.pt'} (untrained {cfg.name}, seed {args.seed})")
     return 0
