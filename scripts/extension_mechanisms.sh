@@ -23,6 +23,11 @@
 # OUT/<config>/seed<S>/ with a FILES.txt listing every file (size, sha256, kept or not): the head scans
 # and patching of a 10M model run to megabytes, which results/ does not hold; mechanisms.json does.
 #
+# Weights can travel instead of being trained again (python -m src.weights): with WEIGHTS_OUT, each
+# run's weights and small files are packed there after its battery (pieces under 16 MiB; a run trained
+# in fp16 stored in fp16); with WEIGHTS_IN, the packs there are unpacked into RUNS_DIR (and the small
+# files into RETRAIN_DIR) before the queues start, so those items go straight to the battery.
+#
 # Environment: RUNS (config:seed items, dealt round-robin to the GPUs), QUEUES (instead of RUNS: one
 # list of items per GPU, the lists separated by ';'), OMP_NUM_THREADS (default: the cores shared out
 # among the queues, so that the steps' CPU work does not oversubscribe the host), FRESH_SEED (default 2026), FRESH_EXCLUDE (default 2000000),
@@ -45,6 +50,8 @@ REP_CONFIGS=${REP_CONFIGS:-configs}            # the replication's (pilot.yaml, 
 FRESH_EXCLUDE=${FRESH_EXCLUDE:-2000000}        # the training set the fresh test files avoid
 LIMIT=${LIMIT:-}                               # smoke runs only: the first LIMIT examples of every split
 FRESH_SEED=${FRESH_SEED:-2026}
+WEIGHTS_IN=${WEIGHTS_IN:-}                     # packed weights to analyse instead of retraining (src.weights)
+WEIGHTS_OUT=${WEIGHTS_OUT:-}                   # pack each run's weights here after its battery
 if [ -z "${GPUS:-}" ]; then
   GPUS=$(python -c "import torch; print(' '.join(map(str, range(torch.cuda.device_count()))) or 'cpu')")
 fi
@@ -72,6 +79,9 @@ python -m src.data --fresh-test "$FRESH_SEED" --exclude-train "$FRESH_EXCLUDE" -
 FRESH_EVAL="eval_$(basename "$FRESH").json"  # the name src.evaluate --data-dir gives its output
 limit=()
 [ -n "$LIMIT" ] && limit=(--limit "$LIMIT")
+# carried weights: run directories (and the results the sweep counts as finished) before any queue starts
+[ -n "$WEIGHTS_IN" ] && python -m src.weights unpack "$WEIGHTS_IN" --runs-dir "$RUNS_DIR" --results-dir "$RETRAIN_DIR" \
+  --skip-existing
 
 one() {  # one config:seed on one device: train (or finish) it, evaluate it, run the battery, copy the results
   local config=${1%%:*} seed=${1##*:} device=$2 run
@@ -99,6 +109,7 @@ one() {  # one config:seed on one device: train (or finish) it, evaluate it, run
            "$FRESH_EVAL" summary.json; do
     [ -f "$run/$f" ] && cp "$run/$f" "$dest/$f"
   done
+  if [ -n "$WEIGHTS_OUT" ]; then python -m src.weights pack "$run" --root "$RUNS_DIR" --out "$WEIGHTS_OUT"; fi
   echo "== $config seed $seed: done on $device -> $dest"
 }
 

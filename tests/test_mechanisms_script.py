@@ -35,9 +35,12 @@ def test_the_script_takes_both_studies_apart(tmp_path):
     env = {**os.environ, "QUEUES": "ext_pilot_n2000:42 pilot:42;ext_10m_n2000:42", "MATCH_N": "2000", "GPUS": "cpu cpu",
            "EXT_CONFIGS": str(ext), "REP_CONFIGS": str(rep), "FRESH_EXCLUDE": "2000", "FRESH": str(tmp_path / "fresh_2026"),
            "LIMIT": "24", "RUNS_DIR": str(tmp_path / "runs"), "RETRAIN_DIR": str(tmp_path / "retrain"),
-           "RAW": str(raw_dir), "OUT": str(out), "SMALL_KB": "60"}
+           "RAW": str(raw_dir), "OUT": str(out), "SMALL_KB": "60", "WEIGHTS_OUT": str(tmp_path / "weights")}
     done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "weights").glob("*.weights.json")) == [
+        "ext_10m_n2000_seed42.weights.json", "ext_pilot_n2000_seed42.weights.json",
+        "replication_pilot_seed42.weights.json"]
     for config in ("ext_pilot_n2000", "ext_10m_n2000", "pilot"):
         everything = {p.name for p in (raw_dir / config / "seed42").iterdir()}
         assert {"ablation.json", "roles.json", "probe.json", "patching.json", "value_probe.json", "battery.json",
@@ -62,3 +65,27 @@ def test_more_queues_than_devices_is_refused_before_anything_runs(tmp_path):
     assert done.returncode == 2
     assert "QUEUES has 3 lists but GPUS names 2 device(s)" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_carried_weights_go_straight_to_the_battery(tmp_path):
+    """WEIGHTS_IN: a run packed elsewhere (src.weights) is unpacked and taken apart, not trained again."""
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    raw = yaml.safe_load((REPO_ROOT / "configs" / "extension" / "ext_pilot_n2000.yaml").read_text())
+    (ext / "ext_pilot_n2000.yaml").write_text(yaml.safe_dump(tiny(raw, 2), sort_keys=False))
+    env = {**os.environ, "GPUS": "cpu", "EXT_CONFIGS": str(ext), "FRESH_EXCLUDE": "2000", "LIMIT": "24",
+           "FRESH": str(tmp_path / "fresh_2026"), "SMALL_KB": "60", "MATCH_N": "2000"}
+    first = {"RUNS": "ext_pilot_n2000:7", "RUNS_DIR": str(tmp_path / "a" / "runs"), "RETRAIN_DIR": str(tmp_path / "a" / "r"),
+             "RAW": str(tmp_path / "a" / "raw"), "OUT": str(tmp_path / "a" / "out"), "WEIGHTS_OUT": str(tmp_path / "w")}
+    done = subprocess.run(["bash", str(SCRIPT)], env={**env, **first}, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    second = {"RUNS": "ext_pilot_n2000:7", "RUNS_DIR": str(tmp_path / "b" / "runs"), "RETRAIN_DIR": str(tmp_path / "b" / "r"),
+              "RAW": str(tmp_path / "b" / "raw"), "OUT": str(tmp_path / "b" / "out"), "WEIGHTS_IN": str(tmp_path / "w")}
+    done = subprocess.run(["bash", str(SCRIPT)], env={**env, **second}, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "training seeds" not in done.stdout + done.stderr and "0 run(s) finished now, 1 before" in done.stdout
+    run = tmp_path / "b" / "runs" / "ext_pilot_n2000" / "seed7"
+    assert json.loads((run / "weights_origin.json").read_text())["store"] == "fp32"
+    a, b = (json.loads((tmp_path / x / "raw" / "ext_pilot_n2000" / "seed7" / "ablation.json").read_text())
+            for x in ("a", "b"))
+    assert a["baseline"] == b["baseline"]  # the same model, bit for bit: the same scores
