@@ -1,6 +1,7 @@
 """scripts/extension_mechanisms.sh end to end on the CPU, with tiny stand-ins for the configs: each
 run trained, evaluated on the shipped and fresh test files, taken apart by the battery; roles matched
-within the extension; the section written; small files kept, every file listed."""
+within the extension; the section written; small files kept, every file listed; the weights packed, and
+taken apart again in a later call without training."""
 
 import json
 import os
@@ -58,6 +59,20 @@ def test_the_script_takes_both_studies_apart(tmp_path):
     assert "eval_fresh_2026" in mech["runs"][0]["exact_match"]
     assert (out / "MECHANISMS.md").read_text().startswith("## Extension: mechanisms")
 
+    # the packed weights (WEIGHTS_OUT above) in a later call: unpacked and taken apart, not trained again
+    again = {**env, "QUEUES": "ext_pilot_n2000:42", "GPUS": "cpu", "WEIGHTS_IN": env["WEIGHTS_OUT"],
+             "RUNS_DIR": str(tmp_path / "b" / "runs"), "RETRAIN_DIR": str(tmp_path / "b" / "retrain"),
+             "RAW": str(tmp_path / "b" / "raw"), "OUT": str(tmp_path / "b" / "out")}
+    again.pop("WEIGHTS_OUT")
+    done = subprocess.run(["bash", str(SCRIPT)], env=again, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "training seeds" not in done.stdout + done.stderr and "0 run(s) finished now, 1 before" in done.stdout
+    run = tmp_path / "b" / "runs" / "ext_pilot_n2000" / "seed42"
+    assert json.loads((run / "weights_origin.json").read_text())["store"] == "fp32"
+    first, second = (json.loads((d / "ext_pilot_n2000" / "seed42" / "ablation.json").read_text())
+                     for d in (raw_dir, tmp_path / "b" / "raw"))
+    assert first["baseline"] == second["baseline"]  # the same model, bit for bit: the same scores
+
 
 def test_more_queues_than_devices_is_refused_before_anything_runs(tmp_path):
     env = {**os.environ, "QUEUES": "a:1;b:2;c:3", "GPUS": "cpu cpu", "RUNS_DIR": str(tmp_path / "runs")}
@@ -66,26 +81,3 @@ def test_more_queues_than_devices_is_refused_before_anything_runs(tmp_path):
     assert "QUEUES has 3 lists but GPUS names 2 device(s)" in done.stderr
     assert not (tmp_path / "runs").exists()
 
-
-def test_carried_weights_go_straight_to_the_battery(tmp_path):
-    """WEIGHTS_IN: a run packed elsewhere (src.weights) is unpacked and taken apart, not trained again."""
-    ext = tmp_path / "ext"
-    ext.mkdir()
-    raw = yaml.safe_load((REPO_ROOT / "configs" / "extension" / "ext_pilot_n2000.yaml").read_text())
-    (ext / "ext_pilot_n2000.yaml").write_text(yaml.safe_dump(tiny(raw, 2), sort_keys=False))
-    env = {**os.environ, "GPUS": "cpu", "EXT_CONFIGS": str(ext), "FRESH_EXCLUDE": "2000", "LIMIT": "24",
-           "FRESH": str(tmp_path / "fresh_2026"), "SMALL_KB": "60", "MATCH_N": "2000"}
-    first = {"RUNS": "ext_pilot_n2000:7", "RUNS_DIR": str(tmp_path / "a" / "runs"), "RETRAIN_DIR": str(tmp_path / "a" / "r"),
-             "RAW": str(tmp_path / "a" / "raw"), "OUT": str(tmp_path / "a" / "out"), "WEIGHTS_OUT": str(tmp_path / "w")}
-    done = subprocess.run(["bash", str(SCRIPT)], env={**env, **first}, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    second = {"RUNS": "ext_pilot_n2000:7", "RUNS_DIR": str(tmp_path / "b" / "runs"), "RETRAIN_DIR": str(tmp_path / "b" / "r"),
-              "RAW": str(tmp_path / "b" / "raw"), "OUT": str(tmp_path / "b" / "out"), "WEIGHTS_IN": str(tmp_path / "w")}
-    done = subprocess.run(["bash", str(SCRIPT)], env={**env, **second}, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "training seeds" not in done.stdout + done.stderr and "0 run(s) finished now, 1 before" in done.stdout
-    run = tmp_path / "b" / "runs" / "ext_pilot_n2000" / "seed7"
-    assert json.loads((run / "weights_origin.json").read_text())["store"] == "fp32"
-    a, b = (json.loads((tmp_path / x / "raw" / "ext_pilot_n2000" / "seed7" / "ablation.json").read_text())
-            for x in ("a", "b"))
-    assert a["baseline"] == b["baseline"]  # the same model, bit for bit: the same scores
