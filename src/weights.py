@@ -42,6 +42,7 @@ import torch
 from src.atomic import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
 from src.checkpoint import checked_model_config, load_checkpoint, model_from_checkpoint
 from src.cli import ArgumentParser, float_in
+from src.device import run_precision
 from src.errors import UserError, run_main
 from src.model import CompactTransformer
 
@@ -54,14 +55,6 @@ STORES = ("auto", "fp32", "fp16")
 
 def _sha256(data) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def trained_precision(ckpt: dict) -> str:
-    """The training precision a checkpoint's config names (fp32 where it names none)."""
-    config = ckpt.get("config")
-    training = config.get("training") if isinstance(config, dict) else None
-    precision = training.get("precision") if isinstance(training, dict) else None
-    return precision if isinstance(precision, str) else "fp32"
 
 
 def stored_weights(model: dict, store: str) -> dict:
@@ -91,7 +84,7 @@ def pack_run(run: Path, out: Path, root: Path | None = None, store: str = "auto"
     ckpt = load_checkpoint(path)
     model_from_checkpoint(ckpt, path)  # the schema check: architecture, shapes, dtypes, finite weights
     if store == "auto":
-        store = "fp16" if trained_precision(ckpt) == "fp16" else "fp32"
+        store = "fp16" if run_precision(ckpt, run) == "fp16" else "fp32"
     kept = {k: ckpt[k] for k in KEPT if k in ckpt}
     kept["model"] = stored_weights(ckpt["model"], store)
     files = {}
@@ -116,7 +109,7 @@ def pack_run(run: Path, out: Path, root: Path | None = None, store: str = "auto"
     for file, chunk in chunks:
         atomic_write_bytes(out / file, chunk)
     manifest = {"schema": "weights-manifest/1", "run": str(run), "place": place, "store": store,
-                "trained_precision": trained_precision(ckpt), "epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
+                "trained_precision": run_precision(ckpt, run), "epoch": ckpt.get("epoch"), "step": ckpt.get("step"),
                 "bytes": len(data), "sha256": _sha256(data),
                 "pieces": [{"file": file, "bytes": len(chunk), "sha256": _sha256(chunk)} for file, chunk in chunks],
                 "note": ("weights rounded to fp16 (the training precision of every matrix product); embeddings, norms "
