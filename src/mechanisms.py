@@ -254,7 +254,10 @@ def patching_markdown(runs: list[dict]) -> list[str]:
           "shares: where it is this close to 0 those shares are a change divided by almost nothing, so the changes "
           "are the figures to read. A run whose patching.json carries a paired t-test per cell (written since "
           "2026-11-26, second session) has its reach tested too: the change must also be significant after Holm over "
-          "that run's cells shown here; the runs marked `descriptive` predate those tests.", "",
+          "that run's cells shown here"
+          + ("; the runs marked `descriptive` predate those tests." if any(not r["patching_profile"].get("tested")
+                                                                           for r in profiled) else
+             " (every run here has them)."), "",
           f"![patching profile per config: class x layer, mean over seeds]({FIGURE})", "",
           "| run | twin gap (nats) | class | change by layer (nats) | reach (relative) |", "|---|---|---|---|---|"]
     for r in profiled:

@@ -151,3 +151,16 @@ def test_the_profile_figure_is_drawn_from_the_profiles_and_skipped_without_them(
     png = mechanisms.profile_figure(runs)
     assert png.startswith(b"\x89PNG")
     assert mechanisms.profile_figure([{"config": "x", "seed": 1}]) is None
+
+
+def test_the_patching_table_marks_untested_runs_and_says_when_every_run_is_tested():
+    def run(seed, tested):
+        return {"config": "ext_pilot_n2000", "seed": seed, "patching_profile": {
+            "tested": tested, "twin_gap_logp": {"estimate": -0.01, "ci95": [-0.02, 0.0]},
+            "classes": {"close": {"logp_change": [-5.0, -0.5, 0.0], "reach_layer": 1, "reach_relative_layer": 0.5}}}}
+    both = "\n".join(mechanisms.patching_markdown([run(1, True), run(2, False)]))
+    assert "| `ext_pilot_n2000` seed 2 |" in both and "1 (0.50), descriptive |" in both
+    assert "| `ext_pilot_n2000` seed 1 | -0.010 [-0.020, 0.000] | close | -5.00, -0.50, +0.00 | 1 (0.50) |" in both
+    assert "predate those tests" in both
+    tested = "\n".join(mechanisms.patching_markdown([run(1, True)]))
+    assert "descriptive" not in tested and "every run here has them" in tested
