@@ -10,9 +10,11 @@ bit for bit. The second run's steps/s (compiled and captured already) tells what
 
 Modes (each in a process of its own, since determinism and cuBLAS settings are process-wide):
   default        the project's path (memory-efficient attention, compiled blocks, CUDA graph)
-  deterministic  torch.use_deterministic_algorithms(True, warn_only=True) and
-                 CUBLAS_WORKSPACE_CONFIG=:4096:8; the warnings name every operation that has
-                 no deterministic kernel
+  deterministic  training.deterministic: true (src.device.set_deterministic): deterministic
+                 kernels where PyTorch has them, an error where it has none, and a fixed cuBLAS
+                 workspace (CUBLAS_WORKSPACE_CONFIG=:4096:8)
+  deterministic-warn  the same with warn_only=True: kernels without a deterministic version run
+                 anyway, and the warnings name them
   math           attention through scaled_dot_product_attention's math kernels only
   eager          no compilation (the step still captured as a CUDA graph)
 
@@ -30,22 +32,24 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("default", "deterministic", "math", "eager")
+MODES = ("default", "deterministic", "deterministic-warn", "math", "eager")
 
 
 def one(config: str, mode: str, repeat: int, where: str = "cuda") -> dict:
     """Train seed 42 twice under `mode` (in this process) and compare the weights."""
-    if mode == "deterministic":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
     import torch
 
     sys.path.insert(0, str(ROOT))
     from src.config import load_config
     from src.data import load_jsonl, make_batch
+    from src.device import set_deterministic
     from src.model import CompactTransformer
     from src.train import DeviceData, SeedRNG, Trainer, run_epochs
 
     if mode == "deterministic":
+        set_deterministic(True)  # what training.deterministic: true does, before any CUDA work
+    elif mode == "deterministic-warn":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     if mode == "math":
         from torch.nn.attention import SDPBackend, sdpa_kernel

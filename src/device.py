@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -74,6 +75,20 @@ def check_precision(precision: str, device: torch.device) -> None:
     if precision == "fp16" and (major, minor) < (5, 3):
         raise UserError(f"precision fp16: the GPU {name} (compute capability {major}.{minor}) has no native float16 "
                         "arithmetic; use training.precision fp32")
+
+
+def set_deterministic(on: bool) -> None:
+    """`training.deterministic`: make two trainings of one seed repeat bit for bit, or allow the fastest kernels.
+
+    At batch 256 the default path does not repeat: some CUDA kernels accumulate in a varying order, and
+    after 500 steps two runs of one seed differ by up to 0.18 in a weight (BENCHMARKS.md, "Two
+    trainings of one seed"). With it on, PyTorch picks deterministic kernels where it has them and
+    raises where it has none, and cuBLAS gets a fixed workspace (CUBLAS_WORKSPACE_CONFIG, unless the
+    environment sets one). Call it before the first CUDA matrix product; it applies to the whole process.
+    """
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
 
 
 def autocast(device: torch.device | str, precision: str):

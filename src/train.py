@@ -36,7 +36,8 @@ from src.cli import MAX_SEED, comma_list, int_in
 from src.checkpoint import EPOCH_STATE, load_training_checkpoint, model_from_checkpoint
 from src.config import Config, check_data_paths, config_from_dict, load_config
 from src.data import Batch, load_jsonl, make_batch
-from src.device import DESCRIPTION, autocast, check_precision, resolve_device, run_precision, uses_loss_scaling
+from src.device import (DESCRIPTION, autocast, check_precision, resolve_device, run_precision, set_deterministic,
+                        uses_loss_scaling)
 from src.errors import UserError, run_main
 from src.evaluate import EVAL_SPLITS, evaluate_batch
 from src.model import CompactTransformer
@@ -209,7 +210,8 @@ class Trainer:
         self.graph = None
         self.mid_epoch = False  # True between an interruption (or a resume from one) and the epoch's next step
         self.log = log
-        self.accelerations = {"compile": False, "cuda_graph": False}
+        self.accelerations = {"compile": False, "cuda_graph": False,
+                              "deterministic": torch.are_deterministic_algorithms_enabled()}
 
     # -- the step --------------------------------------------------------------------------
 
@@ -796,6 +798,7 @@ def train(cfg: Config, args, device, fallback, settings: list, source: str, runs
     passed its checks."""
     precision = cfg.training.precision
     check_precision(precision, device)
+    set_deterministic(cfg.training.deterministic)  # before any CUDA work: it sets cuBLAS's workspace
     if args.stop_after_epoch is not None and args.stop_after_epoch > cfg.training.epochs:
         raise UserError(f"--stop-after-epoch {args.stop_after_epoch} is beyond training.epochs "
                         f"({cfg.training.epochs}) of {source}")

@@ -7,6 +7,7 @@ seeds' own random states are exercised, not only their initial weights.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -303,6 +304,54 @@ def test_side_by_side_at_batch_256_equals_alone_within_rerun_noise(config):
     diff = max(float((a - b).abs().max()) for a, b in zip(first, side))
     print(f"{config} batch 256: seed 42 side by side vs alone {diff:.3g}, alone vs alone {noise:.3g}")
     assert diff <= max(10 * noise, 1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", ["configs/extension/ext_pilot_n2000000.yaml",
+                                    "configs/extension/ext_10m_n2000000.yaml"])
+def test_deterministic_training_at_batch_256_repeats_bit_for_bit(config):
+    """training.deterministic on the extension's path (batch 256, compiled blocks + CUDA graph; the
+    pilot in fp32, 10M in fp16), on the shipped training set tiled: two runs of seed 42 alone, and seed
+    42 beside two others, give the same weights bit for bit (without it they differ;
+    benchmarks/rerun_noise.py)."""
+    import dataclasses
+
+    from src.device import set_deterministic
+
+    device = torch.device("cuda")
+    cfg = load_config(config)
+    cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, deterministic=True))
+    records = load_jsonl(Path(__file__).resolve().parent.parent / "data" / "pilot_train.jsonl",
+                         cfg.model.max_seq_len) * 10
+    set_deterministic(True)
+    try:
+        data = DeviceData(make_batch(records, cfg.model.max_seq_len), cfg, device)
+        first = trained_weights(cfg, data, [42], device)[42]
+        rerun = trained_weights(cfg, data, [42], device)[42]
+        side = trained_weights(cfg, data, [42, 123, 7], device)[42]
+    finally:
+        set_deterministic(False)
+    assert all(torch.equal(a, b) for a, b in zip(first, rerun))
+    assert all(torch.equal(a, b) for a, b in zip(first, side))
+
+
+@pytest.mark.gpu
+def test_a_deterministic_run_on_cuda_trains_evaluates_and_repeats(tiny, tmp_path, capsys):
+    """The whole command with training.deterministic (tiny fp16 config, compiled + graph, dropout
+    0.1): training, the evaluations after each epoch and the checkpoints run under deterministic
+    kernels without an error, and a second run equals the first bit for bit."""
+    config = write_yaml(tmp_path / "det.yaml", tiny_raw(tiny["data"], compile=True, cuda_graph=True,
+                                                        precision="fp16", deterministic=True))
+    try:
+        for out in ("a", "b"):
+            rc, _, err = train(["--config", config, "--output-dir", tmp_path / out, "--no-progress", "--device",
+                                "cuda", "--gpu-only"], capsys)
+            assert rc == 0, err
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert max_weight_difference(tmp_path / "a", tmp_path / "b") == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["accelerations"]["deterministic"] is True and summary["accelerations"]["cuda_graph"]
 
 
 def test_resume_of_seeds_with_different_configs_is_refused(tiny, tmp_path, capsys):

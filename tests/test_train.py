@@ -287,6 +287,31 @@ def test_stop_and_resume_equals_an_uninterrupted_run(full_run, tiny_config, tmp_
     assert json.loads((out / "summary.json").read_text())["steps"] == EPOCHS * STEPS_PER_EPOCH
 
 
+def test_deterministic_run_equals_the_default_one_on_the_cpu_and_is_recorded(full_run, tmp_path, capsys):
+    """training.deterministic switches PyTorch to deterministic kernels for the run's process and is
+    recorded; the CPU's kernels are deterministic already, so the run equals the default one bit for
+    bit. A later run without it switches the mode off again, and a resume cannot change it."""
+    config = write_tiny_config(tmp_path, deterministic=True)
+    out = tmp_path / "det"
+    try:
+        assert train(config, out, "--stop-after-epoch", "1") == 0
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert yaml.safe_load((out / "config.yaml").read_text())["training"]["deterministic"] is True
+    with pytest.raises(UserError, match="training.deterministic"):  # resume keeps the run's own config
+        main(["--config", str(write_tiny_config(tmp_path / "off")), "--output-dir", str(out), "--resume",
+              "--device", "cpu", "--no-progress"])
+    assert train(config, out, "--resume") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["accelerations"]["deterministic"] is True
+    assert json.loads((full_run[1] / "summary.json").read_text())["accelerations"]["deterministic"] is False
+    assert (out / "metrics.jsonl").read_bytes() == (full_run[1] / "metrics.jsonl").read_bytes()
+    assert_same_tensors(model_tensors(out / "checkpoint_latest.pt"), model_tensors(full_run[1] / "checkpoint_latest.pt"))
+    assert train(write_tiny_config(tmp_path / "plain"), tmp_path / "plain_run", "--stop-after-epoch", "1") == 0
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_resume_with_nothing_to_resume_is_a_clean_error(tiny_config, tmp_path, capsys):
     out = tmp_path / "empty"
     rc = run_main(main, ["--config", str(tiny_config), "--output-dir", str(out), "--device", "cpu", "--resume"])
