@@ -9,7 +9,10 @@ difference, and how many parameter tensors differ at all. 0 means the training p
 bit for bit. The second run's steps/s (compiled and captured already) tells what a mode costs.
 
 Modes (each in a process of its own, since determinism and cuBLAS settings are process-wide):
-  default        the project's path (memory-efficient attention, compiled blocks, CUDA graph)
+  default        the project's path (memory-efficient attention, compiled blocks, CUDA graph; the
+                 token embedding's backward a matrix product in a fixed order, src.model.embed_lookup)
+  scatter-embedding  the same with nn.Embedding's own backward (atomic adds into the table's rows),
+                 the project's path before 2026-11-26 (fourth session)
   deterministic  training.deterministic: true (src.device.set_deterministic): deterministic
                  kernels where PyTorch has them, an error where it has none, and a fixed cuBLAS
                  workspace (CUBLAS_WORKSPACE_CONFIG=:4096:8)
@@ -17,6 +20,7 @@ Modes (each in a process of its own, since determinism and cuBLAS settings are p
                  anyway, and the warnings name them
   math           attention through scaled_dot_product_attention's math kernels only
   eager          no compilation (the step still captured as a CUDA graph)
+  cublas         only CUBLAS_WORKSPACE_CONFIG=:4096:8, without deterministic algorithms
 
 Needs CUDA. Prints one line per config x mode; --json writes them all.
 """
@@ -32,7 +36,7 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("default", "deterministic", "deterministic-warn", "math", "eager")
+MODES = ("default", "scatter-embedding", "deterministic", "deterministic-warn", "math", "eager", "cublas")
 
 
 def one(config: str, mode: str, repeat: int, where: str = "cuda") -> dict:
@@ -51,6 +55,14 @@ def one(config: str, mode: str, repeat: int, where: str = "cuda") -> dict:
     elif mode == "deterministic-warn":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+    if mode == "scatter-embedding":
+        import torch.nn.functional as F
+
+        import src.model
+
+        src.model.embed_lookup = lambda weight, tokens: F.embedding(tokens, weight)
+    if mode == "cublas":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if mode == "math":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 

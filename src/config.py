@@ -66,8 +66,8 @@ class TrainingConfig:
     # the checkpoint_best.pt rule (added later): "val_loss", lowest validation loss; or "val_exact_match",
     # highest validation exact_match, ties broken by the lower validation answer loss (SPEC section 8)
     select_on: str = "val_loss"
-    # every CUDA kernel in a fixed order (added later): two trainings of one seed on one GPU type then give
-    # the same weights bit for bit, at about 8-9% of the batch-256 speed (src/device.py, BENCHMARKS.md)
+    # PyTorch's deterministic kernels only, an error where one has none (added later): a guarantee that two
+    # trainings of one seed repeat bit for bit, at 8-17% of the batch-256 speed (src/device.py, BENCHMARKS.md)
     deterministic: bool = False
 
 

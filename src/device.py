@@ -78,13 +78,14 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 
 def set_deterministic(on: bool) -> None:
-    """`training.deterministic`: make two trainings of one seed repeat bit for bit, or allow the fastest kernels.
+    """`training.deterministic`: PyTorch's deterministic kernels for the whole process, or its fastest ones.
 
-    At batch 256 the default path does not repeat: some CUDA kernels accumulate in a varying order, and
-    after 500 steps two runs of one seed differ by up to 0.18 in a weight (BENCHMARKS.md, "Two
-    trainings of one seed"). With it on, PyTorch picks deterministic kernels where it has them and
-    raises where it has none, and cuBLAS gets a fixed workspace (CUBLAS_WORKSPACE_CONFIG, unless the
-    environment sets one). Call it before the first CUDA matrix product; it applies to the whole process.
+    The training path repeats bit for bit without it (measured on an H100: BENCHMARKS.md, "Two
+    trainings of one seed"), since its one kernel found to add in a varying order, nn.Embedding's
+    backward, was replaced (src.model.embed_lookup). This is the guarantee on top: PyTorch picks a
+    deterministic kernel wherever it has one and raises where it has none, and cuBLAS gets a fixed
+    workspace (CUBLAS_WORKSPACE_CONFIG, unless the environment sets one), at 8-17% of the batch-256
+    speed. Call it before the first CUDA matrix product.
     """
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -224,6 +224,37 @@ class Block(nn.Module):
         return x + self.ffn(self.ln2(x))
 
 
+class _EmbeddingLookup(torch.autograd.Function):
+    """nn.Embedding's lookup, with a backward that adds up in a fixed order.
+
+    On CUDA, nn.Embedding's backward adds each position's gradient into its token's row with atomic
+    additions, whose order varies from run to run; at batch 256 that alone makes two trainings of one
+    seed drift apart (by up to 0.18 in a weight after 500 steps; BENCHMARKS.md, "Two trainings of one
+    seed"). Here the forward is the same gather (the same values, bit for bit), and the backward is one
+    matrix product, one-hot rows [vocab, positions] times the gradients [positions, d_model]: with a
+    vocabulary of 35 tokens that is small, and cuBLAS gives the same sums every run.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(tokens)
+        ctx.num_embeddings = weight.shape[0]
+        return F.embedding(tokens, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (tokens,) = ctx.saved_tensors
+        ids = torch.arange(ctx.num_embeddings, device=tokens.device)
+        onehot = (ids.unsqueeze(1) == tokens.reshape(1, -1)).to(grad.dtype)
+        with torch.autocast(grad.device.type, enabled=False):
+            return onehot @ grad.reshape(-1, grad.shape[-1]), None
+
+
+def embed_lookup(weight: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The rows of `weight` for `tokens` ([..., d_model]), differentiable in `weight` in a fixed order."""
+    return _EmbeddingLookup.apply(weight, tokens)
+
+
 class CompactTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -288,7 +319,7 @@ class CompactTransformer(nn.Module):
                 hooks = None  # nothing to do: the plain path
         patch = hooks.patch if hooks is not None else None
         recorded: dict = {}
-        x = self.embed_dropout(self.embed(tokens))
+        x = self.embed_dropout(embed_lookup(self.embed.weight, tokens))
         if patch:
             x = patch_activation(x, "hook_embed", patch)
         if "hook_embed" in want:

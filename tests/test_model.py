@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import src.model
 from src.config import ModelConfig, load_config
 from src.data import make_batch, make_record
-from src.model import CompactTransformer, HeadAblation, Hooks, activation_names
+from src.model import CompactTransformer, HeadAblation, Hooks, activation_names, embed_lookup
 from src.tokenizer import IGNORE_INDEX, VOCAB_SIZE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,30 @@ def test_output_head_is_tied_to_embedding(model, tokens):
     x = out.activations[f"blocks.{SMALL.num_layers - 1}.hook_resid_post"]
     reference = model.ln_f(x) @ model.embed.weight.T
     torch.testing.assert_close(out.logits, reference, rtol=0, atol=1e-6)
+
+
+def test_embedding_lookup_equals_nn_embedding_and_its_gradient(model, tokens, monkeypatch):
+    """The lookup that training uses (a fixed-order backward, for runs that repeat on CUDA) gives
+    nn.Embedding's values bit for bit, and its gradient up to float32 rounding of the sums; through
+    the whole model too, where the tied table also feeds the output head."""
+    weight = torch.randn(VOCAB_SIZE, 24, requires_grad=True)
+    ids = torch.tensor([[0, VOCAB_SIZE - 1, 3, 3, 3], [VOCAB_SIZE - 1, 0, 0, 7, 3]])
+    upstream = torch.randn(2, 5, 24)
+    ours, reference = embed_lookup(weight, ids), F.embedding(ids, weight)
+    assert torch.equal(ours, reference)
+    (grad,) = torch.autograd.grad((ours * upstream).sum(), weight)
+    (expected,) = torch.autograd.grad((reference * upstream).sum(), weight)
+    torch.testing.assert_close(grad, expected)
+    assert torch.equal(grad[5], torch.zeros(24))  # a token that does not occur gets no gradient
+
+    loss = model(tokens, tokens).loss
+    (through_model,) = torch.autograd.grad(loss, model.embed.weight)
+    monkeypatch.setattr(src.model, "embed_lookup", lambda w, t: F.embedding(t, w))  # nn.Embedding's own backward
+    plain_loss = model(tokens, tokens).loss
+    (plain,) = torch.autograd.grad(plain_loss, model.embed.weight)
+    assert torch.equal(loss, plain_loss)
+    torch.testing.assert_close(through_model, plain)
+    assert through_model.abs().sum() > 0
 
 
 def test_attention_projections_have_no_bias(model):
