@@ -131,6 +131,9 @@ def read_manifest(path: Path) -> dict:
         raise UserError(f"{path}: manifest without pieces or place")
     if Path(place).is_absolute() or ".." in Path(place).parts:
         raise UserError(f"{path}: place {place!r} would write outside --runs-dir")
+    if not all(isinstance(p, dict) and isinstance(p.get("file"), str) and isinstance(p.get("sha256"), str)
+               for p in pieces):
+        raise UserError(f"{path}: every piece must name its file and sha256")
     return manifest
 
 
@@ -151,6 +154,21 @@ def joined(manifest: dict, where: Path, manifest_path: Path) -> bytes:
     return data
 
 
+def _malformed(packed: dict) -> str | None:
+    """What is wrong with a pack's structure (a pack whose sha256 matched, so written by another version or
+    by hand), or None."""
+    ckpt, files = packed.get("checkpoint"), packed.get("files")
+    if not isinstance(packed.get("store"), str):
+        return "no store"
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        return "no checkpoint with a model"
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
+        return "the model holds something other than named tensors"
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        return "its small files are not texts by name"
+    return None
+
+
 def unpack_run(manifest_path: Path, runs_dir: Path, results_dir: Path | None = None,
                skip_existing: bool = False) -> Path | None:
     """Restore one packed run below `runs_dir` (and its small files below `results_dir`); its directory,
@@ -165,6 +183,9 @@ def unpack_run(manifest_path: Path, runs_dir: Path, results_dir: Path | None = N
         raise UserError(f"{manifest_path}: the packed file does not load ({type(err).__name__})") from None
     if not isinstance(packed, dict) or packed.get("schema") != SCHEMA:
         raise UserError(f"{manifest_path}: the packed file is not a {SCHEMA} pack")
+    malformed = _malformed(packed)
+    if malformed:
+        raise UserError(f"{manifest_path}: the packed file is not a well-formed {SCHEMA} pack: {malformed}")
     ckpt = packed["checkpoint"]
     cfg = checked_model_config(ckpt.get("model_config"), manifest_path)
     want = CompactTransformer(cfg).state_dict()

@@ -1,6 +1,7 @@
 """src.weights: runs packed into pieces and unpacked into run directories the analysis tools read."""
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
@@ -94,6 +95,39 @@ def test_pieces_are_joined_and_a_damaged_or_missing_piece_is_named(tmp_path):
     with pytest.raises(UserError, match=rf"{pieces[1].name}: sha256 differs|{pieces[2].name}: piece missing"):
         unpack_run(tmp_path / "pack" / "c_seed7.weights.json", tmp_path / "bad")
     assert not (tmp_path / "bad" / "c" / "seed7" / "checkpoint_best.pt").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p.pop("checkpoint"), "no checkpoint with a model"),
+    (lambda p: p["checkpoint"].pop("model"), "no checkpoint with a model"),
+    (lambda p: p["checkpoint"]["model"].update({"embed.weight": [1.0]}), "other than named tensors"),
+    (lambda p: p.update(files={"eval.json": 3}), "not texts by name"),
+    (lambda p: p.pop("store"), "no store"),
+])
+def test_a_malformed_pack_whose_checksums_match_is_a_clear_error(tmp_path, change, message):
+    """A pack of another version or written by hand: its pieces check out, its contents do not."""
+    make_run(tmp_path / "r" / "c" / "seed0")
+    manifest = pack_run(tmp_path / "r" / "c" / "seed0", tmp_path / "pack")
+    piece = tmp_path / "pack" / manifest["pieces"][0]["file"]
+    packed = torch.load(piece, weights_only=True)
+    change(packed)
+    torch.save(packed, piece)
+    data = piece.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    manifest.update(sha256=digest, bytes=len(data), pieces=[{"file": piece.name, "bytes": len(data), "sha256": digest}])
+    (tmp_path / "pack" / "c_seed0.weights.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=f"not a well-formed weights/1 pack: .*{message}"):
+        unpack_run(tmp_path / "pack" / "c_seed0.weights.json", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_manifest_piece_without_file_or_sha256_is_a_clear_error(tmp_path):
+    make_run(tmp_path / "r" / "c" / "seed0")
+    manifest = pack_run(tmp_path / "r" / "c" / "seed0", tmp_path / "pack")
+    manifest["pieces"] = ["c_seed0.weights.pt"]
+    (tmp_path / "pack" / "c_seed0.weights.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="every piece must name its file and sha256"):
+        unpack_run(tmp_path / "pack" / "c_seed0.weights.json", tmp_path / "out")
 
 
 def test_an_existing_checkpoint_is_never_overwritten(tmp_path):
