@@ -68,6 +68,10 @@ def one(config: str, mode: str, repeat: int, where: str = "cuda") -> dict:
 
         Trainer.attention_kernels = lambda self: sdpa_kernel([SDPBackend.MATH])
     device = torch.device(where)
+    import src.model  # which backward the token embedding takes here, read off autograd's own node
+
+    probe = torch.zeros(3, 2, requires_grad=True)
+    embedding_backward = type(src.model.embed_lookup(probe, torch.tensor([0, 2])).grad_fn).__name__
     cfg = load_config(config)
     if mode == "eager":
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, compile=False))
@@ -101,7 +105,7 @@ def one(config: str, mode: str, repeat: int, where: str = "cuda") -> dict:
     return {"config": config, "mode": mode, "batch_size": cfg.training.batch_size,
             "precision": cfg.training.precision, "steps": data.steps_per_epoch,
             "max_weight_difference": max(diffs), "tensors_differing": sum(d > 0 for d in diffs),
-            "tensors": len(diffs), "steps_per_s": steps_per_s, "determinism_warnings": notes,
+            "tensors": len(diffs), "steps_per_s": steps_per_s, "embedding_backward": embedding_backward, "determinism_warnings": notes,
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__}
 
 
