@@ -10,7 +10,8 @@
 #                                                            # queue i (items split at ';') on GPU i
 #
 # Checkpoints are not kept in the repository, so each model is trained again (the commands of
-# results/extension/RUNS.md; deterministic given config and seed up to GPU rounding) into RUNS_DIR,
+# results/extension/RUNS.md; bit for bit on one GPU kind since src.model.embed_lookup, a new draw of the
+# runs trained before it) into RUNS_DIR,
 # with its results in RETRAIN_DIR (never results/extension, whose finished runs the sweep would skip).
 # Each run's retrained eval.json goes beside the battery's files, so that the retrained model can be
 # held against the committed one. Small outputs are copied to OUT/<config>/seed<S>/; the role
