@@ -8,36 +8,42 @@
 # "Two trainings of one seed": H100, 2026-11-26, equal in every respect for both scales).
 #
 #   OUT=runs/repeat_check bash scripts/repeat_check.sh
+#   CONFIGS=ext_pilot_n20000 EPOCHS=1 DEVICE=cpu bash scripts/repeat_check.sh    # a quick try on the CPU
 set -u
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH=.
 OUT=${OUT:-runs/repeat_check}
 CONFIGS=${CONFIGS:-"ext_pilot_n20000 ext_10m_n20000"}
+WORK=$(mktemp -d)  # the two runs of each config (checkpoints included), removed at the end
+trap 'rm -rf "$WORK"' EXIT
 EPOCHS=${EPOCHS:-294}
-t0=$(date +%s); nvidia-smi -L
-python -m src.data --train-size 20000 > /tmp/gen.log 2>&1; echo "gen $(( $(date +%s) - t0 )) s"
-rm -rf /tmp/e2e; mkdir -p /tmp/e2e "$OUT/e2e"
+DEVICE=${DEVICE:-cuda}  # cpu only to try the script (the CPU's kernels repeat anyway)
+t0=$(date +%s); nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
+python -m src.data --train-size 20000 > "$WORK/gen.log" 2>&1; echo "gen $(( $(date +%s) - t0 )) s"
+mkdir -p "$OUT/e2e"
 for c in $CONFIGS; do
-  python - "$c" "$EPOCHS" <<'PY'
+  python - "$c" "$EPOCHS" "$WORK" <<'PY'
 import sys, yaml
-c, epochs = sys.argv[1], int(sys.argv[2])
+c, epochs, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 raw = yaml.safe_load(open(f"configs/extension/{c}.yaml"))
 raw["training"].update(epochs=epochs, eval_interval=max(1, epochs // 6), save_interval=max(1, epochs // 3))
-yaml.safe_dump(raw, open(f"/tmp/e2e/{c}.yaml", "w"), sort_keys=False)
+yaml.safe_dump(raw, open(f"{work}/{c}.yaml", "w"), sort_keys=False)
 PY
   for r in a b; do
-    timeout 200 python -m src.train --config /tmp/e2e/$c.yaml --output-dir /tmp/e2e/$c/$r --seed 123 --device cuda --no-progress \
-      > /tmp/e2e/${c}_$r.log 2>&1; echo "$c $r rc $? at $(( $(date +%s) - t0 )) s"; tail -1 /tmp/e2e/${c}_$r.log
+    python -m src.train --config "$WORK/$c.yaml" --output-dir "$WORK/$c/$r" --seed 123 --device "$DEVICE" --no-progress \
+      > "$WORK/${c}_$r.log" 2>&1; echo "$c $r rc $? at $(( $(date +%s) - t0 )) s"; tail -1 "$WORK/${c}_$r.log"
   done
-  python - "$c" <<'PY' | tee "$OUT/e2e/$c.compare.txt"
+  python - "$c" "$WORK" <<'PY' | tee "$OUT/e2e/$c.compare.txt"
 import json, sys, torch
-c = sys.argv[1]; a, b = f"/tmp/e2e/{c}/a", f"/tmp/e2e/{c}/b"
+from src.checkpoint import load_training_checkpoint
+from src.runfiles import read_metrics
+c, work = sys.argv[1], sys.argv[2]; a, b = f"{work}/{c}/a", f"{work}/{c}/b"
 def rows(d):
-    return [{k: v for k, v in json.loads(l).items() if k not in ("peak_gpu_memory_mb",)} for l in open(f"{d}/metrics.jsonl")]
+    return [{k: v for k, v in row.items() if k != "peak_gpu_memory_mb"} for row in read_metrics(f"{d}/metrics.jsonl")[0]]
 ra, rb = rows(a), rows(b)
 print(c, "metrics rows", len(ra), "equal (every key but peak memory):", ra == rb)
 for name in ("checkpoint_latest.pt", "checkpoint_best.pt"):
-    x, y = (torch.load(f"{d}/{name}", map_location="cpu", weights_only=False) for d in (a, b))
+    x, y = (load_training_checkpoint(f"{d}/{name}") for d in (a, b))
     same = all(torch.equal(x["model"][k], y["model"][k]) for k in x["model"])
     opt = all(torch.equal(u, v) for s1, s2 in zip(x["optimizer"]["state"].values(), y["optimizer"]["state"].values())
               for u, v in zip(s1.values(), s2.values()) if isinstance(u, torch.Tensor))
@@ -46,7 +52,7 @@ sa, sb = (json.load(open(f"{d}/summary.json")) for d in (a, b))
 print(c, "best_epoch", sa["best_epoch"], sb["best_epoch"], "best_val_metrics equal:", sa["best_val_metrics"] == sb["best_val_metrics"],
       "steps", sa["steps"], "steps/s", round(sa["train_steps_per_s"]), round(sb["train_steps_per_s"]), sa["gpu_name"], sa["torch_version"])
 PY
-  cp /tmp/e2e/$c/a/metrics.jsonl "$OUT/e2e/$c.a.metrics.jsonl"; cp /tmp/e2e/$c/b/metrics.jsonl "$OUT/e2e/$c.b.metrics.jsonl"
-  cp /tmp/e2e/$c/a/summary.json "$OUT/e2e/$c.a.summary.json"
+  cp "$WORK/$c/a/metrics.jsonl" "$OUT/e2e/$c.a.metrics.jsonl"; cp "$WORK/$c/b/metrics.jsonl" "$OUT/e2e/$c.b.metrics.jsonl"
+  cp "$WORK/$c/a/summary.json" "$OUT/e2e/$c.a.summary.json"
 done
 echo "total $(( $(date +%s) - t0 )) s"

@@ -67,7 +67,7 @@ class TrainingConfig:
     # highest validation exact_match, ties broken by the lower validation answer loss (SPEC section 8)
     select_on: str = "val_loss"
     # PyTorch's deterministic kernels only, an error where one has none (added later): a guarantee that two
-    # trainings of one seed repeat bit for bit, at 8-17% of the batch-256 speed (src/device.py, BENCHMARKS.md)
+    # trainings of one seed repeat bit for bit, at 9-17% of the batch-256 speed (src/device.py, BENCHMARKS.md)
     deterministic: bool = False
 
 

@@ -84,7 +84,7 @@ def set_deterministic(on: bool) -> None:
     trainings of one seed"), since its one kernel found to add in a varying order, nn.Embedding's
     backward, was replaced (src.model.embed_lookup). This is the guarantee on top: PyTorch picks a
     deterministic kernel wherever it has one and raises where it has none, and cuBLAS gets a fixed
-    workspace (CUBLAS_WORKSPACE_CONFIG, unless the environment sets one), at 8-17% of the batch-256
+    workspace (CUBLAS_WORKSPACE_CONFIG, unless the environment sets one), at 9-17% of the batch-256
     speed. Call it before the first CUDA matrix product.
     """
     if on:
