@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The learnability extension, part 2 (issue 14): retrain the models to take apart, run the whole
-# battery on each (src.battery), then match the pilot's roles to the 10M model's (src.rolematch).
+# battery on each (src.analysis.run_all), then match the pilot's roles to the 10M model's (src.analysis.rolematch).
 #
 #   bash scripts/extension_mechanisms.sh                     # the N = 2,000,000 models, seeds 42 123 7
 #   RUNS="ext_pilot_n2000000:42 ext_10m_n2000000:42" bash scripts/extension_mechanisms.sh
@@ -24,7 +24,7 @@
 # OUT/<config>/seed<S>/ with a FILES.txt listing every file (size, sha256, kept or not): the head scans
 # and patching of a 10M model run to megabytes, which results/ does not hold; mechanisms.json does.
 #
-# Weights can travel instead of being trained again (python -m src.weights): with WEIGHTS_OUT, each
+# Weights can travel instead of being trained again (python -m scripts.carry_weights): with WEIGHTS_OUT, each
 # run's weights and small files are packed there after its battery (pieces under 16 MiB; a run trained
 # in fp16 stored in fp16); with WEIGHTS_IN, the packs there are unpacked into RUNS_DIR (and the small
 # files into RETRAIN_DIR) before the queues start, so those items go straight to the battery.
@@ -51,7 +51,7 @@ REP_CONFIGS=${REP_CONFIGS:-configs}            # the replication's (pilot.yaml, 
 FRESH_EXCLUDE=${FRESH_EXCLUDE:-2000000}        # the training set the fresh test files avoid
 LIMIT=${LIMIT:-}                               # smoke runs only: the first LIMIT examples of every split
 FRESH_SEED=${FRESH_SEED:-2026}
-WEIGHTS_IN=${WEIGHTS_IN:-}                     # packed weights to analyse instead of retraining (src.weights)
+WEIGHTS_IN=${WEIGHTS_IN:-}                     # packed weights to analyse instead of retraining (scripts.carry_weights)
 WEIGHTS_OUT=${WEIGHTS_OUT:-}                   # pack each run's weights here after its battery
 if [ -z "${GPUS:-}" ]; then
   GPUS=$(python -c "import torch; print(' '.join(map(str, range(torch.cuda.device_count()))) or 'cpu')")
@@ -77,11 +77,11 @@ done
 # file or training set (the results are also read on expressions no model has seen)
 FRESH=${FRESH:-data/generated/fresh_$FRESH_SEED}
 python -m src.data --fresh-test "$FRESH_SEED" --exclude-train "$FRESH_EXCLUDE" --out "$FRESH"
-FRESH_EVAL="eval_$(basename "$FRESH").json"  # the name src.evaluate --data-dir gives its output
+FRESH_EVAL="eval_$(basename "$FRESH").json"  # the name src.analysis.evaluate --data-dir gives its output
 limit=()
 [ -n "$LIMIT" ] && limit=(--limit "$LIMIT")
 # carried weights: run directories (and the results the sweep counts as finished) before any queue starts
-[ -n "$WEIGHTS_IN" ] && python -m src.weights unpack "$WEIGHTS_IN" --runs-dir "$RUNS_DIR" --results-dir "$RETRAIN_DIR" \
+[ -n "$WEIGHTS_IN" ] && python -m scripts.carry_weights unpack "$WEIGHTS_IN" --runs-dir "$RUNS_DIR" --results-dir "$RETRAIN_DIR" \
   --skip-existing
 
 one() {  # one config:seed on one device: train (or finish) it, evaluate it, run the battery, copy the results
@@ -101,16 +101,16 @@ one() {  # one config:seed on one device: train (or finish) it, evaluate it, run
       python -m src.train --config "$REP_CONFIGS/$config.yaml" --output-dir "$run" --seed "$seed" "${where[@]}" \
         --no-progress "${resume[@]}"
     fi
-    python -m src.evaluate --run "$run" "${where[@]}" ${limit[@]+"${limit[@]}"}
+    python -m src.analysis.evaluate --run "$run" "${where[@]}" ${limit[@]+"${limit[@]}"}
   fi
-  python -m src.battery --run "$run" "${where[@]}" --quiet ${limit[@]+"${limit[@]}"}
-  python -m src.evaluate --run "$run" "${where[@]}" --data-dir "$FRESH" ${limit[@]+"${limit[@]}"} > /dev/null
+  python -m src.analysis.run_all --run "$run" "${where[@]}" --quiet ${limit[@]+"${limit[@]}"}
+  python -m src.analysis.evaluate --run "$run" "${where[@]}" --data-dir "$FRESH" ${limit[@]+"${limit[@]}"} > /dev/null
   mkdir -p "$dest"
   for f in battery.json ablation.json roles.json probe.json patching.json value_probe.json eval.json \
            "$FRESH_EVAL" summary.json; do
     [ -f "$run/$f" ] && cp "$run/$f" "$dest/$f"
   done
-  if [ -n "$WEIGHTS_OUT" ]; then python -m src.weights pack "$run" --root "$RUNS_DIR" --out "$WEIGHTS_OUT"; fi
+  if [ -n "$WEIGHTS_OUT" ]; then python -m scripts.carry_weights pack "$run" --root "$RUNS_DIR" --out "$WEIGHTS_OUT"; fi
   echo "== $config seed $seed: done on $device -> $dest"
 }
 
@@ -150,13 +150,13 @@ for study in extension replication; do
   if [ -n "${pilot[$study]:-}" ] && [ -n "${large[$study]:-}" ]; then
     dir="$OUT"; [ "$study" = replication ] && dir="$OUT/replication"
     # shellcheck disable=SC2086  # the lists are space-separated run directories
-    python -m src.rolematch --pilot ${pilot[$study]} --large ${large[$study]} --out "$dir" || status=1
+    python -m src.analysis.rolematch --pilot ${pilot[$study]} --large ${large[$study]} --out "$dir" || status=1
   fi
 done
 match=()  # every study's table there is, this call's or an earlier one's
 for dir in "$OUT" "$OUT/replication"; do [ -f "$dir/rolematch.json" ] && match+=("$dir"); done
 # the section "Extension: mechanisms" (python -m src.report ... --extension results/extension includes it)
-python -m src.mechanisms "$RAW"/*/seed* ${match[@]+--rolematch "${match[@]}"} --out "$OUT" > /dev/null || status=1
+python -m src.report.analyses "$RAW"/*/seed* ${match[@]+--rolematch "${match[@]}"} --out "$OUT" > /dev/null || status=1
 # the small files of each run into OUT, and the list of all of them
 for raw in "$RAW"/*/seed*; do
   dest="$OUT/${raw#"$RAW"/}"

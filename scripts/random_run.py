@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from src.atomic import atomic_save  # noqa: E402
+from src.rundir.atomic import atomic_save  # noqa: E402
 from src.config import config_from_dict  # noqa: E402
 from src.model import CompactTransformer  # noqa: E402
 

@@ -35,8 +35,8 @@ PY
   done
   python - "$c" "$WORK" <<'PY' | tee "$OUT/e2e/$c.compare.txt"
 import json, sys, torch
-from src.checkpoint import load_training_checkpoint
-from src.runfiles import read_metrics
+from src.rundir.checkpoint import load_training_checkpoint
+from src.rundir.results import read_metrics
 c, work = sys.argv[1], sys.argv[2]; a, b = f"{work}/{c}/a", f"{work}/{c}/b"
 def rows(d):
     return [{k: v for k, v in row.items() if k != "peak_gpu_memory_mb"} for row in read_metrics(f"{d}/metrics.jsonl")[0]]

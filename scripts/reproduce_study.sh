@@ -108,7 +108,7 @@ equal_steps_checkpoint() {  # run_dir: the periodic checkpoint whose step is nea
   $PYTHON - "$1" "$EQUAL_STEPS" <<'EOF'
 import sys
 from pathlib import Path
-from src.runfiles import read_metrics
+from src.rundir.results import read_metrics
 run, target = Path(sys.argv[1]), int(sys.argv[2])
 rows, _ = read_metrics(run / "metrics.jsonl")
 steps = {r["epoch"]: r["step"] for r in rows}
@@ -124,14 +124,14 @@ analyse() {  # config seed: every analysis of one run, each in the precision the
   if [ -f "$run/.analysed" ]; then echo "kept $run: already analysed"; keep "$run" "$RESULTS/$1/seed$2"; return; fi
   local failed=0   # a run is marked analysed only when every analysis succeeded
   {
-    $PYTHON -m src.evaluate --run "$run" --device cuda || failed=1
+    $PYTHON -m src.analysis.evaluate --run "$run" --device cuda || failed=1
     ckpt=$(equal_steps_checkpoint "$run")
     if [ -n "$ckpt" ]; then
-      $PYTHON -m src.evaluate --run "$run" --device cuda --checkpoint "$ckpt" --out "$run/eval_equal_steps.json" || failed=1
+      $PYTHON -m src.analysis.evaluate --run "$run" --device cuda --checkpoint "$ckpt" --out "$run/eval_equal_steps.json" || failed=1
     fi
-    $PYTHON -m src.ablate --run "$run" --device cuda || failed=1
-    $PYTHON -m src.roles --run "$run" --device cuda || failed=1
-    $PYTHON -m src.probe --run "$run" --device cuda || failed=1
+    $PYTHON -m src.analysis.ablate --run "$run" --device cuda || failed=1
+    $PYTHON -m src.analysis.roles --run "$run" --device cuda || failed=1
+    $PYTHON -m src.analysis.probe --run "$run" --device cuda || failed=1
   } > "$run/analyse.log" 2>&1
   echo "analysed $run: $([ "$failed" = 0 ] && echo ok || echo 'a step failed') (log: $run/analyse.log)"
   [ "$failed" = 0 ] && touch "$run/.analysed"
@@ -176,7 +176,7 @@ fi
 if has report; then
   runs=()
   for config in pilot scale_10m; do for seed in $SEEDS; do runs+=("$RESULTS/$config/seed$seed"); done; done
-  extension=()  # the learnability extension's section, where its runs were aggregated (python -m src.extension)
+  extension=()  # the learnability extension's section, where its runs were aggregated (python -m src.report.scaling)
   [ -f "$RESULTS/extension/extension.json" ] && extension=(--extension "$RESULTS/extension")
   $PYTHON -m src.report "${runs[@]}" --out "$RESULTS/REPORT.md" ${extension[@]+"${extension[@]}"}
 fi

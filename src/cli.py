@@ -129,8 +129,8 @@ def distinct(values: list, flag: str, choices: Iterable[str] | None = None) -> l
     return list(values)
 
 
-try:  # the shared checks of command-line paths (src/paths.py), where this tree has them
-    from src import paths as _paths
+try:  # the shared checks of command-line paths (src/rundir/paths.py), where this tree has them
+    from src.rundir.directory import paths as _paths
 except ImportError:  # pragma: no cover - an older tree: the local checks below
     _paths = None
 
@@ -138,7 +138,7 @@ except ImportError:  # pragma: no cover - an older tree: the local checks below
 def check_output_file(path, flag: str = "--out", example: str | None = None) -> Path:
     """A UserError, before any computation, for an output path that cannot be written as a file: a
     directory, a parent that is a file, a directory that cannot be written. A missing parent is
-    fine (the commands create it). Uses src.paths (check_output_file, or check_output_dir for a
+    fine (the commands create it). Uses src.rundir.paths (check_output_file, or check_output_dir for a
     parent still to be created) where it exists; returns `path` as given."""
     path = Path(path)
     if path.is_dir():

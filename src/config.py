@@ -81,7 +81,7 @@ class DataConfig:
     test_depth3: str
     test_paren_matched: str = "data/pilot_test_paren_matched.jsonl"  # added later; older configs lack it
     # the learnability extension (../shared/SPEC.md section 8), both added later:
-    train_size: int = 0  # train on the generated set of this many expressions (src/trainsets.py), not `train`
+    train_size: int = 0  # train on the generated set of this many expressions (src/data/trainsets.py), not `train`
     answer_format: str = "plain"  # "plain", or "reversed": the answer's digits least significant first
 
     @staticmethod
@@ -116,7 +116,7 @@ def generated_training_set(n: int, directory=None) -> Path:
 
 LOSS_ON = ("all", "answer")
 SELECT_ON = ("val_loss", "val_exact_match")
-GENERATED_DIR = REPO_ROOT / "data" / "generated"  # the extension's generated training sets (src/trainsets.py)
+GENERATED_DIR = REPO_ROOT / "data" / "generated"  # the extension's generated training sets (src/data/trainsets.py)
 MAX_TRAIN_SIZE = 20_000_000  # 10 x 2,000,000: 1.7 GB of JSONL, 3.6 GB of memory, 8 minutes on two cores
 
 PRECISIONS = ("fp32", "fp16", "bf16")

@@ -21,7 +21,7 @@ Activation sites (stable names):
 Training uses the fused `scaled_dot_product_attention`; asking for a pattern switches that layer
 to an explicit softmax that computes the same function.
 
-Patching (activation patching, src/patching.py): `Hooks.patch` maps a site's name to a Patch(values,
+Patching (activation patching, src/analysis/patching.py): `Hooks.patch` maps a site's name to a Patch(values,
 mask); where the activation is produced, the elements under `mask` are replaced by `values`
 (`torch.where(mask, values, activation)`), so every later layer sees the patched value. `values` has
 the activation's exact shape, `mask` is boolean with as many dimensions, broadcast to it (e.g.

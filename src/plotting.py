@@ -1,7 +1,7 @@
 """Figures rendered in memory: matplotlib without a display, and a finished figure as PNG bytes.
 
 Every figure of the project is drawn with these two, so that a command renders all of its figures
-before it writes anything (src.atomic), and no figure needs a display.
+before it writes anything (src.rundir.atomic), and no figure needs a display.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ Each seed is, at the moment its config's turn comes:
 Per config, the seeds to train go into ONE process (`python -m src.train --config C --output-dir
 RUNS/C --seeds a,b`, side by side), the seeds to resume into another (`... --seeds c,d --resume`, with
 --config C, so that a config edited since is refused and a longer training.epochs is honoured). Then
-each seed is evaluated (`python -m src.evaluate --run RUNS/C/seedS --out RUNS/C/seedS/eval.json`,
+each seed is evaluated (`python -m src.analysis.evaluate --run RUNS/C/seedS --out RUNS/C/seedS/eval.json`,
 in the precision it trained in) and its files are copied to RESULTS/C/seedS, eval.json last. The
 subprocesses write to RUNS/C/train_<seeds>.log (one log per set of seeds trained together, e.g.
 train_42+7.log, so that sweeps of disjoint seeds of one config never write to one file) and
@@ -39,7 +39,7 @@ CUDA_VISIBLE_DEVICES set to its own GPU. With one GPU, or --device cpu, one work
 environment is passed on unchanged. --workers N overrides the count (workers then share the GPUs
 in turn).
 
-One writer per run: src.train locks each run directory (src.rundir); the sweep also holds
+One writer per run: src.train locks each run directory (src.rundir.directory); the sweep also holds
 RUNS/C/.seedS.lock for each seed S of config C it works on, and skips, with a note, a config one of
 whose seeds' .seedS.lock or run directories' .lock is held by another process (another sweep, a
 training started by hand). Sweeps of disjoint seeds of one config (one per GPU) run side by side. Such a
@@ -92,13 +92,13 @@ from pathlib import Path
 import yaml
 from tqdm import tqdm
 
-from src.atomic import atomic_write_bytes
+from src.rundir.atomic import atomic_write_bytes
 from src.cli import ArgumentParser, comma_list, float_in, int_in
 from src.config import REPO_ROOT, Config, check_data_paths, config_from_dict, load_config
 from src.errors import UserError, run_main
-from src.paths import check_output_dir
-from src.rundir import RUN_FILES, _try_lock
-from src.runfiles import read_metrics
+from src.rundir.paths import check_output_dir
+from src.rundir.directory import RUN_FILES, _try_lock
+from src.rundir.results import read_metrics
 from src.train import flat, seed_value
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -325,7 +325,7 @@ def in_use(group: Group, sweep_lock: bool = False) -> str | None:
 
 class GroupLock:
     """RUNS/<config>/.seedS.lock for each seed, held while a sweep works on those seeds of the config
-    (the flock of src.rundir): all of them, or none and a BlockingIOError naming the holder."""
+    (the flock of src.rundir.directory): all of them, or none and a BlockingIOError naming the holder."""
 
     def __init__(self, runs: Path, seeds):
         runs.mkdir(parents=True, exist_ok=True)
@@ -372,7 +372,7 @@ def train_command(args, group: Group, seeds: list[int], resume: bool) -> list[st
 
 
 def evaluate_command(args, run: Path) -> list[str]:
-    return [sys.executable, "-m", "src.evaluate", "--run", str(run), "--out", str(run / "eval.json"),
+    return [sys.executable, "-m", "src.analysis.evaluate", "--run", str(run), "--out", str(run / "eval.json"),
             "--device", args.device]
 
 

@@ -33,19 +33,19 @@ import yaml
 from tqdm import tqdm
 
 from src.cli import MAX_SEED, comma_list, int_in
-from src.checkpoint import EPOCH_STATE, load_training_checkpoint, model_from_checkpoint
+from src.rundir.checkpoint import EPOCH_STATE, load_training_checkpoint, model_from_checkpoint
 from src.config import Config, check_data_paths, config_from_dict, load_config
 from src.data import Batch, load_jsonl, make_batch
 from src.device import (DESCRIPTION, autocast, check_precision, resolve_device, run_precision, set_deterministic,
                         uses_loss_scaling)
 from src.errors import UserError, run_main
-from src.evaluate import EVAL_SPLITS, evaluate_batch
+from src.analysis.evaluate import EVAL_SPLITS, evaluate_batch
 from src.model import CompactTransformer
-from src.paths import check_output_dir
-from src.rundir import RUN_FILES, RunDir
-from src.runfiles import SCHEMAS
+from src.rundir.paths import check_output_dir
+from src.rundir.directory import RUN_FILES, RunDir
+from src.rundir.results import SCHEMAS
 from src.tokenizer import IGNORE_INDEX, PAD_ID
-from src.trainsets import check_training_set, ensure_training_set
+from src.data.trainsets import check_training_set, ensure_training_set
 
 # dynamic loss scaling, as torch.amp.GradScaler's defaults
 INIT_SCALE, GROWTH_FACTOR, BACKOFF_FACTOR, GROWTH_INTERVAL = 2.0**16, 2.0, 0.5, 2000
@@ -687,7 +687,7 @@ def resumed_settings(args, ckpt: dict, run: RunDir, given_seed: int | None) -> t
 
 def run_paths(args) -> list[str]:
     """The run directory of each seed: --output-dir itself, or OUTPUT_DIR/seedS for each of --seeds
-    (as typed: src.paths rejects an empty --output-dir, which a Path would read as ".")."""
+    (as typed: src.rundir.paths rejects an empty --output-dir, which a Path would read as ".")."""
     if args.seeds is None:
         return [args.output_dir]
     check_output_dir(args.output_dir, "--output-dir")

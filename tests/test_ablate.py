@@ -1,14 +1,14 @@
-"""src.ablate on a tiny model with a known signal head, CPU only (see tests/tiny.py)."""
+"""src.analysis.ablate on a tiny model with a known signal head, CPU only (see tests/tiny.py)."""
 
 import json
 
 import pytest
 import torch
 
-from src import ablate
+from src.analysis import ablate
 from src.config import config_from_dict
 from src.errors import run_main
-from src.evaluate import METRICS, load_split_batches
+from src.analysis.evaluate import METRICS, load_split_batches
 from src.model import CompactTransformer, Hooks
 from tests.tiny import SPLIT_SIZES, tiny_config, write_data, write_run
 

@@ -1,4 +1,4 @@
-"""src.battery on a tiny run, CPU: every step runs in one process and writes its file; a failing
+"""src.analysis.run_all on a tiny run, CPU: every step runs in one process and writes its file; a failing
 step is reported and the others still run."""
 
 import json
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from src import battery
+from src.analysis import run_all as battery
 from src.errors import run_main
 from tests.test_probe import write_tiny_run
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from src import stats
-from src.classes import (
+from src.data.classes import (
     ExpressionClass,
     classify,
     exact_match_by_class,

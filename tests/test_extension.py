@@ -16,7 +16,7 @@ from src.data import make_batch
 from src.errors import UserError
 from src.tokenizer import ANSWER_FORMATS, answer_text, decode, sequence_ids
 from src.train import selection_key
-from src.trainsets import training_set_path
+from src.data.trainsets import training_set_path
 from tests.test_reliability import (  # noqa: F401  (one_thread and tiny are fixtures)
     GOOD_LINES, PILOT, cli, expect_error, one_thread, tiny, tiny_raw, write_yaml)
 
@@ -172,7 +172,7 @@ def test_training_refuses_a_repeated_training_expression(tiny, tmp_path, capsys)
 def test_eval_json_breaks_exact_match_down_by_class(tiny, tmp_path, capsys):
     import shutil
 
-    from src import evaluate
+    from src.analysis import evaluate
 
     run = tmp_path / "run"
     shutil.copytree(tiny["finished"], run)
@@ -303,4 +303,4 @@ def test_the_report_tool_appends_the_extension_section_with_its_figures_linked(t
     for link in re.findall(r"\]\(([^)]+\.png)\)", section):
         assert (out.parent / link).resolve().is_file(), link
     rc, _, err = cli(report_main, [*runs, "--out", tmp_path / "b" / "REPORT.md", "--extension", tmp_path], capsys)
-    assert rc == 2 and "extension.json" in err and "python -m src.extension" in err
+    assert rc == 2 and "extension.json" in err and "python -m src.report.scaling" in err

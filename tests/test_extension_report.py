@@ -1,4 +1,4 @@
-"""src.extension on made-up result directories (real eval.json / summary.json / config.yaml of
+"""src.report.scaling on made-up result directories (real eval.json / summary.json / config.yaml of
 results/extension with the numbers changed), CPU only: the mean and t interval over seeds, the one-seed
 case, the class aggregation, the grid's runs not made yet, the figures, and the errors."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src import extension
+from src.report import scaling as extension
 from src.errors import run_main
 from src.stats import wilson_interval
 
@@ -177,7 +177,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, real, capsys
     bad = write_run(results, real, "ext_10m_n2000", 42, train_size=2000) / "eval.json"
     bad.write_text(bad.read_text()[:500])  # cut short
     err = error(capsys, ["--results", str(results), *base])
-    assert str(bad) in err and "unreadable" in err and "python -m src.evaluate" in err
+    assert str(bad) in err and "unreadable" in err and "python -m src.analysis.evaluate" in err
     bad.write_text(json.dumps({"schema": "eval/1", "metrics": {}}))
     err = error(capsys, ["--results", str(results), *base])
     assert "expected 'eval/2'" in err

@@ -1,4 +1,4 @@
-"""Fresh test files (`python -m src.data --fresh-test SEED`) and evaluation on them (`src.evaluate
+"""Fresh test files (`python -m src.data --fresh-test SEED`) and evaluation on them (`src.analysis.evaluate
 --data-dir`), CPU: expressions no shipped file and no training set holds, drawn like the test sets."""
 
 import json
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 import src.config
-from src import data, evaluate
+from src import data
+from src.analysis import evaluate
 from src.data import cli as data_cli
 from src.errors import run_main
 from tests.test_probe import write_tiny_run

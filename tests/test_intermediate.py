@@ -1,16 +1,16 @@
-"""Intermediate-value targets (src.intermediate): hand-made expressions with known values, an
+"""Intermediate-value targets (src.analysis.intermediate): hand-made expressions with known values, an
 independent oracle over the shipped test files, the copy baseline, and alignment with the batches
-and positions src.probe reads."""
+and positions src.analysis.probe reads."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-from src import intermediate
+from src.analysis import intermediate
 from src.data import ExpressionError, evaluate, load_jsonl, make_batch, make_record
-from src.intermediate import Target, batch_targets, expression_targets, position_targets
-from src.probe import expression_positions
+from src.analysis.intermediate import Target, batch_targets, expression_targets, position_targets
+from src.analysis.probe import expression_positions
 from src.tokenizer import VOCAB, sequence_ids
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""src.mechanisms on the battery's files of two tiny runs, CPU: the section's tables hold what the
+"""src.report.analyses on the battery's files of two tiny runs, CPU: the section's tables hold what the
 files hold, a missing file is said, and the report includes the section."""
 
 import json
@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from src import battery, data, evaluate, mechanisms, rolematch
+from src.analysis import run_all as battery, evaluate, rolematch
+
+from src import data
+
+from src.report import analyses as mechanisms
 from src.errors import run_main
 from src.report.cli import extension_section
 from tests.test_probe import write_tiny_run

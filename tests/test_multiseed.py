@@ -205,7 +205,7 @@ def test_an_output_dir_holding_one_seeds_run_is_refused_and_nothing_is_touched(t
 
 
 def test_a_locked_seed_directory_leaves_no_other_seed_directory_behind(tiny, tmp_path, capsys):
-    from src.rundir import RunDir
+    from src.rundir.directory import RunDir
 
     root = tmp_path / "runs"
     held = RunDir(str(root / "seed7"), resume=False)  # another training holds seed 7's directory

@@ -1,17 +1,17 @@
-"""Activation patching (src/model.py Hooks.patch, src/patching.py), CPU only, on small fixed-seed models."""
+"""Activation patching (src/model.py Hooks.patch, src/analysis/patching.py), CPU only, on small fixed-seed models."""
 
 import json
 
 import pytest
 import torch
 
-from src import patching
+from src.analysis import patching
 from src.config import ModelConfig
 from src.data import make_batch, make_record
 from src.errors import UserError, run_main
-from src.evaluate import per_example_scores
+from src.analysis.evaluate import per_example_scores
 from src.model import CompactTransformer, Hooks, Patch, activation_names
-from src.patching import Pairs, align, class_positions, patch_plan
+from src.analysis.patching import Pairs, align, class_positions, patch_plan
 from src.tokenizer import PAD_ID, VOCAB_SIZE
 from tests.tiny import write_data, tiny_config, write_run
 

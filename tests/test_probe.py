@@ -1,7 +1,7 @@
-"""src.probe: depth probes read against an untrained control, CPU only.
+"""src.analysis.probe: depth probes read against an untrained control, CPU only.
 
 The small cases are built directly through the module's functions (features that hold the depth
-or do not); the end-to-end ones run `python -m src.probe` on a tiny, briefly trained 2-layer model
+or do not); the end-to-end ones run `python -m src.analysis.probe` on a tiny, briefly trained 2-layer model
 in a run directory laid out as src.train leaves it.
 """
 
@@ -13,10 +13,12 @@ import pytest
 import torch
 import yaml
 
-from src import probe, stats
+from src.analysis import probe
+
+from src import stats
 from src.config import DataConfig, config_from_dict
 from src.errors import run_main
-from src.evaluate import EVAL_SPLITS, load_split_batches
+from src.analysis.evaluate import EVAL_SPLITS, load_split_batches
 from src.model import CompactTransformer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """Reliability (issue 6): every bad input is one clear line and exit status 2, every crash is recoverable.
 
 Bad inputs go through the real entry points: in-process through `run_main(main, argv)`, which is
-exactly what `python -m src.train` / `python -m src.evaluate` run, and a handful as subprocesses
+exactly what `python -m src.train` / `python -m src.analysis.evaluate` run, and a handful as subprocesses
 to prove the command line itself. Each case checks the exit status, that the message names the
 file and line, the config key or the flag, that no traceback is printed, and that nothing in the
 output directory was written or changed. The crash scenarios SIGKILL real training processes,
@@ -22,10 +22,10 @@ import pytest
 import torch
 import yaml
 
-import src.atomic
-import src.evaluate
+import src.rundir.atomic
+import src.analysis.evaluate
 import src.train
-from src.checkpoint import load_checkpoint, model_from_checkpoint
+from src.rundir.checkpoint import load_checkpoint, model_from_checkpoint
 from src.errors import run_main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -257,13 +257,13 @@ def test_data_file_not_utf8(tiny, tmp_path, capsys):
 
 
 def test_data_file_missing_at_evaluation(tiny, tmp_path, capsys):
-    """src.evaluate reads the test files named in the checkpoint's config; one has been deleted."""
+    """src.analysis.evaluate reads the test files named in the checkpoint's config; one has been deleted."""
     ckpt = load_checkpoint(tiny["finished"] / "checkpoint_best.pt")
     missing = tmp_path / "moved" / "test_depth3.jsonl"
     ckpt["config"]["data"]["test_depth3"] = str(missing)
     path = tmp_path / "checkpoint_moved_data.pt"
     torch.save(ckpt, path)
-    result = cli(src.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys)
+    result = cli(src.analysis.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys)
     expect_error(result, f"{missing}: data file not found", "python -m src.data")
 
 
@@ -364,7 +364,7 @@ def test_unknown_device(tiny, tmp_path, capsys):
 
 def test_unknown_device_evaluate(tiny, capsys):
     argv = ["--run", tiny["finished"], "--device", "tpu"]
-    expect_error(cli(src.evaluate.main, argv, capsys), "--device 'tpu'", "use cpu or cuda")
+    expect_error(cli(src.analysis.evaluate.main, argv, capsys), "--device 'tpu'", "use cpu or cuda")
 
 
 @needs_no_cuda
@@ -569,21 +569,21 @@ def test_resume_from_another_architecture(tiny, tmp_path, capsys):
 def test_evaluate_run_without_checkpoints(tmp_path, capsys):
     run = tmp_path / "empty_run"
     run.mkdir()
-    expect_error(cli(src.evaluate.main, ["--run", run, "--device", "cpu"], capsys),
+    expect_error(cli(src.analysis.evaluate.main, ["--run", run, "--device", "cpu"], capsys),
                  f"{run / 'checkpoint_best.pt'}: no best checkpoint in run directory", "python -m src.train")
     assert not any(run.iterdir())
 
 
 def test_evaluate_checkpoint_path_missing(tiny, tmp_path, capsys):
     path = tmp_path / "nope.pt"
-    expect_error(cli(src.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys),
+    expect_error(cli(src.analysis.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys),
                  f"{path}: checkpoint not found")
 
 
 def test_evaluate_truncated_checkpoint(tiny, tmp_path, capsys):
     path = tmp_path / "half.pt"
     path.write_bytes(_truncated(tiny))
-    expect_error(cli(src.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys),
+    expect_error(cli(src.analysis.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys),
                  f"{path}: not a readable checkpoint (truncated or corrupt")
 
 
@@ -592,7 +592,7 @@ def test_evaluate_weights_do_not_fit_model_config(tiny, tmp_path, capsys):
     ckpt["model_config"]["d_ff"] = 128  # the weights are d_ff 64
     path = tmp_path / "mismatch.pt"
     torch.save(ckpt, path)
-    expect_error(cli(src.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys),
+    expect_error(cli(src.analysis.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys),
                  f"{path}: weights do not fit the model (size mismatch for ")
 
 
@@ -601,7 +601,7 @@ def test_evaluate_model_config_not_a_compact_transformer(tiny, tmp_path, capsys)
     ckpt["model_config"]["num_experts"] = 8
     path = tmp_path / "alien.pt"
     torch.save(ckpt, path)
-    expect_error(cli(src.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys),
+    expect_error(cli(src.analysis.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys),
                  f"{path}: model_config does not describe a CompactTransformer")
 
 
@@ -636,9 +636,9 @@ def _subprocess_cases(tiny, tmp_path):
                                   "--device", "cpu"], 2, f"{tmp_path / 'nope.yaml'}: config file not found"),
         "train_data_not_json": (["-m", "src.train", "--config", bad_data_config, "--output-dir", out,
                                  "--device", "cpu"], 2, f"{bad_data}:2: not valid JSON"),
-        "evaluate_no_checkpoint": (["-m", "src.evaluate", "--run", empty_run, "--device", "cpu"], 2,
+        "evaluate_no_checkpoint": (["-m", "src.analysis.evaluate", "--run", empty_run, "--device", "cpu"], 2,
                                    "no best checkpoint in run directory"),
-        "evaluate_pickled_code": (["-m", "src.evaluate", "--run", tiny["finished"], "--checkpoint", evil,
+        "evaluate_pickled_code": (["-m", "src.analysis.evaluate", "--run", tiny["finished"], "--checkpoint", evil,
                                    "--device", "cpu"], 2, "refused by torch.load(weights_only=True)"),
         # verify_10m_config.py's contract (SPEC section 7) is exit 1 with an [ERROR] line
         "verify_bad_config": (["verify_10m_config.py", "--config", bad_heads], 1,
@@ -687,7 +687,7 @@ def resume(crash, run: Path) -> subprocess.CompletedProcess:
 
 
 def killed_run(crash, run: Path, point: str, signal_name: str = "KILL") -> subprocess.CompletedProcess:
-    """A training subprocess that stops itself at a named point (src/atomic.py's PARENS_TEST_KILL hook):
+    """A training subprocess that stops itself at a named point (src/rundir/atomic.py's PARENS_TEST_KILL hook):
     `<file>[@<n>]:<mid|after>` is half-way through, or just after, the n-th write of that file."""
     env = {**SUBPROCESS_ENV, "PARENS_TEST_KILL": f"{point}:{signal_name}"}
     return subprocess.run([sys.executable, "-m", "src.train", *map(str, train_argv(crash["config"], run))],
@@ -816,7 +816,7 @@ def test_full_disk_while_writing_a_checkpoint_keeps_previous_checkpoints(disk, s
     if disk.startswith("tmpfs"):
         filler = fill_disk(run, leave=int(disk.split("-")[1]) * 1024)  # room for a metrics row, not for a checkpoint
     else:
-        real = src.atomic.write_synced
+        real = src.rundir.atomic.write_synced
 
         def write_synced(path, data, final_name=None):
             if path.name == "checkpoint_epoch_3.pt.tmp":
@@ -824,7 +824,7 @@ def test_full_disk_while_writing_a_checkpoint_keeps_previous_checkpoints(disk, s
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             return real(path, data, final_name)
 
-        monkeypatch.setattr(src.atomic, "write_synced", write_synced)
+        monkeypatch.setattr(src.rundir.atomic, "write_synced", write_synced)
     expect_error(cli(src.train.main, train_argv(tiny["config"], run, "--resume"), capsys),
                  f"{run / 'checkpoint_epoch_3.pt'}: could not be written (No space left on device",
                  "the previous version, if any, is intact", "The disk is full", "--resume")
@@ -851,7 +851,7 @@ def test_full_disk_while_writing_metrics_or_summary_leaves_no_half_written_file(
     and a rename. The disk fills up during the 3rd metrics write / the summary write: the file
     keeps its previous whole content (or stays absent), and no temporary file is left."""
     run = tmp_path / "full"
-    real = src.atomic.write_synced
+    real = src.rundir.atomic.write_synced
     writes = []
 
     def write_synced(path, data, final_name=None):
@@ -862,7 +862,7 @@ def test_full_disk_while_writing_metrics_or_summary_leaves_no_half_written_file(
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(path, data, final_name)
 
-    monkeypatch.setattr(src.atomic, "write_synced", write_synced)
+    monkeypatch.setattr(src.rundir.atomic, "write_synced", write_synced)
     expect_error(cli(src.train.main, train_argv(tiny["config"], run), capsys),
                  f"{run / name}: could not be written (No space left on device", "The disk is full")
     monkeypatch.undo()

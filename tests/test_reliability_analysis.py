@@ -21,8 +21,8 @@ import pytest
 import torch
 import yaml
 
-import src.atomic
-from src import ablate, evaluate, probe, roles
+import src.rundir.atomic
+from src.analysis import ablate, evaluate, probe, roles
 from src.report import main as report_main
 from tests.test_reliability import cli  # the one runner of an entry point, as its __main__ runs it
 from tests.tiny import tiny_config, write_data, write_run
@@ -100,7 +100,7 @@ def test_non_finite_weights_are_refused_before_anything_is_written(tiny, tmp_pat
 
 
 def test_finite_weights_check_covers_a_checkpoint_named_by_path(tiny, tmp_path, capsys):
-    """The one place (src.checkpoint, through which every tool loads): a checkpoint named by
+    """The one place (src.rundir.checkpoint, through which every tool loads): a checkpoint named by
     --checkpoint PATH is checked too."""
     run = copy_run(tiny, tmp_path)
     other = tmp_path / "elsewhere.pt"
@@ -229,7 +229,7 @@ def test_ablate_out_flag_that_is_a_directory(tiny, tmp_path, capsys):
 
 def full_disk_on(monkeypatch, suffix: str):
     """Every atomic write of a file ending in `suffix` fails with ENOSPC half-way through its bytes."""
-    real = src.atomic.write_synced
+    real = src.rundir.atomic.write_synced
 
     def write(path, data, final_name=None):
         if (final_name or path.name).endswith(suffix):
@@ -238,7 +238,7 @@ def full_disk_on(monkeypatch, suffix: str):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data, final_name)
 
-    monkeypatch.setattr(src.atomic, "write_synced", write)
+    monkeypatch.setattr(src.rundir.atomic, "write_synced", write)
 
 
 @pytest.mark.parametrize("suffix", [".json", ".png"])

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 import src.train
-from src.rundir import RunDir
+from src.rundir.directory import RunDir
 from tests.test_reliability import (  # noqa: F401  (crash, one_thread and tiny are fixtures)
     CRASH_EPOCHS, REPO_ROOT, SUBPROCESS_ENV, assert_same_training, cli, copy_run, crash, expect_error,
     load_all_checkpoints, needs_no_cuda, one_thread, snapshot, tiny, tiny_raw, train_argv, write_yaml)
@@ -327,8 +327,8 @@ def test_bf16_run_on_cuda_has_no_loss_scaling_and_travels_with_the_run(tiny, tmp
     assert summary["precision"].startswith("bf16") and summary["fp16"] is False and summary["status"] == "completed"
     ckpt = torch.load(run / "checkpoint_latest.pt", weights_only=True)
     assert ckpt["precision"] == "bf16" and float(ckpt["scaler"]["scale"]) == 1.0  # no loss scaling
-    import src.evaluate
-    rc, out, err = cli(src.evaluate.main, ["--run", run, "--device", "cuda"], capsys)
+    import src.analysis.evaluate
+    rc, out, err = cli(src.analysis.evaluate.main, ["--run", run, "--device", "cuda"], capsys)
     assert rc == 0, err
     assert json.loads((run / "eval.json").read_text())["precision"] == "bf16"  # the run's own, by default
 

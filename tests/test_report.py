@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from src import ablate, evaluate, probe, roles
+from src.analysis import ablate, evaluate, probe, roles
 from src.errors import run_main
 from src.report import main as report_main
 from tests.tiny import tiny_config, write_data, write_run
@@ -73,7 +73,7 @@ def test_a_stale_result_file_names_the_file_and_the_command(analysed, tmp_path, 
     (run / "ablation.json").write_text(json.dumps(old))
     assert run_main(report_main, [str(run), "--out", str(tmp_path / "out" / "REPORT.md")]) == 2
     err = capsys.readouterr().err
-    assert "ablation.json" in err and "ablation/2" in err and "python -m src.ablate --run" in err
+    assert "ablation.json" in err and "ablation/2" in err and "python -m src.analysis.ablate --run" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -1,4 +1,4 @@
-"""Role matching across scales (src.rolematch) on made-up roles.json dicts: a 2-seed pilot (4 layers)
+"""Role matching across scales (src.analysis.rolematch) on made-up roles.json dicts: a 2-seed pilot (4 layers)
 and a 2-seed 10M (6 layers) built so that each verdict occurs, then the edge cases of the verdict
 rule, the reading of ablation.json, and the shipped results end to end."""
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from src import battery, rolematch, roles
+from src.analysis import run_all as battery, rolematch, roles
 from src.errors import run_main
-from src.rolematch import (LARGE, PILOT, VERDICTS, HeadEffect, RunEvidence, direction, effects_from_ablation,
+from src.analysis.rolematch import (LARGE, PILOT, VERDICTS, HeadEffect, RunEvidence, direction, effects_from_ablation,
                            match_across_scales, role_verdict, rolematch_markdown)
 from tests.test_probe import write_tiny_run
 
@@ -252,4 +252,4 @@ def test_the_command_matches_real_run_files_and_reports_the_patching_peaks(tmp_p
     capsys.readouterr()
     (runs[1] / "roles.json").unlink()
     assert run_main(rolematch.main, ["--pilot", str(runs[0]), "--large", str(runs[1]), "--out", str(out)]) == 2
-    assert "roles.json: not found; make it with `python -m src.roles" in capsys.readouterr().err
+    assert "roles.json: not found; make it with `python -m src.analysis.roles" in capsys.readouterr().err

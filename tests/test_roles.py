@@ -1,4 +1,4 @@
-"""Attention roles (src.roles): role keys, shares, cross-run matching and the CLI, CPU only.
+"""Attention roles (src.analysis.roles): role keys, shares, cross-run matching and the CLI, CPU only.
 
 Role keys and shares are checked on hand-made sequences and hand-built attention patterns, where
 the right answer is known exactly; the CLI runs end to end on a tiny untrained run directory in the
@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from src import roles
+from src.analysis import roles
 from src.config import DataConfig, config_from_dict
 from src.errors import run_main
-from src.evaluate import load_split_batches
+from src.analysis.evaluate import load_split_batches
 from src.model import CompactTransformer, Hooks
 from src.tokenizer import PAD_ID, sequence_ids
 

@@ -2,7 +2,7 @@
 
 A sweep directory of tiny configs (d_model 32, 2 layers, 2 epochs of 8 steps) trained and evaluated
 for real: the sweep runs in-process through run_main (as `python -m src.sweep` runs it) and starts
-src.train and src.evaluate as the subprocesses it always starts. One full sweep (module fixture) serves
+src.train and src.analysis.evaluate as the subprocesses it always starts. One full sweep (module fixture) serves
 the checks of its outputs, of the resumed partial run and of a second sweep that skips everything.
 """
 
@@ -22,7 +22,7 @@ import src.sweep
 import src.train
 from src.config import load_config
 from src.errors import run_main
-from src.rundir import RunDir
+from src.rundir.directory import RunDir
 from tests.test_reliability import (  # noqa: F401  (one_thread is an autouse fixture)
     REPO_ROOT, cli, expect_error, one_thread, tiny_raw, write_data, write_yaml)
 

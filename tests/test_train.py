@@ -460,18 +460,18 @@ def test_non_finite_step_is_skipped_and_backs_off_the_loss_scale(tmp_path):
 def test_fp16_run_on_cuda(tmp_path, monkeypatch):
     """The 10M run's flags on a tiny model: fp16 in training and evaluation, recorded, no
     deprecated amp API."""
-    import src.evaluate
+    import src.analysis.evaluate
 
     config = write_tiny_config(tmp_path, epochs=2)
     out = tmp_path / "run"
     eval_autocasts = []
-    real_autocast = src.evaluate.autocast
+    real_autocast = src.analysis.evaluate.autocast
 
     def recording_autocast(device, precision):
         eval_autocasts.append((torch.device(device).type, precision))
         return real_autocast(device, precision)
 
-    monkeypatch.setattr(src.evaluate, "autocast", recording_autocast)
+    monkeypatch.setattr(src.analysis.evaluate, "autocast", recording_autocast)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rc = main(["--config", str(config), "--output-dir", str(out), "--seed", "42", "--device", "cuda",

@@ -1,4 +1,4 @@
-"""Training sets at scale (src/trainsets.py, ../shared/SPEC.md section 8): nested, held out, reproducible, checked.
+"""Training sets at scale (src/data/trainsets.py, ../shared/SPEC.md section 8): nested, held out, reproducible, checked.
 
 Small sets only (2,500 to 20,000 lines); the 2,000,000-line timing is in the module's report, not here.
 """
@@ -14,11 +14,11 @@ import pytest
 
 import src.data
 import src.data.cli
-from src import trainsets
+from src.data import trainsets
 from src.data import OPERATORS, _PRECEDENCE, depth_labels, make_record, random_expression
 from src.errors import UserError
 from src.tokenizer import sequence_ids
-from src.trainsets import (HELD_OUT, check_training_set, ensure_training_set, manifest_path, training_lines,
+from src.data.trainsets import (HELD_OUT, check_training_set, ensure_training_set, manifest_path, training_lines,
                            training_set_path, training_set_problem, write_training_set)
 from tests.test_reliability import cli, expect_error  # the one runner of an entry point, as its __main__ runs it
 

@@ -1,15 +1,15 @@
-"""src.value_probe on the CPU: the probe finds a value where a feature holds it, the baselines and
-the non-trivial positions are what src.intermediate defines, and the command writes what it documents."""
+"""src.analysis.value_probe on the CPU: the probe finds a value where a feature holds it, the baselines and
+the non-trivial positions are what src.analysis.intermediate defines, and the command writes what it documents."""
 
 import json
 
 import pytest
 import torch
 
-from src import value_probe
+from src.analysis import value_probe
 from src.data import make_batch, make_record
 from src.errors import run_main
-from src.intermediate import at_expression_positions, batch_targets
+from src.analysis.intermediate import at_expression_positions, batch_targets
 from tests.test_probe import FAST, write_tiny_run
 
 EXPRS = ["(12+3)*4", "(1*5)+2", "7-(8-9)", "((2+3)*4)-6", "3*4+5"]

@@ -1,4 +1,4 @@
-"""src.weights: runs packed into pieces and unpacked into run directories the analysis tools read."""
+"""scripts.carry_weights: runs packed into pieces and unpacked into run directories the analysis tools read."""
 
 import dataclasses
 import hashlib
@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
-from src.checkpoint import load_model
+from src.rundir.checkpoint import load_model
 from src.config import config_from_dict
 from src.errors import UserError, run_main
 from src.model import CompactTransformer
-from src.weights import main, pack_run, unpack_run
+from scripts.carry_weights import main, pack_run, unpack_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,9 +5,9 @@ left-associative), and parentheses. Values are computed by a recursive-descent p
 string; nothing is ever passed to Python's `eval`.
 
     python -m src.data --seed 42 --out data     # writes the six files of ../shared/SPEC.md sections 4 and 5
-    python -m src.data --train-size 200000      # data/generated/train_200000.jsonl (src/trainsets.py, section 8)
+    python -m src.data --train-size 200000      # data/generated/train_200000.jsonl (src/data/trainsets.py, section 8)
 
-The command line is src/data/cli.py (run by src/data/__main__.py), kept apart so that src.trainsets,
+The command line is src/data/cli.py (run by src/data/__main__.py), kept apart so that src.data.trainsets,
 which builds on this generator, is imported by the command and never by the library.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from src.atomic import atomic_write_text
+from src.rundir.atomic import atomic_write_text
 from src.config import REPO_ROOT
 from src.errors import UserError
 from src.tokenizer import (ANSWER_SEPARATOR, BOS_ID, CHARACTERS, EOS_ID, IGNORE_INDEX, PAD_ID, answer_text, encode,
@@ -375,7 +375,7 @@ def load_jsonl(path, max_seq_len: int, verified: bool = False, max_records: int 
     `max_records`: only the first that many lines are read (the analyses' share of a large training set).
 
     `verified`: the file is a generated training set whose checksum was just verified against the
-    manifest its generator wrote (src.trainsets.ensure_training_set), so each line is parsed but not
+    manifest its generator wrote (src.data.trainsets.ensure_training_set), so each line is parsed but not
     validated again (value, depth labels, length): 2,000,000 lines in seconds instead of a minute."""
     if verified:
         return _load_verified(Path(path))[:max_records]

@@ -1,11 +1,11 @@
 """The command line of src.data: `python -m src.data` (src/data/__main__.py runs `main`).
 
     python -m src.data --seed 42 --out data     # writes the six files of ../shared/SPEC.md sections 4 and 5
-    python -m src.data --train-size 200000      # data/generated/train_200000.jsonl (src/trainsets.py, section 8)
+    python -m src.data --train-size 200000      # data/generated/train_200000.jsonl (src/data/trainsets.py, section 8)
     python -m src.data --fresh-test 2026        # fresh test files that avoid every shipped and training expression
 
 Apart from the library (src/data/__init__.py: grammar, generator, loading, batching), so that the
-training sets (src.trainsets), which build on the library's generator, and this command, which
+training sets (src.data.trainsets), which build on the library's generator, and this command, which
 writes them, import one another in one direction only.
 """
 
@@ -15,12 +15,12 @@ import argparse
 import json
 from pathlib import Path
 
-from src import trainsets
+from src.data import trainsets
 from src.cli import int_in
 from src.config import GENERATED_DIR, MAX_TRAIN_SIZE, REPO_ROOT
 from src.data import (MATCHED_SPLIT, MAX_FRESH_EXCLUDE, SPLITS, check_max_seq_len, generate_splits, load_jsonl,
                       split_minimums, write_splits)
-from src.paths import check_output_dir
+from src.rundir.paths import check_output_dir
 
 # ---------------------------------------------------------------------------- command line
 
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
                         "holding no expression of any shipped file nor of the training set of --exclude-train "
                         "expressions (generated if missing): expressions no model of the repository has seen. Default "
                         "--out: data/generated/fresh_SEED. Evaluate a run on them with "
-                        "`python -m src.evaluate --run D --data-dir DIR`")
+                        "`python -m src.analysis.evaluate --run D --data-dir DIR`")
     parser.add_argument("--exclude-train", type=trainsets.parse_train_size, default=MAX_FRESH_EXCLUDE, metavar="N",
                         help="with --fresh-test: the generated training set whose expressions the fresh files must avoid "
                         "(default: %(default)s, the largest of the extension; every smaller one is its start)")

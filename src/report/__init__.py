@@ -3,8 +3,8 @@
     python -m src.report RUN [RUN ...] --out results/REPORT.md
 
 Each run directory contributes what it holds: summary.json and metrics.jsonl (src.train),
-eval.json and eval_equal_steps.json (src.evaluate), ablation.json (src.ablate), roles.json
-(src.roles), probe.json (src.probe). A missing piece is skipped with a note saying how to make it; a
+eval.json and eval_equal_steps.json (src.analysis.evaluate), ablation.json (src.analysis.ablate), roles.json
+(src.analysis.roles), probe.json (src.analysis.probe). A missing piece is skipped with a note saying how to make it; a
 piece of an unknown schema is an error naming the file and the command that regenerates it. Runs are
 grouped by config name; several seeds of one config give mean, sample standard deviation and range
 across seeds. Written beside --out: report.json (every aggregated number), training_curves.png,

@@ -8,15 +8,15 @@ import os
 import re
 from pathlib import Path
 
-from src.atomic import atomic_write_bytes, atomic_write_text
+from src.rundir.atomic import atomic_write_bytes, atomic_write_text
 from src.cli import ArgumentParser, check_output_file
 from src.errors import UserError
-from src.evaluate import METRIC_DEFINITIONS
+from src.analysis.evaluate import METRIC_DEFINITIONS
 from src.report import figures
 from src.report.collect import collect
 from src.report.compare import aggregate
 from src.report.markdown import ORIGINAL, SECTIONS
-from src.runfiles import metrics_row_problem, read_metrics, read_result, rounded, stamp
+from src.rundir.results import metrics_row_problem, read_metrics, read_result, rounded, stamp
 
 
 FIGURES = ("training_curves", "probe_relative_depth", "head_specialization", "attention_roles")
@@ -36,18 +36,18 @@ MECHANISMS = "mechanisms/MECHANISMS.md"  # beside extension.json: the section "E
 
 def extension_section(directory: Path | None, out: Path) -> list[str]:
     """The learnability extension's section (SPEC section 8), from DIRECTORY/extension.json as
-    `python -m src.extension` wrote it, its figures linked relative to the report, followed by
-    DIRECTORY/mechanisms/MECHANISMS.md where `python -m src.mechanisms` wrote one; [] without one."""
+    `python -m src.report.scaling` wrote it, its figures linked relative to the report, followed by
+    DIRECTORY/mechanisms/MECHANISMS.md where `python -m src.report.analyses` wrote one; [] without one."""
     if directory is None:
         return []
-    from src.extension import markdown  # the extension's own renderer: one definition of its tables
+    from src.report.scaling import markdown  # the extension's own renderer: one definition of its tables
 
     rep = read_result(directory / "extension.json", "extension")
     prefix = os.path.relpath(directory, out.parent).replace(os.sep, "/")
     text = re.sub(r"\]\(([\w.-]+\.png)\)", lambda m: f"]({prefix}/{m.group(1)})", markdown(rep))
     section = [text.replace("`extension.json`", f"`{prefix}/extension.json`"), ""]
     mechanisms = directory / MECHANISMS
-    if mechanisms.is_file():  # part 2, as `python -m src.mechanisms` wrote it
+    if mechanisms.is_file():  # part 2, as `python -m src.report.analyses` wrote it
         text = mechanisms.read_text(encoding="utf-8")
         text = re.sub(r"\]\(([\w.-]+\.png)\)", lambda m: f"]({prefix}/mechanisms/{m.group(1)})", text)
         section += [text.replace("`mechanisms.json`", f"`{prefix}/mechanisms/mechanisms.json`"), ""]
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
                         help="Markdown report (default: %(default)s); report.json and the figures go beside it")
     parser.add_argument("--extension", type=Path, default=None, metavar="DIR",
                         help="also a section for the learnability extension, from DIR/extension.json (written by "
-                        "python -m src.extension; e.g. results/extension)")
+                        "python -m src.report.scaling; e.g. results/extension)")
     parser.add_argument("--curves-only", action="store_true",
                         help="only write each RUN's training_curve.png (from its metrics.jsonl) and stop")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")

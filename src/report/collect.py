@@ -1,4 +1,4 @@
-"""Collecting runs for the report: each run directory's pieces, read through src.runfiles, grouped
+"""Collecting runs for the report: each run directory's pieces, read through src.rundir.results, grouped
 by config. A missing piece is a note saying how to make it; a piece of an unknown schema is an error
 naming the file and the command that regenerates it (never silently mixed in)."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from src.errors import UserError
-from src.runfiles import metrics_row_problem, read_metrics, read_result, regenerate_hint
+from src.rundir.results import metrics_row_problem, read_metrics, read_result, regenerate_hint
 
 # key -> (file name, schema kind)
 PIECES = {

@@ -1,7 +1,7 @@
 """Comparisons for the report: per config, the numbers each section states, from the collected runs.
 
 Nothing here tests anything: every test, interval and correction was made by the analysis that
-wrote the piece (src.evaluate, src.ablate, src.probe) under src.stats; this module selects, counts
+wrote the piece (src.analysis.evaluate, src.analysis.ablate, src.analysis.probe) under src.stats; this module selects, counts
 and averages across seeds, and says which verdict each entry supports.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import statistics
 
-from src.evaluate import METRICS, TEST_SPLITS, VERDICT_METRICS
-from src.roles import ROLES, match_roles
+from src.analysis.evaluate import METRICS, TEST_SPLITS, VERDICT_METRICS
+from src.analysis.roles import ROLES, match_roles
 
 SPLITS = ("val", *TEST_SPLITS)
 

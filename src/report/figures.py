@@ -1,13 +1,13 @@
 """The report's figures, each rendered in memory as PNG bytes (None when there is nothing to draw):
 training curves, probe accuracy against relative depth with the untrained control, each head's
 bracket-specific ablation effect, and the attention roles of every head. The caller writes them
-(src.atomic) once every figure and every number is ready, so a failure leaves no partial file."""
+(src.rundir.atomic) once every figure and every number is ready, so a failure leaves no partial file."""
 
 from __future__ import annotations
 
 from src.plotting import png_bytes, pyplot
 from src.report.compare import dig
-from src.roles import ROLES
+from src.analysis.roles import ROLES
 
 
 def training_curves(runs: list[tuple[str, list[dict]]]) -> bytes | None:

@@ -7,7 +7,7 @@ its size next to the counts it gives.
 
 from __future__ import annotations
 
-from src.evaluate import METRIC_DEFINITIONS, METRICS, TEST_SPLITS, VERDICT_METRICS
+from src.analysis.evaluate import METRIC_DEFINITIONS, METRICS, TEST_SPLITS, VERDICT_METRICS
 from src.report.compare import SPLITS, dig, finite
 from src.stats import wilson_interval
 
@@ -203,7 +203,7 @@ def section_bracket_cost(aggs: dict) -> list[str]:
                          signed_ci(p["content_and_bracket_gap"]["exact_match"]),
                          signed_ci(p["content_and_bracket_gap"]["answer_loss"])])
     if not rows:
-        return lines + ["No eval.json with the matched-pairs comparison (rerun `python -m src.evaluate --run RUN`).", ""]
+        return lines + ["No eval.json with the matched-pairs comparison (rerun `python -m src.analysis.evaluate --run RUN`).", ""]
     return lines + table(["config", "seed", "bracket cost: exact_match", "bracket cost: answer_loss",
                           "content-and-bracket gap: exact_match", "content-and-bracket gap: answer_loss"], rows)
 
@@ -265,7 +265,7 @@ def section_roles(aggs: dict) -> list[str]:
     lines = ["## 5. Heads matched by role", "",
              "Heads are interchangeable under permutation, so heads are compared across seeds and scales by what "
              "they do, never by index. A head's attention share for a role is its attention from each query to the "
-             "role's key, averaged over the bracketed test sets (src/roles.py); `uniform` is what uniform causal "
+             "role's key, averaged over the bracketed test sets (src/analysis/roles.py); `uniform` is what uniform causal "
              "attention would give. For each role, each run's head with the largest share, and that head's ablation "
              "effect on the bracketed twins (answer_loss bracket specificity, zero ablation, with its Holm-adjusted p "
              "from the scan).", ""]

@@ -1,6 +1,6 @@
 """Activation patching on the matched pairs: where does a model carry what brackets change?
 
-    python -m src.patching --run runs/pilot [--limit N] [--device cpu|cuda] [--out RUN/patching.json]
+    python -m src.analysis.patching --run runs/pilot [--limit N] [--device cpu|cuda] [--out RUN/patching.json]
 
 Line i of data/pilot_test_paren_matched.jsonl is line i of data/pilot_test_flat.jsonl with
 value-preserving brackets added (../shared/SPEC.md section 5). Each pair is run twice, once per
@@ -35,7 +35,7 @@ position; bracketed_to_flat writes the bracket's activation into that flat posit
 brackets share it, as `((` or `))`, the later bracket's). Every other class is one to one.
 
 Metrics (per example, on the receiver's own answer, teacher-forced):
-    logp                    log-probability of the answer and `<EOS>` (= -answer_loss_sum of src.evaluate)
+    logp                    log-probability of the answer and `<EOS>` (= -answer_loss_sum of src.analysis.evaluate)
     restored_share          sum(logp_patched - logp_receiver) / sum(logp_source - logp_receiver) over the
                             pairs, with a bootstrap interval (resampling pairs): 0 = the patch changed
                             nothing, 1 = the receiver scores as its twin does. The headline (and the
@@ -70,12 +70,12 @@ from pathlib import Path
 import torch
 
 from src import stats
-from src.atomic import write_result
+from src.rundir.atomic import write_result
 from src.cli import ArgumentParser, check_output_file, comma_list, float_in, int_in
 from src.data import Batch, Record, depth_labels, load_jsonl, make_batch
 from src.device import autocast
 from src.errors import UserError, run_main
-from src.evaluate import add_run_arguments, head_label, open_run, relative_layer, run_seed
+from src.analysis.evaluate import add_run_arguments, head_label, open_run, relative_layer, run_seed
 from src.model import CompactTransformer, Hooks, Patch
 from src.plotting import png_bytes, pyplot
 from src.tokenizer import ANSWER_SEPARATOR, answer_text
@@ -114,7 +114,7 @@ METRIC_DEFINITIONS = {
                                      "bootstrap interval; null when the twins never differ",
     "logp_change": "mean over the pairs of logp_patched - logp_receiver (nats); logp_change_test: paired t-test over "
                    "the pairs (analytic, p_floor 0), uncorrected here: a reader of several cells declares the family "
-                   "(src.mechanisms: Holm over the cells of each run's profile)",
+                   "(src.report.analyses: Holm over the cells of each run's profile)",
 }
 
 
@@ -499,7 +499,7 @@ def render_figure(resid: dict, classes, title: str) -> bytes:
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="python -m src.patching", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m src.analysis.patching", description=__doc__.split("\n\n")[0],
                             epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
     parser.add_argument("--sites", type=comma_list(SITES, what="sites from resid, heads"), default=list(SITES),

@@ -1,6 +1,6 @@
 """Attention roles: what each head attends to, so heads can be matched across seeds and scales.
 
-    python -m src.roles --run runs/pilot [--splits test_paren_matched test_paren] [--device cuda]
+    python -m src.analysis.roles --run runs/pilot [--splits test_paren_matched test_paren] [--device cuda]
 
 Heads are interchangeable under permutation, so "L1-H2" in one seed says nothing about "L1-H2" in
 another. A head is described instead by where its attention goes. For each role below, a query
@@ -42,13 +42,13 @@ from pathlib import Path
 
 import torch
 
-from src.atomic import write_result
+from src.rundir.atomic import write_result
 from src.cli import ArgumentParser, check_output_file, distinct
 from src.data import OPERATORS
 from src.device import autocast
 from src.errors import UserError, run_main
-from src.evaluate import add_run_arguments, head_label, load_batches, open_run, relative_layer, run_seed
-from src.runfiles import SCHEMAS
+from src.analysis.evaluate import add_run_arguments, head_label, load_batches, open_run, relative_layer, run_seed
+from src.rundir.results import SCHEMAS
 from src.model import Hooks
 from src.plotting import png_bytes, pyplot
 from src.tokenizer import BOS_ID, PAD_ID, VOCAB
@@ -353,7 +353,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = ArgumentParser(prog="python -m src.roles", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m src.analysis.roles", description=__doc__.split("\n\n")[0],
                             epilog=f"roles: {', '.join(ROLES)}; threshold {ROLE_THRESHOLD}")
     add_run_arguments(parser)
     parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), metavar="SPLIT",

@@ -1,6 +1,6 @@
 """The whole post-training battery on one run, in one process (issue 14 item 1).
 
-    python -m src.battery --run D [--device cuda] [--only ablate,roles,...] [--limit N]
+    python -m src.analysis.run_all --run D [--device cuda] [--only ablate,roles,...] [--limit N]
 
 Runs, in this order, each with its defaults and writing its own files into D:
     ablate        head scan under zero and mean ablation on test_flat, the matched pairs, test_paren
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from src.atomic import atomic_write_json
+from src.rundir.atomic import atomic_write_json
 from src.cli import MAX_EXAMPLES, ArgumentParser, comma_list, int_in
 from src.errors import UserError, run_main
-from src.runfiles import stamp
+from src.rundir.results import stamp
 
 STEPS = ("ablate", "roles", "probe", "patching", "value_probe")
 OUTPUTS = {"ablate": "ablation.json", "roles": "roles.json", "probe": "probe.json", "patching": "patching.json",
@@ -45,7 +45,7 @@ OUTPUTS = {"ablate": "ablation.json", "roles": "roles.json", "probe": "probe.jso
 
 def step_main(name: str):
     """The step's main(argv) (imported when the step runs, so that --help stays quick)."""
-    return importlib.import_module(f"src.{name}").main
+    return importlib.import_module(f"src.analysis.{name}").main
 
 
 def run_step(name: str, argv: list[str], quiet: bool) -> dict:
@@ -63,12 +63,12 @@ def run_step(name: str, argv: list[str], quiet: bool) -> dict:
         traceback.print_exc()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return {"step": name, "command": f"python -m src.{name} " + " ".join(argv), "status": "ok" if rc == 0 else "failed",
+    return {"step": name, "command": f"python -m src.analysis.{name} " + " ".join(argv), "status": "ok" if rc == 0 else "failed",
             "error": error, "wall_s": time.perf_counter() - tic}
 
 
 def parse_args(argv):
-    p = ArgumentParser(prog="python -m src.battery", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m src.analysis.run_all", description=__doc__.split("\n\n")[0],
                        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, type=Path, help="run directory written by src.train (or src.sweep)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",

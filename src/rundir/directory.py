@@ -21,10 +21,10 @@ import socket
 import sys
 from pathlib import Path
 
-from src.atomic import atomic_save, atomic_write_json, atomic_write_text, replaced
+from src.rundir.atomic import atomic_save, atomic_write_json, atomic_write_text, replaced
 from src.errors import UserError, write_failed
-from src.paths import check_output_dir
-from src.runfiles import read_metrics
+from src.rundir.paths import check_output_dir
+from src.rundir.results import read_metrics
 
 RUN_FILES = ("metrics.jsonl", "checkpoint_latest.pt", "summary.json")
 
@@ -52,7 +52,7 @@ class RunDir:
     """The output directory of one training run, locked for as long as this object lives."""
 
     def __init__(self, path: str, resume: bool):
-        """`path` as the user typed it: src.paths rejects an empty one, over-long names, a dangling
+        """`path` as the user typed it: src.rundir.paths rejects an empty one, over-long names, a dangling
         link, a file, an unwritable place, before anything is created."""
         check_output_dir(str(path), "--output-dir")
         self.path = Path(path)

@@ -1,6 +1,6 @@
 """The metrics of ../shared/SPEC.md section 5, defined once and used by training, ablation and reports.
 
-    python -m src.evaluate --run runs/scale_10m [--checkpoint best|latest|PATH] [--device cuda] [--out PATH]
+    python -m src.analysis.evaluate --run runs/scale_10m [--checkpoint best|latest|PATH] [--device cuda] [--out PATH]
 
 Metrics of a set of examples (all from one teacher-forced pass plus batched greedy decoding) are
 defined in METRICS below, the one place that says what each means. Accuracies carry 95% intervals
@@ -16,7 +16,7 @@ Besides each split's metrics, eval.json holds two comparisons of the test sets:
                              share of `*`, signs differ too), so this mixes content with brackets; an
                              interval from resampling each set, no test and no verdict
 and, per split, exact_match by expression class (`exact_match_by_class`: operands, operators, depth
-and their cross, each with a Wilson interval; src/classes.py, SPEC section 8).
+and their cross, each with a Wilson interval; src/data/classes.py, SPEC section 8).
 """
 
 from __future__ import annotations
@@ -33,16 +33,16 @@ import torch
 import torch.nn.functional as F
 
 from src import stats
-from src.atomic import write_result
-from src.checkpoint import load_model
-from src.classes import exact_match_by_class
+from src.rundir.atomic import write_result
+from src.rundir.checkpoint import load_model
+from src.data.classes import exact_match_by_class
 from src.cli import MAX_EXAMPLES, ArgumentParser, check_output_file, int_in
 from src.config import config_from_dict
 from src.data import Batch, load_jsonl, make_batch
 from src.device import PRECISIONS, autocast, resolve_device, run_precision
 from src.errors import UserError, run_main
 from src.model import CompactTransformer, HeadAblation, Hooks
-from src.runfiles import stamp
+from src.rundir.results import stamp
 from src.tokenizer import EOS_ID, IGNORE_INDEX, PAD_ID
 
 EVAL_SPLITS = ("val", "test_flat", "test_paren", "test_paren_matched", "test_depth3")
@@ -330,7 +330,7 @@ def open_run(args) -> tuple[CompactTransformer, dict, object, torch.device]:
     """(model in eval mode on the device, checkpoint dict, Config, device) for the parsed flags.
 
     Every analysis command opens its run here, before it reads data or writes anything: a missing
-    run, an unreadable checkpoint, weights that are not finite (src.checkpoint.check_weights) and a
+    run, an unreadable checkpoint, weights that are not finite (src.rundir.checkpoint.check_weights) and a
     precision the device cannot run are all refused at this point."""
     if not args.run.is_dir():
         raise UserError(f"--run {args.run}: not a directory; pass a run directory written by src.train")
@@ -371,7 +371,7 @@ def with_data_dir(cfg, directory: Path):
 
 
 def main(argv=None) -> int:
-    parser = ArgumentParser(prog="python -m src.evaluate", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m src.analysis.evaluate", description=__doc__.split("\n\n")[0])
     add_run_arguments(parser)
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON path (default: RUN/eval.json, or RUN/eval_<DIR name>.json with --data-dir); e.g. "

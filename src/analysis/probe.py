@@ -1,6 +1,6 @@
 """Linear probes for parenthesis depth at every activation site, read against an untrained control.
 
-    python -m src.probe --run runs/pilot [--device cuda] [--precision fp32|fp16|bf16] [--limit N] [--splits SPLIT ...] [--out PATH]
+    python -m src.analysis.probe --run runs/pilot [--device cuda] [--precision fp32|fp16|bf16] [--limit N] [--splits SPLIT ...] [--out PATH]
 
 Sites, in forward order: `hook_embed`, then per layer each head's output
 (`blocks.L.attn.hook_z`, head h: site `blocks.L.attn.hook_z.h`) and the residual stream after the
@@ -78,13 +78,13 @@ import torch
 import torch.nn.functional as F
 
 from src import stats
-from src.atomic import write_result
+from src.rundir.atomic import write_result
 from src.cli import (MAX_ITERATIONS, MAX_RESAMPLES, MAX_SEED, ArgumentParser, check_output_file, distinct, float_in,
                      int_in)
 from src.data import Batch
 from src.device import autocast
 from src.errors import UserError, run_main
-from src.evaluate import (EVAL_SPLITS, add_run_arguments, load_batches, open_run, relative_layer,
+from src.analysis.evaluate import (EVAL_SPLITS, add_run_arguments, load_batches, open_run, relative_layer,
                           run_seed)
 from src.model import CompactTransformer, Hooks
 from src.plotting import png_bytes, pyplot
@@ -497,7 +497,7 @@ def check_flags(args) -> None:
 
 
 def main(argv=None) -> int:
-    parser = ArgumentParser(prog="python -m src.probe", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m src.analysis.probe", description=__doc__.split("\n\n")[0],
                             epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
     parser.add_argument("--splits", nargs="+", default=list(EVAL_SPLITS), metavar="SPLIT",

@@ -1,8 +1,8 @@
 """Probes for intermediate values, which the tokens cannot give away (issue 14 item 3).
 
-    python -m src.value_probe --run D [--operator-target left_operand|pending_sum] [--device cuda] [--out PATH]
+    python -m src.analysis.value_probe --run D [--operator-target left_operand|pending_sum] [--device cuda] [--out PATH]
 
-A depth probe can be solved by counting brackets. These targets (src.intermediate) cannot, except
+A depth probe can be solved by counting brackets. These targets (src.analysis.intermediate) cannot, except
 where they copy a digit already in the input:
     close     at each ')': the value of the bracketed sub-expression it closes
     operator  at each operator: its left operand's value (or, with --operator-target pending_sum, the
@@ -13,12 +13,12 @@ complete (the "step-free" question of the original study); if it does not, only 
 share (the digit just read) is.
 
 Sites: the embedding and the residual stream after each block (`blocks.L.hook_resid_post`), i.e.
-by layer. The probe is src.probe's softmax regression (standardized features, L2, L-BFGS from zero),
-fitted on the run's first training expressions (at most src.evaluate.ANALYSIS_TRAIN_MAX) and scored
+by layer. The probe is src.analysis.probe's softmax regression (standardized features, L2, L-BFGS from zero),
+fitted on the run's first training expressions (at most src.analysis.evaluate.ANALYSIS_TRAIN_MAX) and scored
 on other splits. Each probe is read against:
   - the untrained control: the same probe on an untrained model of the same architecture and seed;
     `selectivity` = trained - control accuracy on the same positions, stats.paired_bootstrap over
-    expressions, and `at_ceiling` when the control reaches src.probe.CEILING;
+    expressions, and `at_ceiling` when the control reaches src.analysis.probe.CEILING;
   - the copy baseline (mod10: the last digit before the position; sign: always +1) and the majority
     class of the training targets;
   - the non-trivial positions alone (where the copy baseline is wrong: for mod10 the last digit
@@ -45,16 +45,16 @@ from pathlib import Path
 import torch
 
 from src import stats
-from src.atomic import write_result
+from src.rundir.atomic import write_result
 from src.cli import MAX_ITERATIONS, MAX_RESAMPLES, MAX_SEED, ArgumentParser, check_output_file, distinct, float_in, int_in
 from src.data import make_batch
 from src.errors import run_main
-from src.evaluate import ANALYSIS_TRAIN_MAX, add_run_arguments, open_run, run_seed, split_records
-from src.intermediate import KINDS, OPERATOR_TARGETS, at_expression_positions, batch_targets
+from src.analysis.evaluate import ANALYSIS_TRAIN_MAX, add_run_arguments, open_run, run_seed, split_records
+from src.analysis.intermediate import KINDS, OPERATOR_TARGETS, at_expression_positions, batch_targets
 from src.model import CompactTransformer
-from src.probe import (CEILING, MIN_RESAMPLES, accuracy_entry, at_ceiling, collect_features, fit_probes,
+from src.analysis.probe import (CEILING, MIN_RESAMPLES, accuracy_entry, at_ceiling, collect_features, fit_probes,
                        selectivity_entry, site_groups)
-from src.runfiles import stamp
+from src.rundir.results import stamp
 
 SPLITS = ("test_flat", "test_paren", "test_depth3")
 TASKS = {"mod10": 10, "sign": 3}
@@ -232,14 +232,14 @@ def format_summary(result: dict) -> str:
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m src.value_probe", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m src.analysis.value_probe", description=__doc__.split("\n\n")[0],
                        epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(p)
     p.add_argument("--splits", nargs="+", default=list(SPLITS), metavar="SPLIT",
                    help="splits to score the probes on, each once, any of %(default)s (default: all)")
     p.add_argument("--operator-target", choices=OPERATOR_TARGETS, default="left_operand",
                    help="the target at an operator: its left operand's value, or the sum of the group's completed "
-                   "terms (default: %(default)s; src.intermediate defines both)")
+                   "terms (default: %(default)s; src.analysis.intermediate defines both)")
     p.add_argument("--l2", type=float_in(0, None), default=1e-4, help="L2 penalty on the probe weights (default: %(default)s)")
     p.add_argument("--max-iter", type=int_in(1, MAX_ITERATIONS), default=200,
                    help=f"L-BFGS iterations per fit, 1 to {MAX_ITERATIONS} (default: %(default)s)")
@@ -269,7 +269,7 @@ def main(argv=None) -> int:
               "sites": "hook_embed and blocks.L.hook_resid_post (the residual stream after block L)",
               "tasks": {"mod10": "|value| mod 10 (10 classes)", "sign": "sign of the value (-1, 0, +1)"},
               "targets": {"close": "at each ')': the value of the sub-expression it closes",
-                          "operator": f"at each operator: {args.operator_target} (src.intermediate)"},
+                          "operator": f"at each operator: {args.operator_target} (src.analysis.intermediate)"},
               "nontrivial": "positions where the copy baseline is wrong: mod10, the last digit read is not the "
                             "target's; sign, the value is not positive (the baseline says + everywhere)",
               "selectivity_definition": "trained - control accuracy on the same positions, stats.paired_bootstrap "

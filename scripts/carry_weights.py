@@ -1,8 +1,8 @@
 """Carry trained weights between machines: pack runs into pieces small enough to travel, unpack them into
 run directories that the analysis tools read.
 
-    python -m src.weights pack RUN... --out DIR [--root R] [--store auto|fp32|fp16] [--piece-mib 15]
-    python -m src.weights unpack DIR --runs-dir R [--results-dir S]
+    python -m scripts.carry_weights pack RUN... --out DIR [--root R] [--store auto|fp32|fp16] [--piece-mib 15]
+    python -m scripts.carry_weights unpack DIR --runs-dir R [--results-dir S]
 
 Checkpoints never enter the repository, and a lent GPU machine keeps nothing between calls, so a model
 trained in one call is either trained again in the next (scripts/extension_mechanisms.sh does that) or
@@ -39,8 +39,8 @@ from pathlib import Path
 
 import torch
 
-from src.atomic import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
-from src.checkpoint import checked_model_config, load_checkpoint, model_from_checkpoint
+from src.rundir.atomic import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
+from src.rundir.checkpoint import checked_model_config, load_checkpoint, model_from_checkpoint
 from src.cli import ArgumentParser, float_in
 from src.device import run_precision
 from src.errors import UserError, run_main
@@ -125,7 +125,7 @@ def read_manifest(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UserError(f"{path}: not a readable manifest ({type(err).__name__})") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != "weights-manifest/1":
-        raise UserError(f"{path}: not a manifest of python -m src.weights pack")
+        raise UserError(f"{path}: not a manifest of python -m scripts.carry_weights pack")
     pieces, place = manifest.get("pieces"), manifest.get("place")
     if not isinstance(pieces, list) or not pieces or not isinstance(place, str):
         raise UserError(f"{path}: manifest without pieces or place")
@@ -211,7 +211,7 @@ def unpack_run(manifest_path: Path, runs_dir: Path, results_dir: Path | None = N
 
 
 def main(argv=None) -> int:
-    p = ArgumentParser(prog="python -m src.weights", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m scripts.carry_weights", description=__doc__.split("\n\n")[0],
                        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="{pack,unpack}")
     pk = sub.add_parser("pack", help="runs' weights and small files into pieces", description="Pack runs' weights.")
@@ -248,7 +248,7 @@ def main(argv=None) -> int:
         raise UserError(f"{args.packs}: not a directory")
     manifests = sorted(args.packs.glob("*.weights.json"))
     if not manifests:
-        raise UserError(f"{args.packs}: no *.weights.json manifest; pack runs with python -m src.weights pack")
+        raise UserError(f"{args.packs}: no *.weights.json manifest; pack runs with python -m scripts.carry_weights pack")
     for manifest in manifests:
         run = unpack_run(manifest, args.runs_dir, args.results_dir, args.skip_existing)
         print(f"unpacked {manifest.name} into {run}" if run else f"{manifest.name}: left as it is (its run has a "

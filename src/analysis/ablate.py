@@ -1,11 +1,11 @@
 """Head ablation: a scan of every attention head under two ablation modes, and the targeted set.
 
-    python -m src.ablate --run runs/pilot [--modes zero,mean] [--device cuda] [--precision fp32|fp16|bf16]
-    python -m src.ablate --run runs/pilot --heads 2.2,0.3        # these heads ablated together
+    python -m src.analysis.ablate --run runs/pilot [--modes zero,mean] [--device cuda] [--precision fp32|fp16|bf16]
+    python -m src.analysis.ablate --run runs/pilot --heads 2.2,0.3        # these heads ablated together
 
 Every head is ablated in turn (its output before the out-projection, `blocks.L.attn.hook_z[:, :, h]`,
 set to zero, or under `mean` to its per-position mean over the training set), and the metrics of
-src.evaluate are recomputed on the same examples as the unablated baseline, on test_flat,
+src.analysis.evaluate are recomputed on the same examples as the unablated baseline, on test_flat,
 test_paren_matched (the flat expressions with value-preserving brackets), test_paren and test_depth3.
 
 Effects, all paired (the same examples with and without the ablation):
@@ -23,7 +23,7 @@ Decisions use VERDICT_METRICS (exact_match, answer_loss) and Holm over declared 
 Every test entry carries test, estimate, ci95, p_value, p_floor, and in a family p_adjusted and
 significant. `head_findings` says, per head, under which modes (zero, mean, both) each finding holds.
 
-exact_match here is teacher-forced (src.evaluate.EXACT_MATCH_METHODS): every answer token and <EOS> the
+exact_match here is teacher-forced (src.analysis.evaluate.EXACT_MATCH_METHODS): every answer token and <EOS> the
 argmax given the true prefix, which equals greedy decoding and costs one forward pass instead of one per
 generated token; ablation.json's `exact_match_method` holds the unablated model's exact_match both ways.
 
@@ -47,17 +47,17 @@ from pathlib import Path
 import torch
 
 from src import stats
-from src.atomic import write_result
+from src.rundir.atomic import write_result
 from src.cli import ArgumentParser, check_output_file, comma_list, int_in
 from src.data import Batch
 from src.device import autocast
 from src.errors import UserError, run_main
-from src.evaluate import (EXACT_MATCH_METHODS, METRIC_DEFINITIONS, METRICS, SIGN_CONVENTION, TEST_SPLITS, VERDICT_METRICS, add_run_arguments,
+from src.analysis.evaluate import (EXACT_MATCH_METHODS, METRIC_DEFINITIONS, METRICS, SIGN_CONVENTION, TEST_SPLITS, VERDICT_METRICS, add_run_arguments,
                           contrast, head_label, load_batches, open_run, paired_difference, per_example_scores,
                           relative_layer, run_seed, summarize)
 from src.model import CompactTransformer, HeadAblation, Hooks
 from src.plotting import png_bytes, pyplot
-from src.runfiles import stamp
+from src.rundir.results import stamp
 from src.tokenizer import PAD_ID
 
 MODES = ("zero", "mean")
@@ -109,7 +109,7 @@ def training_means(model: CompactTransformer, batch: Batch, precision: str = "fp
 # ---------------------------------------------------------------------------- effects
 
 
-EXACT_MATCH_METHOD = "teacher_forced"  # src.evaluate.EXACT_MATCH_METHODS: equal to greedy decoding, one forward pass
+EXACT_MATCH_METHOD = "teacher_forced"  # src.analysis.evaluate.EXACT_MATCH_METHODS: equal to greedy decoding, one forward pass
 
 
 def score_splits(model, batches: dict, ablation, precision: str, exact_match: str | None = EXACT_MATCH_METHOD) -> dict:
@@ -375,7 +375,7 @@ def render_heatmap(rows_by_mode: dict, cfg, title: str) -> bytes:
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
-        prog="python -m src.ablate", description=__doc__.split("\n\n")[0],
+        prog="python -m src.analysis.ablate", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
     parser.add_argument("--modes", type=modes_list, default="zero,mean",

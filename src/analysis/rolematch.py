@@ -2,9 +2,9 @@
 
 Heads are interchangeable under permutation (../shared/SPEC.md section 5), so a pilot head is never
 compared with the 10M head of the same index. Each run (one seed of one scale) is described by its
-roles.json (src.roles, schema roles/1) and by each head's ablation effect (`HeadEffect`, usually
-taken from its ablation.json by `effects_from_ablation`). For every role of src.roles.ROLES and every
-run, the run's head for the role is the one src.roles.match_roles picks: the head holding the role
+roles.json (src.analysis.roles, schema roles/1) and by each head's ablation effect (`HeadEffect`, usually
+taken from its ablation.json by `effects_from_ablation`). For every role of src.analysis.roles.ROLES and every
+run, the run's head for the role is the one src.analysis.roles.match_roles picks: the head holding the role
 (combined share and share_distinct at least the run's threshold, ROLE_THRESHOLD = 0.4) with the
 largest share, else the head with the largest share, marked not held.
 
@@ -26,7 +26,7 @@ Verdict per role (`VERDICTS`), from the seeds that hold it:
     moves                   held at 10M by at least one seed, but not persists; `reasons` says
                             which condition failed (held in only some 10M seeds; another relative
                             depth; an opposite direction; intervals that do not overlap)
-Relative layer: layer / (num_layers - 1) (src.evaluate.relative_layer). The default depth
+Relative layer: layer / (num_layers - 1) (src.analysis.evaluate.relative_layer). The default depth
 tolerance is half the pilot's layer spacing, 0.5 / (pilot num_layers - 1) = 1/6 for 4 layers: a
 6-layer 10M head is at the pilot's depth exactly when its relative layer is nearest to that pilot
 layer (0.2 and 0.4 are at pilot layer 1 = 0.33, 0.6 and 0.8 at layer 2 = 0.67). Overlapping
@@ -38,7 +38,7 @@ renders both.
 
 The command reads each run's roles.json and ablation.json (and patching.json where it exists):
 
-    python -m src.rolematch --pilot P1 P2 P3 --large L1 L2 L3 [--mode zero|mean]
+    python -m src.analysis.rolematch --pilot P1 P2 P3 --large L1 L2 L3 [--mode zero|mean]
         [--split test_paren_matched|bracket_specificity|...] [--metric answer_loss] --out DIR
 
 and writes DIR/rolematch.json (schema rolematch/1: the table, the verdicts, and per run the layer where
@@ -52,11 +52,11 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from src.atomic import atomic_write_json, atomic_write_text
+from src.rundir.atomic import atomic_write_json, atomic_write_text
 from src.cli import ArgumentParser
 from src.errors import UserError, run_main
-from src.roles import ROLE_THRESHOLD, ROLES, match_roles
-from src.runfiles import read_result, stamp
+from src.analysis.roles import ROLE_THRESHOLD, ROLES, match_roles
+from src.rundir.results import read_result, stamp
 
 PILOT, LARGE = "pilot", "10M"
 SCALES = (PILOT, LARGE)
@@ -210,7 +210,7 @@ def match_across_scales(pilot: list[RunEvidence], large: list[RunEvidence],
     """The role x scale x seed table and a verdict per role.
 
     Returns {definitions, depth_tolerance, thresholds, effect_source, cells, verdicts}: `cells` one
-    dict per (role, scale, seed), roles in src.roles.ROLES order, pilot before 10M, seeds in the
+    dict per (role, scale, seed), roles in src.analysis.roles.ROLES order, pilot before 10M, seeds in the
     order given (role, scale, seed, head, layer, relative_layer, share, held, effect, effect_ci95,
     effect_direction; effect relative to the model's baseline, None where the head has none);
     `verdicts` {role: {verdict, reasons, pilot_seeds_holding, pilot_seeds, large_seeds_holding,
@@ -229,7 +229,7 @@ def match_across_scales(pilot: list[RunEvidence], large: list[RunEvidence],
     sources = sorted({e.source for _, run in runs for e in run.effects.values()})
     return {
         "definitions": {
-            "head": "the run's head holding the role with the largest combined share (src.roles.match_roles), else "
+            "head": "the run's head holding the role with the largest combined share (src.analysis.roles.match_roles), else "
                     "the head with the largest share, not held; heads are matched by role, never by index",
             "relative_layer": "layer / (num_layers - 1)",
             "effect": "ablation effect (ablated - baseline) / the model's unablated baseline, with its 95% interval "
@@ -319,13 +319,13 @@ def run_evidence(run: Path, mode: str, split: str, metric: str) -> tuple[RunEvid
         effects = effects_from_ablation(ablation, mode, split, metric)
     except (KeyError, ValueError) as err:
         raise UserError(f"{run / 'ablation.json'}: no {mode}/{split}/{metric} effects ({err}); rerun "
-                        f"`python -m src.ablate --run {run}`") from None
+                        f"`python -m src.analysis.ablate --run {run}`") from None
     patching = read_result(run / "patching.json", "patching") if (run / "patching.json").is_file() else None
     return RunEvidence(roles, effects), patching
 
 
 def main(argv=None) -> int:
-    p = ArgumentParser(prog="python -m src.rolematch", description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(prog="python -m src.analysis.rolematch", description=__doc__.split("\n\n")[0],
                        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pilot", nargs="+", type=Path, required=True, metavar="RUN", help="the pilot's run directories")
     p.add_argument("--large", nargs="+", type=Path, required=True, metavar="RUN", help="the 10M model's run directories")
@@ -362,7 +362,7 @@ def main(argv=None) -> int:
 
 def peaks_markdown(peaks: dict) -> str:
     lines = ["", "Residual patching: the layer where the restored share of the answer log-probability peaks "
-             "(src.patching; relative layer in brackets). A share is a change divided by the twins' own gap "
+             "(src.analysis.patching; relative layer in brackets). A share is a change divided by the twins' own gap "
              "(bracketed - flat answer log-probability): where that gap is close to 0 the shares run far outside "
              "[0, 1] and mean little; MECHANISMS.md then shows the changes themselves.", "",
              "| scale | seed | direction | class | peak layer (relative) | restored share [95%] |", "|---|---|---|---|---|---|"]

@@ -66,7 +66,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from src.atomic import atomic_write_json, replaced
+from src.rundir.atomic import atomic_write_json, replaced
 from src.cli import int_in
 from src import config
 from src.config import MAX_TRAIN_SIZE, REPO_ROOT

@@ -223,7 +223,7 @@ def batch_targets(records: list[Record], width: int, operator_target: str = "lef
 
 def at_expression_positions(targets: TargetBatch, depth: torch.Tensor) -> dict[str, torch.Tensor]:
     """The targets at the expression positions (`depth >= 0`, Batch.depth), flattened in the order
-    src.probe.collect_features and expression_positions read them (row by row), so that
+    src.analysis.probe.collect_features and expression_positions read them (row by row), so that
     `features[out["mask"]]` are the features of the positions with a target.
 
     Keys: value, mod10, sign, sign_class, mask, close_mask, operator_mask, trivial, baseline_mod10,

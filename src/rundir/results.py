@@ -16,32 +16,32 @@ from src.errors import UserError
 SCHEMAS = {
     "summary": "summary/1",      # src.train: summary.json
     "metrics": "metrics/1",      # src.train: each line of metrics.jsonl
-    "eval": "eval/2",            # src.evaluate: eval.json
-    "ablation": "ablation/2",    # src.ablate: ablation.json
-    "probe": "probe/2",          # src.probe: probe.json
-    "roles": "roles/1",          # src.roles: roles.json
+    "eval": "eval/2",            # src.analysis.evaluate: eval.json
+    "ablation": "ablation/2",    # src.analysis.ablate: ablation.json
+    "probe": "probe/2",          # src.analysis.probe: probe.json
+    "roles": "roles/1",          # src.analysis.roles: roles.json
     "report": "report/2",        # src.report: report.json
-    "extension": "extension/1",  # src.extension: results/extension/extension.json
-    "patching": "patching/1",    # src.patching: patching.json
-    "value_probe": "value_probe/1",  # src.value_probe: value_probe.json
-    "battery": "battery/1",      # src.battery: battery.json
-    "rolematch": "rolematch/1",  # src.rolematch: rolematch.json
-    "mechanisms": "mechanisms/1",  # src.mechanisms: mechanisms.json
+    "extension": "extension/1",  # src.report.scaling: results/extension/extension.json
+    "patching": "patching/1",    # src.analysis.patching: patching.json
+    "value_probe": "value_probe/1",  # src.analysis.value_probe: value_probe.json
+    "battery": "battery/1",      # src.analysis.run_all: battery.json
+    "rolematch": "rolematch/1",  # src.analysis.rolematch: rolematch.json
+    "mechanisms": "mechanisms/1",  # src.report.analyses: mechanisms.json
 }
 REGENERATE = {
     "summary": "python -m src.train --config CONFIG --output-dir {run} ...",
     "metrics": "python -m src.train --config CONFIG --output-dir {run} ...",
-    "eval": "python -m src.evaluate --run {run}",
-    "ablation": "python -m src.ablate --run {run}",
-    "probe": "python -m src.probe --run {run}",
-    "roles": "python -m src.roles --run {run}",
+    "eval": "python -m src.analysis.evaluate --run {run}",
+    "ablation": "python -m src.analysis.ablate --run {run}",
+    "probe": "python -m src.analysis.probe --run {run}",
+    "roles": "python -m src.analysis.roles --run {run}",
     "report": "python -m src.report RUN [RUN ...]",
-    "extension": "python -m src.extension",
-    "patching": "python -m src.patching --run {run}",
-    "value_probe": "python -m src.value_probe --run {run}",
-    "battery": "python -m src.battery --run {run}",
-    "rolematch": "python -m src.rolematch --pilot RUN ... --large RUN ...",
-    "mechanisms": "python -m src.mechanisms RUN ... --out DIR",
+    "extension": "python -m src.report.scaling",
+    "patching": "python -m src.analysis.patching --run {run}",
+    "value_probe": "python -m src.analysis.value_probe --run {run}",
+    "battery": "python -m src.analysis.run_all --run {run}",
+    "rolematch": "python -m src.analysis.rolematch --pilot RUN ... --large RUN ...",
+    "mechanisms": "python -m src.report.analyses RUN ... --out DIR",
 }
 
 
