@@ -48,7 +48,7 @@ def one(config: str, mode: str, repeat: int, where: str = "cuda") -> dict:
     from src.data import load_jsonl, make_batch
     from src.device import set_deterministic
     from src.model import CompactTransformer
-    from src.train import DeviceData, SeedRNG, Trainer, run_epochs
+    from src.training.trainer import DeviceData, SeedRNG, Trainer, run_epochs
 
     if mode == "deterministic":
         set_deterministic(True)  # what training.deterministic: true does, before any CUDA work

@@ -4,7 +4,7 @@
     python benchmarks/train_speed.py --batch-size 256 --repeat-data 50 --dropout 0 --profile   # the extension's path
 
 For each config, after warm-up, times optimizer steps of:
-  plain        the textbook loop (src.train.reference_training): host batches moved each step,
+  plain        the textbook loop (src.training.reference.reference_training): host batches moved each step,
                loss.item() each step, GradScaler, LambdaLR, unfused AdamW
   device-eager the project's step (data on the device, fused AdamW, loss scaling and bookkeeping
                on the device, no host sync per step), run eagerly
@@ -35,7 +35,8 @@ from src.config import load_config  # noqa: E402
 from src.data import load_jsonl, make_batch  # noqa: E402
 from src.model import CompactTransformer  # noqa: E402
 from src.tokenizer import IGNORE_INDEX  # noqa: E402
-from src.train import DeviceData, SeedRNG, Trainer, reference_training, run_epochs  # noqa: E402
+from src.training.reference import reference_training  # noqa: E402
+from src.training.trainer import DeviceData, SeedRNG, Trainer, run_epochs  # noqa: E402
 
 VARIANTS = {  # name -> (compile, cuda_graph, compile_scope)
     "device-eager": (False, False, "blocks"),

@@ -158,3 +158,13 @@ def check_output_file(path, flag: str = "--out", example: str | None = None) -> 
     if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: directory {parent} is not writable")
     return path
+
+def seed_value(text: str) -> int:
+    """One seed of --seeds: an integer in [0, MAX_SEED] (ValueError says what is wrong)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"out of range [0, {MAX_SEED}]")
+    return value

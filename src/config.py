@@ -472,3 +472,14 @@ def check_data_paths(cfg: Config, source: str, splits=("train", "val")) -> None:
             raise UserError(f"{source}: key 'data.{split}' points to {shown}, which is not a regular file, "
                             "not a .jsonl file")
         raise UserError(f"{source}: key 'data.{split}' points to {shown}, which does not exist")
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """{"training": {"epochs": 4}} -> {"training.epochs": 4}"""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

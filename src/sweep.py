@@ -99,7 +99,8 @@ from src.errors import UserError, run_main
 from src.rundir.paths import check_output_dir
 from src.rundir.directory import RUN_FILES, _try_lock
 from src.rundir.results import read_metrics
-from src.train import flat, seed_value
+from src.cli import seed_value
+from src.config import flat
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
 COLLECTED = ("summary.json", "metrics.jsonl", "config.yaml")  # copied to RESULTS/C/seedS, then eval.json

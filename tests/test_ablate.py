@@ -8,7 +8,8 @@ import torch
 from src.analysis import ablate
 from src.config import config_from_dict
 from src.errors import run_main
-from src.analysis.evaluate import METRICS, load_split_batches
+from src.metrics import METRICS
+from src.analysis.common import load_split_batches
 from src.model import CompactTransformer, Hooks
 from tests.tiny import SPLIT_SIZES, tiny_config, write_data, write_run
 

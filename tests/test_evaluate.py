@@ -7,7 +7,7 @@ import torch
 
 from src import stats
 from src.data import make_batch, make_record
-from src.analysis.evaluate import greedy_decode, per_example_scores, summarize
+from src.metrics import greedy_decode, per_example_scores, summarize
 from src.tokenizer import VOCAB_SIZE, sequence_ids
 
 EXPRS = ["1+2", "(3*4)-5", "99*99*99*99", "7-(8+9)", "((2+3)*4)"]

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 import src.train
+import src.training.trainer
 from src.config import load_config
 from src.data import load_jsonl, make_batch
 from src.model import CompactTransformer
-from src.train import DeviceData, SeedRNG, Trainer, run_epochs
+from src.training.trainer import DeviceData, SeedRNG, Trainer, run_epochs
 from tests.test_reliability import (  # noqa: F401  (one_thread and tiny are fixtures)
     assert_same_training, cli, expect_error, one_thread, snapshot, tiny, tiny_raw, write_yaml)
 
@@ -121,7 +122,7 @@ def test_a_killed_multi_seed_run_resumes_per_seed(tiny, alone, tmp_path, capsys,
     import signal
 
     root = tmp_path / "runs"
-    real, count = src.train.Trainer.run_step, {"steps": 0}
+    real, count = src.training.trainer.Trainer.run_step, {"steps": 0}
 
     def run_step(self):
         real(self)
@@ -129,7 +130,7 @@ def test_a_killed_multi_seed_run_resumes_per_seed(tiny, alone, tmp_path, capsys,
         if count["steps"] == len(SEEDS) * (2 * 8 + 5):  # 8 steps per epoch, the seeds interleaved
             signal.raise_signal(signal.SIGTERM)
 
-    monkeypatch.setattr(src.train.Trainer, "run_step", run_step)
+    monkeypatch.setattr(src.training.trainer.Trainer, "run_step", run_step)
     rc, out, err = train(argv(tiny["config"], root, "--seeds", "42,7"), capsys)
     assert rc == 128 + signal.SIGTERM, err
     assert "in epoch 3 at step 21" in err and "--seeds 42,7 --resume" in err
@@ -152,13 +153,13 @@ def test_a_killed_multi_seed_run_resumes_per_seed(tiny, alone, tmp_path, capsys,
 
 
 def test_a_diverging_seed_stops_alone_and_the_others_go_on(tiny, alone, tmp_path, capsys, monkeypatch):
-    real = src.train.Trainer._plain_loss
+    real = src.training.trainer.Trainer._plain_loss
 
     def loss(self, inputs, labels):
         value = real(self, inputs, labels)
         return value * float("nan") if self.seed == 7 and int(self.step) >= 20 else value
 
-    monkeypatch.setattr(src.train.Trainer, "_plain_loss", loss)
+    monkeypatch.setattr(src.training.trainer.Trainer, "_plain_loss", loss)
     root = tmp_path / "runs"
     rc, out, err = train(argv(tiny["config"], root, "--seeds", "42,7"), capsys)
     assert rc == 3, err

@@ -9,7 +9,7 @@ from src.analysis import patching
 from src.config import ModelConfig
 from src.data import make_batch, make_record
 from src.errors import UserError, run_main
-from src.analysis.evaluate import per_example_scores
+from src.metrics import per_example_scores
 from src.model import CompactTransformer, Hooks, Patch, activation_names
 from src.analysis.patching import Pairs, align, class_positions, patch_plan
 from src.tokenizer import PAD_ID, VOCAB_SIZE

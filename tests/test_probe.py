@@ -18,7 +18,8 @@ from src.analysis import probe
 from src import stats
 from src.config import DataConfig, config_from_dict
 from src.errors import run_main
-from src.analysis.evaluate import EVAL_SPLITS, load_split_batches
+from src.metrics import EVAL_SPLITS
+from src.analysis.common import load_split_batches
 from src.model import CompactTransformer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

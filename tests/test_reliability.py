@@ -25,6 +25,7 @@ import yaml
 import src.rundir.atomic
 import src.analysis.evaluate
 import src.train
+import src.training.trainer
 from src.rundir.checkpoint import load_checkpoint, model_from_checkpoint
 from src.errors import run_main
 
@@ -880,7 +881,7 @@ def test_full_disk_while_writing_metrics_or_summary_leaves_no_half_written_file(
 
 def nan_loss_on(monkeypatch, bad_steps) -> dict:
     """Make the loss NaN at the given (1-based) training steps; returns the call record."""
-    real = src.train.Trainer._plain_loss
+    real = src.training.trainer.Trainer._plain_loss
     seen = {"steps": 0, "trainer": None}
 
     def loss(self, inputs, labels):
@@ -889,7 +890,7 @@ def nan_loss_on(monkeypatch, bad_steps) -> dict:
         value = real(self, inputs, labels)
         return value * float("nan") if bad_steps(seen["steps"]) else value
 
-    monkeypatch.setattr(src.train.Trainer, "_plain_loss", loss)
+    monkeypatch.setattr(src.training.trainer.Trainer, "_plain_loss", loss)
     return seen
 
 

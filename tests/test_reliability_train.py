@@ -16,6 +16,7 @@ import torch
 import yaml
 
 import src.train
+import src.training.trainer
 from src.rundir.directory import RunDir
 from tests.test_reliability import (  # noqa: F401  (crash, one_thread and tiny are fixtures)
     CRASH_EPOCHS, REPO_ROOT, SUBPROCESS_ENV, assert_same_training, cli, copy_run, crash, expect_error,
@@ -99,7 +100,7 @@ def test_a_mid_epoch_checkpoint_resumes_bit_for_bit(tiny, tmp_path, capsys, monk
     """SIGTERM in the middle of epoch 3 (after its 5th step, in-process): the checkpoint holds the
     epoch's order and running sums, and the resumed run equals the one that never stopped."""
     run = tmp_path / "mid"
-    real = src.train.Trainer.run_step
+    real = src.training.trainer.Trainer.run_step
     count = {"steps": 0}
 
     def run_step(self):
@@ -108,7 +109,7 @@ def test_a_mid_epoch_checkpoint_resumes_bit_for_bit(tiny, tmp_path, capsys, monk
         if count["steps"] == 2 * 8 + 5:  # 8 steps per epoch
             signal.raise_signal(signal.SIGTERM)
 
-    monkeypatch.setattr(src.train.Trainer, "run_step", run_step)
+    monkeypatch.setattr(src.training.trainer.Trainer, "run_step", run_step)
     rc, out, err = train(train_argv(tiny["config"], run), capsys)
     assert rc == 128 + signal.SIGTERM and "interrupted by SIGTERM in epoch 3 at step 21" in err, err
     latest = torch.load(run / "checkpoint_latest.pt", weights_only=True)

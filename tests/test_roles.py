@@ -16,7 +16,7 @@ import yaml
 from src.analysis import roles
 from src.config import DataConfig, config_from_dict
 from src.errors import run_main
-from src.analysis.evaluate import load_split_batches
+from src.analysis.common import load_split_batches
 from src.model import CompactTransformer, Hooks
 from src.tokenizer import PAD_ID, sequence_ids
 

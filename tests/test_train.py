@@ -22,7 +22,9 @@ from src.data import load_jsonl, make_batch
 from src.errors import UserError, run_main
 from src.model import CompactTransformer
 from src.tokenizer import BOS_ID, EOS_ID, IGNORE_INDEX, PAD_ID, encode
-from src.train import DeviceData, Trainer, main, reference_training
+from src.train import main
+from src.training.reference import reference_training
+from src.training.trainer import DeviceData, Trainer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PILOT = REPO_ROOT / "configs" / "pilot.yaml"
@@ -465,13 +467,13 @@ def test_fp16_run_on_cuda(tmp_path, monkeypatch):
     config = write_tiny_config(tmp_path, epochs=2)
     out = tmp_path / "run"
     eval_autocasts = []
-    real_autocast = src.analysis.evaluate.autocast
+    real_autocast = src.metrics.autocast
 
     def recording_autocast(device, precision):
         eval_autocasts.append((torch.device(device).type, precision))
         return real_autocast(device, precision)
 
-    monkeypatch.setattr(src.analysis.evaluate, "autocast", recording_autocast)
+    monkeypatch.setattr(src.metrics, "autocast", recording_autocast)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rc = main(["--config", str(config), "--output-dir", str(out), "--seed", "42", "--device", "cuda",

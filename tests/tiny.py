@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from src.config import config_from_dict
-from src.analysis.evaluate import load_split_batches
+from src.analysis.common import load_split_batches
 from src.model import CompactTransformer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

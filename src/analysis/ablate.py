@@ -23,7 +23,7 @@ Decisions use VERDICT_METRICS (exact_match, answer_loss) and Holm over declared 
 Every test entry carries test, estimate, ci95, p_value, p_floor, and in a family p_adjusted and
 significant. `head_findings` says, per head, under which modes (zero, mean, both) each finding holds.
 
-exact_match here is teacher-forced (src.analysis.evaluate.EXACT_MATCH_METHODS): every answer token and <EOS> the
+exact_match here is teacher-forced (src.metrics.EXACT_MATCH_METHODS): every answer token and <EOS> the
 argmax given the true prefix, which equals greedy decoding and costs one forward pass instead of one per
 generated token; ablation.json's `exact_match_method` holds the unablated model's exact_match both ways.
 
@@ -52,9 +52,8 @@ from src.cli import ArgumentParser, check_output_file, comma_list, int_in
 from src.data import Batch
 from src.device import autocast
 from src.errors import UserError, run_main
-from src.analysis.evaluate import (EXACT_MATCH_METHODS, METRIC_DEFINITIONS, METRICS, SIGN_CONVENTION, TEST_SPLITS, VERDICT_METRICS, add_run_arguments,
-                          contrast, head_label, load_batches, open_run, paired_difference, per_example_scores,
-                          relative_layer, run_seed, summarize)
+from src.metrics import (EXACT_MATCH_METHODS, METRIC_DEFINITIONS, METRICS, SIGN_CONVENTION, TEST_SPLITS, VERDICT_METRICS, contrast, paired_difference, per_example_scores, summarize)
+from src.analysis.common import add_run_arguments, head_label, load_batches, open_run, relative_layer, run_seed
 from src.model import CompactTransformer, HeadAblation, Hooks
 from src.plotting import png_bytes, pyplot
 from src.rundir.results import stamp
@@ -109,7 +108,7 @@ def training_means(model: CompactTransformer, batch: Batch, precision: str = "fp
 # ---------------------------------------------------------------------------- effects
 
 
-EXACT_MATCH_METHOD = "teacher_forced"  # src.analysis.evaluate.EXACT_MATCH_METHODS: equal to greedy decoding, one forward pass
+EXACT_MATCH_METHOD = "teacher_forced"  # src.metrics.EXACT_MATCH_METHODS: equal to greedy decoding, one forward pass
 
 
 def score_splits(model, batches: dict, ablation, precision: str, exact_match: str | None = EXACT_MATCH_METHOD) -> dict:

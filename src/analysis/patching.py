@@ -75,7 +75,7 @@ from src.cli import ArgumentParser, check_output_file, comma_list, float_in, int
 from src.data import Batch, Record, depth_labels, load_jsonl, make_batch
 from src.device import autocast
 from src.errors import UserError, run_main
-from src.analysis.evaluate import add_run_arguments, head_label, open_run, relative_layer, run_seed
+from src.analysis.common import add_run_arguments, head_label, open_run, relative_layer, run_seed
 from src.model import CompactTransformer, Hooks, Patch
 from src.plotting import png_bytes, pyplot
 from src.tokenizer import ANSWER_SEPARATOR, answer_text

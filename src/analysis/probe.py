@@ -84,8 +84,8 @@ from src.cli import (MAX_ITERATIONS, MAX_RESAMPLES, MAX_SEED, ArgumentParser, ch
 from src.data import Batch
 from src.device import autocast
 from src.errors import UserError, run_main
-from src.analysis.evaluate import (EVAL_SPLITS, add_run_arguments, load_batches, open_run, relative_layer,
-                          run_seed)
+from src.metrics import EVAL_SPLITS
+from src.analysis.common import add_run_arguments, load_batches, open_run, relative_layer, run_seed
 from src.model import CompactTransformer, Hooks
 from src.plotting import png_bytes, pyplot
 

@@ -26,7 +26,7 @@ Verdict per role (`VERDICTS`), from the seeds that hold it:
     moves                   held at 10M by at least one seed, but not persists; `reasons` says
                             which condition failed (held in only some 10M seeds; another relative
                             depth; an opposite direction; intervals that do not overlap)
-Relative layer: layer / (num_layers - 1) (src.analysis.evaluate.relative_layer). The default depth
+Relative layer: layer / (num_layers - 1) (src.analysis.common.relative_layer). The default depth
 tolerance is half the pilot's layer spacing, 0.5 / (pilot num_layers - 1) = 1/6 for 4 layers: a
 6-layer 10M head is at the pilot's depth exactly when its relative layer is nearest to that pilot
 layer (0.2 and 0.4 are at pilot layer 1 = 0.33, 0.6 and 0.8 at layer 2 = 0.67). Overlapping

@@ -47,7 +47,7 @@ from src.cli import ArgumentParser, check_output_file, distinct
 from src.data import OPERATORS
 from src.device import autocast
 from src.errors import UserError, run_main
-from src.analysis.evaluate import add_run_arguments, head_label, load_batches, open_run, relative_layer, run_seed
+from src.analysis.common import add_run_arguments, head_label, load_batches, open_run, relative_layer, run_seed
 from src.rundir.results import SCHEMAS
 from src.model import Hooks
 from src.plotting import png_bytes, pyplot

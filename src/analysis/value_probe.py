@@ -14,7 +14,7 @@ share (the digit just read) is.
 
 Sites: the embedding and the residual stream after each block (`blocks.L.hook_resid_post`), i.e.
 by layer. The probe is src.analysis.probe's softmax regression (standardized features, L2, L-BFGS from zero),
-fitted on the run's first training expressions (at most src.analysis.evaluate.ANALYSIS_TRAIN_MAX) and scored
+fitted on the run's first training expressions (at most src.analysis.common.ANALYSIS_TRAIN_MAX) and scored
 on other splits. Each probe is read against:
   - the untrained control: the same probe on an untrained model of the same architecture and seed;
     `selectivity` = trained - control accuracy on the same positions, stats.paired_bootstrap over
@@ -49,7 +49,7 @@ from src.rundir.atomic import write_result
 from src.cli import MAX_ITERATIONS, MAX_RESAMPLES, MAX_SEED, ArgumentParser, check_output_file, distinct, float_in, int_in
 from src.data import make_batch
 from src.errors import run_main
-from src.analysis.evaluate import ANALYSIS_TRAIN_MAX, add_run_arguments, open_run, run_seed, split_records
+from src.analysis.common import ANALYSIS_TRAIN_MAX, add_run_arguments, open_run, run_seed, split_records
 from src.analysis.intermediate import KINDS, OPERATOR_TARGETS, at_expression_positions, batch_targets
 from src.model import CompactTransformer
 from src.analysis.probe import (CEILING, MIN_RESAMPLES, accuracy_entry, at_ceiling, collect_features, fit_probes,

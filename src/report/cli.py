@@ -11,7 +11,7 @@ from pathlib import Path
 from src.rundir.atomic import atomic_write_bytes, atomic_write_text
 from src.cli import ArgumentParser, check_output_file
 from src.errors import UserError
-from src.analysis.evaluate import METRIC_DEFINITIONS
+from src.metrics import METRIC_DEFINITIONS
 from src.report import figures
 from src.report.collect import collect
 from src.report.compare import aggregate

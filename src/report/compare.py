@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from src.analysis.evaluate import METRICS, TEST_SPLITS, VERDICT_METRICS
+from src.metrics import METRICS, TEST_SPLITS, VERDICT_METRICS
 from src.analysis.roles import ROLES, match_roles
 
 SPLITS = ("val", *TEST_SPLITS)

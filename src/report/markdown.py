@@ -7,7 +7,7 @@ its size next to the counts it gives.
 
 from __future__ import annotations
 
-from src.analysis.evaluate import METRIC_DEFINITIONS, METRICS, TEST_SPLITS, VERDICT_METRICS
+from src.metrics import METRIC_DEFINITIONS, METRICS, TEST_SPLITS, VERDICT_METRICS
 from src.report.compare import SPLITS, dig, finite
 from src.stats import wilson_interval
 

@@ -1,0 +1,471 @@
+"""The fast training path: one seed's Trainer and the loop that interleaves several.
+
+The training step is written once (`Trainer.train_step`) with all of its bookkeeping on the
+device: the batch is gathered from the dataset tensor by a device-side permutation, the loss
+scale, found-inf flag, learning rate and step counter are tensors, and the optimizer is a fused
+AdamW that skips the update when a gradient is non-finite. Nothing in the step reads a value
+back to the host, so on CUDA the whole step can be compiled (`training.compile`) and captured
+as one CUDA graph (`training.cuda_graph`); on the CPU the same function runs eagerly.
+`reference_training` is the textbook loop (host batches, GradScaler, LambdaLR, unfused AdamW)
+that the tests and the benchmark hold the fast path against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+
+import torch
+
+from src.rundir.checkpoint import EPOCH_STATE
+from src.config import Config
+from src.data import Batch
+from src.device import (autocast, uses_loss_scaling)
+from src.errors import UserError
+from src.model import CompactTransformer
+from src.tokenizer import IGNORE_INDEX, PAD_ID
+
+# dynamic loss scaling, as torch.amp.GradScaler's defaults
+
+INIT_SCALE, GROWTH_FACTOR, BACKOFF_FACTOR, GROWTH_INTERVAL = 2.0**16, 2.0, 0.5, 2000
+PROGRESS_EVERY = 50  # steps between progress-bar refreshes (each one reads the loss back)
+OOM_ADVICE = (
+    "CUDA out of memory. Nothing was retried and nothing was scaled down. To fit the run, edit the "
+    "config by hand: training.batch_size, or the model size (model.d_model, model.num_layers, "
+    "model.d_ff, model.max_seq_len); or free the GPU of other processes."
+)
+
+
+class TrainingStopped(UserError):
+    """Training stopped on purpose (non-finite loss, or a diverged validation loss); the last good
+    checkpoint is intact. `status` goes into summary.json, `result` is what was done."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, status: str = "stopped_non_finite", result: dict | None = None):
+        super().__init__(message)
+        self.status, self.result = status, result
+
+
+
+
+# ---------------------------------------------------------------------------- schedule
+
+
+def lr_factor(step, warmup: int, total: int):
+    """Linear warm-up over `warmup` steps, then linear decay to zero at `total` steps.
+
+    Works on a Python number or a device tensor, so the CUDA graph computes it in place.
+    """
+    if isinstance(step, torch.Tensor):
+        s = step.to(torch.float32)
+        warm = (s + 1) / max(warmup, 1)
+        decay = ((total - s) / max(total - warmup, 1)).clamp(min=0.0)
+        return torch.where(s < warmup, warm, decay)
+    if step < warmup:
+        return (step + 1) / max(warmup, 1)
+    return max(0.0, (total - step) / max(total - warmup, 1))
+
+
+# ---------------------------------------------------------------------------- data on the device
+
+
+class DeviceData:
+    """Training data as padded tensors on the device, with one all-padding row at the end.
+
+    An epoch's permutation is padded to a whole number of batches with the index of that row,
+    which carries no supervised label: the mean loss over supervised positions of a padded final
+    batch equals that of the short batch, so every step has the same shape.
+
+    The columns are cut to the longest sequence of the data (28 input positions for the pilot's
+    training set, of model.max_seq_len = 32): the model is causal, so the padding after a sequence
+    never changes its outputs, and the columns where every row is padding would be computed for
+    nothing. The loss and the gradients are those of the full width; only the summation order of
+    the matrix products can differ.
+    """
+
+    def __init__(self, batch: Batch, cfg: Config, device: torch.device):
+        labels = batch.labels
+        if cfg.training.loss_on == "answer":
+            labels = labels.masked_fill(~batch.answer_mask, IGNORE_INDEX)
+        width = max(int((batch.inputs != PAD_ID).sum(1).max()), 1) if len(batch) else batch.inputs.shape[1]
+        inputs, labels = batch.inputs[:, :width], labels[:, :width]
+        self.width = width
+        self.n = len(batch)
+        self.batch_size = cfg.training.batch_size
+        self.steps_per_epoch = math.ceil(self.n / self.batch_size)
+        pad_in = torch.full((1, width), PAD_ID, dtype=torch.long)
+        pad_lab = torch.full((1, width), IGNORE_INDEX, dtype=torch.long)
+        # one byte per token (ids 0-34, and -100 for an unsupervised label): 2,000,000 rows of 28
+        # positions take 112 MB rather than 896 MB as int64; a step widens only its own batch
+        self.inputs = torch.cat([inputs, pad_in]).to(torch.int8).to(device)
+        self.labels = torch.cat([labels, pad_lab]).to(torch.int8).to(device)
+        self.device = device
+
+    def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
+        """A shuffled order of the examples, padded with the empty row to whole batches."""
+        order = torch.randperm(self.n, generator=generator, device=generator.device).to(self.device)
+        fill = self.steps_per_epoch * self.batch_size - self.n
+        return torch.cat([order, torch.full((fill,), self.n, dtype=torch.long, device=self.device)])
+
+
+def make_optimizer(model, cfg: Config, device: torch.device, lr) -> torch.optim.AdamW:
+    t = cfg.training
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay,
+                             fused=True, capturable=device.type == "cuda")
+
+
+# ---------------------------------------------------------------------------- one seed's random state
+
+
+class SeedRNG:
+    """The global random state one seed's run draws from: the CPU generator (weight initialisation,
+    dropout on the CPU) and, on CUDA, the device's default generator (dropout on the GPU).
+
+    Each seed keeps its own copy, made active around everything the run does (`with rng:`), so that
+    several seeds can train in one process, interleaved step by step, and each draws exactly the
+    numbers it would draw alone (torch.manual_seed(seed) in a process of its own). On CUDA the
+    default generator is pointed at the seed's own state (Generator.graphsafe_set_state): a CUDA
+    graph captured while it is active registers that state, so each seed's graph advances its own
+    Philox offset however the graphs' replays interleave."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.cpu = torch.Generator().manual_seed(seed).get_state()
+        self.cuda = None
+        if device.type == "cuda":
+            self.cuda = torch.Generator(device=device).manual_seed(seed)
+            self._default = torch.cuda.default_generators[device.index if device.index is not None
+                                                          else torch.cuda.current_device()]
+
+    def __enter__(self):
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            self._default.graphsafe_set_state(self.cuda)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cpu = torch.get_rng_state()
+
+
+# ---------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Owns the model, optimizer and every piece of training state that a checkpoint holds."""
+
+    def __init__(self, cfg: Config, model: CompactTransformer, data: DeviceData, device: torch.device,
+                 precision: str, seed: int, log=print, compile_scope: str = "blocks", rng: SeedRNG | None = None):
+        """`rng`: the seed's own random state (SeedRNG), for a trainer that shares its process with
+        other seeds; None draws from the process's global generators."""
+        self.cfg, self.model, self.data, self.device, self.precision = cfg, model, data, device, precision
+        self.seed = seed
+        self.rng = rng if rng is not None else contextlib.nullcontext()
+        self.stream = None  # the CUDA stream its graph is captured and replayed on, when seeds train side by side
+        self.scaled = uses_loss_scaling(precision)  # fp16 only: bf16 has float32's range
+        self.compile_scope = compile_scope  # "blocks" (one compiled block, reused) or "model" (benchmark only)
+        t = cfg.training
+        self.total_steps = t.epochs * data.steps_per_epoch
+        dev = dict(device=device)
+        self.lr = torch.tensor(t.learning_rate * lr_factor(0, t.warmup_steps, self.total_steps), dtype=torch.float32, **dev)
+        self.opt = make_optimizer(model, cfg, device, self.lr)
+        # the fused AdamW kernel skips its update where found_inf is set (the hook GradScaler uses)
+        self.found_inf = torch.zeros((), dtype=torch.float32, **dev)
+        self.opt.found_inf = self.found_inf
+        self.scale = torch.tensor(INIT_SCALE if self.scaled else 1.0, **dev)
+        self.growth_tracker = torch.zeros((), dtype=torch.int32, **dev)
+        self.step = torch.zeros((), dtype=torch.long, **dev)
+        self.epoch_step = torch.zeros((), dtype=torch.long, **dev)
+        self.order = torch.zeros(data.steps_per_epoch * data.batch_size, dtype=torch.long, **dev)
+        self.offsets = torch.arange(data.batch_size, **dev)
+        # running sums, read back only at progress refreshes and epoch ends
+        self.loss_sum = torch.zeros((), dtype=torch.float64, **dev)
+        self.good_steps = torch.zeros((), dtype=torch.long, **dev)
+        self.skipped_steps = torch.zeros((), dtype=torch.long, **dev)
+        self.bad_streak = torch.zeros((), dtype=torch.long, **dev)
+        self.max_bad_streak = torch.zeros((), dtype=torch.long, **dev)
+        self.shuffle_gen = torch.Generator(device=device).manual_seed(seed + 1)
+        self.params = list(model.parameters())
+        self.loss_fn = self._plain_loss
+        self.graph = None
+        self.mid_epoch = False  # True between an interruption (or a resume from one) and the epoch's next step
+        self.log = log
+        self.accelerations = {"compile": False, "cuda_graph": False,
+                              "deterministic": torch.are_deterministic_algorithms_enabled()}
+
+    # -- the step --------------------------------------------------------------------------
+
+    def _plain_loss(self, inputs, labels):
+        return self.model(inputs, labels).loss
+
+    def train_step(self) -> None:
+        """One optimizer step, entirely on the device (no host synchronisation)."""
+        t = self.cfg.training
+        idx = self.order.index_select(0, self.epoch_step * self.data.batch_size + self.offsets)
+        inputs = self.data.inputs.index_select(0, idx).long()
+        labels = self.data.labels.index_select(0, idx).long()
+        with autocast(self.device, self.precision):
+            loss = self.loss_fn(inputs, labels)
+        (loss * self.scale).backward()
+        grads = [p.grad for p in self.params]
+        self.found_inf.zero_()
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, self.scale.reciprocal())
+        self.found_inf.copy_(torch.maximum(self.found_inf, (~torch.isfinite(loss.detach())).float()))
+        torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip, foreach=True)
+        self.lr.copy_(t.learning_rate * lr_factor(self.step, t.warmup_steps, self.total_steps))
+        self.opt.step()
+        if self.scaled:
+            torch._amp_update_scale_(self.scale, self.growth_tracker, self.found_inf,
+                                     GROWTH_FACTOR, BACKOFF_FACTOR, GROWTH_INTERVAL)
+        bad = self.found_inf.long()
+        self.loss_sum.add_(torch.where(bad.bool(), 0.0, loss.detach().double()))
+        self.good_steps.add_(1 - bad)
+        self.skipped_steps.add_(bad)
+        self.bad_streak.copy_((self.bad_streak + 1) * bad)
+        torch.maximum(self.max_bad_streak, self.bad_streak, out=self.max_bad_streak)
+        self.step.add_(1)
+        self.epoch_step.add_(1)
+
+    # -- acceleration ----------------------------------------------------------------------
+
+    def attention_kernels(self):
+        """On CUDA, the memory-efficient kernels of scaled_dot_product_attention (the math kernels
+        where they cannot run): for these short sequences (at most 32 tokens) they beat the cuDNN
+        kernels PyTorch picks by default, by 5% at batch 8 and 8-9% at batch 256 (BENCHMARKS.md,
+        an H200). Compilation, capture and eager steps all run inside it."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+    def accelerate(self) -> None:
+        """Compile and capture the step where the config asks for it and CUDA allows it."""
+        t = self.cfg.training
+        if self.device.type != "cuda":
+            if t.compile or t.cuda_graph:
+                self.log("note: training.compile / training.cuda_graph apply on CUDA only; running the eager step")
+            return
+        self.accelerations["attention"] = "memory-efficient"
+        if t.compile:
+            self.loss_fn = self._compiled_loss()
+            self.accelerations["compile"] = self.compile_scope
+        if t.cuda_graph:
+            with self.attention_kernels():
+                self._capture()
+            self.accelerations["cuda_graph"] = True
+
+    def _compiled_loss(self):
+        """The loss through compiled code. By default each block is compiled on its own: the blocks
+        share one code object, so Inductor compiles one block's forward and backward and the other
+        layers reuse it ("regional compilation"), which cuts a cold start's compilation several-fold.
+        The model itself is left untouched (evaluation and analysis run it eagerly): training goes
+        through a shallow view of it whose block list holds the compiled wrappers of the same blocks."""
+        if self.compile_scope == "model":
+            return torch.compile(self._plain_loss, dynamic=False)
+        view = copy.copy(self.model)
+        view._modules = dict(self.model._modules)
+        view._modules["blocks"] = torch.nn.ModuleList(torch.compile(b, dynamic=False) for b in self.model.blocks)
+        return lambda inputs, labels: view(inputs, labels).loss
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        state = [p.data for p in self.params]
+        for s in self.opt.state.values():
+            state += [v for v in s.values() if isinstance(v, torch.Tensor)]
+        return state + [self.scale, self.growth_tracker, self.step, self.epoch_step, self.lr, self.loss_sum,
+                        self.good_steps, self.skipped_steps, self.bad_streak, self.max_bad_streak]
+
+    def _capture(self) -> None:
+        """Warm up (compiling, creating optimizer state), restore every state tensor, then capture.
+
+        The warm-up steps must not count: everything they changed is put back in place, so the
+        captured graph starts from exactly the state the eager step would have started from.
+        """
+        if not self.opt.state:  # create optimizer state (zeros) so the snapshot covers it
+            for p in self.params:
+                p.grad = torch.zeros_like(p)
+            self.found_inf.fill_(1.0)  # a skipped step: creates state, changes no weight
+            self.opt.step()
+            for s in self.opt.state.values():
+                s["step"].zero_()
+        saved = [x.clone() for x in self._state_tensors()]
+        rng = torch.cuda.get_rng_state(self.device)
+        order = self.order.clone()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.opt.zero_grad(set_to_none=True)
+                self.train_step()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        torch.cuda.synchronize(self.device)
+        with torch.no_grad():
+            for x, s in zip(self._state_tensors(), saved):
+                x.copy_(s)
+        self.order.copy_(order)
+        torch.cuda.set_rng_state(rng, self.device)
+        self.opt.zero_grad(set_to_none=True)  # gradients then live in the graph's memory pool
+        self.graph = torch.cuda.CUDAGraph()
+        # Captured on a stream of this trainer's own: PyTorch keys cuBLAS workspaces by the capture
+        # stream, so graphs captured on one shared stream would share a workspace (a race when seeds
+        # replay side by side), and destroying one such graph frees the workspace the others still
+        # use (pytorch/pytorch#193402: a segfault or an illegal address on the next replay).
+        self.capture_stream = self.stream if self.stream is not None else torch.cuda.Stream(self.device)
+        with torch.cuda.graph(self.graph, stream=self.capture_stream):
+            self.train_step()
+        torch.cuda.synchronize(self.device)
+
+    # -- epochs ----------------------------------------------------------------------------
+
+    def start_epoch(self) -> None:
+        self.order.copy_(self.data.epoch_order(self.shuffle_gen))
+        self.epoch_step.zero_()
+        self.loss_sum.zero_()
+        self.good_steps.zero_()
+
+    def run_step(self) -> None:
+        if self.graph is None:
+            self.opt.zero_grad(set_to_none=True)
+            with self.attention_kernels():
+                self.train_step()
+        elif self.stream is None:
+            self.graph.replay()
+        else:
+            with torch.cuda.stream(self.stream):
+                self.graph.replay()
+
+    def run_epoch(self, bar=None, stop=None) -> bool:
+        """One epoch of this trainer alone (see run_epochs); TrainingStopped on a non-finite streak."""
+        finished, stopped = run_epochs([self], bar, stop)
+        if stopped:
+            raise stopped[self]
+        return finished
+
+    def check_finite(self) -> None:
+        streak = int(self.max_bad_streak)
+        if streak >= self.cfg.training.max_bad_steps:
+            raise TrainingStopped(
+                f"stopped: {streak} consecutive steps had a non-finite loss or gradient "
+                f"(training.max_bad_steps = {self.cfg.training.max_bad_steps}); the last good checkpoint is "
+                f"intact. Lower training.learning_rate (now {self.cfg.training.learning_rate:g}) in the config and "
+                "start a new run (a resumed run keeps its config), or check the data."
+            )
+
+    def mean_loss(self) -> float:
+        good = int(self.good_steps)
+        return float(self.loss_sum) / good if good else float("nan")
+
+    # -- checkpoint state ------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        rng = {"cpu": torch.get_rng_state(), "shuffle": self.shuffle_gen.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {
+            "optimizer": self.opt.state_dict(),
+            "scaler": {"scale": self.scale.cpu(), "growth_tracker": self.growth_tracker.cpu()},
+            "step": int(self.step),
+            "skipped_steps": int(self.skipped_steps),
+            "rng": rng,
+            "epoch_step": 0,  # an epoch's end
+        }
+        if self.mid_epoch:  # interrupted: the step within the epoch, its shuffled order and running sums
+            state["epoch_step"] = int(self.epoch_step)
+            state["epoch_state"] = {name: getattr(self, name).cpu() for name in EPOCH_STATE}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        for group in self.opt.param_groups:  # the step function writes this very tensor
+            group["lr"] = self.lr
+        self.scale.copy_(state["scaler"]["scale"])
+        self.growth_tracker.copy_(state["scaler"]["growth_tracker"])
+        self.step.fill_(state["step"])
+        self.lr.copy_(self.cfg.training.learning_rate *
+                      lr_factor(state["step"], self.cfg.training.warmup_steps, self.total_steps))
+        self.skipped_steps.fill_(state["skipped_steps"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        self.shuffle_gen.set_state(state["rng"]["shuffle"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        if state.get("epoch_step", 0) > 0:  # interrupted in the middle of an epoch
+            order = state["epoch_state"]["order"]
+            if order.shape != self.order.shape or state["epoch_step"] >= self.data.steps_per_epoch:
+                raise UserError(f"the checkpoint was interrupted at step {state['epoch_step']} of an epoch of "
+                                f"{order.numel() // self.data.batch_size} steps; this training data gives epochs of "
+                                f"{self.data.steps_per_epoch} steps. Resume with the run's own data")
+            self.mid_epoch = True
+            self.epoch_step.fill_(state["epoch_step"])
+            for name in EPOCH_STATE:
+                getattr(self, name).copy_(state["epoch_state"][name])
+
+
+def run_epochs(trainers: list[Trainer], bar=None, stop=None) -> tuple[bool, dict]:
+    """One pass over the training data for each trainer, or the rest of it after a resume in the
+    middle of an epoch. Several trainers (seeds) run side by side, step by step, each with its own
+    random state and, when captured, its graph on a CUDA stream of its own, so that their steps
+    overlap on the GPU. The host reads the device only every PROGRESS_EVERY steps (progress bar,
+    non-finite check) and once at the end of the epoch.
+
+    Returns (finished, stopped): finished is False when `stop` (a StopSignals) asked for an end after
+    a step (the epochs are then unfinished, their state ready for a checkpoint); stopped maps each
+    trainer that hit training.max_bad_steps to its TrainingStopped; it took no step after that, and
+    the others went on."""
+    if not trainers:
+        return True, {}
+    n = trainers[0].data.steps_per_epoch
+    if any(t.data.steps_per_epoch != n for t in trainers):
+        raise ValueError("trainers that run side by side must have epochs of the same number of steps")
+    first = {}
+    for t in trainers:
+        if not t.mid_epoch:
+            t.start_epoch()
+        first[t], t.mid_epoch = int(t.epoch_step), False
+    device = trainers[0].device
+    side_by_side = len(trainers) > 1
+    if device.type == "cuda":
+        for t in trainers:
+            if t.stream is not None:
+                t.stream.wait_stream(torch.cuda.current_stream(device))
+    live, stopped = list(trainers), {}
+    if bar is not None:
+        bar.update(min(first.values()))
+
+    def check(i: int) -> None:
+        if device.type == "cuda" and side_by_side:
+            torch.cuda.synchronize(device)
+        for t in list(live):
+            if first[t] <= i:
+                try:
+                    t.check_finite()
+                except TrainingStopped as err:
+                    stopped[t] = err
+                    live.remove(t)
+
+    with contextlib.ExitStack() as active:
+        if not side_by_side:
+            active.enter_context(trainers[0].rng)
+        for i in range(min(first.values()), n):
+            if stop is not None and stop.signum is not None:
+                check(i - 1)
+                for t in live:
+                    t.mid_epoch = True
+                return False, stopped
+            for t in live:
+                if i >= first[t]:
+                    if side_by_side:
+                        with t.rng:
+                            t.run_step()
+                    else:
+                        t.run_step()
+            if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == n:
+                check(i)
+                if not live:
+                    break
+                if bar is not None:
+                    losses = " ".join(f"{t.mean_loss():.4f}" for t in live)
+                    bar.set_postfix(loss=losses, lr=f"{float(live[0].lr):.2e}", refresh=False)
+                    bar.update(i + 1 - bar.n)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return True, stopped
