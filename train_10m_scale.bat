@@ -1,5 +1,5 @@
 @echo off
-rem The 10M training run (SPEC section 7): checks first, then the one training command.
+rem The 10M training run (DESIGN.md section 7): checks first, then the one training command.
 rem
 rem     train_10m_scale.bat                    arguments are passed on to src.train, e.g. --resume
 rem     set PYTHON=C:\path\to\python.exe ^& train_10m_scale.bat

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The 10M training run (SPEC section 7): checks first, then the one training command.
+# The 10M training run (DESIGN.md section 7): checks first, then the one training command.
 #
 #     bash train_10m_scale.sh                 # arguments are passed on to src.train, e.g. --resume
 #     PYTHON=/path/to/python bash train_10m_scale.sh

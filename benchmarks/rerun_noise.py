@@ -12,7 +12,7 @@ Modes (each in a process of its own, since determinism and cuBLAS settings are p
   default        the project's path (memory-efficient attention, compiled blocks, CUDA graph; the
                  token embedding's backward a matrix product in a fixed order, src.model.embed_lookup)
   scatter-embedding  the same with nn.Embedding's own backward (atomic adds into the table's rows),
-                 the project's path before 2026-11-26 (fourth session)
+                 the path before the fixed-order embedding backward
   deterministic  training.deterministic: true (src.device.set_deterministic): deterministic
                  kernels where PyTorch has them, an error where it has none, and a fixed cuBLAS
                  workspace (CUBLAS_WORKSPACE_CONFIG=:4096:8)

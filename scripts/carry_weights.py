@@ -4,7 +4,7 @@ run directories that the analysis tools read.
     python -m scripts.carry_weights pack RUN... --out DIR [--root R] [--store auto|fp32|fp16] [--piece-mib 15]
     python -m scripts.carry_weights unpack DIR --runs-dir R [--results-dir S]
 
-Checkpoints never enter the repository, and a lent GPU machine keeps nothing between calls, so a model
+Checkpoints never enter the repository, and a GPU machine used for one job may keep nothing between jobs, so a model
 trained in one call is either trained again in the next (scripts/extension_mechanisms.sh does that) or
 carried back and forth. `pack` keeps what the analyses use from each run's checkpoint_best.pt (the
 architecture, the config, the weights, and where the run was: epoch, step, best) with the run's small

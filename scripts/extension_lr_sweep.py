@@ -1,4 +1,4 @@
-"""The learnability extension's short learning-rate sweep (issue 13 item 2), on validation only.
+"""The learnability extension's short learning-rate sweep, on validation only.
 
     python scripts/extension_lr_sweep.py --out DIR [--scales pilot 10m] [--lrs 5e-4 1e-3 2e-3] [--epochs 2]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The learnability extension, part 2 (issue 14): retrain the models to take apart, run the whole
+# The learnability extension, part 2: retrain the models to take apart, run the whole
 # battery on each (src.analysis.run_all), then match the pilot's roles to the 10M model's (src.analysis.rolematch).
 #
 #   bash scripts/extension_mechanisms.sh                     # the N = 2,000,000 models, seeds 42 123 7

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 12 on one CUDA machine, in one command: the GPU-marked tests, then the throughput table
+# On one CUDA machine, in one command: the GPU-marked tests, then the throughput table
 # (seeds side by side, batch 8 and batch 256, both scales). Writes under ${OUT:-runs/gpu_multiseed}.
 set -u
 cd "$(dirname "$0")/.." || exit 1

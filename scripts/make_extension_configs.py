@@ -1,4 +1,4 @@
-"""Write configs/extension/: the learnability extension's grid (../shared/SPEC.md section 8, issue 13).
+"""Write configs/extension/: the learnability extension's grid (docs/DESIGN.md section 8).
 
     python scripts/make_extension_configs.py [--out configs/extension] [--check]
 
@@ -8,7 +8,7 @@ optimizer-step budget, so a curve compares data, not compute: the number of epoc
 the steps of one epoch (ceil(N / batch)), rounded to whole epochs (the step counts differ by at most
 0.12%: 124,978 to 125,120). Evaluation and checkpoints are spaced to the same number of steps at every N.
 
-The shared settings (batch, warm-up, weight decay, dropout) come from the calibration in SPEC section 8,
+The shared settings (batch, warm-up, weight decay, dropout) come from the calibration in DESIGN.md section 8,
 the learning rate of each scale from the sweep recorded in results/extension/SWEEP.md; they are set
 here, once. `--check` exits 1 when a committed config differs from what this script writes.
 """
@@ -33,7 +33,7 @@ EPOCHS_AT_LARGEST = 16              # 16 x 7,813 = 125,008 steps: one 10-minute 
 STEPS = EPOCHS_AT_LARGEST * math.ceil(SIZES[-1] / BATCH)
 EVALS = 16                           # validation exact_match this many times per run
 CHECKPOINTS = 4                      # periodic checkpoints per run (besides latest and best)
-SHARED = {                           # the calibration's recipe (SPEC section 8)
+SHARED = {                           # the calibration's recipe (DESIGN.md section 8)
     "batch_size": BATCH,
     "warmup_steps": 1000,
     "weight_decay": 0.1,
@@ -86,7 +86,7 @@ def grid() -> dict[str, dict]:
 
 def text(raw: dict) -> str:
     steps = raw["training"]["epochs"] * math.ceil(raw["data"]["train_size"] / BATCH)
-    head = (f"# Learnability extension (SPEC section 8), written by scripts/make_extension_configs.py: do not edit.\n"
+    head = (f"# Learnability extension (DESIGN.md section 8), written by scripts/make_extension_configs.py: do not edit.\n"
             f"# {raw['data']['train_size']:,} training expressions, {raw['training']['epochs']} epochs = {steps:,} steps "
             f"of batch {BATCH} (the curve's budget: {STEPS:,}).\n")
     return head + yaml.safe_dump(raw, sort_keys=False)

@@ -64,7 +64,7 @@ class TrainingConfig:
     max_bad_steps: int  # stop after this many consecutive steps with a non-finite loss
     precision: str = "fp32"  # fp32, fp16 or bf16 (added later; older configs lack it)
     # the checkpoint_best.pt rule (added later): "val_loss", lowest validation loss; or "val_exact_match",
-    # highest validation exact_match, ties broken by the lower validation answer loss (SPEC section 8)
+    # highest validation exact_match, ties broken by the lower validation answer loss (DESIGN.md section 8)
     select_on: str = "val_loss"
     # PyTorch's deterministic kernels only, an error where one has none (added later): a guarantee that two
     # trainings of one seed repeat bit for bit, at 9-17% of the batch-256 speed (src/device.py, BENCHMARKS.md)
@@ -80,7 +80,7 @@ class DataConfig:
     test_paren: str
     test_depth3: str
     test_paren_matched: str = "data/pilot_test_paren_matched.jsonl"  # added later; older configs lack it
-    # the learnability extension (../shared/SPEC.md section 8), both added later:
+    # the learnability extension (docs/DESIGN.md section 8), both added later:
     train_size: int = 0  # train on the generated set of this many expressions (src/data/trainsets.py), not `train`
     answer_format: str = "plain"  # "plain", or "reversed": the answer's digits least significant first
 

@@ -91,7 +91,7 @@ def greedy_decode(model: CompactTransformer, batch: Batch, ablation=None, precis
 
 
 EXACT_MATCH_METHODS = {
-    "greedy": "greedy decoding from the prompt, compared with the answer and <EOS> (the definition, SPEC section 5)",
+    "greedy": "greedy decoding from the prompt, compared with the answer and <EOS> (the definition, DESIGN.md section 5)",
     "teacher_forced": "every answer token and <EOS> is the argmax of the teacher-forced logits, i.e. given the true "
                       "prefix. Equal to greedy decoding: a greedy decoder that has produced the true prefix so far "
                       "sees exactly the teacher-forced input, so it stays on the answer if and only if every "

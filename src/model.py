@@ -1,4 +1,4 @@
-"""CompactTransformer: the one model class of both scales (../shared/SPEC.md section 3).
+"""CompactTransformer: the one model class of both scales (docs/DESIGN.md section 3).
 
 A pre-LayerNorm decoder with rotary position embedding, bias-free attention projections, a GELU
 feed-forward with biases, and an output head tied to the token embedding. For interpretability the

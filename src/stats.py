@@ -8,7 +8,7 @@ Every test returns a dict with the keys a verdict needs:
                 bootstrap of B resamples (its p is 2 * max(tail, 1/B))
 and, where the test belongs to a family of comparisons, `p_adjusted` (Holm, see `Family`).
 
-Which test for which outcome (../shared/SPEC.md section 5):
+Which test for which outcome (docs/DESIGN.md section 5):
 - a paired yes/no outcome (exact_match, end_of_answer_acc, with vs without an intervention): exact
   McNemar, a two-sided binomial test on the discordant pairs; no resampling;
 - a difference of paired yes/no differences (e.g. an ablation's effect on bracketed minus on flat
@@ -34,7 +34,7 @@ import torch
 Z95 = 1.959963984540054
 DEFAULT_RESAMPLES = 2000
 ALPHA = 0.05
-# a family's smallest attainable adjusted p must sit this far below alpha (../shared/SPEC.md section 5: ten times)
+# a family's smallest attainable adjusted p must sit this far below alpha (docs/DESIGN.md section 5: ten times)
 FLOOR_MARGIN = 10
 
 

@@ -1,4 +1,4 @@
-"""Run a directory of configs x seeds to the end: train, resume, evaluate, collect (issue 13 item 5).
+"""Run a directory of configs x seeds to the end: train, resume, evaluate, collect.
 
     python -m src.sweep configs/extension/ --seeds 42,123,7              # everything not finished
     python -m src.sweep configs/extension/ --seeds 42,123,7 --dry-run    # the plan and its GPU time

@@ -1,6 +1,6 @@
 """The 35-token character vocabulary shared by data, model and analysis, and the answer formats.
 
-Ids are fixed by ../shared/SPEC.md section 3: four special tokens, then 31 characters. Some characters
+Ids are fixed by docs/DESIGN.md section 3: four special tokens, then 31 characters. Some characters
 (division, hex letters, comma) never occur in the data; they are reserved so that the
 vocabulary, and therefore the parameter count, stays that of the original study.
 """
@@ -17,7 +17,7 @@ IGNORE_INDEX = -100  # label value that cross-entropy skips
 
 _ID_OF = {tok: i for i, tok in enumerate(VOCAB)}
 ANSWER_SEPARATOR = " = "
-ANSWER_FORMATS = ("plain", "reversed")  # data.answer_format; reversed: ../shared/SPEC.md section 8
+ANSWER_FORMATS = ("plain", "reversed")  # data.answer_format; reversed: docs/DESIGN.md section 8
 
 assert VOCAB_SIZE == 35
 
@@ -71,7 +71,7 @@ _REVERSED = re.compile(r"-?[0-9]+")
 
 def reversed_answer(result: int) -> str:
     """The answer's digits least significant first, the sign kept in front: -123 -> "-321",
-    120 -> "021", 0 -> "0". The variant answer format of ../shared/SPEC.md section 8."""
+    120 -> "021", 0 -> "0". The variant answer format of docs/DESIGN.md section 8."""
     if not isinstance(result, int) or isinstance(result, bool):
         raise TypeError(f"expected an int, got {type(result).__name__}")
     return ("-" if result < 0 else "") + str(abs(result))[::-1]

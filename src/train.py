@@ -46,7 +46,7 @@ from src.training.trainer import (OOM_ADVICE, DeviceData, SeedRNG, Trainer, Trai
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m src.train",
-                                description="Train a CompactTransformer (../shared/SPEC.md sections 2, 3, 7).")
+                                description="Train a CompactTransformer (docs/DESIGN.md sections 2, 3, 7).")
     p.add_argument("--config", help="YAML config, e.g. configs/pilot.yaml or configs/scale_10m.yaml (required unless "
                    "--resume, which takes the run's own config; given with --resume, it may differ from the run's "
                    "only in training.epochs)")
@@ -439,7 +439,7 @@ def train_loop(cfg: Config, args, seed_runs: list[SeedRun], val_batch, stop: Sto
 
 def selection_key(val: dict, select_on: str) -> tuple:
     """What training.select_on ranks validation results by, larger being better: the loss (lower is
-    better), or exact_match with ties broken by the lower answer loss (SPEC section 8)."""
+    better), or exact_match with ties broken by the lower answer loss (DESIGN.md section 8)."""
     if select_on == "val_exact_match":
         return (val["exact_match"], -val["answer_loss"])
     return (-val["loss"],)

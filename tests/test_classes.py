@@ -1,4 +1,4 @@
-"""Expression classes, exact_match by class, and the reversed-answer format (../shared/SPEC.md section 8)."""
+"""Expression classes, exact_match by class, and the reversed-answer format (docs/DESIGN.md section 8)."""
 
 import json
 import random

@@ -1,4 +1,4 @@
-"""Config: the shipped configs load with the SPEC's values; every mistake is a UserError naming the key."""
+"""Config: the shipped configs load with the design.s values; every mistake is a UserError naming the key."""
 
 import copy
 from pathlib import Path
@@ -149,7 +149,7 @@ def test_config_without_matched_split_gets_the_default(tmp_path, pilot_raw):
 
 def test_shipped_configs_give_their_precision():
     assert load_config(PILOT).training.precision == "fp32"
-    assert load_config(SCALE_10M).training.precision == "fp16"  # SPEC section 2: the 10M run is FP16
+    assert load_config(SCALE_10M).training.precision == "fp16"  # DESIGN.md section 2: the 10M run is FP16
 
 
 def test_config_without_precision_gets_fp32(tmp_path, pilot_raw):

@@ -398,7 +398,7 @@ def test_make_batch_select_with_boolean_mask(batch_records):
     assert sub.results == [batch_records[i].result for i in (1, 2, 4)]
 
 
-# ---------------------------------------------------------------------------- --max-seq-len too short (issue 11)
+# ---------------------------------------------------------------------------- --max-seq-len too short
 
 # the shortest sequence each split can hold: <BOS>expr = result<EOS> with one-digit numbers, the fewest
 # operands its depth allows (depth d needs d + 1 numbers, at least 2) and a one-digit result; the flat
@@ -444,7 +444,7 @@ def cli(argv, capsys) -> tuple[int, str]:
 
 @pytest.fixture
 def no_generation(monkeypatch):
-    """A tripwire: the test fails at once if generation starts (before issue 11 it looped forever)."""
+    """A tripwire: the test fails at once if generation starts (an unfixable bound once looped forever)."""
     def tripped(*args, **kwargs):
         raise AssertionError("generation started; the bad --max-seq-len should have been rejected up front")
     monkeypatch.setattr(data_module, "random_expression", tripped)

@@ -1,4 +1,4 @@
-"""The metrics of SPEC section 5 against models whose answers we know."""
+"""The metrics of DESIGN.md section 5 against models whose answers we know."""
 
 import math
 

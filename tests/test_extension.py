@@ -1,4 +1,4 @@
-"""The learnability extension's settings (issue 13, SPEC section 8): a training set named by its
+"""The learnability extension's settings (DESIGN.md section 8): a training set named by its
 size, the reversed answer format, model selection on validation exact_match, and the checks that
 keep training expressions apart from the held-out ones."""
 

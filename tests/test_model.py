@@ -41,7 +41,7 @@ def all_heads_of(layer):
 
 
 def expected_count(m: ModelConfig) -> int:
-    """SPEC section 3, counted by hand: tied embedding, bias-free attention, FFN with biases, LayerNorms."""
+    """DESIGN.md section 3, counted by hand: tied embedding, bias-free attention, FFN with biases, LayerNorms."""
     d = m.d_model
     per_block = 4 * d * d + (d * m.d_ff + m.d_ff) + (m.d_ff * d + d) + 2 * 2 * d
     return m.vocab_size * d + m.num_layers * per_block + 2 * d

@@ -1,4 +1,4 @@
-"""Several seeds in one process (`python -m src.train --seeds 42,7`, issue 12 item 1).
+"""Several seeds in one process (`python -m src.train --seeds 42,7`).
 
 Each seed writes OUTPUT_DIR/seedS in the format of a single run and trains exactly as it would
 alone: on the CPU bit for bit (weights, optimizer state, every metrics row), here; on CUDA with

@@ -1,4 +1,4 @@
-"""Reliability (issue 6): every bad input is one clear line and exit status 2, every crash is recoverable.
+"""Reliability: every bad input is one clear line and exit status 2, every crash is recoverable.
 
 Bad inputs go through the real entry points: in-process through `run_main(main, argv)`, which is
 exactly what `python -m src.train` / `python -m src.analysis.evaluate` run, and a handful as subprocesses
@@ -378,7 +378,7 @@ def test_fp16_without_cuda(tiny, tmp_path, capsys):
 
 @needs_no_cuda
 def test_gpu_only_without_cuda_is_a_runtime_error_with_exit_1(tiny, tmp_path, capsys):
-    """SPEC section 2 makes this a RuntimeError: exit 1 (not 2), still one line and no traceback."""
+    """DESIGN.md section 2 makes this a RuntimeError: exit 1 (not 2), still one line and no traceback."""
     out = tmp_path / "run"
     argv = ["--config", tiny["config"], "--output-dir", out, "--device", "cuda", "--gpu-only"]
     expect_error(cli(src.train.main, argv, capsys), "CUDA requested but not available", "--gpu-only", code=1)
@@ -641,7 +641,7 @@ def _subprocess_cases(tiny, tmp_path):
                                    "no best checkpoint in run directory"),
         "evaluate_pickled_code": (["-m", "src.analysis.evaluate", "--run", tiny["finished"], "--checkpoint", evil,
                                    "--device", "cpu"], 2, "refused by torch.load(weights_only=True)"),
-        # verify_10m_config.py's contract (SPEC section 7) is exit 1 with an [ERROR] line
+        # verify_10m_config.py's contract (DESIGN.md section 7) is exit 1 with an [ERROR] line
         "verify_bad_config": (["verify_10m_config.py", "--config", bad_heads], 1,
                               "[ERROR] Invalid configuration: " + f"{bad_heads}: key 'model.d_model'"),
     }

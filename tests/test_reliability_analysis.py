@@ -1,4 +1,4 @@
-"""Reliability round two (issue 11), the analysis commands: evaluate, ablate, probe, roles, report.
+"""Reliability: the analysis commands: evaluate, ablate, probe, roles, report.
 
 Each case goes through the real entry point, in-process through `run_main(main, argv)` as
 `python -m src.<tool>` runs it, and checks the exit status, that the message names the file, the

@@ -1,4 +1,4 @@
-"""Reliability round two (issue 11), config files: hostile or careless YAML is one clear line, exit 2.
+"""Reliability: config files: hostile or careless YAML is one clear line, exit 2.
 
 Each case goes through the real entry point, in-process through `run_main(main, argv)` as
 `python -m src.train` runs it (the helpers are those of tests/test_reliability.py), and checks the

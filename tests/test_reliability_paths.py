@@ -1,4 +1,4 @@
-"""Reliability (issue 11, items 4 and 13): bad paths on the command line are one clear line, never a traceback.
+"""Reliability: bad paths on the command line are one clear line, never a traceback.
 
 The checks of src/rundir/paths.py are tested directly on files made in tmp_path; then `python -m src.data --out`
 is tested through `run_main(main, argv)`, as its __main__ block runs it, in the style of

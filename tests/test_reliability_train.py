@@ -1,4 +1,4 @@
-"""Reliability, round two, for training (issue 11): one writer per run directory, signals, divergence,
+"""Reliability of training: one writer per run directory, signals, divergence,
 a resume that keeps its promises, damaged run files, precision that travels with the run.
 
 The helpers and the shared runs (`tiny`: a paused and a finished 4-epoch run; `crash`: an

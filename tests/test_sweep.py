@@ -1,4 +1,4 @@
-"""The sweep runner (`python -m src.sweep DIR --seeds ...`, issue 13 item 5), on the CPU.
+"""The sweep runner (`python -m src.sweep DIR --seeds ...`), on the CPU.
 
 A sweep directory of tiny configs (d_model 32, 2 layers, 2 epochs of 8 steps) trained and evaluated
 for real: the sweep runs in-process through run_main (as `python -m src.sweep` runs it) and starts

@@ -1,4 +1,4 @@
-"""src.train as a user runs it: the device policy of SPEC section 2, the run directory of
+"""src.train as a user runs it: the device policy of DESIGN.md section 2, the run directory of
 section 7, resume, the out-of-memory policy, the fast step against the textbook loop, and the
 10M launcher. CPU-only: a tiny model (d_model 32, 2 layers) on the real pilot data files."""
 
@@ -219,7 +219,7 @@ def test_run_directory_holds_every_file(full_run, tiny_config):
 
 
 def test_trains_on_the_configured_pilot_files_only(full_run, tiny_config):
-    """SPEC section 2: the very files of the config, read as they are; nothing generated."""
+    """DESIGN.md section 2: the very files of the config, read as they are; nothing generated."""
     cfg = load_config(tiny_config)
     assert full_run[3] == [cfg.data.path("train"), cfg.data.path("val")]
     assert [p.name for p in full_run[3]] == ["pilot_train.jsonl", "pilot_val.jsonl"]
@@ -550,7 +550,7 @@ def compiled_and_eager(tmp_path, device: torch.device, precision: str, steps: in
     return out
 
 
-# measured on an H100 (issue 11): compiled minus eager loss 2.4e-7 in fp32 and 9.4e-4 in fp16
+# measured on an H100: compiled minus eager loss 2.4e-7 in fp32 and 9.4e-4 in fp16
 COMPILE_TOLERANCE = {"fp32": 1e-5, "fp16": 5e-3}
 
 

@@ -1,4 +1,4 @@
-"""Training sets at scale (src/data/trainsets.py, ../shared/SPEC.md section 8): nested, held out, reproducible, checked.
+"""Training sets at scale (src/data/trainsets.py, docs/DESIGN.md section 8): nested, held out, reproducible, checked.
 
 Small sets only (2,500 to 20,000 lines); the 2,000,000-line timing is in the module's report, not here.
 """

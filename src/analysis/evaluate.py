@@ -1,4 +1,4 @@
-"""The metrics of ../shared/SPEC.md section 5, defined once and used by training, ablation and reports.
+"""The metrics of docs/DESIGN.md section 5, defined once and used by training, ablation and reports.
 
     python -m src.analysis.evaluate --run runs/scale_10m [--checkpoint best|latest|PATH] [--device cuda] [--out PATH]
 
@@ -16,7 +16,7 @@ Besides each split's metrics, eval.json holds two comparisons of the test sets:
                              share of `*`, signs differ too), so this mixes content with brackets; an
                              interval from resampling each set, no test and no verdict
 and, per split, exact_match by expression class (`exact_match_by_class`: operands, operators, depth
-and their cross, each with a Wilson interval; src/data/classes.py, SPEC section 8).
+and their cross, each with a Wilson interval; src/data/classes.py, DESIGN.md section 8).
 """
 
 from __future__ import annotations

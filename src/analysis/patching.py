@@ -3,7 +3,7 @@
     python -m src.analysis.patching --run runs/pilot [--limit N] [--device cpu|cuda] [--out RUN/patching.json]
 
 Line i of data/pilot_test_paren_matched.jsonl is line i of data/pilot_test_flat.jsonl with
-value-preserving brackets added (../shared/SPEC.md section 5). Each pair is run twice, once per
+value-preserving brackets added (docs/DESIGN.md section 5). Each pair is run twice, once per
 direction; the receiving sequence is run with one activation replaced, at a class of positions, by
 the one recorded on its twin (the source) at the aligned positions:
 

@@ -6,7 +6,7 @@ Sites, in forward order: `hook_embed`, then per layer each head's output
 (`blocks.L.attn.hook_z`, head h: site `blocks.L.attn.hook_z.h`) and the residual stream after the
 block (`blocks.L.hook_resid_post`). The examples are the input positions of the expression's
 characters (`Batch.depth >= 0`; `<BOS>`, `" = "`, the answer and padding are left out); the target
-at a position is the nesting depth of that character (../shared/SPEC.md section 4).
+at a position is the nesting depth of that character (docs/DESIGN.md section 4).
 
 Two tasks: `binary` (depth > 0) and `exact` (depth as a class, 0-2 in training). A split whose
 expressions go deeper than the training ones is out of distribution (test_depth3); there the exact
@@ -21,7 +21,7 @@ Baseline: the majority class of the training targets. Control: the same probes o
 model of the same architecture and seed (`torch.manual_seed(seed)`, then `CompactTransformer`,
 as src.train builds it), at every site and on every scored split.
 
-A probe is read against its control (../shared/SPEC.md section 5). `selectivity` = trained accuracy - control
+A probe is read against its control (docs/DESIGN.md section 5). `selectivity` = trained accuracy - control
 accuracy, with stats.paired_bootstrap over expressions: both probes are scored on the very same
 positions, so each resampled expression carries its correct counts under both (control as a,
 trained as b). A control that reaches CEILING (0.95) on a split puts that probe at its ceiling
@@ -101,7 +101,7 @@ SUMMARY_RULE = (
     "residual-stream sites after each block (blocks.L.hook_resid_post; the embedding and the heads left out), "
     "the one whose trained-model probe is most accurate on the training expressions it was fitted on (ties: the "
     "earlier site); chosen once per task on expressions that no scored split contains, so that its scores are "
-    "taken on examples it was not selected on (SPEC section 5), then reported on every split. claim: 'at ceiling: "
+    "taken on examples it was not selected on (DESIGN.md section 5), then reported on every split. claim: 'at ceiling: "
     "no claim' when the control reaches the ceiling on that split; else 'selective' when the 95% interval of the "
     "selectivity lies above 0, 'not selective' otherwise (one interval per claim, not corrected across the "
     "claims of this summary).")

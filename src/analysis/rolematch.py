@@ -1,6 +1,6 @@
 """Pilot heads matched to 10M heads by role: does each role persist, move or vanish at scale?
 
-Heads are interchangeable under permutation (../shared/SPEC.md section 5), so a pilot head is never
+Heads are interchangeable under permutation (docs/DESIGN.md section 5), so a pilot head is never
 compared with the 10M head of the same index. Each run (one seed of one scale) is described by its
 roles.json (src.analysis.roles, schema roles/1) and by each head's ablation effect (`HeadEffect`, usually
 taken from its ablation.json by `effects_from_ablation`). For every role of src.analysis.roles.ROLES and every

@@ -1,4 +1,4 @@
-"""The whole post-training battery on one run, in one process (issue 14 item 1).
+"""The whole post-training battery on one run, in one process.
 
     python -m src.analysis.run_all --run D [--device cuda] [--only ablate,roles,...] [--limit N]
 
@@ -17,7 +17,7 @@ Runs, in this order, each with its defaults and writing its own files into D:
 One process: Python, torch and the data are loaded once, and each step's own checks (the run, the
 checkpoint, the flags) still apply. A step that fails is reported and the others still run; the
 exit status is then 1. D/battery.json (schema battery/1) records each step's command, wall time and
-outcome, the device and the total: the battery's own benchmark (issue 14: at most 60 s for a 10M
+outcome, the device and the total: the battery's own benchmark (target: at most 60 s for a 10M
 run on an H100).
 """
 

@@ -1,4 +1,4 @@
-"""Probes for intermediate values, which the tokens cannot give away (issue 14 item 3).
+"""Probes for intermediate values, which the tokens cannot give away.
 
     python -m src.analysis.value_probe --run D [--operator-target left_operand|pending_sum] [--device cuda] [--out PATH]
 

@@ -4,7 +4,7 @@ Grammar: 2 to 4 integers from 1 to 99, binary operators + - *, usual precedence 
 left-associative), and parentheses. Values are computed by a recursive-descent parser over the
 string; nothing is ever passed to Python's `eval`.
 
-    python -m src.data --seed 42 --out data     # writes the six files of ../shared/SPEC.md sections 4 and 5
+    python -m src.data --seed 42 --out data     # writes the six files of docs/DESIGN.md sections 4 and 5
     python -m src.data --train-size 200000      # data/generated/train_200000.jsonl (src/data/trainsets.py, section 8)
 
 The command line is src/data/cli.py (run by src/data/__main__.py), kept apart so that src.data.trainsets,
@@ -42,12 +42,12 @@ SPLITS = {
     "pilot_test_paren": (2000, (1, 2)),
     "pilot_test_depth3": (2000, (3,)),
 }
-# line i is line i of pilot_test_flat with one pair of value-preserving brackets added (../shared/SPEC.md section 5)
+# line i is line i of pilot_test_flat with one pair of value-preserving brackets added (docs/DESIGN.md section 5)
 MATCHED_SPLIT, MATCHED_SOURCE = "pilot_test_paren_matched", "pilot_test_flat"
 # generation gives up after this many expressions in a row that are too long or already taken
 # (--max-seq-len 21, the shortest that works for seed 42, needs at most about 4,500)
 MAX_MISSES = 50_000
-MAX_FRESH_EXCLUDE = 2_000_000  # --fresh-test avoids the largest training set of the extension (SPEC section 8)
+MAX_FRESH_EXCLUDE = 2_000_000  # --fresh-test avoids the largest training set of the extension (DESIGN.md section 8)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -275,7 +275,7 @@ def check_max_seq_len(max_seq_len: int) -> None:
 
 def generate_splits(seed: int, max_seq_len: int = 32, exclude: set[str] | None = None,
                     only=None) -> dict[str, list[Record]]:
-    """Every split of ../shared/SPEC.md sections 4 and 5; no expression appears twice, within or across splits.
+    """Every split of docs/DESIGN.md sections 4 and 5; no expression appears twice, within or across splits.
     `exclude`: expressions none of the splits may hold (e.g. every file a model has seen); `only`: these
     splits of SPLITS (the matched pairs are made whenever their source is)."""
     check_max_seq_len(max_seq_len)

@@ -1,4 +1,4 @@
-"""Expression classes of the learnability extension (../shared/SPEC.md section 8).
+"""Expression classes of the learnability extension (docs/DESIGN.md section 8).
 
 A class is (number of operands, operators, depth):
     operands    2, 3 or 4 (the grammar's range)

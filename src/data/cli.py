@@ -1,6 +1,6 @@
 """The command line of src.data: `python -m src.data` (src/data/__main__.py runs `main`).
 
-    python -m src.data --seed 42 --out data     # writes the six files of ../shared/SPEC.md sections 4 and 5
+    python -m src.data --seed 42 --out data     # writes the six files of docs/DESIGN.md sections 4 and 5
     python -m src.data --train-size 200000      # data/generated/train_200000.jsonl (src/data/trainsets.py, section 8)
     python -m src.data --fresh-test 2026        # fresh test files that avoid every shipped and training expression
 
@@ -39,7 +39,7 @@ def _positive_int(text: str) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m src.data",
-        description="Generate the six data files of ../shared/SPEC.md sections 4 and 5, or with --train-size a "
+        description="Generate the six data files of docs/DESIGN.md sections 4 and 5, or with --train-size a "
         "larger training set for the learnability extension (section 8).",
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed of the six files (default 42, as the shipped files)")

@@ -1,4 +1,4 @@
-"""Training sets at scale (../shared/SPEC.md section 8): train_N.jsonl, nested, held-out-free, reproducible.
+"""Training sets at scale (docs/DESIGN.md section 8): train_N.jsonl, nested, held-out-free, reproducible.
 
     python -m src.data --train-size 2000000               # data/generated/train_2000000.jsonl (git-ignored)
     python -m src.data --train-size 200000 --out DIR      # DIR/train_200000.jsonl

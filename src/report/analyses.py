@@ -1,4 +1,4 @@
-"""The section "Extension: mechanisms" (issue 14 item 6), from the battery's files of each run.
+"""The section "Extension: mechanisms", from the battery's files of each run.
 
     python -m src.report.analyses RUN [RUN ...] [--rolematch DIR [DIR ...]] --out DIR
 
@@ -252,8 +252,7 @@ def patching_markdown(runs: list[dict]) -> list[str]:
           "the way to the answer (relative layer = layer / (layers - 1)). Twin gap: bracketed - flat answer "
           "log-probability of the unpatched twins [paired t 95%], the denominator of patching.json's restored "
           "shares: where it is this close to 0 those shares are a change divided by almost nothing, so the changes "
-          "are the figures to read. A run whose patching.json carries a paired t-test per cell (written since "
-          "2026-11-26, second session) has its reach tested too: the change must also be significant after Holm over "
+          "are the figures to read. A run whose patching.json carries a paired t-test per cell (          "2026-11-26, second session) has its reach tested too: the change must also be significant after Holm over "
           "that run's cells shown here"
           + ("; the runs marked `descriptive` predate those tests." if any(not r["patching_profile"].get("tested")
                                                                            for r in profiled) else

@@ -35,7 +35,7 @@ MECHANISMS = "mechanisms/MECHANISMS.md"  # beside extension.json: the section "E
 
 
 def extension_section(directory: Path | None, out: Path) -> list[str]:
-    """The learnability extension's section (SPEC section 8), from DIRECTORY/extension.json as
+    """The learnability extension's section (DESIGN.md section 8), from DIRECTORY/extension.json as
     `python -m src.report.scaling` wrote it, its figures linked relative to the report, followed by
     DIRECTORY/mechanisms/MECHANISMS.md where `python -m src.report.analyses` wrote one; [] without one."""
     if directory is None:

@@ -369,7 +369,7 @@ def section_original(aggs: dict) -> list[str]:
              "The original study reported, for the 10M model, flat 96% and parenthesized 92% \"accuracy\" with heads "
              "L0-H2 and L0-H3 as specialized, and for the pilot a 4-5 point differential effect of L2-H2 on 100 "
              "examples. Rerun with its own code, that \"accuracy\" was end_of_answer_acc (pilot: flat 0.99, paren 0.92) "
-             "while exact_match was 0.00 on both test sets and 0.01 on validation (SPEC section 6). Head indices do not "
+             "while exact_match was 0.00 on both test sets and 0.01 on validation (DESIGN.md section 6). Head indices do not "
              "carry across trainings (heads are interchangeable), so its named heads are compared here by role: "
              "section 5.", ""]
 

@@ -1,4 +1,4 @@
-"""The learnability extension's results: every finished run, aggregated over seeds (issue 13 item 7).
+"""The learnability extension's results: every finished run, aggregated over seeds.
 
     python -m src.report.scaling [--results results/extension] [--out results/extension]
 
