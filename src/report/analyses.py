@@ -252,7 +252,7 @@ def patching_markdown(runs: list[dict]) -> list[str]:
           "the way to the answer (relative layer = layer / (layers - 1)). Twin gap: bracketed - flat answer "
           "log-probability of the unpatched twins [paired t 95%], the denominator of patching.json's restored "
           "shares: where it is this close to 0 those shares are a change divided by almost nothing, so the changes "
-          "are the figures to read. A run whose patching.json carries a paired t-test per cell (          "2026-11-26, second session) has its reach tested too: the change must also be significant after Holm over "
+          "are the figures to read. A run whose patching.json carries a paired t-test per cell has its reach tested too: the change must also be significant after Holm over "
           "that run's cells shown here"
           + ("; the runs marked `descriptive` predate those tests." if any(not r["patching_profile"].get("tested")
                                                                            for r in profiled) else
