@@ -23,7 +23,7 @@ def test_the_battery_runs_every_step_and_records_its_time(run):
     assert [s["step"] for s in record["steps"]] == list(battery.STEPS)
     for step in record["steps"]:
         assert step["status"] == "ok" and step["wall_s"] > 0
-        assert step["command"].startswith(f"python -m src.{step['step']} --run ")
+        assert step["command"].startswith(f"python -m src.analysis.{step['step']} --run ")
         assert json.loads((run / battery.OUTPUTS[step["step"]]).read_text())["schema"]
     assert record["total_s"] >= sum(s["wall_s"] for s in record["steps"])
 
