@@ -405,7 +405,7 @@ def rate_of(group: Group, args) -> tuple[float, str]:
 
 
 def steps_left(group: Group, plan: SeedPlan, per_epoch: int | None) -> int | None:
-    """Optimizer steps the seed still has to train (at most: rows are written only at evaluations)."""
+    """Optimizer steps the seed still has to train, from the last epoch its metrics.jsonl records."""
     if per_epoch is None:
         return None
     total = group.cfg.training.epochs * per_epoch

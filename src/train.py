@@ -477,11 +477,13 @@ def end_epoch(r: SeedRun, args, val_batch, stop: StopSignals) -> None:
         improved = r.best["metrics"] is None or selection_key(val, t.select_on) > selection_key(r.best["metrics"], t.select_on)
         if improved:
             r.best = {"val_loss": val["loss"], "epoch": epoch, "metrics": val}
-        r.run.append_metrics(record)
-        print(f"{r.label}epoch {epoch:3d}  train_loss {record['train_loss']:.4f}  val_loss {val['loss']:.4f}  "
-              f"exact_match {val['exact_match']:.3f}  end_of_answer_acc {val['end_of_answer_acc']:.3f}"
-              + (f"  peak_mem {record['peak_gpu_memory_mb']:.0f} MB" if "peak_gpu_memory_mb" in record else ""),
-              flush=True)
+    r.run.append_metrics(record)  # every epoch: its training figures, and its validation where it was evaluated
+    val = record.get("val")
+    print(f"{r.label}epoch {epoch:3d}  train_loss {record['train_loss']:.4f}"
+          + (f"  val_loss {val['loss']:.4f}  exact_match {val['exact_match']:.3f}  end_of_answer_acc "
+             f"{val['end_of_answer_acc']:.3f}" if val else "")
+          + (f"  peak_mem {record['peak_gpu_memory_mb']:.0f} MB" if "peak_gpu_memory_mb" in record else ""),
+          flush=True)
     stop_here = epoch == args.stop_after_epoch
     names = [f"checkpoint_epoch_{epoch}.pt"] if epoch % t.save_interval == 0 else []
     if epoch % t.save_interval == 0 or epoch == t.epochs or stop_here or stop.signum is not None:

@@ -205,6 +205,45 @@ def test_short_run_lowers_training_loss(full_run):
             assert isinstance(r["val"][key], float), key
 
 
+def sparse_eval_config(directory: Path) -> Path:
+    """The tiny config with eval_interval 2, on the first lines of the pilot files (2 steps an epoch)."""
+    for split, n in (("train", 200), ("val", 20)):
+        lines = (REPO_ROOT / "data" / f"pilot_{split}.jsonl").read_text().splitlines()[:n]
+        (directory / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    config = write_tiny_config(directory, batch_size=100, eval_interval=2)
+    raw = yaml.safe_load(config.read_text())
+    raw["data"].update(train=str(directory / "train.jsonl"), val=str(directory / "val.jsonl"))
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def test_every_epoch_writes_its_training_row_and_evaluated_ones_their_validation(tmp_path):
+    """eval_interval 2 of 3 epochs: a row for each epoch (training loss, lr, steps), `val` in epochs 2
+    and 3 only; the readers and the training-curve figure take both kinds of row."""
+    from src.report import figures
+    from src.rundir.results import evaluated, metrics_row_problem, read_metrics
+
+    assert train(sparse_eval_config(tmp_path), tmp_path / "run") == 0
+    rows, problems = read_metrics(tmp_path / "run" / "metrics.jsonl", check=metrics_row_problem)
+    assert problems == []
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["step"] for r in rows] == [2, 4, 6]
+    assert [r["epoch"] for r in evaluated(rows)] == [2, 3] and "val" not in rows[0]
+    for r in rows:
+        assert isinstance(r["train_loss"], float) and isinstance(r["lr"], float) and r["skipped_steps"] == 0
+    assert figures.training_curves([("tiny", rows)]).startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_resume_after_an_epoch_without_evaluation_writes_the_rows_of_an_uninterrupted_run(tmp_path):
+    config = sparse_eval_config(tmp_path)
+    assert train(config, tmp_path / "whole") == 0
+    out = tmp_path / "resumed"
+    assert train(config, out, "--stop-after-epoch", "1") == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 1: trained, not evaluated
+    assert train(config, out, "--resume") == 0
+    assert (out / "metrics.jsonl").read_bytes() == (tmp_path / "whole" / "metrics.jsonl").read_bytes()
+
+
 def test_run_directory_holds_every_file(full_run, tiny_config):
     work, run, scratch_files, _ = full_run
     assert sorted(p.name for p in run.iterdir()) == [

@@ -45,7 +45,7 @@ from src.errors import UserError, run_main
 from src.metrics import METRIC_DEFINITIONS
 from src.rundir.paths import check_output_dir
 from src.plotting import png_bytes, pyplot
-from src.rundir.results import metrics_row_problem, read_metrics, rounded, read_result, regenerate_hint
+from src.rundir.results import evaluated, metrics_row_problem, read_metrics, rounded, read_result, regenerate_hint
 from src.stats import Family, t_quantile_975, welch_t, wilson_interval
 from src.sweep import find_configs
 from src.cli import seed_value
@@ -149,7 +149,7 @@ def load_run(seed_dir: Path, config: str, seed: int, notes: list[str]) -> dict:
     rows, problems = read_metrics(seed_dir / "metrics.jsonl", metrics_row_problem)
     notes.extend(problems)
     val_curve = [{"epoch": r["epoch"], "step": r.get("step"), "exact_match": r["val"]["exact_match"]}
-                 for r in rows if isinstance(r.get("val"), dict) and r["val"].get("exact_match") is not None]
+                 for r in evaluated(rows)]
     cost = ev.get("bracket_cost", {}).get("metrics", {})
     keep = ("flat", "bracketed", "test", "estimate", "ci95", "p_value", "p_adjusted", "significant", "lost", "gained")
     return {
