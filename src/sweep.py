@@ -69,7 +69,7 @@ Bad inputs are one-line errors before anything starts (exit 2): a missing sweep 
 without configs, bad --seeds or --only, a config that does not load (the loader's message, naming the
 file) or that check_config refuses. Ctrl-C (or SIGTERM) starts no new step; the running ones
 checkpoint when the signal reaches them too (the terminal, like Slurm, signals the whole process
-group); the sweep then exits 130, and the same command continues.
+group); the sweep then exits 128 + the signal's number (130 for Ctrl-C), and the same command continues.
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ from src.errors import UserError, run_main
 from src.rundir.paths import check_output_dir
 from src.rundir.directory import RUN_FILES, _try_lock
 from src.rundir.results import read_metrics
+from src.training.signals import Interrupted
 from src.cli import seed_value
 from src.config import flat
 
@@ -106,10 +107,6 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 COLLECTED = ("summary.json", "metrics.jsonl", "config.yaml")  # copied to RESULTS/C/seedS, then eval.json
 DEFAULT_STEPS_PER_S = 300.0  # seed-steps/s of one training process: 10M at batch 256 on an H100 (BENCHMARKS.md)
 RESUMABLE = (None, "stopped_after_epoch")  # summary status of a run the sweep resumes (None: no summary yet)
-
-
-class Interrupted(UserError):
-    exit_code = 130
 
 
 # ---------------------------------------------------------------------------- configs
@@ -476,6 +473,7 @@ class Sweep:
         self.finished = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.signum = signal.SIGINT  # the signal that set `stopping`
         self.bar = tqdm(total=sum(g.steps() for g in groups), desc="sweep", unit="step", file=sys.stderr,
                         disable=args.no_progress, dynamic_ncols=True)
         self.env = dict(os.environ)
@@ -522,6 +520,7 @@ class Sweep:
     def on_signal(self, signum, frame) -> None:
         if self.stopping.is_set():
             raise KeyboardInterrupt
+        self.signum = signum
         self.stopping.set()
         self.note(f"{signal.Signals(signum).name}: no new step starts; waiting for the running ones (a training "
                   "saves checkpoint_latest.pt when the signal reaches it). Again to leave at once")
@@ -698,7 +697,7 @@ def main(argv=None) -> int:
           + (f" (GPUs {','.join(gpus[:workers])})" if workers > 1 and len(gpus) > 1 else ""), flush=True)
     sweep.run()
     if sweep.stopping.is_set():
-        raise Interrupted("interrupted: no new step was started; finished runs are kept and partial ones have "
+        raise Interrupted(sweep.signum, "interrupted: no new step was started; finished runs are kept and partial ones have "
                           "their checkpoints. Run the same command again to continue")
     print(f"sweep done: {sweep.finished} run(s) finished now, {done_before} before; "
           f"{len(sweep.failed)} failure(s); {len(sweep.skipped)} config(s) skipped (in use)"

@@ -25,7 +25,7 @@ import yaml
 from tqdm import tqdm
 
 from src.cli import seed_value, MAX_SEED, comma_list, int_in
-from src.rundir.checkpoint import load_training_checkpoint, model_from_checkpoint
+from src.rundir.checkpoint import load_training_checkpoint, make_checkpoint, model_from_checkpoint
 from src.config import flat, Config, check_data_paths, config_from_dict, load_config
 from src.data import load_jsonl, make_batch
 from src.device import (DESCRIPTION, check_precision, resolve_device, run_precision, set_deterministic)
@@ -222,11 +222,9 @@ class SeedRun:
 
     def checkpoint(self, names: list[str]) -> None:
         trainer = self.trainer
-        cfg = trainer.cfg
         with trainer.rng:  # the seed's own random state goes into its checkpoint
-            ckpt = {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(),
-                    "model": trainer.model.state_dict(), "epoch": self.epoch, "best": self.best, **self.run_info,
-                    **trainer.state_dict()}
+            ckpt = make_checkpoint(trainer.cfg, trainer.model, epoch=self.epoch, best=self.best, **self.run_info,
+                                   **trainer.state_dict())
         tic = time.perf_counter()
         self.run.save_checkpoint(names, ckpt)
         self.timing["checkpoint_s"] += time.perf_counter() - tic

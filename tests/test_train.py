@@ -280,6 +280,24 @@ def test_summary_has_the_fields_of_spec_section_7(full_run):
     assert summary["best_val_metrics"] == best["val"]
 
 
+def test_make_checkpoint_builds_what_src_train_writes(full_run, tmp_path):
+    """The one checkpoint builder: its entries are those of a trained run's checkpoint (which adds the
+    training state), with the same model_config and config, and load_model reads it back."""
+    from src.rundir.atomic import atomic_save
+    from src.rundir.checkpoint import load_model, make_checkpoint
+
+    trained = torch.load(full_run[1] / "checkpoint_latest.pt", weights_only=True)
+    cfg = load_config(full_run[1] / "config.yaml")
+    model = CompactTransformer(cfg.model)
+    built = make_checkpoint(cfg, model, epoch=1, step=32, best=trained["best"], seed=42)
+    assert set(built) < set(trained)
+    assert built["model_config"] == trained["model_config"] and built["config"] == trained["config"]
+    atomic_save(built, tmp_path / "checkpoint_best.pt")
+    loaded, ckpt = load_model(tmp_path)
+    assert_same_tensors(loaded.state_dict(), model.state_dict())
+    assert ckpt["seed"] == 42 and ckpt["epoch"] == 1
+
+
 def test_checkpoints_load_with_weights_only(full_run):
     run = full_run[1]
     epochs = {}

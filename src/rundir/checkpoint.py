@@ -13,18 +13,27 @@ weights) before it is used, so a damaged or foreign file is a one-line error, ne
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import re
 from pathlib import Path
 
 import torch
 
-from src.config import ModelConfig, model_config_from_dict
+from src.config import Config, ModelConfig, model_config_from_dict
 from src.errors import UserError
 from src.model import CompactTransformer
 
 # what a checkpoint must hold, besides the model, to be resumed
 TRAINING_STATE = ("optimizer", "scaler", "step", "skipped_steps", "rng", "epoch", "best")
+
+
+def make_checkpoint(cfg: Config, model: torch.nn.Module, *, epoch: int, step: int, best: dict, **state) -> dict:
+    """The checkpoint dict of the schema above for `model`, trained with `cfg`: the architecture, the
+    whole config and the weights, where the run is, and the entries of `state` (seed, precision and
+    the trainer's state for a resumable checkpoint). The one place a checkpoint is put together."""
+    return {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": model.state_dict(),
+            "epoch": epoch, "step": step, "best": best, **state}
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
