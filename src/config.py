@@ -1,9 +1,10 @@
 """YAML config -> typed, validated config.
 
 Every key is required and every unknown key is an error: a typo in a config must never fall
-back silently to a default. The one exception is a key added after checkpoints were saved with
-configs that lack it: it has a default, so that those checkpoints still load. Errors name the
-file and the key (`training.batch_size`).
+back silently to a default. The exceptions are the keys of options a config may leave out, each
+with the default that leaves the option off (training.select_on, training.deterministic,
+data.train_size, data.answer_format; data.train where data.train_size names a generated set).
+Errors name the file and the key (`training.batch_size`).
 
 A config file is also checked as a file before its values are: at most MAX_CONFIG_BYTES, nested at
 most MAX_DEPTH levels (checked on the parser's events, before PyYAML's recursive composer runs), no
@@ -62,11 +63,11 @@ class TrainingConfig:
     compile: bool  # torch.compile the training step (CUDA only)
     cuda_graph: bool  # capture the whole training step as a CUDA graph (CUDA only)
     max_bad_steps: int  # stop after this many consecutive steps with a non-finite loss
-    precision: str = "fp32"  # fp32, fp16 or bf16 (added later; older configs lack it)
-    # the checkpoint_best.pt rule (added later): "val_loss", lowest validation loss; or "val_exact_match",
+    precision: str  # fp32, fp16 or bf16
+    # the checkpoint_best.pt rule: "val_loss", lowest validation loss; or "val_exact_match",
     # highest validation exact_match, ties broken by the lower validation answer loss (DESIGN.md section 8)
     select_on: str = "val_loss"
-    # PyTorch's deterministic kernels only, an error where one has none (added later): a guarantee that two
+    # PyTorch's deterministic kernels only, an error where one has none: a guarantee that two
     # trainings of one seed repeat bit for bit, at 9-17% of the batch-256 speed (src/device.py, BENCHMARKS.md)
     deterministic: bool = False
 
@@ -79,8 +80,8 @@ class DataConfig:
     test_flat: str
     test_paren: str
     test_depth3: str
-    test_paren_matched: str = "data/pilot_test_paren_matched.jsonl"  # added later; older configs lack it
-    # the learnability extension (docs/DESIGN.md section 8), both added later:
+    test_paren_matched: str
+    # the learnability extension (docs/DESIGN.md section 8):
     train_size: int = 0  # train on the generated set of this many expressions (src/data/trainsets.py), not `train`
     answer_format: str = "plain"  # "plain", or "reversed": the answer's digits least significant first
 

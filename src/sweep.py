@@ -209,8 +209,8 @@ def read_json(path: Path) -> dict | None:
 
 
 def run_config(run: Path) -> Config | None:
-    """The config a run was trained with (its config.yaml, keys added since filled with their
-    defaults), or None where it cannot be read (the trainer then says what is wrong)."""
+    """The config a run was trained with (its config.yaml), or None where it cannot be read (the
+    trainer then says what is wrong)."""
     try:
         return config_from_dict(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")),
                                 str(run / "config.yaml"))

@@ -104,17 +104,14 @@ def resumed_settings(args, ckpt: dict, run: RunDir, given_seed: int | None) -> t
                   if key != "training.epochs" and theirs.get(key) != value]
     elif args.fp16 and own.training.precision != "fp16":
         diffs.append(f"training.precision: run {own.training.precision!r}, --fp16")
-    seed = ckpt.get("seed")
-    if given_seed is not None and seed is not None and given_seed != seed:
+    seed = ckpt["seed"]
+    if given_seed is not None and given_seed != seed:
         diffs.append(f"seed: run {seed}, {'--seeds' if args.seeds else '--seed'} {given_seed}")
     if diffs:
         raise UserError(f"--resume: a resumed run keeps its own config and seed, and these differ from the run in "
                         f"{run.path}: {'; '.join(diffs)}. Resume without them (only training.epochs may change), "
                         "or start a new run in another --output-dir")
-    if seed is None:  # a checkpoint written before checkpoints recorded their seed
-        seed = 42 if given_seed is None else given_seed
-        print(f"note: {where} does not record its seed; using {seed}", file=sys.stderr)
-    changes = list(ckpt.get("epoch_changes", []))
+    changes = list(ckpt["epoch_changes"])
     if given is not None and given.training.epochs != own.training.epochs:
         if given.training.epochs < ckpt["epoch"]:
             raise UserError(f"--resume: {args.config} has training.epochs = {given.training.epochs}, but the run in "
@@ -329,7 +326,7 @@ def start_seed(cfg: Config, args, run: RunDir, seed: int, ckpt: dict | None, epo
         trainer.load_state_dict(ckpt)
     epoch, best = ckpt["epoch"], ckpt["best"]
     run.keep_metrics_until(epoch)
-    if epoch_changes != ckpt.get("epoch_changes", []):
+    if epoch_changes != ckpt["epoch_changes"]:
         run.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if epoch >= cfg.training.epochs:
         print(f"{label}Finishing the run: epoch {epoch} (step {ckpt['step']}) is its last; no training is left")
