@@ -455,6 +455,28 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
     return cfg
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def find_configs(directory, what: str = "config directory") -> list[Path]:
+    """The config files (`*.yaml`, `*.yml`) of `directory`, sorted by name, each naming a config by its
+    file stem; a UserError (starting with `what`) when there are none or two share a stem."""
+    path = Path(directory)
+    if not path.is_dir():
+        problem = "is a file, not a directory" if path.exists() else "no such directory"
+        raise UserError(f"{what} {directory}: {problem}; give a directory of YAML configs, e.g. configs/extension/")
+    files = sorted(p for p in path.iterdir() if p.suffix in CONFIG_SUFFIXES and p.is_file())
+    if not files:
+        raise UserError(f"{what} {directory}: no configs in it (no *.yaml or *.yml file); "
+                        "put one src.train config per file there")
+    stems = [p.stem for p in files]
+    for i, stem in enumerate(stems):
+        if stem in stems[:i]:
+            raise UserError(f"{what} {directory}: {files[stems.index(stem)].name} and {files[i].name} "
+                            "name the same config; keep one of them")
+    return files
+
+
 def check_data_paths(cfg: Config, source: str, splits=("train", "val")) -> None:
     """UserError naming the config key of the first data file that does not exist or is not a file."""
     for split in splits:

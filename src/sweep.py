@@ -94,7 +94,7 @@ from tqdm import tqdm
 
 from src.rundir.atomic import atomic_write_bytes
 from src.cli import ArgumentParser, comma_list, float_in, int_in
-from src.config import REPO_ROOT, Config, check_data_paths, config_from_dict, load_config
+from src.config import REPO_ROOT, Config, check_data_paths, config_from_dict, find_configs, load_config
 from src.errors import UserError, run_main
 from src.rundir.paths import check_output_dir
 from src.rundir.directory import RUN_FILES, _try_lock
@@ -103,7 +103,6 @@ from src.training.signals import Interrupted
 from src.cli import seed_value
 from src.config import flat
 
-CONFIG_SUFFIXES = (".yaml", ".yml")
 COLLECTED = ("summary.json", "metrics.jsonl", "config.yaml")  # copied to RESULTS/C/seedS, then eval.json
 DEFAULT_STEPS_PER_S = 300.0  # seed-steps/s of one training process: 10M at batch 256 on an H100 (BENCHMARKS.md)
 RESUMABLE = (None, "stopped_after_epoch")  # summary status of a run the sweep resumes (None: no summary yet)
@@ -143,24 +142,6 @@ def train_size(cfg: Config) -> int | None:
             return lines + (last != b"\n")
     except OSError:
         return None
-
-
-def find_configs(directory: str) -> list[Path]:
-    """The config files of the sweep directory, sorted by name; a UserError when there are none."""
-    path = Path(directory)
-    if not path.is_dir():
-        what = "is a file, not a directory" if path.exists() else "no such directory"
-        raise UserError(f"sweep directory {directory}: {what}; give a directory of YAML configs, e.g. configs/extension/")
-    files = sorted(p for p in path.iterdir() if p.suffix in CONFIG_SUFFIXES and p.is_file())
-    if not files:
-        raise UserError(f"sweep directory {directory}: no configs in it (no *.yaml or *.yml file); "
-                        "put one src.train config per file there")
-    stems = [p.stem for p in files]
-    for i, stem in enumerate(stems):
-        if stem in stems[:i]:
-            raise UserError(f"sweep directory {directory}: {files[stems.index(stem)].name} and {files[i].name} "
-                            "name the same config; keep one of them")
-    return files
 
 
 # ---------------------------------------------------------------------------- the plan
@@ -261,7 +242,7 @@ def seed_plan(cfg: Config, seed: int, run: Path, result: Path) -> SeedPlan:
 def make_plan(args) -> list[Group]:
     """Every config of the sweep (those of --only), loaded and checked, with each seed's plan;
     any bad input is a UserError here, before anything is started."""
-    files = find_configs(args.sweep_dir)
+    files = find_configs(args.sweep_dir, "sweep directory")
     by_name = {p.stem: p for p in files}
     if args.only is not None:
         unknown = [name for name in args.only if name not in by_name]

@@ -1,6 +1,8 @@
 """Config: the shipped configs load with the design.s values; every mistake is a UserError naming the key."""
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,20 @@ def test_check_data_paths_names_the_missing_key(tmp_path, pilot_raw):
         check_data_paths(cfg, str(path))
     assert "data.train" in str(info.value) and "no_such_train.jsonl" in str(info.value)
     check_data_paths(cfg, str(path), splits=("val",))  # the other files are still there
+
+
+def test_find_configs_lists_a_directory_of_configs_and_the_report_needs_no_sweep_runner(tmp_path):
+    """find_configs lives with the configs: src.report.scaling lists a grid without importing src.sweep."""
+    from src.config import find_configs
+
+    for name in ("b.yaml", "a.yml", "notes.txt"):
+        (tmp_path / name).write_text("")
+    assert [p.name for p in find_configs(tmp_path)] == ["a.yml", "b.yaml"]
+    (tmp_path / "a.yaml").write_text("")
+    with pytest.raises(UserError, match="a.yaml and a.yml name the same config"):
+        find_configs(tmp_path)
+    with pytest.raises(UserError, match=f"config directory {tmp_path / 'none'}: no such directory"):
+        find_configs(tmp_path / "none")
+    code = "import sys, src.report.scaling; print('src.sweep' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr

@@ -40,14 +40,13 @@ from pathlib import Path
 
 from src.rundir.atomic import atomic_write_bytes, atomic_write_text
 from src.cli import ArgumentParser, comma_list
-from src.config import load_config
+from src.config import find_configs, load_config
 from src.errors import UserError, run_main
 from src.metrics import METRIC_DEFINITIONS
 from src.rundir.paths import check_output_dir
 from src.plotting import png_bytes, pyplot
 from src.rundir.results import evaluated, metrics_row_problem, read_metrics, rounded, read_result, regenerate_hint
 from src.stats import Family, t_quantile_975, welch_t, wilson_interval
-from src.sweep import find_configs
 from src.cli import seed_value
 
 SCHEMA = "extension/1"
