@@ -6,7 +6,8 @@
 
 Every YAML file of the sweep directory (`*.yaml`, `*.yml`) is a config for src.train, named by its file
 stem. Seed S of config C trains into the run directory RUNS/C/seedS (RUNS: --runs-dir, default
-runs/extension) and its results go to RESULTS/C/seedS (--results-dir, default results/extension):
+runs/extension) and its results go to RESULTS/C/seedS (--results-dir, default runs/extension_results;
+the committed results are in results/extension, written only when --results-dir names it):
 eval.json, summary.json, metrics.jsonl and config.yaml, never a checkpoint. A run is finished when,
 and only when, RESULTS/C/seedS/eval.json exists: it is written last, atomically.
 
@@ -625,9 +626,9 @@ def parse_args(argv):
                    type=comma_list(item=seed_value, what="distinct seeds separated by commas, e.g. 42,123,7"),
                    help="the seeds of every config")
     p.add_argument("--runs-dir", default="runs/extension", help="run directories RUNS/CONFIG/seedS (default: %(default)s)")
-    p.add_argument("--results-dir", default="results/extension",
+    p.add_argument("--results-dir", default="runs/extension_results",
                    help="results RESULTS/CONFIG/seedS: eval.json, summary.json, metrics.jsonl, config.yaml "
-                   "(default: %(default)s)")
+                   "(default: %(default)s; the committed ones are in results/extension)")
     p.add_argument("--only", type=comma_list(what="config names (file stems) separated by commas"), default=None,
                    metavar="CONFIG,...", help="only these configs of the directory")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="for training and evaluation (default: cuda)")

@@ -352,6 +352,12 @@ def test_a_signal_ends_the_sweep_as_it_ends_a_training(tmp_path, monkeypatch, ca
     assert not (env["runs"] / "a" / "seed42").exists()
 
 
+def test_default_outputs_stay_under_runs():
+    """Without --runs-dir and --results-dir, a sweep writes under runs/, never into the committed results/."""
+    args = src.sweep.parse_args(["configs/extension", "--seeds", "42"])
+    assert Path(args.runs_dir).parts[0] == "runs" and Path(args.results_dir).parts[0] == "runs"
+
+
 # ---------------------------------------------------------------------------- bad input
 
 

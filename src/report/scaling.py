@@ -1,6 +1,6 @@
 """The learnability extension's results: every finished run, aggregated over seeds.
 
-    python -m src.report.scaling [--results results/extension] [--out results/extension]
+    python -m src.report.scaling --out DIR [--results results/extension]
 
 A finished run is a directory RESULTS/CONFIG/seedS holding eval.json (src.sweep writes it last), with
 summary.json and config.yaml beside it. Per config (scale, N, variant, answer format and loss_on read
@@ -55,7 +55,7 @@ CURVE_SPLITS = ("test_flat", "test_paren", "test_depth3")
 POOLED_SPLITS = ("test_flat", "test_paren", "test_depth3")  # disjoint in depth: 0, 1-2, 3
 CLASS_GROUPS = ("by_operands", "by_operators", "by_depth", "by_class")
 GRID_SEEDS = (42, 123, 7)
-SWEEP_HINT = "python -m src.sweep configs/extension --seeds 42,123,7"
+SWEEP_HINT = "python -m src.sweep configs/extension --seeds 42,123,7 --results-dir results/extension"
 PLAIN = "plain"  # the variant of the curve: plain answers, loss on the answer only
 NAME = re.compile(r"^ext_(?P<scale>.+?)_n(?P<n>\d+)(?:_(?P<suffix>.+))?$")
 SEED_DIR = re.compile(r"^seed(\d+)$")
@@ -731,8 +731,9 @@ def parse_args(argv):
                        epilog="\n\n".join(doc[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=Path("results/extension"),
                    help="where src.sweep put the runs: RESULTS/CONFIG/seedS/eval.json (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("results/extension"),
-                   help="directory for extension.json, EXTENSION.md and the figures (default: %(default)s)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="directory for extension.json, EXTENSION.md and the figures, e.g. runs/extension_report "
+                   "(the committed ones are in results/extension)")
     p.add_argument("--configs", default="configs/extension",
                    help="the grid's configs (*.yaml), for the list of config x seed not run yet (default: %(default)s)")
     p.add_argument("--seeds", type=comma_list(item=seed_value, what="distinct seeds separated by commas, e.g. 42,123,7"),
