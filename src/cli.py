@@ -130,6 +130,12 @@ def distinct(values: list, flag: str, choices: Iterable[str] | None = None) -> l
 from src.rundir.paths import check_output_file  # noqa: E402,F401 - re-exported: the analysis commands import it here
 
 
+def interrupted(argv=None) -> int:
+    """What an entry point runs through src.errors.run_main when Ctrl-C arrives while its imports
+    (torch takes seconds) are still running: the one line and exit status 130 of any other moment."""
+    raise KeyboardInterrupt
+
+
 def seed_value(text: str) -> int:
     """One seed of --seeds: an integer in [0, MAX_SEED] (ValueError says what is wrong)."""
     try:

@@ -20,26 +20,32 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-import yaml
-from tqdm import tqdm
-
-from src.cli import seed_value, MAX_SEED, comma_list, int_in
-from src.rundir.checkpoint import load_training_checkpoint, make_checkpoint, model_from_checkpoint
-from src.config import flat, Config, check_data_paths, config_from_dict, load_config
-from src.data import load_jsonl, make_batch
-from src.device import (DESCRIPTION, check_precision, resolve_device, run_precision, set_deterministic)
+from src.cli import interrupted  # light: ready before torch is
 from src.errors import UserError, run_main
-from src.metrics import EVAL_SPLITS, evaluate_batch
-from src.model import CompactTransformer
-from src.rundir.paths import check_output_dir
-from src.rundir.directory import RUN_FILES, RunDir
-from src.rundir.results import SCHEMAS
-from src.data.trainsets import check_training_set, ensure_training_set
 
-# dynamic loss scaling, as torch.amp.GradScaler's defaults
-from src.training.signals import StopSignals
-from src.training.trainer import (OOM_ADVICE, DeviceData, SeedRNG, Trainer, TrainingStopped, run_epochs)
+
+try:  # importing torch takes seconds: a Ctrl-C then ends as one at any later moment does (run_main)
+    import torch
+    import yaml
+    from tqdm import tqdm
+
+    from src.cli import seed_value, MAX_SEED, comma_list, int_in
+    from src.rundir.checkpoint import load_training_checkpoint, make_checkpoint, model_from_checkpoint
+    from src.config import flat, Config, check_data_paths, config_from_dict, load_config
+    from src.data import load_jsonl, make_batch
+    from src.device import (DESCRIPTION, check_precision, resolve_device, run_precision, set_deterministic)
+    from src.metrics import EVAL_SPLITS, evaluate_batch
+    from src.model import CompactTransformer
+    from src.rundir.paths import check_output_dir
+    from src.rundir.directory import RUN_FILES, RunDir
+    from src.rundir.results import SCHEMAS
+    from src.data.trainsets import check_training_set, ensure_training_set
+    from src.training.signals import StopSignals
+    from src.training.trainer import (OOM_ADVICE, DeviceData, SeedRNG, Trainer, TrainingStopped, run_epochs)
+except KeyboardInterrupt:
+    if __name__ != "__main__":
+        raise
+    raise SystemExit(run_main(interrupted)) from None
 
 # ---------------------------------------------------------------------------- main
 

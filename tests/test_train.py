@@ -657,3 +657,20 @@ def test_device_data_cuts_the_all_padding_columns_and_the_loss_is_unchanged(tmp_
         cut = model(data.inputs[:-1].long(), data.labels[:-1].long())
     assert cut.loss.item() == pytest.approx(full.loss.item(), rel=1e-6)
     torch.testing.assert_close(cut.logits, full.logits[:, : data.width], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- Ctrl-C at start-up
+
+
+@pytest.mark.parametrize("command", [["-m", "src.train", "--help"], [str(REPO_ROOT / "verify_10m_config.py")]])
+def test_ctrl_c_while_torch_imports_ends_in_one_line_and_exit_130(command, tmp_path):
+    """A torch whose import is interrupted (as Ctrl-C during the seconds it takes): no traceback."""
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake.parent), str(REPO_ROOT)]))
+    result = subprocess.run([sys.executable, *command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.startswith("interrupted: ") and result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == ""
