@@ -94,15 +94,13 @@ import yaml
 from tqdm import tqdm
 
 from src.rundir.atomic import atomic_write_bytes
-from src.cli import ArgumentParser, comma_list, float_in, int_in
-from src.config import REPO_ROOT, Config, check_data_paths, config_from_dict, find_configs, load_config
+from src.cli import ArgumentParser, comma_list, float_in, int_in, seed_value
+from src.config import REPO_ROOT, Config, check_data_paths, config_from_dict, find_configs, flat, load_config
 from src.errors import UserError, run_main
 from src.rundir.paths import check_output_dir
 from src.rundir.directory import RUN_FILES, _try_lock
 from src.rundir.results import read_metrics
 from src.training.signals import Interrupted
-from src.cli import seed_value
-from src.config import flat
 
 COLLECTED = ("summary.json", "metrics.jsonl", "config.yaml")  # copied to RESULTS/C/seedS, then eval.json
 DEFAULT_STEPS_PER_S = 300.0  # seed-steps/s of one training process: 10M at batch 256 on an H100 (BENCHMARKS.md)

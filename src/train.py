@@ -302,6 +302,11 @@ def train(cfg: Config, args, device, fallback, settings: list, source: str, runs
     return 0
 
 
+def write_config(run: RunDir, cfg: Config) -> None:
+    """The run's config.yaml: the whole config, every key written out."""
+    run.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
 def start_seed(cfg: Config, args, run: RunDir, seed: int, ckpt: dict | None, epoch_changes: list, data: DeviceData,
                device, val_batch, label: str) -> SeedRun | None:
     """A seed's model, trainer and run directory, new or resumed from `ckpt`; None for a resumed seed
@@ -313,7 +318,7 @@ def start_seed(cfg: Config, args, run: RunDir, seed: int, ckpt: dict | None, epo
     run_info = {"seed": seed, "precision": cfg.training.precision, "epoch_changes": epoch_changes}
     epoch, best = 0, {"val_loss": float("inf"), "epoch": None, "metrics": None}
     if ckpt is None:
-        run.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_config(run, cfg)
         return SeedRun(seed, run, trainer, run_info, best, epoch, label)
     latest = run.path / "checkpoint_latest.pt"
     model.load_state_dict(model_from_checkpoint(ckpt, latest, cfg.model).state_dict())
@@ -333,7 +338,7 @@ def start_seed(cfg: Config, args, run: RunDir, seed: int, ckpt: dict | None, epo
     epoch, best = ckpt["epoch"], ckpt["best"]
     run.keep_metrics_until(epoch)
     if epoch_changes != ckpt["epoch_changes"]:
-        run.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_config(run, cfg)
     if epoch >= cfg.training.epochs:
         print(f"{label}Finishing the run: epoch {epoch} (step {ckpt['step']}) is its last; no training is left")
         finish_last_epoch(run, ckpt, trainer, val_batch)
