@@ -9,14 +9,21 @@ target_parameters, the config is invalid, or (with --require-cuda) CUDA is not a
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-import torch
+from src.cli import interrupted  # light: ready before torch is
+from src.errors import UserError, run_main
 
-from src.config import load_config
-from src.errors import UserError
-from src.model import CompactTransformer
+
+try:  # importing torch takes seconds: a Ctrl-C then ends as one at any later moment does (run_main)
+    import torch
+
+    from src.config import load_config
+    from src.model import CompactTransformer
+except KeyboardInterrupt:
+    if __name__ != "__main__":
+        raise
+    raise SystemExit(run_main(interrupted)) from None
 
 TOLERANCE = 0.10
 
@@ -38,6 +45,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(Path(__file__).resolve().parent / "configs" / "scale_10m.yaml"), help="YAML config to check (default: %(default)s)")
     parser.add_argument("--require-cuda", action="store_true", help="exit 1 when no CUDA device is available")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config)
@@ -62,4 +70,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_main(main))

@@ -11,7 +11,6 @@ probes' L-BFGS may take a different number of steps).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from src.rundir.atomic import atomic_save  # noqa: E402
+from src.rundir.checkpoint import make_checkpoint  # noqa: E402
 from src.config import config_from_dict  # noqa: E402
 from src.model import CompactTransformer  # noqa: E402
 
@@ -38,9 +38,8 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     model = CompactTransformer(cfg.model)
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_save({"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": model.state_dict(),
-                "epoch": 0, "step": 0, "best": {"val_loss": float("nan"), "epoch": 0, "metrics": None}},
-                args.out / "checkpoint_best.pt")
+    atomic_save(make_checkpoint(cfg, model, epoch=0, step=0, best={"val_loss": float("nan"), "epoch": 0, "metrics": None},
+                                seed=args.seed), args.out / "checkpoint_best.pt")
     (args.out / "summary.json").write_text(json.dumps({"config": cfg.name, "seed": args.seed}) + "\n")
     print(f"wrote {args.out / 'checkpoint_best.pt'} (untrained {cfg.name}, seed {args.seed})")
     return 0

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import re
-from pathlib import Path
 from typing import Callable, Iterable
 
 from src.errors import UserError
@@ -129,35 +127,14 @@ def distinct(values: list, flag: str, choices: Iterable[str] | None = None) -> l
     return list(values)
 
 
-try:  # the shared checks of command-line paths (src/rundir/paths.py), where this tree has them
-    from src.rundir.directory import paths as _paths
-except ImportError:  # pragma: no cover - an older tree: the local checks below
-    _paths = None
+from src.rundir.paths import check_output_file  # noqa: E402,F401 - re-exported: the analysis commands import it here
 
 
-def check_output_file(path, flag: str = "--out", example: str | None = None) -> Path:
-    """A UserError, before any computation, for an output path that cannot be written as a file: a
-    directory, a parent that is a file, a directory that cannot be written. A missing parent is
-    fine (the commands create it). Uses src.rundir.paths (check_output_file, or check_output_dir for a
-    parent still to be created) where it exists; returns `path` as given."""
-    path = Path(path)
-    if path.is_dir():
-        hint = f" such as {path / example}" if example else ""
-        raise UserError(f"{flag} {path}: is a directory; give a file path{hint}, or move the directory away")
-    if _paths is not None:
-        if path.parent.is_dir():
-            _paths.check_output_file(path, flag)
-        else:
-            _paths.check_output_dir(path.parent, flag)
-        return path
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        raise UserError(f"{flag} {path}: {parent} is a file, not a directory")
-    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: directory {parent} is not writable")
-    return path
+def interrupted(argv=None) -> int:
+    """What an entry point runs through src.errors.run_main when Ctrl-C arrives while its imports
+    (torch takes seconds) are still running: the one line and exit status 130 of any other moment."""
+    raise KeyboardInterrupt
+
 
 def seed_value(text: str) -> int:
     """One seed of --seeds: an integer in [0, MAX_SEED] (ValueError says what is wrong)."""

@@ -1,9 +1,10 @@
 """YAML config -> typed, validated config.
 
 Every key is required and every unknown key is an error: a typo in a config must never fall
-back silently to a default. The one exception is a key added after checkpoints were saved with
-configs that lack it: it has a default, so that those checkpoints still load. Errors name the
-file and the key (`training.batch_size`).
+back silently to a default. The exceptions are the keys of options a config may leave out, each
+with the default that leaves the option off (training.select_on, training.deterministic,
+data.train_size, data.answer_format; data.train where data.train_size names a generated set).
+Errors name the file and the key (`training.batch_size`).
 
 A config file is also checked as a file before its values are: at most MAX_CONFIG_BYTES, nested at
 most MAX_DEPTH levels (checked on the parser's events, before PyYAML's recursive composer runs), no
@@ -62,11 +63,11 @@ class TrainingConfig:
     compile: bool  # torch.compile the training step (CUDA only)
     cuda_graph: bool  # capture the whole training step as a CUDA graph (CUDA only)
     max_bad_steps: int  # stop after this many consecutive steps with a non-finite loss
-    precision: str = "fp32"  # fp32, fp16 or bf16 (added later; older configs lack it)
-    # the checkpoint_best.pt rule (added later): "val_loss", lowest validation loss; or "val_exact_match",
+    precision: str  # fp32, fp16 or bf16
+    # the checkpoint_best.pt rule: "val_loss", lowest validation loss; or "val_exact_match",
     # highest validation exact_match, ties broken by the lower validation answer loss (DESIGN.md section 8)
     select_on: str = "val_loss"
-    # PyTorch's deterministic kernels only, an error where one has none (added later): a guarantee that two
+    # PyTorch's deterministic kernels only, an error where one has none: a guarantee that two
     # trainings of one seed repeat bit for bit, at 9-17% of the batch-256 speed (src/device.py, BENCHMARKS.md)
     deterministic: bool = False
 
@@ -79,8 +80,8 @@ class DataConfig:
     test_flat: str
     test_paren: str
     test_depth3: str
-    test_paren_matched: str = "data/pilot_test_paren_matched.jsonl"  # added later; older configs lack it
-    # the learnability extension (docs/DESIGN.md section 8), both added later:
+    test_paren_matched: str
+    # the learnability extension (docs/DESIGN.md section 8):
     train_size: int = 0  # train on the generated set of this many expressions (src/data/trainsets.py), not `train`
     answer_format: str = "plain"  # "plain", or "reversed": the answer's digits least significant first
 
@@ -452,6 +453,28 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> Config:
     cfg = _build(Config, raw, "", source)
     _check_values(cfg, source)
     return cfg
+
+
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def find_configs(directory, what: str = "config directory") -> list[Path]:
+    """The config files (`*.yaml`, `*.yml`) of `directory`, sorted by name, each naming a config by its
+    file stem; a UserError (starting with `what`) when there are none or two share a stem."""
+    path = Path(directory)
+    if not path.is_dir():
+        problem = "is a file, not a directory" if path.exists() else "no such directory"
+        raise UserError(f"{what} {directory}: {problem}; give a directory of YAML configs, e.g. configs/extension/")
+    files = sorted(p for p in path.iterdir() if p.suffix in CONFIG_SUFFIXES and p.is_file())
+    if not files:
+        raise UserError(f"{what} {directory}: no configs in it (no *.yaml or *.yml file); "
+                        "put one src.train config per file there")
+    stems = [p.stem for p in files]
+    for i, stem in enumerate(stems):
+        if stem in stems[:i]:
+            raise UserError(f"{what} {directory}: {files[stems.index(stem)].name} and {files[i].name} "
+                            "name the same config; keep one of them")
+    return files
 
 
 def check_data_paths(cfg: Config, source: str, splits=("train", "val")) -> None:

@@ -6,7 +6,8 @@
 
 Every YAML file of the sweep directory (`*.yaml`, `*.yml`) is a config for src.train, named by its file
 stem. Seed S of config C trains into the run directory RUNS/C/seedS (RUNS: --runs-dir, default
-runs/extension) and its results go to RESULTS/C/seedS (--results-dir, default results/extension):
+runs/extension) and its results go to RESULTS/C/seedS (--results-dir, default runs/extension_results;
+the committed results are in results/extension, written only when --results-dir names it):
 eval.json, summary.json, metrics.jsonl and config.yaml, never a checkpoint. A run is finished when,
 and only when, RESULTS/C/seedS/eval.json exists: it is written last, atomically.
 
@@ -69,7 +70,7 @@ Bad inputs are one-line errors before anything starts (exit 2): a missing sweep 
 without configs, bad --seeds or --only, a config that does not load (the loader's message, naming the
 file) or that check_config refuses. Ctrl-C (or SIGTERM) starts no new step; the running ones
 checkpoint when the signal reaches them too (the terminal, like Slurm, signals the whole process
-group); the sweep then exits 130, and the same command continues.
+group); the sweep then exits 128 + the signal's number (130 for Ctrl-C), and the same command continues.
 """
 
 from __future__ import annotations
@@ -93,23 +94,17 @@ import yaml
 from tqdm import tqdm
 
 from src.rundir.atomic import atomic_write_bytes
-from src.cli import ArgumentParser, comma_list, float_in, int_in
-from src.config import REPO_ROOT, Config, check_data_paths, config_from_dict, load_config
+from src.cli import ArgumentParser, comma_list, float_in, int_in, seed_value
+from src.config import REPO_ROOT, Config, check_data_paths, config_from_dict, find_configs, flat, load_config
 from src.errors import UserError, run_main
 from src.rundir.paths import check_output_dir
 from src.rundir.directory import RUN_FILES, _try_lock
 from src.rundir.results import read_metrics
-from src.cli import seed_value
-from src.config import flat
+from src.training.signals import Interrupted
 
-CONFIG_SUFFIXES = (".yaml", ".yml")
 COLLECTED = ("summary.json", "metrics.jsonl", "config.yaml")  # copied to RESULTS/C/seedS, then eval.json
 DEFAULT_STEPS_PER_S = 300.0  # seed-steps/s of one training process: 10M at batch 256 on an H100 (BENCHMARKS.md)
 RESUMABLE = (None, "stopped_after_epoch")  # summary status of a run the sweep resumes (None: no summary yet)
-
-
-class Interrupted(UserError):
-    exit_code = 130
 
 
 # ---------------------------------------------------------------------------- configs
@@ -146,24 +141,6 @@ def train_size(cfg: Config) -> int | None:
             return lines + (last != b"\n")
     except OSError:
         return None
-
-
-def find_configs(directory: str) -> list[Path]:
-    """The config files of the sweep directory, sorted by name; a UserError when there are none."""
-    path = Path(directory)
-    if not path.is_dir():
-        what = "is a file, not a directory" if path.exists() else "no such directory"
-        raise UserError(f"sweep directory {directory}: {what}; give a directory of YAML configs, e.g. configs/extension/")
-    files = sorted(p for p in path.iterdir() if p.suffix in CONFIG_SUFFIXES and p.is_file())
-    if not files:
-        raise UserError(f"sweep directory {directory}: no configs in it (no *.yaml or *.yml file); "
-                        "put one src.train config per file there")
-    stems = [p.stem for p in files]
-    for i, stem in enumerate(stems):
-        if stem in stems[:i]:
-            raise UserError(f"sweep directory {directory}: {files[stems.index(stem)].name} and {files[i].name} "
-                            "name the same config; keep one of them")
-    return files
 
 
 # ---------------------------------------------------------------------------- the plan
@@ -212,8 +189,8 @@ def read_json(path: Path) -> dict | None:
 
 
 def run_config(run: Path) -> Config | None:
-    """The config a run was trained with (its config.yaml, keys added since filled with their
-    defaults), or None where it cannot be read (the trainer then says what is wrong)."""
+    """The config a run was trained with (its config.yaml), or None where it cannot be read (the
+    trainer then says what is wrong)."""
     try:
         return config_from_dict(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")),
                                 str(run / "config.yaml"))
@@ -264,7 +241,7 @@ def seed_plan(cfg: Config, seed: int, run: Path, result: Path) -> SeedPlan:
 def make_plan(args) -> list[Group]:
     """Every config of the sweep (those of --only), loaded and checked, with each seed's plan;
     any bad input is a UserError here, before anything is started."""
-    files = find_configs(args.sweep_dir)
+    files = find_configs(args.sweep_dir, "sweep directory")
     by_name = {p.stem: p for p in files}
     if args.only is not None:
         unknown = [name for name in args.only if name not in by_name]
@@ -405,7 +382,7 @@ def rate_of(group: Group, args) -> tuple[float, str]:
 
 
 def steps_left(group: Group, plan: SeedPlan, per_epoch: int | None) -> int | None:
-    """Optimizer steps the seed still has to train (at most: rows are written only at evaluations)."""
+    """Optimizer steps the seed still has to train, from the last epoch its metrics.jsonl records."""
     if per_epoch is None:
         return None
     total = group.cfg.training.epochs * per_epoch
@@ -476,6 +453,7 @@ class Sweep:
         self.finished = 0
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.signum = signal.SIGINT  # the signal that set `stopping`
         self.bar = tqdm(total=sum(g.steps() for g in groups), desc="sweep", unit="step", file=sys.stderr,
                         disable=args.no_progress, dynamic_ncols=True)
         self.env = dict(os.environ)
@@ -522,6 +500,7 @@ class Sweep:
     def on_signal(self, signum, frame) -> None:
         if self.stopping.is_set():
             raise KeyboardInterrupt
+        self.signum = signum
         self.stopping.set()
         self.note(f"{signal.Signals(signum).name}: no new step starts; waiting for the running ones (a training "
                   "saves checkpoint_latest.pt when the signal reaches it). Again to leave at once")
@@ -645,9 +624,9 @@ def parse_args(argv):
                    type=comma_list(item=seed_value, what="distinct seeds separated by commas, e.g. 42,123,7"),
                    help="the seeds of every config")
     p.add_argument("--runs-dir", default="runs/extension", help="run directories RUNS/CONFIG/seedS (default: %(default)s)")
-    p.add_argument("--results-dir", default="results/extension",
+    p.add_argument("--results-dir", default="runs/extension_results",
                    help="results RESULTS/CONFIG/seedS: eval.json, summary.json, metrics.jsonl, config.yaml "
-                   "(default: %(default)s)")
+                   "(default: %(default)s; the committed ones are in results/extension)")
     p.add_argument("--only", type=comma_list(what="config names (file stems) separated by commas"), default=None,
                    metavar="CONFIG,...", help="only these configs of the directory")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="for training and evaluation (default: cuda)")
@@ -698,7 +677,7 @@ def main(argv=None) -> int:
           + (f" (GPUs {','.join(gpus[:workers])})" if workers > 1 and len(gpus) > 1 else ""), flush=True)
     sweep.run()
     if sweep.stopping.is_set():
-        raise Interrupted("interrupted: no new step was started; finished runs are kept and partial ones have "
+        raise Interrupted(sweep.signum, "interrupted: no new step was started; finished runs are kept and partial ones have "
                           "their checkpoints. Run the same command again to continue")
     print(f"sweep done: {sweep.finished} run(s) finished now, {done_before} before; "
           f"{len(sweep.failed)} failure(s); {len(sweep.skipped)} config(s) skipped (in use)"

@@ -20,26 +20,32 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-import yaml
-from tqdm import tqdm
-
-from src.cli import seed_value, MAX_SEED, comma_list, int_in
-from src.rundir.checkpoint import load_training_checkpoint, model_from_checkpoint
-from src.config import flat, Config, check_data_paths, config_from_dict, load_config
-from src.data import load_jsonl, make_batch
-from src.device import (DESCRIPTION, check_precision, resolve_device, run_precision, set_deterministic)
+from src.cli import interrupted  # light: ready before torch is
 from src.errors import UserError, run_main
-from src.metrics import EVAL_SPLITS, evaluate_batch
-from src.model import CompactTransformer
-from src.rundir.paths import check_output_dir
-from src.rundir.directory import RUN_FILES, RunDir
-from src.rundir.results import SCHEMAS
-from src.data.trainsets import check_training_set, ensure_training_set
 
-# dynamic loss scaling, as torch.amp.GradScaler's defaults
-from src.training.signals import StopSignals
-from src.training.trainer import (OOM_ADVICE, DeviceData, SeedRNG, Trainer, TrainingStopped, run_epochs)
+
+try:  # importing torch takes seconds: a Ctrl-C then ends as one at any later moment does (run_main)
+    import torch
+    import yaml
+    from tqdm import tqdm
+
+    from src.cli import seed_value, MAX_SEED, comma_list, int_in
+    from src.rundir.checkpoint import load_training_checkpoint, make_checkpoint, model_from_checkpoint
+    from src.config import flat, Config, check_data_paths, config_from_dict, load_config
+    from src.data import load_jsonl, make_batch
+    from src.device import (DESCRIPTION, check_precision, resolve_device, run_precision, set_deterministic)
+    from src.metrics import EVAL_SPLITS, evaluate_batch
+    from src.model import CompactTransformer
+    from src.rundir.paths import check_output_dir
+    from src.rundir.directory import RUN_FILES, RunDir
+    from src.rundir.results import SCHEMAS
+    from src.data.trainsets import check_training_set, ensure_training_set
+    from src.training.signals import StopSignals
+    from src.training.trainer import (OOM_ADVICE, DeviceData, SeedRNG, Trainer, TrainingStopped, run_epochs)
+except KeyboardInterrupt:
+    if __name__ != "__main__":
+        raise
+    raise SystemExit(run_main(interrupted)) from None
 
 # ---------------------------------------------------------------------------- main
 
@@ -104,17 +110,14 @@ def resumed_settings(args, ckpt: dict, run: RunDir, given_seed: int | None) -> t
                   if key != "training.epochs" and theirs.get(key) != value]
     elif args.fp16 and own.training.precision != "fp16":
         diffs.append(f"training.precision: run {own.training.precision!r}, --fp16")
-    seed = ckpt.get("seed")
-    if given_seed is not None and seed is not None and given_seed != seed:
+    seed = ckpt["seed"]
+    if given_seed is not None and given_seed != seed:
         diffs.append(f"seed: run {seed}, {'--seeds' if args.seeds else '--seed'} {given_seed}")
     if diffs:
         raise UserError(f"--resume: a resumed run keeps its own config and seed, and these differ from the run in "
                         f"{run.path}: {'; '.join(diffs)}. Resume without them (only training.epochs may change), "
                         "or start a new run in another --output-dir")
-    if seed is None:  # a checkpoint written before checkpoints recorded their seed
-        seed = 42 if given_seed is None else given_seed
-        print(f"note: {where} does not record its seed; using {seed}", file=sys.stderr)
-    changes = list(ckpt.get("epoch_changes", []))
+    changes = list(ckpt["epoch_changes"])
     if given is not None and given.training.epochs != own.training.epochs:
         if given.training.epochs < ckpt["epoch"]:
             raise UserError(f"--resume: {args.config} has training.epochs = {given.training.epochs}, but the run in "
@@ -222,11 +225,9 @@ class SeedRun:
 
     def checkpoint(self, names: list[str]) -> None:
         trainer = self.trainer
-        cfg = trainer.cfg
         with trainer.rng:  # the seed's own random state goes into its checkpoint
-            ckpt = {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(),
-                    "model": trainer.model.state_dict(), "epoch": self.epoch, "best": self.best, **self.run_info,
-                    **trainer.state_dict()}
+            ckpt = make_checkpoint(trainer.cfg, trainer.model, epoch=self.epoch, best=self.best, **self.run_info,
+                                   **trainer.state_dict())
         tic = time.perf_counter()
         self.run.save_checkpoint(names, ckpt)
         self.timing["checkpoint_s"] += time.perf_counter() - tic
@@ -301,6 +302,11 @@ def train(cfg: Config, args, device, fallback, settings: list, source: str, runs
     return 0
 
 
+def write_config(run: RunDir, cfg: Config) -> None:
+    """The run's config.yaml: the whole config, every key written out."""
+    run.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
 def start_seed(cfg: Config, args, run: RunDir, seed: int, ckpt: dict | None, epoch_changes: list, data: DeviceData,
                device, val_batch, label: str) -> SeedRun | None:
     """A seed's model, trainer and run directory, new or resumed from `ckpt`; None for a resumed seed
@@ -312,7 +318,7 @@ def start_seed(cfg: Config, args, run: RunDir, seed: int, ckpt: dict | None, epo
     run_info = {"seed": seed, "precision": cfg.training.precision, "epoch_changes": epoch_changes}
     epoch, best = 0, {"val_loss": float("inf"), "epoch": None, "metrics": None}
     if ckpt is None:
-        run.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        write_config(run, cfg)
         return SeedRun(seed, run, trainer, run_info, best, epoch, label)
     latest = run.path / "checkpoint_latest.pt"
     model.load_state_dict(model_from_checkpoint(ckpt, latest, cfg.model).state_dict())
@@ -331,8 +337,8 @@ def start_seed(cfg: Config, args, run: RunDir, seed: int, ckpt: dict | None, epo
         trainer.load_state_dict(ckpt)
     epoch, best = ckpt["epoch"], ckpt["best"]
     run.keep_metrics_until(epoch)
-    if epoch_changes != ckpt.get("epoch_changes", []):
-        run.write_text("config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if epoch_changes != ckpt["epoch_changes"]:
+        write_config(run, cfg)
     if epoch >= cfg.training.epochs:
         print(f"{label}Finishing the run: epoch {epoch} (step {ckpt['step']}) is its last; no training is left")
         finish_last_epoch(run, ckpt, trainer, val_batch)
@@ -477,11 +483,13 @@ def end_epoch(r: SeedRun, args, val_batch, stop: StopSignals) -> None:
         improved = r.best["metrics"] is None or selection_key(val, t.select_on) > selection_key(r.best["metrics"], t.select_on)
         if improved:
             r.best = {"val_loss": val["loss"], "epoch": epoch, "metrics": val}
-        r.run.append_metrics(record)
-        print(f"{r.label}epoch {epoch:3d}  train_loss {record['train_loss']:.4f}  val_loss {val['loss']:.4f}  "
-              f"exact_match {val['exact_match']:.3f}  end_of_answer_acc {val['end_of_answer_acc']:.3f}"
-              + (f"  peak_mem {record['peak_gpu_memory_mb']:.0f} MB" if "peak_gpu_memory_mb" in record else ""),
-              flush=True)
+    r.run.append_metrics(record)  # every epoch: its training figures, and its validation where it was evaluated
+    val = record.get("val")
+    print(f"{r.label}epoch {epoch:3d}  train_loss {record['train_loss']:.4f}"
+          + (f"  val_loss {val['loss']:.4f}  exact_match {val['exact_match']:.3f}  end_of_answer_acc "
+             f"{val['end_of_answer_acc']:.3f}" if val else "")
+          + (f"  peak_mem {record['peak_gpu_memory_mb']:.0f} MB" if "peak_gpu_memory_mb" in record else ""),
+          flush=True)
     stop_here = epoch == args.stop_after_epoch
     names = [f"checkpoint_epoch_{epoch}.pt"] if epoch % t.save_interval == 0 else []
     if epoch % t.save_interval == 0 or epoch == t.epochs or stop_here or stop.signum is not None:

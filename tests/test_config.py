@@ -1,6 +1,8 @@
 """Config: the shipped configs load with the design.s values; every mistake is a UserError naming the key."""
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,13 +138,13 @@ def test_bad_config_names_the_key(tmp_path, pilot_raw, change, expected):
         assert text in message
 
 
-def test_config_without_matched_split_gets_the_default(tmp_path, pilot_raw):
-    # configs stored in checkpoints older than the matched split lack the key; they must still load
+@pytest.mark.parametrize("section, key", [("data", "test_paren_matched"), ("training", "precision")])
+def test_a_config_without_the_matched_split_or_the_precision_is_refused(tmp_path, pilot_raw, section, key):
+    """Neither key has a default: every config states them (checkpoints carry their whole config)."""
     raw = copy.deepcopy(pilot_raw)
-    del raw["data"]["test_paren_matched"]
-    cfg = load_config(write_config(tmp_path, raw))
-    assert cfg.data.test_paren_matched == "data/pilot_test_paren_matched.jsonl"
-    assert cfg == load_config(PILOT) == config_from_dict(raw)
+    del raw[section][key]
+    with pytest.raises(UserError, match=f"missing key '{section}.{key}'; every key must be given"):
+        load_config(write_config(tmp_path, raw))
     for shipped in (PILOT, SCALE_10M):
         assert load_config(shipped).data.test_paren_matched == "data/pilot_test_paren_matched.jsonl"
 
@@ -150,15 +152,6 @@ def test_config_without_matched_split_gets_the_default(tmp_path, pilot_raw):
 def test_shipped_configs_give_their_precision():
     assert load_config(PILOT).training.precision == "fp32"
     assert load_config(SCALE_10M).training.precision == "fp16"  # DESIGN.md section 2: the 10M run is FP16
-
-
-def test_config_without_precision_gets_fp32(tmp_path, pilot_raw):
-    # configs stored in checkpoints older than training.precision lack the key; they must still load
-    raw = copy.deepcopy(pilot_raw)
-    del raw["training"]["precision"]
-    cfg = load_config(write_config(tmp_path, raw))
-    assert cfg.training.precision == "fp32"
-    assert cfg == load_config(PILOT) == config_from_dict(raw)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
@@ -216,3 +209,20 @@ def test_check_data_paths_names_the_missing_key(tmp_path, pilot_raw):
         check_data_paths(cfg, str(path))
     assert "data.train" in str(info.value) and "no_such_train.jsonl" in str(info.value)
     check_data_paths(cfg, str(path), splits=("val",))  # the other files are still there
+
+
+def test_find_configs_lists_a_directory_of_configs_and_the_report_needs_no_sweep_runner(tmp_path):
+    """find_configs lives with the configs: src.report.scaling lists a grid without importing src.sweep."""
+    from src.config import find_configs
+
+    for name in ("b.yaml", "a.yml", "notes.txt"):
+        (tmp_path / name).write_text("")
+    assert [p.name for p in find_configs(tmp_path)] == ["a.yml", "b.yaml"]
+    (tmp_path / "a.yaml").write_text("")
+    with pytest.raises(UserError, match="a.yaml and a.yml name the same config"):
+        find_configs(tmp_path)
+    with pytest.raises(UserError, match=f"config directory {tmp_path / 'none'}: no such directory"):
+        find_configs(tmp_path / "none")
+    code = "import sys, src.report.scaling; print('src.sweep' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr

@@ -198,6 +198,12 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, real, capsys
     assert not out.exists()
 
 
+def test_no_output_directory_is_implied(tmp_path, capsys):
+    """--out is required: the committed results/extension is written only when it is named."""
+    err = error(capsys, ["--results", str(tmp_path)])
+    assert "the following arguments are required: --out" in err and err.count("\n") == 1
+
+
 def test_help_explains_every_flag(capsys):
     with pytest.raises(SystemExit) as done:
         extension.main(["--help"])

@@ -17,6 +17,7 @@ from src.analysis import probe
 
 from src import stats
 from src.config import DataConfig, config_from_dict
+from src.rundir.checkpoint import make_checkpoint
 from src.errors import run_main
 from src.metrics import EVAL_SPLITS
 from src.analysis.common import load_split_batches
@@ -55,8 +56,7 @@ def write_tiny_run(root: Path, seed: int = 0) -> Path:
         opt.step()
     run = root / "run"
     run.mkdir()
-    torch.save({"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": model.state_dict(),
-                "epoch": 1, "step": 20, "best": {"val_loss": 2.0, "epoch": 1, "metrics": None}},
+    torch.save(make_checkpoint(cfg, model, epoch=1, step=20, best={"val_loss": 2.0, "epoch": 1, "metrics": None}),
                run / "checkpoint_best.pt")
     (run / "summary.json").write_text(json.dumps({"config": "tiny", "seed": seed}))
     return run

@@ -175,11 +175,25 @@ def test_output_file_is_an_existing_directory(tmp_path):
     rejects(check_output_file, tmp_path, f"--out {tmp_path}: is a directory, not a file", "give a file path")
 
 
-def test_output_file_parent_missing(tmp_path):
-    path = tmp_path / "missing" / "eval.json"
-    rejects(check_output_file, path, f"--out {path}: the directory {tmp_path / 'missing'} does not exist",
-            "create it first")
+def test_output_file_parent_missing_is_accepted_where_it_can_be_created(tmp_path, monkeypatch):
+    """The commands create the directory of their output: a missing one is fine, if it can be made."""
+    path = tmp_path / "missing" / "deeper" / "eval.json"
+    assert check_output_file(path) == path.resolve()
     assert listing(tmp_path) == []
+    fail_probe(monkeypatch)
+    rejects(check_output_file, path, f"--out {path}: cannot be created: {tmp_path} is not writable")
+
+
+def test_output_file_is_a_directory_suggests_a_file_in_it(tmp_path):
+    rejects(check_output_file, tmp_path, f"--out {tmp_path}: is a directory, not a file",
+            f"give a file path such as {tmp_path / 'eval.json'}", example="eval.json")
+
+
+def test_one_output_file_check_for_every_command():
+    """src.cli offers the analysis commands the check of src.rundir.paths itself, not a second one."""
+    import src.cli
+
+    assert src.cli.check_output_file is check_output_file
 
 
 def test_output_file_parent_is_a_file(tmp_path):

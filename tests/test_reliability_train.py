@@ -262,6 +262,10 @@ def damage(ckpt: dict, case: str) -> None:
         ckpt["model_config"]["d_model"] = "32"
     elif case == "epoch_state_missing":
         ckpt["epoch_step"] = 3
+    elif case == "seed_missing":  # was resumed with seed 42 and a note
+        del ckpt["seed"]
+    elif case == "seed_not_a_number":
+        ckpt["seed"] = "42"
 
 
 DAMAGE = {
@@ -278,6 +282,8 @@ DAMAGE = {
     "model_config_zero_heads": "key 'model.num_heads' must be positive, got 0",
     "model_config_wrong_type": "key 'model.d_model' must be int, got '32'",
     "epoch_state_missing": "'epoch_state' must hold the tensors",
+    "seed_missing": "no training state (no 'seed' entry)",
+    "seed_not_a_number": "'seed' must be a whole number >= 0, got '42'",
 }
 
 

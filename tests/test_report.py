@@ -126,3 +126,15 @@ def test_report_help(capsys):
     text = capsys.readouterr().out
     for flag in ("--out", "--curves-only", "--debug"):
         assert flag in text
+
+
+def test_the_report_writes_nowhere_it_is_not_told_to(analysed, capsys, monkeypatch):
+    """No default output: without --out, src.report stops before reading a run, and writes nothing
+    (the committed results/REPORT.md is never replaced by accident); --curves-only needs no --out."""
+    from src.report import cli
+
+    monkeypatch.setattr(cli, "build_report", lambda *a: pytest.fail("built a report without --out"))
+    assert run_main(report_main, [str(analysed["runs"][0])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out is required") and err.count("\n") == 1
+    assert not (analysed["runs"][0] / "training_curve.png").exists()

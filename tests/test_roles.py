@@ -5,7 +5,6 @@ the right answer is known exactly; the CLI runs end to end on a tiny untrained r
 format src.train writes, and its shares are checked against the model's own patterns.
 """
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import yaml
 
 from src.analysis import roles
 from src.config import DataConfig, config_from_dict
+from src.rundir.checkpoint import make_checkpoint
 from src.errors import run_main
 from src.analysis.common import load_split_batches
 from src.model import CompactTransformer, Hooks
@@ -217,8 +217,7 @@ def write_untrained_run(root: Path) -> Path:
     model = CompactTransformer(cfg.model)
     run = root / "run"
     run.mkdir()
-    torch.save({"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": model.state_dict(),
-                "epoch": 1, "step": 1, "best": {"val_loss": 3.0, "epoch": 1}}, run / "checkpoint_best.pt")
+    torch.save(make_checkpoint(cfg, model, epoch=1, step=1, best={"val_loss": 3.0, "epoch": 1}), run / "checkpoint_best.pt")
     (run / "summary.json").write_text(json.dumps({"config": "tiny", "seed": 7}))
     return run
 

@@ -337,6 +337,27 @@ def test_one_worker_per_gpu_each_pinned_to_its_own(tmp_path, monkeypatch):
     assert {d for _, d in seen} == {"3,5,6"}
 
 
+def test_a_signal_ends_the_sweep_as_it_ends_a_training(tmp_path, monkeypatch, capsys):
+    """SIGTERM: no step starts, and the sweep exits as src.train does (one Interrupted, 128 + 15)."""
+    import signal
+
+    from src.training.signals import Interrupted
+
+    env = make_sweep(tmp_path, names=("a",))
+    monkeypatch.setattr(src.sweep.Sweep, "run", lambda self: self.on_signal(signal.SIGTERM, None))
+    rc, out, err = sweep(env, capsys, seeds=(42,))
+    assert src.sweep.Interrupted is Interrupted
+    assert rc == 128 + signal.SIGTERM and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: interrupted: no new step was started")
+    assert not (env["runs"] / "a" / "seed42").exists()
+
+
+def test_default_outputs_stay_under_runs():
+    """Without --runs-dir and --results-dir, a sweep writes under runs/, never into the committed results/."""
+    args = src.sweep.parse_args(["configs/extension", "--seeds", "42"])
+    assert Path(args.runs_dir).parts[0] == "runs" and Path(args.results_dir).parts[0] == "runs"
+
+
 # ---------------------------------------------------------------------------- bad input
 
 

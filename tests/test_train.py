@@ -205,6 +205,45 @@ def test_short_run_lowers_training_loss(full_run):
             assert isinstance(r["val"][key], float), key
 
 
+def sparse_eval_config(directory: Path) -> Path:
+    """The tiny config with eval_interval 2, on the first lines of the pilot files (2 steps an epoch)."""
+    for split, n in (("train", 200), ("val", 20)):
+        lines = (REPO_ROOT / "data" / f"pilot_{split}.jsonl").read_text().splitlines()[:n]
+        (directory / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    config = write_tiny_config(directory, batch_size=100, eval_interval=2)
+    raw = yaml.safe_load(config.read_text())
+    raw["data"].update(train=str(directory / "train.jsonl"), val=str(directory / "val.jsonl"))
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def test_every_epoch_writes_its_training_row_and_evaluated_ones_their_validation(tmp_path):
+    """eval_interval 2 of 3 epochs: a row for each epoch (training loss, lr, steps), `val` in epochs 2
+    and 3 only; the readers and the training-curve figure take both kinds of row."""
+    from src.report import figures
+    from src.rundir.results import evaluated, metrics_row_problem, read_metrics
+
+    assert train(sparse_eval_config(tmp_path), tmp_path / "run") == 0
+    rows, problems = read_metrics(tmp_path / "run" / "metrics.jsonl", check=metrics_row_problem)
+    assert problems == []
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["step"] for r in rows] == [2, 4, 6]
+    assert [r["epoch"] for r in evaluated(rows)] == [2, 3] and "val" not in rows[0]
+    for r in rows:
+        assert isinstance(r["train_loss"], float) and isinstance(r["lr"], float) and r["skipped_steps"] == 0
+    assert figures.training_curves([("tiny", rows)]).startswith(b"\x89PNG")
+
+
+@pytest.mark.slow
+def test_resume_after_an_epoch_without_evaluation_writes_the_rows_of_an_uninterrupted_run(tmp_path):
+    config = sparse_eval_config(tmp_path)
+    assert train(config, tmp_path / "whole") == 0
+    out = tmp_path / "resumed"
+    assert train(config, out, "--stop-after-epoch", "1") == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 1: trained, not evaluated
+    assert train(config, out, "--resume") == 0
+    assert (out / "metrics.jsonl").read_bytes() == (tmp_path / "whole" / "metrics.jsonl").read_bytes()
+
+
 def test_run_directory_holds_every_file(full_run, tiny_config):
     work, run, scratch_files, _ = full_run
     assert sorted(p.name for p in run.iterdir()) == [
@@ -239,6 +278,24 @@ def test_summary_has_the_fields_of_spec_section_7(full_run):
     best = min(rows, key=lambda r: r["val"]["loss"])
     assert summary["best_epoch"] == best["epoch"]
     assert summary["best_val_metrics"] == best["val"]
+
+
+def test_make_checkpoint_builds_what_src_train_writes(full_run, tmp_path):
+    """The one checkpoint builder: its entries are those of a trained run's checkpoint (which adds the
+    training state), with the same model_config and config, and load_model reads it back."""
+    from src.rundir.atomic import atomic_save
+    from src.rundir.checkpoint import load_model, make_checkpoint
+
+    trained = torch.load(full_run[1] / "checkpoint_latest.pt", weights_only=True)
+    cfg = load_config(full_run[1] / "config.yaml")
+    model = CompactTransformer(cfg.model)
+    built = make_checkpoint(cfg, model, epoch=1, step=32, best=trained["best"], seed=42)
+    assert set(built) < set(trained)
+    assert built["model_config"] == trained["model_config"] and built["config"] == trained["config"]
+    atomic_save(built, tmp_path / "checkpoint_best.pt")
+    loaded, ckpt = load_model(tmp_path)
+    assert_same_tensors(loaded.state_dict(), model.state_dict())
+    assert ckpt["seed"] == 42 and ckpt["epoch"] == 1
 
 
 def test_checkpoints_load_with_weights_only(full_run):
@@ -600,3 +657,20 @@ def test_device_data_cuts_the_all_padding_columns_and_the_loss_is_unchanged(tmp_
         cut = model(data.inputs[:-1].long(), data.labels[:-1].long())
     assert cut.loss.item() == pytest.approx(full.loss.item(), rel=1e-6)
     torch.testing.assert_close(cut.logits, full.logits[:, : data.width], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- Ctrl-C at start-up
+
+
+@pytest.mark.parametrize("command", [["-m", "src.train", "--help"], [str(REPO_ROOT / "verify_10m_config.py")]])
+def test_ctrl_c_while_torch_imports_ends_in_one_line_and_exit_130(command, tmp_path):
+    """A torch whose import is interrupted (as Ctrl-C during the seconds it takes): no traceback."""
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise KeyboardInterrupt\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake.parent), str(REPO_ROOT)]))
+    result = subprocess.run([sys.executable, *command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.startswith("interrupted: ") and result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == ""

@@ -1,6 +1,5 @@
 """scripts.carry_weights: runs packed into pieces and unpacked into run directories the analysis tools read."""
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -9,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from src.rundir.checkpoint import load_model
+from src.rundir.checkpoint import load_model, make_checkpoint
 from src.config import config_from_dict
 from src.errors import UserError, run_main
 from src.model import CompactTransformer
@@ -30,9 +29,8 @@ def make_run(run: Path, precision: str = "fp32", seed: int = 0) -> dict:
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 1e-3)
     run.mkdir(parents=True)
-    ckpt = {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": model.state_dict(),
-            "epoch": 3, "step": 120, "best": {"val_loss": 1.5, "epoch": 3, "metrics": None},
-            "optimizer": {"not": "kept"}}
+    ckpt = make_checkpoint(cfg, model, epoch=3, step=120, best={"val_loss": 1.5, "epoch": 3, "metrics": None},
+                           optimizer={"not": "kept"})
     torch.save(ckpt, run / "checkpoint_best.pt")
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (run / "summary.json").write_text(json.dumps({"config": cfg.name, "seed": seed}))

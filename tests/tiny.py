@@ -6,7 +6,6 @@ training): it carries the first layer's context, so ablating it must raise answe
 ablating the silent L0-H0 must change nothing at all.
 """
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 import yaml
 
 from src.config import config_from_dict
+from src.rundir.checkpoint import make_checkpoint
 from src.analysis.common import load_split_batches
 from src.model import CompactTransformer
 
@@ -57,8 +57,7 @@ def write_run(run: Path, raw: dict, seed: int = 0) -> None:
             model.blocks[0].attn.out.weight.mul_(live)
     run.mkdir(parents=True)
     best = {"val_loss": 2.0, "epoch": 1, "metrics": None}
-    ckpt = {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": model.state_dict(),
-            "epoch": 1, "step": 40, "best": best}
+    ckpt = make_checkpoint(cfg, model, epoch=1, step=40, best=best)
     torch.save(ckpt, run / "checkpoint_best.pt")
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (run / "metrics.jsonl").write_text(json.dumps({"schema": "metrics/1", "epoch": 1, "step": 40, "train_loss": 2.5,

@@ -99,8 +99,9 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
                         help="run directories (several seeds of a config are aggregated; a directory given twice counts once)")
-    parser.add_argument("--out", type=Path, default=Path("results/REPORT.md"),
-                        help="Markdown report (default: %(default)s); report.json and the figures go beside it")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="Markdown report, e.g. runs/report/REPORT.md (required unless --curves-only; the "
+                        "committed one is results/REPORT.md); report.json and the figures go beside it")
     parser.add_argument("--extension", type=Path, default=None, metavar="DIR",
                         help="also a section for the learnability extension, from DIR/extension.json (written by "
                         "python -m src.report.scaling; e.g. results/extension)")
@@ -108,8 +109,9 @@ def main(argv=None) -> int:
                         help="only write each RUN's training_curve.png (from its metrics.jsonl) and stop")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
     args = parser.parse_args(argv)
-    if args.out.is_dir():
-        raise UserError(f"--out {args.out}: is a directory; give a Markdown file path such as {args.out / 'REPORT.md'}")
+    if args.out is None and not args.curves_only:
+        parser.error("--out is required: give the Markdown file to write, e.g. --out runs/report/REPORT.md "
+                     "(nothing is written into results/ unless it is named)")
     if args.curves_only:
         curves = {}
         for run in args.runs:  # every run read and drawn before any is written

@@ -8,22 +8,31 @@ from __future__ import annotations
 from src.plotting import png_bytes, pyplot
 from src.report.compare import dig
 from src.analysis.roles import ROLES
+from src.rundir.results import evaluated
+
+
+def step(row: dict) -> int:
+    """Where a metrics row sits on the x axis: its optimizer step (its epoch in rows without one)."""
+    return row.get("step", row["epoch"])
 
 
 def training_curves(runs: list[tuple[str, list[dict]]]) -> bytes | None:
-    """Loss (train and validation) and validation accuracies against optimizer step, one colour per run."""
-    runs = [(label, [r for r in rows if "val" in r and "train_loss" in r]) for label, rows in runs]
-    runs = [(label, rows) for label, rows in runs if rows]
+    """Loss (train and validation) and validation accuracies against optimizer step, one colour per run:
+    the training loss of every epoch, the validation figures of the evaluated ones."""
+    runs = [(label, rows, evaluated(rows)) for label, rows in runs]
+    runs = [run for run in runs if run[2]]
     if not runs:
         return None
     plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
-    for i, (label, rows) in enumerate(runs):
-        x = [r.get("step", r["epoch"]) for r in rows]
-        ax_loss.plot(x, [r["train_loss"] for r in rows], "--", color=f"C{i}", label=f"{label} train")
-        ax_loss.plot(x, [r["val"]["loss"] for r in rows], "o-", color=f"C{i}", ms=3, label=f"{label} val")
-        ax_acc.plot(x, [r["val"]["exact_match"] for r in rows], "o-", color=f"C{i}", ms=3, label=f"{label} exact_match")
-        ax_acc.plot(x, [r["val"]["end_of_answer_acc"] for r in rows], "x:", color=f"C{i}",
+    for i, (label, rows, evals) in enumerate(runs):
+        trained = [r for r in rows if r.get("train_loss") is not None]
+        ax_loss.plot([step(r) for r in trained], [r["train_loss"] for r in trained], "--", color=f"C{i}",
+                     label=f"{label} train")
+        x = [step(r) for r in evals]
+        ax_loss.plot(x, [r["val"]["loss"] for r in evals], "o-", color=f"C{i}", ms=3, label=f"{label} val")
+        ax_acc.plot(x, [r["val"]["exact_match"] for r in evals], "o-", color=f"C{i}", ms=3, label=f"{label} exact_match")
+        ax_acc.plot(x, [r["val"]["end_of_answer_acc"] for r in evals], "x:", color=f"C{i}",
                     label=f"{label} end_of_answer_acc")
     ax_loss.set(xlabel="optimizer step", ylabel="mean token cross-entropy", title="loss (all supervised positions)")
     ax_acc.set(xlabel="optimizer step", ylabel="validation accuracy", ylim=(-0.02, 1.02),

@@ -1,6 +1,6 @@
 """The learnability extension's results: every finished run, aggregated over seeds.
 
-    python -m src.report.scaling [--results results/extension] [--out results/extension]
+    python -m src.report.scaling --out DIR [--results results/extension]
 
 A finished run is a directory RESULTS/CONFIG/seedS holding eval.json (src.sweep writes it last), with
 summary.json and config.yaml beside it. Per config (scale, N, variant, answer format and loss_on read
@@ -40,14 +40,13 @@ from pathlib import Path
 
 from src.rundir.atomic import atomic_write_bytes, atomic_write_text
 from src.cli import ArgumentParser, comma_list
-from src.config import load_config
+from src.config import find_configs, load_config
 from src.errors import UserError, run_main
 from src.metrics import METRIC_DEFINITIONS
 from src.rundir.paths import check_output_dir
 from src.plotting import png_bytes, pyplot
-from src.rundir.results import metrics_row_problem, read_metrics, rounded, read_result, regenerate_hint
+from src.rundir.results import evaluated, metrics_row_problem, read_metrics, rounded, read_result, regenerate_hint
 from src.stats import Family, t_quantile_975, welch_t, wilson_interval
-from src.sweep import find_configs
 from src.cli import seed_value
 
 SCHEMA = "extension/1"
@@ -56,7 +55,7 @@ CURVE_SPLITS = ("test_flat", "test_paren", "test_depth3")
 POOLED_SPLITS = ("test_flat", "test_paren", "test_depth3")  # disjoint in depth: 0, 1-2, 3
 CLASS_GROUPS = ("by_operands", "by_operators", "by_depth", "by_class")
 GRID_SEEDS = (42, 123, 7)
-SWEEP_HINT = "python -m src.sweep configs/extension --seeds 42,123,7"
+SWEEP_HINT = "python -m src.sweep configs/extension --seeds 42,123,7 --results-dir results/extension"
 PLAIN = "plain"  # the variant of the curve: plain answers, loss on the answer only
 NAME = re.compile(r"^ext_(?P<scale>.+?)_n(?P<n>\d+)(?:_(?P<suffix>.+))?$")
 SEED_DIR = re.compile(r"^seed(\d+)$")
@@ -149,7 +148,7 @@ def load_run(seed_dir: Path, config: str, seed: int, notes: list[str]) -> dict:
     rows, problems = read_metrics(seed_dir / "metrics.jsonl", metrics_row_problem)
     notes.extend(problems)
     val_curve = [{"epoch": r["epoch"], "step": r.get("step"), "exact_match": r["val"]["exact_match"]}
-                 for r in rows if isinstance(r.get("val"), dict) and r["val"].get("exact_match") is not None]
+                 for r in evaluated(rows)]
     cost = ev.get("bracket_cost", {}).get("metrics", {})
     keep = ("flat", "bracketed", "test", "estimate", "ci95", "p_value", "p_adjusted", "significant", "lost", "gained")
     return {
@@ -732,8 +731,9 @@ def parse_args(argv):
                        epilog="\n\n".join(doc[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=Path("results/extension"),
                    help="where src.sweep put the runs: RESULTS/CONFIG/seedS/eval.json (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("results/extension"),
-                   help="directory for extension.json, EXTENSION.md and the figures (default: %(default)s)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="directory for extension.json, EXTENSION.md and the figures, e.g. runs/extension_report "
+                   "(the committed ones are in results/extension)")
     p.add_argument("--configs", default="configs/extension",
                    help="the grid's configs (*.yaml), for the list of config x seed not run yet (default: %(default)s)")
     p.add_argument("--seeds", type=comma_list(item=seed_value, what="distinct seeds separated by commas, e.g. 42,123,7"),

@@ -13,18 +13,28 @@ weights) before it is used, so a damaged or foreign file is a one-line error, ne
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import re
 from pathlib import Path
 
 import torch
 
-from src.config import ModelConfig, model_config_from_dict
+from src.config import Config, ModelConfig, model_config_from_dict
 from src.errors import UserError
 from src.model import CompactTransformer
 
 # what a checkpoint must hold, besides the model, to be resumed
-TRAINING_STATE = ("optimizer", "scaler", "step", "skipped_steps", "rng", "epoch", "best")
+TRAINING_STATE = ("optimizer", "scaler", "step", "skipped_steps", "rng", "epoch", "best", "seed", "precision",
+                  "epoch_changes")
+
+
+def make_checkpoint(cfg: Config, model: torch.nn.Module, *, epoch: int, step: int, best: dict, **state) -> dict:
+    """The checkpoint dict of the schema above for `model`, trained with `cfg`: the architecture, the
+    whole config and the weights, where the run is, and the entries of `state` (seed, precision and
+    the trainer's state for a resumable checkpoint). The one place a checkpoint is put together."""
+    return {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": model.state_dict(),
+            "epoch": epoch, "step": step, "best": best, **state}
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -134,7 +144,7 @@ def load_training_checkpoint(path) -> dict:
         raise UserError(f"{path}: damaged training state: '{key}' {why}; resume from another checkpoint of the run "
                         "(copy checkpoint_epoch_N.pt to checkpoint_latest.pt)")
 
-    for key in ("epoch", "step", "skipped_steps"):
+    for key in ("epoch", "step", "skipped_steps", "seed"):
         if not _is_int(ckpt[key]) or ckpt[key] < 0:
             bad(key, f"must be a whole number >= 0, got {str(ckpt[key])[:40]!r}")
     if ckpt["skipped_steps"] > ckpt["step"]:
@@ -151,6 +161,8 @@ def load_training_checkpoint(path) -> dict:
         bad("best", "must be a mapping with val_loss (a number) and epoch")
     if not isinstance(ckpt.get("config"), dict):
         bad("config", "must be the mapping of the run's config")
+    if not isinstance(ckpt["epoch_changes"], list):
+        bad("epoch_changes", "must be the list of the run's changes of training.epochs")
     opt = ckpt["optimizer"]
     if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
             and opt["param_groups"] and all(isinstance(g, dict) and isinstance(g.get("params"), list)

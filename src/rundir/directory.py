@@ -145,14 +145,15 @@ class RunDir:
             print(f"warning: {problem}", file=sys.stderr)
         return rows
 
-    def append_metrics(self, record: dict) -> None:
-        rows = self.metrics() + [record]
+    def write_metrics(self, rows: list[dict]) -> None:
         self.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
+    def append_metrics(self, record: dict) -> None:
+        self.write_metrics(self.metrics() + [record])
+
     def keep_metrics_until(self, epoch: int) -> None:
-        """On resume: forget evaluations made after the checkpoint we continue from (and damaged lines)."""
-        rows = [r for r in self.metrics() if r["epoch"] <= epoch]
-        self.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        """On resume: forget the rows of epochs after the checkpoint we continue from (and damaged lines)."""
+        self.write_metrics([r for r in self.metrics() if r["epoch"] <= epoch])
 
     def save_checkpoint(self, names: list[str], obj) -> None:
         """Serialize once, atomically, under names[0]; the other names become hard links to it

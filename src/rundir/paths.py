@@ -97,18 +97,20 @@ def check_output_dir(path, flag: str = "--output-dir") -> Path:
     return absolute.resolve()
 
 
-def check_output_file(path, flag: str = "--out") -> Path:
-    """A file that can be written (created, or replaced through a rename) in a directory that exists."""
+def check_output_file(path, flag: str = "--out", example: str | None = None) -> Path:
+    """A file that can be written (created, or replaced through a rename). Its directory may be
+    missing when it can be created (the commands create it); `example` names a file to suggest
+    when `path` is a directory (`--out runs/x: is a directory; give a file path such as runs/x/eval.json`)."""
     absolute, where, existing = _start(path, flag)
     if existing == absolute and absolute.is_dir():
-        raise UserError(f"{where}: is a directory, not a file; give a file path")
-    if existing != absolute:
-        if not existing.is_dir():
-            raise UserError(f"{where}: {existing} is a file, not a directory; choose another path")
-        if existing != absolute.parent:
-            raise UserError(f"{where}: the directory {absolute.parent} does not exist; create it first "
-                            "or choose another path")
-    _probe(absolute.parent, f"cannot be written: {absolute.parent} is not writable", where)
+        hint = f" such as {Path(os.fspath(path)) / example}" if example else ""
+        raise UserError(f"{where}: is a directory, not a file; give a file path{hint}")
+    if existing != absolute and not existing.is_dir():
+        raise UserError(f"{where}: {existing} is a file, not a directory; choose another path")
+    if existing in (absolute, absolute.parent):
+        _probe(absolute.parent, f"cannot be written: {absolute.parent} is not writable", where)
+    else:
+        _probe(existing, f"cannot be created: {existing} is not writable", where)
     return absolute.resolve()
 
 

@@ -35,8 +35,8 @@ REGENERATE = {
     "ablation": "python -m src.analysis.ablate --run {run}",
     "probe": "python -m src.analysis.probe --run {run}",
     "roles": "python -m src.analysis.roles --run {run}",
-    "report": "python -m src.report RUN [RUN ...]",
-    "extension": "python -m src.report.scaling",
+    "report": "python -m src.report RUN [RUN ...] --out REPORT.md",
+    "extension": "python -m src.report.scaling --out DIR",
     "patching": "python -m src.analysis.patching --run {run}",
     "value_probe": "python -m src.analysis.value_probe --run {run}",
     "battery": "python -m src.analysis.run_all --run {run}",
@@ -76,10 +76,11 @@ def _number(value) -> bool:
 
 
 def metrics_row_problem(row: dict) -> str | None:
-    """What keeps a metrics row from being read as an evaluation row (None when it can be): `step` an
-    integer where present, `train_loss` a number where present, `val` a mapping of numbers (loss,
-    exact_match, end_of_answer_acc) where present. Null values are allowed only where src.train
-    writes them (a non-finite loss is written as null)."""
+    """What keeps a metrics row from being read (None when it can be). Every epoch has a training row
+    and an evaluated epoch's row also holds `val`: `step` an integer where present, `train_loss` a
+    number where present, `val` a mapping of numbers (loss, exact_match, end_of_answer_acc) where
+    present. Null values are allowed only where src.train writes them (a non-finite loss is written
+    as null)."""
     if "step" in row and not (isinstance(row["step"], int) and not isinstance(row["step"], bool)):
         return "'step' is not an integer"
     if "train_loss" in row and row["train_loss"] is not None and not _number(row["train_loss"]):
@@ -95,7 +96,8 @@ def metrics_row_problem(row: dict) -> str | None:
 
 
 def read_metrics(path: Path, check=None) -> tuple[list[dict], list[str]]:
-    """The evaluation rows of a metrics.jsonl and a note for each line that could not be used
+    """The rows of a metrics.jsonl (one per epoch; `val` only in evaluated epochs' rows, see
+    `evaluated`) and a note for each line that could not be used
     (`path:line: why`). A missing file is no rows. Rows written before rows carried a schema have the
     same keys and are accepted. `check(row)` (e.g. metrics_row_problem) may refuse a row whose values
     a reader cannot use: it says why, and the line is skipped with a note."""
@@ -120,6 +122,11 @@ def read_metrics(path: Path, check=None) -> tuple[list[dict], list[str]]:
             continue
         rows.append(row)
     return rows, problems
+
+
+def evaluated(rows: list[dict]) -> list[dict]:
+    """The rows of the epochs that were evaluated on the validation set (those holding `val`)."""
+    return [r for r in rows if isinstance(r.get("val"), dict)]
 
 
 def rounded(obj, digits: int = 5):

@@ -9,9 +9,8 @@ import torch
 from src.config import Config
 from src.device import (autocast, uses_loss_scaling)
 from src.model import CompactTransformer
-
-# dynamic loss scaling, as torch.amp.GradScaler's defaults
 from src.training.trainer import lr_factor
+
 
 def reference_training(cfg: Config, model: CompactTransformer, inputs: torch.Tensor, labels: torch.Tensor, device,
                        precision: str, seed: int, steps: int, on_step=None) -> list[float]:

@@ -6,10 +6,8 @@ import signal
 import sys
 import threading
 
-
 from src.errors import UserError
 
-# dynamic loss scaling, as torch.amp.GradScaler's defaults
 
 class Interrupted(UserError):
     """SIGINT or SIGTERM: the run stopped where it could be continued, or before it began."""

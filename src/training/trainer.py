@@ -27,7 +27,6 @@ from src.model import CompactTransformer
 from src.tokenizer import IGNORE_INDEX, PAD_ID
 
 # dynamic loss scaling, as torch.amp.GradScaler's defaults
-
 INIT_SCALE, GROWTH_FACTOR, BACKOFF_FACTOR, GROWTH_INTERVAL = 2.0**16, 2.0, 0.5, 2000
 PROGRESS_EVERY = 50  # steps between progress-bar refreshes (each one reads the loss back)
 OOM_ADVICE = (
