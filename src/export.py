@@ -37,7 +37,12 @@ import torch
 from src.cli import ArgumentParser
 from src.device import run_precision
 from src.errors import UserError, run_main
-from src.model import EXPORT_SCHEMA, PRETRAINED_CONFIG, PRETRAINED_WEIGHTS, CompactTransformer
+from src.model import (
+    EXPORT_SCHEMA,
+    PRETRAINED_CONFIG,
+    PRETRAINED_WEIGHTS,
+    CompactTransformer,
+)
 from src.rundir.atomic import atomic_write_bytes, atomic_write_json
 from src.rundir.checkpoint import load_model, resolve_checkpoint
 from src.rundir.paths import check_output_dir
@@ -51,7 +56,8 @@ ANSWER_DEFINITIONS = {
 }
 # the TransformerLens export's check before writing: the largest logit difference may be `relative_tolerance` times the
 # largest |logit| (at least 1). Float32 rounding, summed differently in the two implementations, gives 4e-6 on a
-# tiny model and 5e-5 on a 10.65M-parameter one with logits up to 13; a wrong convention gives 0.01 and more
+# tiny model and 5e-5 on a 10.65M-parameter one with random weights and logits up to 13; a wrong convention
+# (tests/test_transformer_lens.py) moves the tiny trained model's logits by 2e-3 or more
 TL_CHECK = {"sequences": 64, "relative_tolerance": 1e-4, "seed": 0}
 
 
@@ -129,8 +135,14 @@ def transformer_lens_export(model: CompactTransformer, config: dict) -> tuple[by
     and checked against `model` on fixed random sequences (TL_CHECK) before it is returned."""
     from safetensors.torch import load, save
 
-    from src.interop.transformer_lens import (SUPPORTED, TL_EXPORT_SCHEMA, build_hooked_transformer, hooked_config,
-                                              require_transformer_lens, to_hooked_transformer)
+    from src.interop.transformer_lens import (
+        SUPPORTED,
+        TL_EXPORT_SCHEMA,
+        build_hooked_transformer,
+        hooked_config,
+        require_transformer_lens,
+        to_hooked_transformer,
+    )
 
     version = require_transformer_lens()
     model = model.to("cpu").eval()

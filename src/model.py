@@ -298,7 +298,7 @@ class CompactTransformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     @classmethod
-    def from_pretrained(cls, directory) -> "CompactTransformer":
+    def from_pretrained(cls, directory) -> CompactTransformer:
         """The model of an export directory (`python -m src.export`: DIR/config.json and
         DIR/model.safetensors) in eval mode on the CPU, its weights exactly those exported.
         `load_pretrained` also returns the directory's config.json."""
@@ -359,7 +359,7 @@ def is_export_dir(directory) -> bool:
     return (directory / PRETRAINED_CONFIG).is_file() and (directory / PRETRAINED_WEIGHTS).is_file()
 
 
-def load_pretrained(directory) -> tuple["CompactTransformer", dict]:
+def load_pretrained(directory) -> tuple[CompactTransformer, dict]:
     """(model in eval mode on the CPU, the directory's config.json) of an export directory.
 
     Everything is checked before it is used: the schema, the model config (as a config file's model

@@ -25,7 +25,7 @@ from src.rundir.checkpoint import load_model
 from src.tokenizer import VOCAB
 from tests.tiny import REPO_ROOT, tiny_config, write_data
 
-TRAIN_LINES, TRAIN_STEPS = 200, 30
+TRAIN_LINES, TRAIN_STEPS = 100, 20
 
 
 def tiny_raw(data_dir) -> dict:
