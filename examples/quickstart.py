@@ -34,7 +34,6 @@ from src.tokenizer import VOCAB, decode, prompt_ids
 RUN = Path(os.environ.get("QUICKSTART_RUN", REPO / "runs" / "pilot"))
 OUT = Path(os.environ.get("QUICKSTART_OUT", REPO / "runs" / "quickstart"))
 OUT.mkdir(parents=True, exist_ok=True)
-torch.set_grad_enabled(False)
 
 # %% [markdown]
 # ## Load the model
@@ -78,10 +77,11 @@ tl_model = to_hooked_transformer(model)
 
 bracketed = "(3+4)*5"
 tokens = torch.tensor([prompt_ids(bracketed)])
-logits, cache = tl_model.run_with_cache(tokens)
+with torch.no_grad():
+    logits, cache = tl_model.run_with_cache(tokens)
 layer, head = 0, 1
 pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, head]  # [query position, key position]
-labels = [VOCAB[t] if len(VOCAB[t]) == 1 else VOCAB[t][1:-1] for t in tokens[0].tolist()]
+labels = [{"<BOS>": "BOS", " ": "sp"}.get(VOCAB[t], VOCAB[t]) for t in tokens[0].tolist()]
 fig, ax = plt.subplots(figsize=(4.5, 4))
 ax.imshow(pattern, cmap="Blues", vmin=0, vmax=1)
 ax.set_xticks(range(len(labels)), labels)
@@ -118,6 +118,7 @@ def padded(expr):
     return torch.tensor([ids + [0] * (width - len(ids))]), len(ids)
 
 
+@torch.no_grad()
 def decode_with(patch, expr=base, steps=6):
     """Greedy answer of `expr` with `patch` (site -> Patch) held at every step."""
     tokens, frontier = padded(expr)
@@ -132,7 +133,8 @@ def decode_with(patch, expr=base, steps=6):
 
 source_tokens, _ = padded(source)
 sites = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.num_layers - 1)]
-recorded = model(source_tokens, hooks=Hooks(record=sites)).activations
+with torch.no_grad():
+    recorded = model(source_tokens, hooks=Hooks(record=sites)).activations
 mask = torch.zeros(1, width, 1, dtype=torch.bool)
 mask[0, position] = True
 print(f"interchange intervention on V at ')' (position {position}): base {base} -> {decode_with({})!r} unpatched; "
@@ -146,6 +148,7 @@ for site in sites:
     def write_source(resid, hook, site=site):
         return torch.where(mask, recorded[site], resid)
 
-    ours = model(base_tokens, hooks=Hooks(patch=patch)).logits
-    theirs = tl_model.run_with_hooks(base_tokens, fwd_hooks=[(site, write_source)])
+    with torch.no_grad():
+        ours = model(base_tokens, hooks=Hooks(patch=patch)).logits
+        theirs = tl_model.run_with_hooks(base_tokens, fwd_hooks=[(site, write_source)])
     assert (ours - theirs).abs().max() < 1e-4, "the TransformerLens hook disagrees with Hooks(patch=...)"

@@ -329,6 +329,7 @@ def test_quickstart_runs_as_a_script_on_a_tiny_model(tiny_run, tmp_path, monkeyp
     monkeypatch.setenv("QUICKSTART_OUT", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(REPO_ROOT / "examples" / "quickstart.py"), run_name="__main__")
+    assert torch.is_grad_enabled()  # the example leaves no global state behind
     printed = capsys.readouterr().out
     assert "exact_match" in printed and "interchange" in printed
     figures = list(tmp_path.glob("attention_*.png"))
