@@ -32,15 +32,18 @@ recorded is recorded as patched (what later layers see). Attention patterns cann
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from src.config import ModelConfig
+from src.config import ModelConfig, model_config_from_dict
+from src.errors import UserError
 from src.tokenizer import IGNORE_INDEX
 
 
@@ -294,6 +297,13 @@ class CompactTransformer(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @classmethod
+    def from_pretrained(cls, directory) -> CompactTransformer:
+        """The model of an export directory (`python -m src.export`: DIR/config.json and
+        DIR/model.safetensors) in eval mode on the CPU, its weights exactly those exported.
+        `load_pretrained` also returns the directory's config.json."""
+        return load_pretrained(directory)[0]
+
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, *,
                 hooks: Hooks | None = None) -> ModelOutput:
         """Logits [B, T, vocab]; mean cross-entropy over labels != -100 when labels are given; and,
@@ -335,3 +345,69 @@ class CompactTransformer(nn.Module):
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         return ModelOutput(logits, loss, recorded)
+
+
+# ---------------------------------------------------------------------------- export directories
+
+PRETRAINED_CONFIG, PRETRAINED_WEIGHTS = "config.json", "model.safetensors"
+EXPORT_SCHEMA = "export/1"  # config.json of a CompactTransformer export (src/export.py, docs/INTEROP.md)
+
+
+def is_export_dir(directory) -> bool:
+    """Whether `directory` holds an export's two files (config.json and model.safetensors)."""
+    directory = Path(directory)
+    return (directory / PRETRAINED_CONFIG).is_file() and (directory / PRETRAINED_WEIGHTS).is_file()
+
+
+def load_pretrained(directory) -> tuple[CompactTransformer, dict]:
+    """(model in eval mode on the CPU, the directory's config.json) of an export directory.
+
+    Everything is checked before it is used: the schema, the model config (as a config file's model
+    section), and every tensor of model.safetensors against the model that config describes, in the
+    model's order (names, shapes, dtypes, finite values), so a config.json that does not belong to its
+    weights is an error naming the first tensor that differs."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_path, weights_path = directory / PRETRAINED_CONFIG, directory / PRETRAINED_WEIGHTS
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise UserError(f"{path}: not found; an export directory holds {PRETRAINED_CONFIG} and "
+                            f"{PRETRAINED_WEIGHTS}, written by python -m src.export")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"{config_path}: not readable JSON ({str(err)[:120]})") from None
+    schema = config.get("schema") if isinstance(config, dict) else None
+    if schema != EXPORT_SCHEMA:
+        hint = (" (a TransformerLens export: load it with HookedTransformer, docs/INTEROP.md)"
+                if isinstance(schema, str) and schema.startswith("transformer_lens_export/") else "")
+        raise UserError(f"{config_path}: schema {schema!r}, expected {EXPORT_SCHEMA!r}{hint}; write the "
+                        "directory with python -m src.export")
+    cfg = model_config_from_dict(config.get("model_config"), f"{config_path} (model_config)")
+    try:
+        weights = load_file(weights_path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"{weights_path}: not a readable safetensors file ({str(err)[:120]})") from None
+    model = CompactTransformer(cfg)
+    expected = model.state_dict()
+    for name, want in expected.items():
+        got = weights.get(name)
+        where = f"{weights_path}: tensor {name}"
+        if got is None:
+            raise UserError(f"{where} is missing, but {config_path}'s model_config needs it (shape "
+                            f"{list(want.shape)}): the config does not match its weights")
+        if got.shape != want.shape:
+            raise UserError(f"{where} has shape {list(got.shape)}; {config_path}'s model_config gives "
+                            f"{list(want.shape)}: the config does not match its weights")
+        if got.dtype != want.dtype:
+            raise UserError(f"{where} has dtype {got.dtype}, expected {want.dtype}")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise UserError(f"{where} holds non-finite values (NaN or inf); export a checkpoint with finite weights")
+    extra = sorted(set(weights) - set(expected))
+    if extra:
+        raise UserError(f"{weights_path}: tensor {extra[0]} is not part of the model {config_path}'s model_config "
+                        "describes: the config does not match its weights")
+    model.load_state_dict(weights)
+    return model.eval(), config

@@ -22,7 +22,7 @@ import torch
 
 from src.config import Config, ModelConfig, model_config_from_dict
 from src.errors import UserError
-from src.model import CompactTransformer
+from src.model import CompactTransformer, is_export_dir, load_pretrained
 
 # what a checkpoint must hold, besides the model, to be resumed
 TRAINING_STATE = ("optimizer", "scaler", "step", "skipped_steps", "rng", "epoch", "best", "seed", "precision",
@@ -91,11 +91,38 @@ def resolve_checkpoint(run_dir, which: str = "best") -> Path:
 
 
 def load_model(run_dir, which: str = "best", device="cpu") -> tuple[CompactTransformer, dict]:
-    """The trained model of a run directory in eval mode on `device`, and its checkpoint dict."""
+    """The trained model of a run directory in eval mode on `device`, and its checkpoint dict.
+
+    An export directory (python -m src.export: config.json and model.safetensors) is read too, as
+    `run_dir` or as `which`: its one model, with the checkpoint entries the analysis commands read
+    (config, epoch, step, seed, precision; `exported`, its config.json). See export_checkpoint."""
+    if which in ("best", "latest") and is_export_dir(run_dir) and not (Path(run_dir) / f"checkpoint_{which}.pt").exists():
+        return export_checkpoint(run_dir, which, device)
+    if which not in ("best", "latest") and Path(which).is_dir() and is_export_dir(which):
+        return export_checkpoint(which, "best", device)
     path = resolve_checkpoint(run_dir, which)
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt, path).to(device).eval()
     return model, ckpt
+
+
+def export_checkpoint(directory, which: str, device) -> tuple[CompactTransformer, dict]:
+    """The model of an export directory and a checkpoint dict of what its config.json records.
+
+    An export holds one model: `best` (the default of every command) reads it, `latest` only when it was
+    exported from the latest checkpoint, so that a flag never names a model the directory does not hold."""
+    model, config = load_pretrained(directory)
+    exported = config.get("checkpoint") if isinstance(config.get("checkpoint"), dict) else {}
+    if which != "best" and exported.get("selected") != which:
+        raise UserError(f"--checkpoint {which}: {directory} is an export of the {exported.get('selected')} checkpoint "
+                        "and holds no other; drop --checkpoint, or export the one you want with python -m src.export")
+    if not isinstance(config.get("run_config"), dict):
+        raise UserError(f"{directory}: config.json has no run_config (the run's whole config); write the directory "
+                        "with python -m src.export")
+    ckpt = {"model_config": config["model_config"], "config": config["run_config"], "model": model.state_dict(),
+            "epoch": exported.get("epoch"), "step": exported.get("step"), "seed": config.get("seed"),
+            "precision": config.get("trained_precision"), "exported": config}
+    return model.to(device), ckpt
 
 
 def _is_int(value) -> bool:
