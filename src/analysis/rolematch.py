@@ -56,7 +56,7 @@ from src.rundir.atomic import atomic_write_json, atomic_write_text
 from src.cli import ArgumentParser
 from src.errors import UserError, run_main
 from src.analysis.roles import ROLE_THRESHOLD, ROLES, match_roles
-from src.rundir.results import read_result, stamp
+from src.rundir.results import read_result, result_file, stamp
 
 PILOT, LARGE = "pilot", "10M"
 SCALES = (PILOT, LARGE)
@@ -320,7 +320,7 @@ def run_evidence(run: Path, mode: str, split: str, metric: str) -> tuple[RunEvid
     except (KeyError, ValueError) as err:
         raise UserError(f"{run / 'ablation.json'}: no {mode}/{split}/{metric} effects ({err}); rerun "
                         f"`python -m src.analysis.ablate --run {run}`") from None
-    patching = read_result(run / "patching.json", "patching") if (run / "patching.json").is_file() else None
+    patching = read_result(run / "patching.json", "patching") if result_file(run / "patching.json") else None
     return RunEvidence(roles, effects), patching
 
 
