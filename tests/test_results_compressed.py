@@ -34,7 +34,7 @@ def test_the_plain_file_wins_and_errors_name_both_forms(tmp_path):
     write_result(tmp_path / "eval.json", stamp("eval", {"v": "plain"}))
     (tmp_path / "eval.json.gz").write_bytes(gzip.compress(json.dumps(stamp("eval", {"v": "gz"})).encode()))
     assert read_result(tmp_path / "eval.json", "eval")["v"] == "plain"
-    with pytest.raises(UserError, match=r"probe.json: not found \(nor probe.json.gz\).*src.analysis.probe"):
+    with pytest.raises(UserError, match=r"probe.json: not found; make it with `python -m src.analysis.probe.*probe.json.gz in its place"):
         read_result(tmp_path / "probe.json", "probe")
     (tmp_path / "roles.json.gz").write_bytes(b"not gzip")
     with pytest.raises(UserError, match=r"roles.json.gz: unreadable"):

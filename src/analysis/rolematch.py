@@ -168,7 +168,10 @@ def _cell(role: str, scale: str, run: RunEvidence, matched: dict) -> dict:
             raise ValueError(f"{scale} seed {run.seed}: head {matched['head']} holds {role} but has no ablation effect")
         return cell
     estimate, ci95 = effect.relative()
-    return cell | {"effect": estimate, "effect_ci95": list(ci95), "effect_direction": direction(ci95)}
+    # the absolute effect (the metric's own units) stands beside the relative one, and first in the output
+    return cell | {"effect_absolute": effect.estimate, "effect_absolute_ci95": list(effect.ci95),
+                   "effect_baseline": effect.baseline,
+                   "effect": estimate, "effect_ci95": list(ci95), "effect_direction": direction(ci95)}
 
 
 def role_verdict(pilot_cells: list[dict], large_cells: list[dict], depth_tolerance: float) -> dict:

@@ -92,8 +92,8 @@ def read_result(path: Path, kind: str) -> dict:
         path = found
         obj = json.loads(read_json_text(path))
     except FileNotFoundError:
-        raise UserError(f"{path}: not found (nor {compressed_path(path).name}); make it with "
-                        f"`{regenerate_hint(kind, run)}`") from None
+        raise UserError(f"{path}: not found; make it with `{regenerate_hint(kind, run)}` (a compressed "
+                        f"{compressed_path(path).name} in its place is read too)") from None
     except (OSError, ValueError, EOFError, gzip.BadGzipFile) as err:
         raise UserError(f"{path}: unreadable ({str(err)[:200]}); regenerate it with `{regenerate_hint(kind, run)}`") from None
     schema = obj.get("schema") if isinstance(obj, dict) else None
