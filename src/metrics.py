@@ -191,7 +191,8 @@ def contrast(metric: str, terms: list[tuple[float, dict]]) -> dict:
     else:
         exact = stats.sign_test_exact(sum(w * s[m.num] for w, s in terms))
         counts = {"positive": exact["positive"], "negative": exact["negative"]}
-    return {**entry, "test": exact["test"], "p_value": exact["p_value"], "p_floor": exact["p_floor"], **counts,
+    return {**entry, "test": exact["test"], "p_value": exact["p_value"], "p_floor": exact["p_floor"],
+            "discordant": exact["discordant"], **counts,
             "ci95_method": "paired_t (normal approximation; the p-value is exact)"}
 
 

@@ -4,9 +4,12 @@ Every test returns a dict with the keys a verdict needs:
     test        the method, by name ("mcnemar_exact", "sign_test_exact", "paired_t", "paired_bootstrap")
     estimate    the effect (b - a for a paired difference)
     p_value     two-sided
-    p_floor     the smallest p-value the method can return: 0 for an exact or analytic test, 2/B for a
-                bootstrap of B resamples (its p is 2 * max(tail, 1/B))
-and, where the test belongs to a family of comparisons, `p_adjusted` (Holm, see `Family`).
+    p_floor     the smallest p-value the test can return on these data: 0 for an analytic test (paired t,
+                Welch), 2/B for a bootstrap of B resamples (its p is 2 * max(tail, 1/B)), and for an
+                exact test on d discordant pairs (McNemar, the sign test) 2^(1-d) (1 when d <= 1): the
+                p of d discordant pairs all one way
+and, where the test belongs to a family of comparisons, `p_adjusted` (Holm, see `Family`). The exact
+tests also record `discordant` (d), the number of examples that carry information.
 
 Which test for which outcome (docs/DESIGN.md section 5):
 - a paired yes/no outcome (exact_match, end_of_answer_acc, with vs without an intervention): exact
@@ -126,22 +129,37 @@ def binomial_two_sided(k: int, n: int) -> float:
     return min(1.0, 2 * tail / 2**n)  # int / int: correctly rounded
 
 
+def binomial_p_floor(n: int) -> float:
+    """The smallest p-value `binomial_two_sided` can return for n trials: 2^(1-n), i.e. all n one way
+    (1 for n <= 1). An exact test on d discordant pairs cannot go below it, whatever the effect."""
+    return 1.0 if n <= 1 else min(1.0, 2.0 ** (1 - n))
+
+
+# tests whose floor is set by the data (the discordant count), not by the method's resolution: a family
+# of them that cannot reach its threshold is reported as "cannot decide", not refused (see Family)
+EXACT_COUNT_TESTS = ("mcnemar_exact", "sign_test_exact")
+
+
 def mcnemar_exact(correct_a, correct_b) -> dict:
-    """Exact McNemar test for paired yes/no outcomes (same examples, conditions a and b)."""
+    """Exact McNemar test for paired yes/no outcomes (same examples, conditions a and b); its floor is
+    2^(1-d) for d = only_a + only_b discordant pairs."""
     a, b = torch.as_tensor(correct_a).bool().cpu(), torch.as_tensor(correct_b).bool().cpu()
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     n = len(a)
+    d = only_a + only_b
     return {"test": "mcnemar_exact", "estimate": (only_b - only_a) / n if n else float("nan"),
-            "only_a": only_a, "only_b": only_b, "p_value": binomial_two_sided(only_a, only_a + only_b),
-            "p_floor": 0.0}
+            "only_a": only_a, "only_b": only_b, "discordant": d, "p_value": binomial_two_sided(only_a, d),
+            "p_floor": binomial_p_floor(d)}
 
 
 def sign_test_exact(differences) -> dict:
-    """Exact two-sided sign test of per-example differences (zeros dropped); estimate = their mean."""
+    """Exact two-sided sign test of per-example differences (zeros dropped); estimate = their mean; its
+    floor is 2^(1-d) for the d non-zero differences (recorded as `discordant`)."""
     d = _f64(differences)
     pos, neg = int((d > 0).sum()), int((d < 0).sum())
     return {"test": "sign_test_exact", "estimate": d.mean().item() if len(d) else float("nan"),
-            "positive": pos, "negative": neg, "p_value": binomial_two_sided(pos, pos + neg), "p_floor": 0.0}
+            "positive": pos, "negative": neg, "discordant": pos + neg, "p_value": binomial_two_sided(pos, pos + neg),
+            "p_floor": binomial_p_floor(pos + neg)}
 
 
 # ---------------------------------------------------------------------------- the t distribution
@@ -261,16 +279,61 @@ def holm(p_values) -> list[float]:
     return adjusted
 
 
+def _largest_d(entries) -> int | None:
+    counts = [e["discordant"] for e in entries if isinstance(e.get("discordant"), int)]
+    return max(counts) if counts else None
+
+
+def family_verdict(entries, size: int | None = None, alpha: float = ALPHA) -> dict:
+    """What a family of tests can say, from its members' p_floor and (after Holm) `significant`.
+
+    Holm rejects nothing unless the smallest p is below alpha / m (m = `size`, the whole family's size;
+    `entries` may be a part of it, e.g. its McNemar members). A member whose floor is not below alpha / m
+    can therefore never be the first rejection; when no member's floor is, the family cannot reject
+    anything whatever the data, and its verdict is "cannot decide (largest d = ...)", never "no effect".
+        {"verdict": text, "decidable": bool, "significant": k, "size": m, "reachable": members whose floor
+         is below alpha / m, "first_threshold": alpha / m, "largest_d": the largest discordant count or None}
+    """
+    entries = list(entries)
+    m = len(entries) if size is None else size
+    threshold = alpha / m if m else math.nan
+    reachable = sum(1 for e in entries if e["p_floor"] < threshold)
+    significant = sum(1 for e in entries if e.get("significant"))
+    largest_d = _largest_d(entries)
+    out = {"decidable": reachable > 0, "significant": significant, "size": m, "reachable": reachable,
+           "first_threshold": threshold, "largest_d": largest_d}
+    if not entries:
+        return {**out, "decidable": False, "verdict": "cannot decide (no member)"}
+    if significant:
+        text = f"{significant} of {len(entries)} significant (Holm over {m}, alpha {alpha:g})"
+    elif reachable:
+        text = (f"none of {len(entries)} significant (Holm over {m}, alpha {alpha:g}; {reachable} could reach the first "
+                f"threshold {threshold:.3g})")
+    elif largest_d is not None:
+        floor = binomial_p_floor(largest_d)
+        floor_text = "1" if largest_d <= 1 else f"2^(1-{largest_d}) = {floor:.3g}"
+        text = (f"cannot decide (largest d = {largest_d}: its floor {floor_text} is not below Holm's first threshold "
+                f"{alpha:g}/{m} = {threshold:.3g})")
+    else:
+        floor = min(e["p_floor"] for e in entries)
+        text = f"cannot decide (smallest p_floor {floor:.3g} is not below Holm's first threshold {alpha:g}/{m} = {threshold:.3g})"
+    return {**out, "verdict": text}
+
+
 class Family:
     """The comparisons one verdict is drawn from, corrected together by Holm.
 
         fam = Family("head_scan")
         fam.add("zero/L0-H1/answer_loss/bracket_cost", entry)   # entry: a test's dict
-        declared = fam.close()     # writes entry["p_adjusted"]; returns {name, size, correction, members, ...}
+        declared = fam.close()     # writes entry["p_adjusted"]; returns {name, size, correction, members, verdict, ...}
 
-    `close` refuses a family whose smallest attainable adjusted p is not at least FLOOR_MARGIN times
-    below alpha (max p_floor * size > alpha / FLOOR_MARGIN): its verdicts would be decided by the
-    method's resolution rather than by the data.
+    Two kinds of floor. A floor set by the method's resolution (a bootstrap's 2/B) says nothing about the
+    data: `close` refuses a family whose smallest attainable adjusted p from such a floor is not at least
+    FLOOR_MARGIN times below alpha (its verdicts would be decided by the resolution). A floor set by the
+    data (an exact test's 2^(1-d), EXACT_COUNT_TESTS) is the data's own limit: such a family is closed, and
+    its `verdict` (family_verdict) says "cannot decide" when no member can reach Holm's first threshold.
+    A family that mixes tests also gets `verdict_by_test`: the same verdict for each test's members, against
+    the whole family's thresholds (e.g. its McNemar members cannot decide while its paired t-tests can).
     """
 
     def __init__(self, name: str, alpha: float = ALPHA):
@@ -291,11 +354,29 @@ class Family:
     def close(self) -> dict:
         size = len(self.entries)
         floor = max((e["p_floor"] for e in self.entries), default=0.0)
-        if floor * size > self.alpha / FLOOR_MARGIN:
-            raise ValueError(f"family {self.name}: p_floor {floor:g} x {size} comparisons = {floor * size:g} is above "
-                             f"{self.alpha}/{FLOOR_MARGIN}; use an exact or analytic test or more resamples")
+        resolution = max((e["p_floor"] for e in self.entries if e.get("test") not in EXACT_COUNT_TESTS), default=0.0)
+        if resolution * size > self.alpha / FLOOR_MARGIN:
+            raise ValueError(f"family {self.name}: p_floor {resolution:g} x {size} comparisons = {resolution * size:g} is "
+                             f"above {self.alpha}/{FLOOR_MARGIN}; use an exact or analytic test or more resamples")
         for entry, adj in zip(self.entries, holm([e["p_value"] for e in self.entries])):
             entry["p_adjusted"] = adj
             entry["significant"] = bool(adj < self.alpha)
-        return {"name": self.name, "size": size, "correction": "holm", "alpha": self.alpha,
-                "p_floor_max": floor, "members": list(self.members)}
+        verdict = family_verdict(self.entries, size, self.alpha)
+        declared = {"name": self.name, "size": size, "correction": "holm", "alpha": self.alpha,
+                    "p_floor_max": floor, "resolution_floor_max": resolution, "members": list(self.members),
+                    "verdict": verdict["verdict"], "decidable": verdict["decidable"],
+                    "first_threshold": verdict["first_threshold"], "largest_d": verdict["largest_d"]}
+        tests = sorted({str(e.get("test")) for e in self.entries})
+        if len(tests) > 1:
+            parts = {t: family_verdict([e for e in self.entries if str(e.get("test")) == t], size, self.alpha)
+                     for t in tests}
+            declared["verdict_by_test"] = {t: v["verdict"] for t, v in parts.items()}
+            declared["decidable_by_test"] = {t: v["decidable"] for t, v in parts.items()}
+        return declared
+
+
+def decidable(declared: dict, test: str | None = None) -> bool:
+    """Whether a closed family (Family.close's dict) can reject anything, in all or among one test's members."""
+    if test is not None and "decidable_by_test" in declared:
+        return bool(declared["decidable_by_test"].get(test, declared["decidable"]))
+    return bool(declared["decidable"])

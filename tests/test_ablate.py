@@ -41,7 +41,8 @@ def test_ablation_json_follows_the_statistical_standard(tiny):
     assert fams["head_bracket"]["size"] == 2 * 8 * 2
     for fam in fams.values():
         assert fam["correction"] == "holm" and len(fam["members"]) == fam["size"]
-        assert fam["p_floor_max"] * fam["size"] <= 0.005  # attainable: ten times below alpha
+        assert fam["resolution_floor_max"] * fam["size"] <= 0.005  # attainable: ten times below alpha
+        assert fam["verdict"] and isinstance(fam["decidable"], bool)
     for mode in ("zero", "mean"):
         rows = res["scan"]["modes"][mode]
         assert len(rows) == 8 and [r["rank"] for r in rows] == list(range(1, 9))

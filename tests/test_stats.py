@@ -14,7 +14,7 @@ def test_mcnemar_on_known_tables():
     r = stats.mcnemar_exact(b, a)                  # only_b = 10, only_a = 0
     assert (r["only_a"], r["only_b"]) == (0, 10)
     assert r["p_value"] == pytest.approx(2 * 0.5**10) == pytest.approx(0.001953125)
-    assert r["test"] == "mcnemar_exact" and r["p_floor"] == 0.0
+    assert r["test"] == "mcnemar_exact" and r["discordant"] == 10 and r["p_floor"] == 2.0 ** (1 - 10)
     same = stats.mcnemar_exact(torch.tensor([1, 0, 1, 0]), torch.tensor([0, 1, 1, 0]))  # b = c = 1
     assert same["p_value"] == 1.0
     assert stats.mcnemar_exact(torch.ones(5), torch.ones(5))["p_value"] == 1.0  # no discordant pair
@@ -103,7 +103,9 @@ def test_family_applies_holm_and_declares_itself():
         fam.add(f"m{i}", e)
     declared = fam.close()
     assert declared == {"name": "demo", "size": 4, "correction": "holm", "alpha": 0.05, "p_floor_max": 0.0,
-                        "members": ["m0", "m1", "m2", "m3"]}
+                        "resolution_floor_max": 0.0, "members": ["m0", "m1", "m2", "m3"],
+                        "verdict": "2 of 4 significant (Holm over 4, alpha 0.05)", "decidable": True,
+                        "first_threshold": 0.0125, "largest_d": None}
     assert [e["p_adjusted"] for e in entries] == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert [e["significant"] for e in entries] == [True, False, False, True]
     with pytest.raises(ValueError, match="added twice"):
@@ -120,7 +122,7 @@ def test_family_refuses_a_floor_that_cannot_reach_its_threshold():
     ok = stats.Family("bootstrap_many")
     for i in range(16):
         ok.add(f"h{i}", {"p_value": 0.5, "p_floor": stats.bootstrap_p_floor(1_000_000)})
-    assert ok.close()["p_floor_max"] * 16 <= 0.005
+    assert ok.close()["resolution_floor_max"] * 16 <= 0.005
 
 
 def test_welch_t_matches_the_reference_values():

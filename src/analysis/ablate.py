@@ -161,10 +161,21 @@ def close_families(rows_by_mode: dict[str, list[dict]], names=("head_effect", "h
     return {name: fam.close() for name, fam in families.items()}
 
 
-def head_findings(rows_by_mode: dict[str, list[dict]]) -> list[dict]:
-    """Per head: under which ablation modes each verdict test is significant after Holm."""
+def head_findings(rows_by_mode: dict[str, list[dict]], families: dict | None = None) -> list[dict]:
+    """Per head: under which ablation modes each verdict test is significant after Holm.
+
+    With `families` (close_families' declared dicts), a test that is significant under no mode and
+    whose family part (its family's members of the same test, e.g. the McNemar ones) cannot reach Holm's
+    first threshold holds "cannot decide (largest d = ...)", not "neither": no data could have made it
+    significant."""
     def holds(modes: list[str]) -> str:
         return {0: "neither", 2: "both"}.get(len(modes), modes[0] if modes else "neither")
+
+    def undecidable(entry: dict) -> str | None:
+        declared = (families or {}).get(entry.get("family"))
+        if declared is None or stats.decidable(declared, entry.get("test")):
+            return None
+        return declared.get("verdict_by_test", {}).get(entry.get("test"), declared["verdict"])
 
     by_head: dict[str, dict] = {}
     for mode, rows in rows_by_mode.items():
@@ -172,15 +183,23 @@ def head_findings(rows_by_mode: dict[str, list[dict]]) -> list[dict]:
             h = by_head.setdefault(row["head"], {"head": row["head"], "layer": row["layer"], "head_index": row["head_index"],
                                                  "relative_layer": row["relative_layer"], "tests": {}})
             for suffix, entry, _ in verdict_entries(row):
-                t = h["tests"].setdefault(suffix, {"significant_under": [], "estimate": {}, "p_adjusted": {}})
+                t = h["tests"].setdefault(suffix, {"significant_under": [], "estimate": {}, "p_adjusted": {},
+                                                   "p_floor": {}, "undecidable": []})
                 t["estimate"][mode] = entry.get("estimate")
                 t["p_adjusted"][mode] = entry.get("p_adjusted")
+                t["p_floor"][mode] = entry.get("p_floor")
                 if entry.get("significant"):
                     t["significant_under"].append(mode)
+                elif undecidable(entry):
+                    t["undecidable"].append(undecidable(entry))
     for h in by_head.values():
         for t in h["tests"].values():
             t["holds_under"] = holds(t["significant_under"]) if len(rows_by_mode) == 2 else (
                 "/".join(t["significant_under"]) or "neither")
+            why = t.pop("undecidable")
+            if not t["significant_under"] and why and len(why) == len(rows_by_mode):
+                t["holds_under"] = "cannot decide"
+                t["cannot_decide"] = why[0]
     return list(by_head.values())
 
 
@@ -333,6 +352,16 @@ def format_scan(rows: list[dict], mode: str, top: int = 10) -> str:
     return "\n".join(lines)
 
 
+def format_verdicts(families: dict) -> str:
+    """One line per family (and per test within a family that mixes tests): what it can conclude."""
+    lines = []
+    for name, declared in families.items():
+        lines.append(f"family {name} ({declared['size']} tests): {declared['verdict']}")
+        for test, verdict in declared.get("verdict_by_test", {}).items():
+            lines.append(f"  {test}: {verdict}")
+    return "\n".join(lines)
+
+
 def format_effects(effects: dict) -> str:
     lines = [f"{'split':<18} " + "  ".join(f"{m:>32}" for m in METRICS)]
     for split, per_metric in effects.items():
@@ -433,6 +462,7 @@ def main(argv=None) -> int:
             rows[mode] = [{"head": "+".join(head_label(*h) for h in sorted(set(heads))), "effects": split_effects(base_scores, scores),
                            "bracket_specificity": bracket_specificity(base_scores, scores)}]
         result["families"] = close_families(rows)
+        print(format_verdicts(result["families"]))
         result["heads"] = [head_label(*h) for h in sorted(set(heads))]
         result["by_mode"] = {mode: {k: v for k, v in r[0].items() if k != "head"} for mode, r in rows.items()}
         for mode in modes:
@@ -446,7 +476,8 @@ def main(argv=None) -> int:
             rows_by_mode[mode], kept[mode] = scan_heads(model, batches, base_scores, means[mode], args.precision)
         result["families"] = close_families(rows_by_mode)
         result["scan"] = {"heads_tested": n_heads, "modes": rows_by_mode}
-        result["head_findings"] = head_findings(rows_by_mode)
+        result["head_findings"] = head_findings(rows_by_mode, result["families"])
+        print(format_verdicts(result["families"]))
         for mode in modes:
             print(format_scan(rows_by_mode[mode], mode))
         result["targeted"] = {}

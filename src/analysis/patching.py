@@ -115,6 +115,10 @@ METRIC_DEFINITIONS = {
     "logp_change": "mean over the pairs of logp_patched - logp_receiver (nats); logp_change_test: paired t-test over "
                    "the pairs (analytic, p_floor 0), uncorrected here: a reader of several cells declares the family "
                    "(src.report.analyses: Holm over the cells of each run's profile)",
+    "answer_correct_change": "answer_correct_patched - answer_correct_receiver over the pairs; answer_correct_change_test: "
+                             "exact McNemar (p_floor 2^(1-d) for d discordant pairs), Holm over every cell of one site "
+                             "and direction (families answer_correct_<site>_<direction>, each with its verdict: "
+                             "'cannot decide' where no cell has enough discordant pairs to reach Holm's first threshold)",
 }
 
 
@@ -407,6 +411,7 @@ def summarize_cell(patched: dict, receiver: dict, source: dict, min_gap: float) 
     change_test = stats.paired_contrast([(-1, receiver["logp"], ones), (1, patched["logp"], ones)])
     correct = patched["correct"]
     em_share, em_ci = restored_share(correct, receiver["correct"], source["correct"])
+    em_test = stats.mcnemar_exact(receiver["correct"], correct)
     return {
         "restored_share": _finite(share), "ci95": ci,
         "restored_share_per_example": _finite(per_example), "per_example_ci95": per_ci,
@@ -416,6 +421,8 @@ def summarize_cell(patched: dict, receiver: dict, source: dict, min_gap: float) 
         "answer_correct": float(correct.double().mean()),
         "answer_correct_ci95": list(stats.wilson_interval(int(correct.sum()), len(correct))),
         "answer_correct_restored_share": _finite(em_share), "answer_correct_restored_share_ci95": em_ci,
+        "answer_correct_change_test": {k: em_test[k] for k in ("test", "estimate", "only_a", "only_b", "discordant",
+                                                               "p_value", "p_floor")},
     }
 
 
@@ -445,7 +452,22 @@ def summarize_scan(scan: dict, cfg, min_gap: float) -> dict:
             entry = {"head": head_label(layer, head), **entry, "head_index": head}
         entry.update(summarize_cell(patched, clean[receiver], clean[source], min_gap))
         out.setdefault(site, {}).setdefault(direction, {}).setdefault(cls, []).append(entry)
+    out["families"] = cell_families(out)
     return out
+
+
+def cell_families(summary: dict) -> dict:
+    """Holm over the answer_correct McNemar tests of every cell of one site and direction, each family
+    with its verdict (stats.family_verdict): with few discordant pairs per cell it cannot decide."""
+    families = {}
+    for site in SITES:
+        for direction, per_class in summary.get(site, {}).items():
+            fam = stats.Family(f"answer_correct_{site}_{direction}")
+            for cls, cells in per_class.items():
+                for e in cells:
+                    fam.add(f"{cls}/{e.get('head', 'L' + str(e['layer']))}", e["answer_correct_change_test"])
+            families[fam.name] = fam.close()
+    return families
 
 
 def class_counts(alignments: list[Alignment]) -> dict:
@@ -544,8 +566,9 @@ def main(argv=None) -> int:
         "sites": {s: SITES[s] for s in sites}, "position_classes": {c: POSITION_CLASSES[c] for c in classes},
         "bracket_counterpart": BRACKET_COUNTERPART, "class_counts": class_counts(pairs.alignments),
         "metric_definitions": METRIC_DEFINITIONS, "min_gap": args.min_gap, "resamples": stats.DEFAULT_RESAMPLES,
-        "verdicts": "none: descriptive shares with intervals; each cell's logp_change carries a paired t-test, "
-                    "uncorrected (the family is declared by whoever reads several cells)",
+        "verdicts": "descriptive shares with intervals; each cell's logp_change carries a paired t-test, uncorrected "
+                    "(the family is declared by whoever reads several cells); each cell's answer_correct change carries "
+                    "an exact McNemar test, Holm per site and direction (`families`, each with its verdict)",
         "baseline": summarize_clean(scan["clean"]), **summary,
     }
     result["scan_s"] = scan_s

@@ -56,7 +56,7 @@ from src.rundir.atomic import atomic_write_json, atomic_write_text
 from src.cli import ArgumentParser
 from src.errors import UserError, run_main
 from src.analysis.roles import ROLE_THRESHOLD, ROLES, match_roles
-from src.rundir.results import read_result, stamp
+from src.rundir.results import read_result, result_file, stamp
 
 PILOT, LARGE = "pilot", "10M"
 SCALES = (PILOT, LARGE)
@@ -168,7 +168,10 @@ def _cell(role: str, scale: str, run: RunEvidence, matched: dict) -> dict:
             raise ValueError(f"{scale} seed {run.seed}: head {matched['head']} holds {role} but has no ablation effect")
         return cell
     estimate, ci95 = effect.relative()
-    return cell | {"effect": estimate, "effect_ci95": list(ci95), "effect_direction": direction(ci95)}
+    # the absolute effect (the metric's own units) stands beside the relative one, and first in the output
+    return cell | {"effect_absolute": effect.estimate, "effect_absolute_ci95": list(effect.ci95),
+                   "effect_baseline": effect.baseline,
+                   "effect": estimate, "effect_ci95": list(ci95), "effect_direction": direction(ci95)}
 
 
 def role_verdict(pilot_cells: list[dict], large_cells: list[dict], depth_tolerance: float) -> dict:
@@ -320,7 +323,7 @@ def run_evidence(run: Path, mode: str, split: str, metric: str) -> tuple[RunEvid
     except (KeyError, ValueError) as err:
         raise UserError(f"{run / 'ablation.json'}: no {mode}/{split}/{metric} effects ({err}); rerun "
                         f"`python -m src.analysis.ablate --run {run}`") from None
-    patching = read_result(run / "patching.json", "patching") if (run / "patching.json").is_file() else None
+    patching = read_result(run / "patching.json", "patching") if result_file(run / "patching.json") else None
     return RunEvidence(roles, effects), patching
 
 

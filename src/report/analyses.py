@@ -43,7 +43,7 @@ from src.rundir.atomic import atomic_write_bytes, atomic_write_json, atomic_writ
 from src.cli import ArgumentParser
 from src.errors import UserError, run_main
 from src.analysis.rolematch import patching_peaks, rolematch_markdown
-from src.rundir.results import read_result, stamp
+from src.rundir.results import read_result, result_file, stamp
 
 BOTH = "both"
 VALUE_SPLIT = "test_paren"
@@ -63,7 +63,7 @@ def read_run(run: Path) -> dict:
         raise UserError(f"{run / 'summary.json'}: unreadable ({str(err)[:120]}); every run needs its summary.json") from None
     files, missing = {}, []
     for kind, name in KIND_FILES.items():
-        if (run / name).is_file():
+        if result_file(run / name) is not None:  # X.json, or X.json.gz
             files[kind] = read_result(run / name, kind)
         else:
             missing.append(name)

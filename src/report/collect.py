@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from src.errors import UserError
-from src.rundir.results import metrics_row_problem, read_metrics, read_result, regenerate_hint
+from src.rundir.results import metrics_row_problem, read_metrics, read_result, regenerate_hint, result_file
 
 # key -> (file name, schema kind)
 PIECES = {
@@ -32,7 +32,7 @@ def load_run(path: Path) -> dict:
     run = {"path": str(path), "name": path.name, "notes": []}
     for key, (filename, kind) in PIECES.items():
         run[key] = None
-        if (path / filename).is_file():
+        if result_file(path / filename) is not None:  # X.json, or X.json.gz
             run[key] = read_result(path / filename, kind)
         elif key not in OPTIONAL:
             run["notes"].append(f"{path}: no {filename} (make it with `{regenerate_hint(kind, path)}`)")

@@ -7,6 +7,7 @@ never half of one), and a failure is reported as a one-line UserError naming the
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -79,16 +80,38 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
-def write_result(path, obj, figure: tuple | None = None) -> None:
+def json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    """`data` gzip-compressed, reproducibly: no file name and a zero time stamp in the header, so the same
+    result gives the same bytes (and a committed file changes only when its content does)."""
+    return gzip.compress(data, compresslevel=9, mtime=0)
+
+
+def write_result(path, obj, figure: tuple | None = None, compress: bool = False) -> Path:
     """An analysis command's outputs, once everything is computed: the JSON at `path` (its directory
-    made), then `figure` = (png path, png bytes) where there is one; each write is atomic and said."""
+    made), then `figure` = (png path, png bytes) where there is one; each write is atomic and said.
+
+    `compress`: write `path` + ".gz" (gzip) instead, and remove a plain `path` left by an earlier run so
+    that the reader (src.rundir.results.read_result, which reads X.json.gz where X.json is absent) never
+    sees a stale one. For large results committed to the repository. Returns the path written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, obj)
+    if compress:
+        packed = path if path.name.endswith(".gz") else path.with_name(path.name + ".gz")
+        atomic_write_bytes(packed, gzip_bytes(json_bytes(obj)))
+        if packed != path:
+            path.unlink(missing_ok=True)
+        path = packed
+    else:
+        atomic_write_json(path, obj)
     print(f"wrote {path}")
     if figure is not None and figure[1] is not None:
         atomic_write_bytes(figure[0], figure[1])
         print(f"wrote {figure[0]}")
+    return path
 
 
 def atomic_save(obj, path) -> None:

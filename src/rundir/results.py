@@ -7,6 +7,7 @@ and the command that regenerates it, so that a stale file never feeds an analysi
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from pathlib import Path
@@ -27,6 +28,7 @@ SCHEMAS = {
     "battery": "battery/1",      # src.analysis.run_all: battery.json
     "rolematch": "rolematch/1",  # src.analysis.rolematch: rolematch.json
     "mechanisms": "mechanisms/1",  # src.report.analyses: mechanisms.json
+    "interchange": "interchange/1",  # src.analysis.interchange: interchange.json
 }
 REGENERATE = {
     "summary": "python -m src.train --config CONFIG --output-dir {run} ...",
@@ -42,6 +44,7 @@ REGENERATE = {
     "battery": "python -m src.analysis.run_all --run {run}",
     "rolematch": "python -m src.analysis.rolematch --pilot RUN ... --large RUN ...",
     "mechanisms": "python -m src.report.analyses RUN ... --out DIR",
+    "interchange": "python -m src.analysis.interchange --run {run}",
 }
 
 
@@ -54,15 +57,44 @@ def regenerate_hint(kind: str, run: Path | str) -> str:
     return REGENERATE[kind].format(run=run)
 
 
+def compressed_path(path: Path | str) -> Path:
+    """Where the gzip-compressed form of the result file `path` lives: X.json -> X.json.gz."""
+    path = Path(path)
+    return path if path.name.endswith(".gz") else path.with_name(path.name + ".gz")
+
+
+def result_file(path: Path | str) -> Path | None:
+    """The file that holds the result `path`: X.json itself, else X.json.gz beside it; None when neither exists.
+    Large results are committed compressed (src.rundir.atomic.write_result(..., compress=True))."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    packed = compressed_path(path)
+    return packed if packed.is_file() else None
+
+
+def read_json_text(path: Path) -> str:
+    """The text of a JSON file, gunzipped when its name ends in .gz."""
+    if path.name.endswith(".gz"):
+        return gzip.decompress(path.read_bytes()).decode("utf-8")
+    return path.read_text(encoding="utf-8")
+
+
 def read_result(path: Path, kind: str) -> dict:
-    """The JSON file at `path`, which must be of `kind` at the current version."""
+    """The JSON file at `path`, which must be of `kind` at the current version; `path` + ".gz" is read
+    (gunzipped) in its place when `path` itself is absent."""
     path = Path(path)
     run = path.parent
+    found = result_file(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        if found is None:
+            raise FileNotFoundError(path)
+        path = found
+        obj = json.loads(read_json_text(path))
     except FileNotFoundError:
-        raise UserError(f"{path}: not found; make it with `{regenerate_hint(kind, run)}`") from None
-    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not found; make it with `{regenerate_hint(kind, run)}` (a compressed "
+                        f"{compressed_path(path).name} in its place is read too)") from None
+    except (OSError, ValueError, EOFError, gzip.BadGzipFile) as err:
         raise UserError(f"{path}: unreadable ({str(err)[:200]}); regenerate it with `{regenerate_hint(kind, run)}`") from None
     schema = obj.get("schema") if isinstance(obj, dict) else None
     if schema != SCHEMAS[kind]:

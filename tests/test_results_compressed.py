@@ -1,0 +1,58 @@
+"""Result files committed compressed: X.json.gz is read where X.json is absent (src/rundir/results.py)."""
+
+import gzip
+import json
+
+import pytest
+
+from src.errors import UserError
+from src.rundir.atomic import write_result
+from src.rundir.results import read_result, result_file, stamp
+
+
+def test_a_compressed_result_is_read_transparently(tmp_path):
+    obj = stamp("patching", {"cells": list(range(1000))})
+    written = write_result(tmp_path / "patching.json", obj, compress=True)
+    assert written == tmp_path / "patching.json.gz" and not (tmp_path / "patching.json").exists()
+    assert json.loads(gzip.decompress(written.read_bytes())) == obj
+    assert read_result(tmp_path / "patching.json", "patching") == obj
+    assert result_file(tmp_path / "patching.json") == written
+
+
+def test_compressed_bytes_are_reproducible_and_replace_a_stale_plain_file(tmp_path):
+    obj = stamp("ablation", {"x": 1.5})
+    (tmp_path / "ablation.json").write_text(json.dumps(stamp("ablation", {"x": 0.0})))  # an earlier, plain one
+    write_result(tmp_path / "ablation.json", obj, compress=True)
+    first = (tmp_path / "ablation.json.gz").read_bytes()
+    assert not (tmp_path / "ablation.json").exists()  # the reader must not find the stale plain file first
+    write_result(tmp_path / "ablation.json", obj, compress=True)
+    assert (tmp_path / "ablation.json.gz").read_bytes() == first  # no time stamp in the gzip header
+    assert read_result(tmp_path / "ablation.json", "ablation")["x"] == 1.5
+
+
+def test_the_plain_file_wins_and_errors_name_both_forms(tmp_path):
+    write_result(tmp_path / "eval.json", stamp("eval", {"v": "plain"}))
+    (tmp_path / "eval.json.gz").write_bytes(gzip.compress(json.dumps(stamp("eval", {"v": "gz"})).encode()))
+    assert read_result(tmp_path / "eval.json", "eval")["v"] == "plain"
+    with pytest.raises(UserError, match=r"probe.json: not found; make it with `python -m src.analysis.probe.*probe.json.gz in its place"):
+        read_result(tmp_path / "probe.json", "probe")
+    (tmp_path / "roles.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(UserError, match=r"roles.json.gz: unreadable"):
+        read_result(tmp_path / "roles.json", "roles")
+    (tmp_path / "battery.json.gz").write_bytes(gzip.compress(b'{"schema": "battery/0"}'))
+    with pytest.raises(UserError, match=r"battery.json.gz: schema 'battery/0', expected 'battery/1'"):
+        read_result(tmp_path / "battery.json", "battery")
+
+
+def test_the_report_readers_find_compressed_battery_files(tmp_path):
+    from src.report import analyses, collect
+
+    run = tmp_path / "run"
+    write_result(run / "summary.json", stamp("summary", {"config": "tiny", "seed": 3}))
+    write_result(run / "ablation.json", stamp("ablation", {"scan": None}), compress=True)
+    write_result(run / "patching.json", stamp("patching", {"resid": {}}), compress=True)
+    read = analyses.read_run(run)
+    assert set(read["files"]) == {"ablation", "patching"} and "ablation.json" not in read["missing"]
+    loaded = collect.load_run(run)
+    assert loaded["ablation"]["schema"] == "ablation/2"
+    assert not any("no ablation.json" in note for note in loaded["notes"])
