@@ -15,7 +15,7 @@ for r in ${RUNSETS:-pilot 10m}; do
   python scripts/random_run.py "${config[$r]}" "$DIR/run_$r" > /dev/null || exit 1
   for step in ${STEPS:-ablate roles probe patching value_probe}; do
     start=$(date +%s.%N)
-    timeout "${STEP_TIMEOUT:-300}" python -m cProfile -o "$DIR/${r}_${step}.prof" -m "src.$step" --run "$DIR/run_$r" \
+    timeout "${STEP_TIMEOUT:-300}" python -m cProfile -o "$DIR/${r}_${step}.prof" -m "src.analysis.$step" --run "$DIR/run_$r" \
       --device "$DEVICE" > "$DIR/${r}_${step}.log" 2>&1
     rc=$?
     echo "$r $step rc=$rc wall=$(python -c "print(round($(date +%s.%N) - $start, 1))") s" | tee -a "$DIR/times.txt"

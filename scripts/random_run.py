@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     model = CompactTransformer(cfg.model)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_save({"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": model.state_dict(),
-                "epoch": 0, "step": 0, "best": {"val_loss": float("nan"), "epoch": 0, "metrics": None}},
+                "epoch": 0, "step": 0, "best": {"val_loss": float("nan"), "epoch": 0, "metrics": None}, "seed": args.seed},
                 args.out / "checkpoint_best.pt")
     (args.out / "summary.json").write_text(json.dumps({"config": cfg.name, "seed": args.seed}) + "\n")
     print(f"wrote {args.out / 'checkpoint_best.pt'} (untrained {cfg.name}, seed {args.seed})")

@@ -56,7 +56,7 @@ def write_tiny_run(root: Path, seed: int = 0) -> Path:
     run = root / "run"
     run.mkdir()
     torch.save({"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": model.state_dict(),
-                "epoch": 1, "step": 20, "best": {"val_loss": 2.0, "epoch": 1, "metrics": None}},
+                "epoch": 1, "step": 20, "best": {"val_loss": 2.0, "epoch": 1, "metrics": None}, "seed": seed},
                run / "checkpoint_best.pt")
     (run / "summary.json").write_text(json.dumps({"config": "tiny", "seed": seed}))
     return run

@@ -58,7 +58,7 @@ def write_run(run: Path, raw: dict, seed: int = 0) -> None:
     run.mkdir(parents=True)
     best = {"val_loss": 2.0, "epoch": 1, "metrics": None}
     ckpt = {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": model.state_dict(),
-            "epoch": 1, "step": 40, "best": best}
+            "epoch": 1, "step": 40, "best": best, "seed": seed}
     torch.save(ckpt, run / "checkpoint_best.pt")
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (run / "metrics.jsonl").write_text(json.dumps({"schema": "metrics/1", "epoch": 1, "step": 40, "train_loss": 2.5,
