@@ -100,12 +100,13 @@ EXACT_MATCH_METHODS = {
 }
 
 
-def teacher_forced_scores(logits: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+def teacher_forced_scores(logits: torch.Tensor, batch: Batch, dtype=torch.float32) -> dict[str, torch.Tensor]:
     """Per-example parts of the teacher-forced metrics from the logits [N, T, vocab] of one pass over
     `batch` (tensors on its device): token_loss_sum and n_tokens (every supervised position),
     answer_loss_sum and n_answer (the answer tokens and `<EOS>`), answer_correct (how many of those are
-    the argmax), eos_correct, and all_answer_correct (every one of them is: exact_match by teacher forcing)."""
-    logits = logits.float()
+    the argmax), eos_correct, and all_answer_correct (every one of them is: exact_match by teacher forcing).
+    The losses are computed in `dtype` (float64 where differences of them are divided, as patching does)."""
+    logits = logits.to(dtype)
     supervised = batch.labels != IGNORE_INDEX
     token_loss = F.cross_entropy(logits.transpose(1, 2), batch.labels.clamp(min=0), reduction="none") * supervised
     correct = (logits.argmax(-1) == batch.labels) & supervised

@@ -34,7 +34,7 @@ targeted_<mode>). The smallest prefix whose bracket_specificity is significantly
 the targeted set. Selection and test never share an example.
 
 Output: RUN/ablation.json (schema ablation/2; keys in docs/SCHEMAS.md) and RUN/ablation_heatmap.png,
-or RUN/ablation_heads_<L.H+...>.json with --heads.
+or RUN/ablation_heads_<L.H+...>.json with --heads; under --limit N, RUN/ablation.limitN.json and so on.
 """
 
 from __future__ import annotations

@@ -182,8 +182,8 @@ def check_run_state(run: Path, which: str) -> None:
                         f"`python -m src.train --config CONFIG --output-dir {run}`")
     if which == "latest":
         if not latest.is_file():
-            raise UserError(f"--checkpoint latest: {run} holds no checkpoint_latest.pt (it is not a run directory of "
-                            "src.train); analyse its checkpoint with --checkpoint best")
+            raise UserError(f"--checkpoint latest: no latest checkpoint in run directory {run} (no "
+                            "checkpoint_latest.pt); analyse its best one with --checkpoint best")
         return
     if latest.is_file() and (not best.is_file() or not summary.is_file()):
         missing = "no checkpoint_best.pt" if not best.is_file() else "no summary.json"

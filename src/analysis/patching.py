@@ -56,7 +56,8 @@ Batching: each forward pass holds a chunk of pairs; for the heads, the chunk is 
 of the layer, copy h patching head h, so one pass serves every head of a layer.
 
 Output: RUN/patching.json (schema patching/1) and RUN/patching.png (the restored share of the
-residual stream, layer x position class, one panel per direction).
+residual stream, layer x position class, one panel per direction); under --limit N,
+RUN/patching.limitN.json and RUN/patching.limitN.png.
 """
 
 from __future__ import annotations
@@ -276,8 +277,9 @@ def load_pairs(flat_path, bracketed_path, max_seq_len: int, answer_format: str =
 
 def answer_scores(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp [N], answer_correct [N]) of the answer and `<EOS>`, teacher-forced (see METRIC_DEFINITIONS):
-    -answer_loss_sum and all_answer_correct of src.metrics.teacher_forced_scores."""
-    scores = teacher_forced_scores(logits, batch)
+    -answer_loss_sum and all_answer_correct of src.metrics.teacher_forced_scores, in float64: a restored share
+    divides differences of these sums, which float32 rounding would swamp where the twins' gap is small."""
+    scores = teacher_forced_scores(logits, batch, torch.float64)
     return -scores["answer_loss_sum"], scores["all_answer_correct"]
 
 
@@ -471,6 +473,9 @@ def format_resid(resid: dict, classes) -> str:
         for layer in range(layers):
             cells = [per_class[c][layer]["restored_share"] for c in classes]
             lines.append(f"{layer:>5}  " + "  ".join(f"{'nan' if v is None else f'{v:+.3f}':>8}" for v in cells))
+    lines.append("columns: the position classes patched (patching.json position_classes); each cell: sum(logp_patched - "
+                 "logp_receiver) / sum(logp_source - logp_receiver) over the pairs, 0 = nothing restored, 1 = the "
+                 "receiver scores as its twin; nan: no gap to restore")
     return "\n".join(lines)
 
 

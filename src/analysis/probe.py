@@ -34,7 +34,8 @@ one expression share its structure), so it is too narrow; `ci95_bootstrap` resam
 expressions (stats.bootstrap_ratio_interval over per-expression (correct, count)) and is the one
 to quote.
 
-Output: DIR/probe.json and DIR/probe_layers.png. The keys of probe.json:
+Output: DIR/probe.json and DIR/probe_layers.png (probe.limitN.json and probe_layers.limitN.png under
+--limit N). The keys of probe.json:
     schema            "probe/2" (the first key)
     run, checkpoint, epoch, config, seed, control_seed, device, precision, limit, l2, max_iter,
     resamples, num_layers, num_heads      what was probed, and how

@@ -29,8 +29,8 @@ A head's `roles` are those whose share, over the bracketed splits combined (pool
 `primary_role` is the one of them with the largest share, or "none". test_flat (no brackets:
 matching_paren does not apply, share None and n_queries 0) is scored beside them, not pooled.
 
-Output: RUN/roles.json (schema roles/1; or --out PATH) and roles.png beside it (heads x roles,
-combined shares). `match_roles` and `role_table_markdown` compare several runs' roles.json by role,
+Output: RUN/roles.json (schema roles/1; RUN/roles.limitN.json under --limit N; or --out PATH) and
+roles.png beside it (heads x roles, combined shares). `match_roles` and `role_table_markdown` compare several runs' roles.json by role,
 never by head index; ablation effects are joined to heads elsewhere, by head label.
 """
 
