@@ -16,6 +16,7 @@ def run(tmp_path_factory):
     return write_tiny_run(tmp_path_factory.mktemp("battery"))
 
 
+@pytest.mark.slow
 def test_the_battery_runs_every_step_and_records_its_time(run, monkeypatch):
     loads, reads = [], []
     real_load, real_read = common.load_model, common.split_records
@@ -76,6 +77,7 @@ def test_the_battery_runs_on_cuda(tmp_path):
     assert json.loads((run / "value_probe.limit30.json").read_text())["device"].startswith("cuda")
 
 
+@pytest.mark.slow
 def test_the_profiling_script_profiles_a_step_on_an_untrained_model(tmp_path):
     import os
     import pstats

@@ -248,11 +248,11 @@ def test_ablate_full_disk_leaves_no_partial_file(tiny, tmp_path, capsys, monkeyp
     full_disk_on(monkeypatch, suffix)
     err = expect_user_error(cli(ablate.main, ["--run", run, "--device", "cpu", "--max-set-size", "1", "--limit", "8",
                                               "--modes", "zero"], capsys), "disk is full")
-    assert not (run / "ablation_heatmap.png").exists() and not list(run.glob("*.tmp"))
+    assert not (run / "ablation.limit8_heatmap.png").exists() and not list(run.glob("*.tmp"))
     if suffix == ".json":  # the first write failed: nothing at all
-        assert "ablation.json" in err and not (run / "ablation.json").exists()
+        assert "ablation.limit8.json" in err and not (run / "ablation.limit8.json").exists()
     else:
-        assert "ablation_heatmap.png" in err
+        assert "ablation.limit8_heatmap.png" in err
 
 
 @pytest.mark.parametrize("suffix", [".json", ".png"])
@@ -262,7 +262,7 @@ def test_probe_full_disk_leaves_no_partial_file(tiny, tmp_path, capsys, monkeypa
     full_disk_on(monkeypatch, suffix)
     expect_user_error(cli(probe.main, ["--run", run, "--device", "cpu", *FAST["probe"], "--limit", "8"], capsys),
                       "disk is full")
-    assert not (run / "probe_layers.png").exists() and not list(run.glob("*.tmp"))
+    assert not (run / "probe_layers.limit8.png").exists() and not list(run.glob("*.tmp"))
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +273,7 @@ def analysed(tiny, tmp_path_factory):
     for seed in (1, 2):
         run = root / f"seed{seed}"
         write_run(run, tiny["raw"], seed=seed)
-        cpu = ["--run", str(run), "--device", "cpu", "--limit", "10"]
+        cpu = ["--run", str(run), "--device", "cpu", "--no-progress"]  # the full (tiny) data: the report reads those files
         assert evaluate.main(cpu) == 0
         assert ablate.main([*cpu, "--max-set-size", "1"]) == 0
         assert roles.main(cpu) == 0
@@ -392,7 +392,7 @@ def test_an_fp16_run_is_analysed_in_fp32_on_the_cpu_with_a_note(tiny, tmp_path, 
     rc, _, err = cli(evaluate.main, ["--run", run, "--device", "cpu", "--limit", "4"], capsys)
     assert rc == 0, err
     assert "note: the run trained in fp16; evaluating in fp32 on the CPU" in err
-    res = json.loads((run / "eval.json").read_text())
+    res = json.loads((run / "eval.limit4.json").read_text())
     assert res["precision"] == "fp32" and res["fp16"] is False
 
 
@@ -410,10 +410,10 @@ def test_an_fp16_run_is_analysed_in_fp16_on_cuda_by_default(tiny, tmp_path, caps
     run = fp16_run(tiny, tmp_path)
     rc, _, err = cli(evaluate.main, ["--run", run, "--device", "cuda", "--limit", "4"], capsys)
     assert rc == 0, err
-    res = json.loads((run / "eval.json").read_text())
+    res = json.loads((run / "eval.limit4.json").read_text())
     assert res["precision"] == "fp16" and res["fp16"] is True
     rc, _, err = cli(evaluate.main, ["--run", run, "--device", "cuda", "--limit", "4", "--precision", "fp32"], capsys)
-    assert rc == 0 and json.loads((run / "eval.json").read_text())["precision"] == "fp32"
+    assert rc == 0 and json.loads((run / "eval.limit4.json").read_text())["precision"] == "fp32"
 
 
 # ---------------------------------------------------------------------------- opening a run: its seed and its state

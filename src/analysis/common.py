@@ -81,7 +81,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use only the first N examples of every split, the training set included (CPU smoke "
                         "runs; results are then not the study's figures, and go to files named NAME.limitN.json "
                         "beside the full-data ones, never over them)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they are shown only where stderr is a terminal)")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
 
 
@@ -130,8 +131,10 @@ def limited_name(name: str, limit: int | None) -> str:
 
 
 def progress(iterable=None, *, disable: bool = False, **kwargs):
-    """tqdm on stderr, updated at most twice a second; gone from the terminal once done."""
-    return tqdm(iterable, file=sys.stderr, disable=disable, mininterval=0.5, leave=False, dynamic_ncols=True, **kwargs)
+    """tqdm on stderr, updated at most twice a second, gone from the terminal once done; only where stderr
+    is a terminal, so that logs and captured error messages hold no bar."""
+    off = disable or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    return tqdm(iterable, file=sys.stderr, disable=off, mininterval=0.5, leave=False, dynamic_ncols=True, **kwargs)
 
 
 _LOCK_LINE = re.compile(r"PID (\d+) on (\S+)")
