@@ -53,7 +53,7 @@ from src.data import Batch
 from src.device import autocast
 from src.errors import UserError, run_main
 from src.metrics import (EXACT_MATCH_METHODS, METRIC_DEFINITIONS, METRICS, SIGN_CONVENTION, TEST_SPLITS, VERDICT_METRICS, contrast, paired_difference, per_example_scores, summarize)
-from src.analysis.common import (Run, RunData, add_run_arguments, head_label, open_run, progress, relative_layer,
+from src.analysis.common import (Run, RunData, add_run_arguments, analysis_main, head_label, progress, relative_layer,
                                  scores_by_split)
 from src.model import CompactTransformer, HeadAblation, Hooks
 from src.plotting import png_bytes, pyplot
@@ -469,10 +469,7 @@ def ablate_run(run: Run, data: RunData, args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    run = open_run(args)
-    ablate_run(run, RunData(run.cfg, run.limit, run.device), args)
-    return 0
+    return analysis_main(build_parser, ablate_run, argv)
 
 
 if __name__ == "__main__":

@@ -221,6 +221,18 @@ def open_run(args) -> Run:
                progress=not getattr(args, "no_progress", False))
 
 
+def analysis_main(build_parser, analyse, argv=None, check=None) -> int:
+    """The main(argv) of an analysis command: its flags parsed (and `check`ed, before anything is read),
+    its run opened, its data read, then `analyse(run, data, args)`, the function src.analysis.run_all
+    calls with the run and data it opened once."""
+    args = build_parser().parse_args(argv)
+    if check is not None:
+        check(args)
+    run = open_run(args)
+    analyse(run, RunData(run.cfg, run.limit, run.device), args)
+    return 0
+
+
 def untrained_control(cfg, seed: int, device) -> CompactTransformer:
     """The untrained model of the run's architecture and seed, as src.train builds it before its first
     step (torch.manual_seed(seed), then CompactTransformer): the probes' control."""

@@ -76,7 +76,7 @@ from src.cli import ArgumentParser, check_output_file, comma_list, float_in, int
 from src.data import Batch, Record, depth_labels, load_jsonl, make_batch
 from src.device import autocast
 from src.errors import UserError, run_main
-from src.analysis.common import Run, RunData, add_run_arguments, head_label, open_run, progress, relative_layer
+from src.analysis.common import Run, RunData, add_run_arguments, analysis_main, head_label, progress, relative_layer
 from src.metrics import teacher_forced_scores
 from src.model import CompactTransformer, Hooks, Patch
 from src.plotting import png_bytes, pyplot
@@ -583,10 +583,7 @@ def patching_run(run: Run, data: RunData, args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    run = open_run(args)
-    patching_run(run, RunData(run.cfg, run.limit, run.device), args)
-    return 0
+    return analysis_main(build_parser, patching_run, argv)
 
 
 if __name__ == "__main__":

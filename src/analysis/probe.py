@@ -86,7 +86,7 @@ from src.data import Batch
 from src.device import autocast
 from src.errors import UserError, run_main
 from src.metrics import EVAL_SPLITS
-from src.analysis.common import (Run, RunData, add_run_arguments, limited_name, open_run, relative_layer,
+from src.analysis.common import (Run, RunData, add_run_arguments, analysis_main, limited_name, relative_layer,
                                  untrained_control)
 from src.model import CompactTransformer, Hooks
 from src.plotting import png_bytes, pyplot
@@ -610,11 +610,7 @@ def probe_run(run: Run, data: RunData, args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    check_flags(args)
-    run = open_run(args)
-    probe_run(run, RunData(run.cfg, run.limit, run.device), args)
-    return 0
+    return analysis_main(build_parser, probe_run, argv, check=check_flags)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from src.cli import ArgumentParser, check_output_file, distinct
 from src.data import OPERATORS
 from src.device import autocast
 from src.errors import UserError, run_main
-from src.analysis.common import Run, RunData, add_run_arguments, head_label, open_run, relative_layer
+from src.analysis.common import Run, RunData, add_run_arguments, analysis_main, head_label, relative_layer
 from src.rundir.results import SCHEMAS
 from src.model import Hooks
 from src.plotting import png_bytes, pyplot
@@ -409,10 +409,7 @@ def roles_run(run: Run, data: RunData, args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    run = open_run(args)
-    roles_run(run, RunData(run.cfg, run.limit, run.device), args)
-    return 0
+    return analysis_main(build_parser, roles_run, argv)
 
 
 if __name__ == "__main__":

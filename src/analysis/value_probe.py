@@ -53,7 +53,7 @@ from src import stats
 from src.rundir.atomic import write_result
 from src.cli import MAX_ITERATIONS, MAX_RESAMPLES, MAX_SEED, ArgumentParser, check_output_file, distinct, float_in, int_in
 from src.errors import run_main
-from src.analysis.common import Run, RunData, add_run_arguments, open_run, progress, untrained_control
+from src.analysis.common import Run, RunData, add_run_arguments, analysis_main, progress, untrained_control
 from src.analysis.intermediate import KINDS, OPERATOR_TARGETS, at_expression_positions, batch_targets
 from src.analysis.probe import (CEILING, MIN_RESAMPLES, accuracy_entry, at_ceiling, collect_features, fit_probes,
                        selectivity_entry, site_groups)
@@ -297,9 +297,13 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def check_splits(args) -> None:
+    distinct(args.splits, "--splits", SPLITS)
+
+
 def value_probe_run(run: Run, data: RunData, args) -> dict:
     """The value probes of an opened run against its untrained control; writes value_probe.json, returns it."""
-    distinct(args.splits, "--splits", SPLITS)
+    check_splits(args)
     out = check_output_file(run.output("value_probe.json", args.out), "--out" if args.out else "output",
                             "value_probe.json")
     seed = args.seed if args.seed is not None else run.seed
@@ -327,11 +331,7 @@ def value_probe_run(run: Run, data: RunData, args) -> dict:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    distinct(args.splits, "--splits", SPLITS)
-    run = open_run(args)
-    value_probe_run(run, RunData(run.cfg, run.limit, run.device), args)
-    return 0
+    return analysis_main(build_parser, value_probe_run, argv, check=check_splits)
 
 
 if __name__ == "__main__":
