@@ -15,6 +15,7 @@ from src.report import analyses as mechanisms
 from src.errors import run_main
 from src.report.cli import extension_section
 from tests.test_probe import write_tiny_run
+from tests.tiny import drop_limit_tag
 
 EXTENSION_JSON = Path(__file__).resolve().parent.parent / "results" / "extension" / "extension.json"
 
@@ -26,7 +27,8 @@ def runs(tmp_path_factory):
     for seed in (0, 1):
         (root / f"s{seed}").mkdir()
         run = write_tiny_run(root / f"s{seed}", seed=seed)
-        assert battery.main(["--run", str(run), "--device", "cpu", "--quiet", "--no-progress"]) == 0  # full files
+        assert battery.main(["--run", str(run), "--device", "cpu", "--limit", "24", "--quiet"]) == 0
+        drop_limit_tag(run, 24)  # the report reads the full-data names
         out.append(run)
     assert rolematch.main(["--pilot", str(out[0]), "--large", str(out[1]), "--out", str(root / "match")]) == 0
     return {"root": root, "runs": out, "match": root / "match"}

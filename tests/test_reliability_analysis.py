@@ -26,7 +26,7 @@ from src.analysis import ablate, common, evaluate, probe, roles, run_all
 from src.model import CompactTransformer
 from src.report import main as report_main
 from tests.test_reliability import cli  # the one runner of an entry point, as its __main__ runs it
-from tests.tiny import tiny_config, write_data, write_run
+from tests.tiny import drop_limit_tag, tiny_config, write_data, write_run
 
 ANALYSES = {"evaluate": evaluate.main, "ablate": ablate.main, "probe": probe.main, "roles": roles.main}
 FAST = {"evaluate": [], "ablate": ["--max-set-size", "1"], "probe": ["--max-iter", "5", "--resamples", "100"],
@@ -273,11 +273,12 @@ def analysed(tiny, tmp_path_factory):
     for seed in (1, 2):
         run = root / f"seed{seed}"
         write_run(run, tiny["raw"], seed=seed)
-        cpu = ["--run", str(run), "--device", "cpu", "--no-progress"]  # the full (tiny) data: the report reads those files
+        cpu = ["--run", str(run), "--device", "cpu", "--limit", "10"]
         assert evaluate.main(cpu) == 0
         assert ablate.main([*cpu, "--max-set-size", "1"]) == 0
         assert roles.main(cpu) == 0
         assert probe.main([*cpu, *FAST["probe"]]) == 0
+        drop_limit_tag(run, 10)  # the report reads the full-data names
         runs.append(run)
     return runs
 

@@ -68,3 +68,10 @@ def write_run(run: Path, raw: dict, seed: int = 0) -> None:
                "epochs": 1, "steps": 40, "wall_time_s": 3.0, "train_steps_per_s": 20.0, "best_epoch": 1,
                "best_val_metrics": {"loss": 2.0}}
     (run / "summary.json").write_text(json.dumps(summary))
+
+
+def drop_limit_tag(run: Path, limit: int) -> None:
+    """Rename RUN's NAME.limitN.* result files to NAME.*: a quick --limit run stands in for the full-data
+    files that readers (the report, rolematch) look for, in tests of those readers."""
+    for path in run.glob(f"*.limit{limit}*"):
+        path.rename(path.with_name(path.name.replace(f".limit{limit}", "")))
