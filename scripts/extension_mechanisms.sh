@@ -106,10 +106,13 @@ one() {  # one config:seed on one device: train (or finish) it, evaluate it, run
   python -m src.analysis.run_all --run "$run" "${where[@]}" --quiet ${limit[@]+"${limit[@]}"}
   python -m src.analysis.evaluate --run "$run" "${where[@]}" --data-dir "$FRESH" ${limit[@]+"${limit[@]}"} > /dev/null
   mkdir -p "$dest"
+  # a --limit run names its files NAME.limitN.json (each records its limit); RAW keeps the plain names
+  local tag=${LIMIT:+.limit$LIMIT}
   for f in battery.json ablation.json roles.json probe.json patching.json value_probe.json eval.json \
-           "$FRESH_EVAL" summary.json; do
-    [ -f "$run/$f" ] && cp "$run/$f" "$dest/$f"
+           "$FRESH_EVAL"; do
+    [ -f "$run/${f%.json}$tag.json" ] && cp "$run/${f%.json}$tag.json" "$dest/$f"
   done
+  [ -f "$run/summary.json" ] && cp "$run/summary.json" "$dest/summary.json"
   if [ -n "$WEIGHTS_OUT" ]; then python -m scripts.carry_weights pack "$run" --root "$RUNS_DIR" --out "$WEIGHTS_OUT"; fi
   echo "== $config seed $seed: done on $device -> $dest"
 }

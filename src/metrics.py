@@ -100,6 +100,23 @@ EXACT_MATCH_METHODS = {
 }
 
 
+def teacher_forced_scores(logits: torch.Tensor, batch: Batch, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """Per-example parts of the teacher-forced metrics from the logits [N, T, vocab] of one pass over
+    `batch` (tensors on its device): token_loss_sum and n_tokens (every supervised position),
+    answer_loss_sum and n_answer (the answer tokens and `<EOS>`), answer_correct (how many of those are
+    the argmax), eos_correct, and all_answer_correct (every one of them is: exact_match by teacher forcing).
+    The losses are computed in `dtype` (float64 where differences of them are divided, as patching does)."""
+    logits = logits.to(dtype)
+    supervised = batch.labels != IGNORE_INDEX
+    token_loss = F.cross_entropy(logits.transpose(1, 2), batch.labels.clamp(min=0), reduction="none") * supervised
+    correct = (logits.argmax(-1) == batch.labels) & supervised
+    rows = torch.arange(len(batch), device=logits.device)
+    return {"token_loss_sum": token_loss.sum(1), "n_tokens": supervised.sum(1),
+            "answer_loss_sum": (token_loss * batch.answer_mask).sum(1), "n_answer": batch.answer_mask.sum(1),
+            "answer_correct": (correct & batch.answer_mask).sum(1), "eos_correct": correct[rows, batch.eos_pos],
+            "all_answer_correct": ~(batch.answer_mask & ~correct).any(1)}
+
+
 @torch.no_grad()
 def per_example_scores(model, batch: Batch, ablation: HeadAblation | None = None, precision="fp32",
                        chunk: int = 2048, exact_match: str | None = "greedy") -> dict:
@@ -117,20 +134,12 @@ def per_example_scores(model, batch: Batch, ablation: HeadAblation | None = None
     for start in range(0, len(batch), chunk):
         b = batch.select(torch.arange(start, min(start + chunk, len(batch)))).to(device)
         with autocast(device, precision):
-            logits = model(b.inputs, hooks=hooks).logits.float()
-        supervised = b.labels != IGNORE_INDEX
-        token_loss = F.cross_entropy(logits.transpose(1, 2), b.labels.clamp(min=0), reduction="none")
-        token_loss = token_loss * supervised
-        correct = (logits.argmax(-1) == b.labels) & supervised
-        rows = torch.arange(len(b), device=device)
-        parts["token_loss_sum"].append(token_loss.sum(1))
-        parts["n_tokens"].append(supervised.sum(1))
-        parts["answer_loss_sum"].append((token_loss * b.answer_mask).sum(1))
-        parts["n_answer"].append(b.answer_mask.sum(1))
-        parts["answer_correct"].append((correct & b.answer_mask).sum(1))
-        parts["eos_correct"].append(correct[rows, b.eos_pos])
+            logits = model(b.inputs, hooks=hooks).logits
+        forced = teacher_forced_scores(logits, b)
+        for key in ("token_loss_sum", "n_tokens", "answer_loss_sum", "n_answer", "answer_correct", "eos_correct"):
+            parts[key].append(forced[key])
         if exact_match == "teacher_forced":
-            parts["exact_match"].append(~(b.answer_mask & ~correct).any(1))
+            parts["exact_match"].append(forced["all_answer_correct"])
         elif exact_match == "greedy":
             generated = greedy_decode(model, b, ablation, precision)
             # strict: token j+1 generated must be label j at every answer position (digits, then

@@ -126,7 +126,8 @@ def test_targeted_set_is_tested_only_on_examples_it_was_not_chosen_on(tiny, monk
 def test_heads_flag_ablates_together_under_both_modes(tiny):
     run = tiny["run"]
     assert ablate.main(["--run", str(run), *FAST, "--heads", "0.1,1.2", "--limit", "20"]) == 0
-    res = json.loads((run / "ablation_heads_0.1+1.2.json").read_text())
+    res = json.loads((run / "ablation_heads_0.1+1.2.limit20.json").read_text())  # --limit: a file of its own
+    assert res["limit"] == 20 and not (run / "ablation_heads_0.1+1.2.json").exists()
     assert res["heads"] == ["L0-H1", "L1-H2"] and set(res["by_mode"]) == {"zero", "mean"}
     assert set(res["by_mode"]["mean"]["effects"]) == SPLITS
     assert res["families"]["head_effect"]["size"] == 2 * 2 * 4
@@ -148,7 +149,7 @@ def test_training_means_are_per_position_means_over_real_tokens(tiny):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--heads", "7.0"], "layers 0-1"),
+    (["--heads", "7.0"], "--heads: cannot ablate head L7.H0: the model has 2 layers of 4 heads"),  # the model's check
     (["--heads", "x"], "LAYER.HEAD"),
     (["--heads", ","], "no empty items"),
     (["--modes", "zero,zero"], "distinct modes"),
@@ -239,3 +240,10 @@ def test_targeted_set_is_the_known_signal_head_and_nothing_else(tiny, signal):
     assert t["bracket_specificity_on_test_half"]["answer_loss"]["estimate"] == pytest.approx(step["estimate"])
     flat = t["effects_on_test_half"]["test_flat"]["answer_loss"]
     assert flat["estimate"] == 0.0  # flat expressions are untouched by construction
+
+
+def test_the_scan_table_defines_every_column_it_abbreviates(tiny, capsys):
+    rows = tiny["ablation"]["scan"]["modes"]["zero"]
+    header = ablate.format_scan(rows, "zero").splitlines()[1]
+    for short in ("rel", "dAL", "dEM", "p_adj"):
+        assert short in header and f"{short} = " in ablate.SCAN_LEGEND, short

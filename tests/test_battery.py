@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from src.analysis import run_all as battery
+from src.analysis import common, run_all as battery
 from src.errors import run_main
 from tests.test_probe import write_tiny_run
 
@@ -16,28 +16,49 @@ def run(tmp_path_factory):
     return write_tiny_run(tmp_path_factory.mktemp("battery"))
 
 
-def test_the_battery_runs_every_step_and_records_its_time(run):
-    assert battery.main(["--run", str(run), "--device", "cpu", "--limit", "30", "--quiet"]) == 0
-    record = json.loads((run / "battery.json").read_text())
+@pytest.mark.slow
+def test_the_battery_runs_every_step_and_records_its_time(run, monkeypatch):
+    loads, reads = [], []
+    real_load, real_read = common.load_model, common.split_records
+    monkeypatch.setattr(common, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    monkeypatch.setattr(common, "split_records", lambda cfg, split, *a: reads.append(split) or real_read(cfg, split, *a))
+    assert battery.main(["--run", str(run), "--device", "cpu", "--limit", "30", "--quiet", "--no-progress"]) == 0
+    assert len(loads) == 1 and sorted(reads) == sorted(set(reads))  # the checkpoint and every data file read once
+    assert not (run / "battery.json").exists()  # a --limit run keeps its own files
+    record = json.loads((run / "battery.limit30.json").read_text())
     assert record["schema"] == "battery/1" and record["failed"] == [] and record["device"] == "cpu"
+    assert record["limit"] == 30 and record["checkpoint"] == "best"
     assert [s["step"] for s in record["steps"]] == list(battery.STEPS)
     for step in record["steps"]:
         assert step["status"] == "ok" and step["wall_s"] > 0
         assert step["command"].startswith(f"python -m src.analysis.{step['step']} --run ")
-        assert json.loads((run / battery.OUTPUTS[step["step"]]).read_text())["schema"]
+        output = record["outputs"][step["step"]]
+        assert output == battery.OUTPUTS[step["step"]].replace(".json", ".limit30.json")
+        assert json.loads((run / output).read_text())["limit"] == 30
+        assert not (run / battery.OUTPUTS[step["step"]]).exists()
     assert record["total_s"] >= sum(s["wall_s"] for s in record["steps"])
 
 
-def test_a_failing_step_is_reported_and_the_others_still_run(tmp_path):
+def test_a_failing_step_is_reported_and_the_others_still_run(tmp_path, capsys):
     run = write_tiny_run(tmp_path)
     (tmp_path / "data" / "pilot_test_paren_matched.jsonl").write_text("not json\n")  # patching reads it
     assert battery.main(["--run", str(run), "--device", "cpu", "--limit", "20", "--only", "patching,value_probe",
-                         "--quiet"]) == 1
-    record = json.loads((run / "battery.json").read_text())
+                         "--quiet", "--no-progress"]) == 1
+    record = json.loads((run / "battery.limit20.json").read_text())
     status = {s["step"]: s["status"] for s in record["steps"]}
     assert status == {"patching": "failed", "value_probe": "ok"} and record["failed"] == ["patching"]
-    assert "not valid JSON" in record["steps"][0]["error"] or record["steps"][0]["error"] == "exit status 2"
-    assert (run / "value_probe.json").is_file() and not (run / "patching.json").exists()
+    assert "not valid JSON" in record["steps"][0]["error"]
+    assert capsys.readouterr().err.count("not valid JSON") == 1
+    assert (run / "value_probe.limit20.json").is_file() and not (run / "patching.limit20.json").exists()
+
+
+def test_a_failure_every_step_shares_stops_the_battery_before_its_first_step(tmp_path, capsys):
+    run = write_tiny_run(tmp_path)
+    (run / "checkpoint_best.pt").rename(run / "checkpoint_latest.pt")  # interrupted before its best checkpoint
+    rc = run_main(battery.main, ["--run", str(run), "--device", "cpu", "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and err.count("error:") == 1 and "--resume" in err
+    assert "== battery:" not in out and not (run / "battery.json").exists()
 
 
 def test_bad_flags_are_one_line_errors(tmp_path, capsys):
@@ -51,11 +72,12 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
 def test_the_battery_runs_on_cuda(tmp_path):
     run = write_tiny_run(tmp_path)
     assert battery.main(["--run", str(run), "--device", "cuda", "--limit", "30", "--quiet"]) == 0
-    record = json.loads((run / "battery.json").read_text())
+    record = json.loads((run / "battery.limit30.json").read_text())
     assert record["failed"] == [] and record["device"] != "cpu"
-    assert json.loads((run / "value_probe.json").read_text())["device"].startswith("cuda")
+    assert json.loads((run / "value_probe.limit30.json").read_text())["device"].startswith("cuda")
 
 
+@pytest.mark.slow
 def test_the_profiling_script_profiles_a_step_on_an_untrained_model(tmp_path):
     import os
     import pstats

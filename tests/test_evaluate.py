@@ -1,5 +1,6 @@
 """The metrics of DESIGN.md section 5 against models whose answers we know."""
 
+import json
 import math
 
 import pytest
@@ -129,3 +130,44 @@ def test_exact_match_can_be_left_out_and_an_unknown_method_is_refused(batch):
     assert torch.isnan(per_example_scores(model, batch, exact_match=None)["exact_match"]).all()
     with pytest.raises(ValueError, match="exact_match='beam'"):
         per_example_scores(model, batch, exact_match="beam")
+
+
+# ---------------------------------------------------------------------------- the command on a tiny run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from tests.tiny import tiny_config, write_data, write_run
+
+    root = tmp_path_factory.mktemp("evaluate")
+    write_data(root / "data")
+    write_run(root / "run", tiny_config(root / "data"))
+    return root / "run"
+
+
+def test_a_limit_run_shows_progress_says_its_limit_and_keeps_the_full_file(tiny_run, capsys, monkeypatch):
+    import sys
+
+    from src.analysis import evaluate
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # bars are drawn on a terminal only
+    full = tiny_run / "eval.json"
+    full.write_text('{"schema": "eval/2", "full": true}\n')
+    capsys.readouterr()
+    assert evaluate.main(["--run", str(tiny_run), "--device", "cpu", "--limit", "6"]) == 0
+    out, err = capsys.readouterr()
+    assert "evaluating" in err and "ex/s" in err  # a progress bar over the examples, on stderr
+    assert "first 6 examples of each split" in out and "n: examples scored" in out  # the table's columns defined
+    res = json.loads((tiny_run / "eval.limit6.json").read_text())
+    assert res["limit"] == 6 and res["seed"] == 0 and res["metrics"]["test_flat"]["n_examples"] == 6
+    assert json.loads(full.read_text()) == {"schema": "eval/2", "full": True}  # never replaced by a --limit run
+    assert evaluate.main(["--run", str(tiny_run), "--device", "cpu", "--limit", "6", "--no-progress"]) == 0
+    assert "evaluating" not in capsys.readouterr().err
+
+
+def test_no_bar_reaches_a_stderr_that_is_not_a_terminal(tiny_run, capsys):
+    from src.analysis import evaluate
+
+    capsys.readouterr()
+    assert evaluate.main(["--run", str(tiny_run), "--device", "cpu", "--limit", "3"]) == 0
+    assert capsys.readouterr().err == ""  # a log file or a captured message holds no progress bar

@@ -178,7 +178,7 @@ def test_eval_json_breaks_exact_match_down_by_class(tiny, tmp_path, capsys):
     shutil.copytree(tiny["finished"], run)
     rc, _, err = cli(evaluate.main, ["--run", run, "--device", "cpu", "--limit", "12"], capsys)
     assert rc == 0, err
-    res = json.loads((run / "eval.json").read_text())
+    res = json.loads((run / "eval.limit12.json").read_text())  # a --limit run: its own file
     for split, metrics in res["metrics"].items():
         by_class = res["exact_match_by_class"][split]
         n = metrics["n_examples"]

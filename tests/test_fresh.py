@@ -58,7 +58,7 @@ def test_fresh_files_are_reproducible_and_differ_from_the_shipped_ones(fresh, tm
 def test_a_run_is_evaluated_on_the_fresh_files(fresh, tmp_path, capsys):
     run = write_tiny_run(tmp_path)
     assert evaluate.main(["--run", str(run), "--device", "cpu", "--limit", "50", "--data-dir", str(fresh / "fresh")]) == 0
-    result = json.loads((run / "eval_fresh.json").read_text())
+    result = json.loads((run / "eval_fresh.limit50.json").read_text())  # a --limit run: its own file
     assert result["data_files"]["test_flat"] == str((fresh / "fresh" / "pilot_test_flat.jsonl").resolve())
     assert result["data_files"]["val"].endswith("pilot_val.jsonl") and "fresh" not in result["data_files"]["val"]
     assert result["metrics"]["test_depth3"]["n_examples"] == 50

@@ -279,7 +279,8 @@ def tiny_run(tmp_path_factory):
 
 def test_cli_writes_patching_json_and_figure(tiny_run):
     assert patching.main(["--run", str(tiny_run), "--device", "cpu", "--limit", "12", "--chunk", "5"]) == 0
-    res = json.loads((tiny_run / "patching.json").read_text())
+    res = json.loads((tiny_run / "patching.limit12.json").read_text())  # a --limit run: its own file
+    assert not (tiny_run / "patching.json").exists()
     assert next(iter(res)) == "schema" and res["schema"] == "patching/1"
     assert res["n_pairs"] == 12 and res["limit"] == 12
     classes = list(patching.POSITION_CLASSES)
@@ -302,7 +303,7 @@ def test_cli_writes_patching_json_and_figure(tiny_run):
             assert silent["head"] == "L0-H0" and silent["logp_change"] == pytest.approx(0.0, abs=1e-5)
             assert silent["answer_correct"] == res["baseline"][patching.DIRECTIONS[direction][1]]["answer_correct"]
     assert res["class_counts"]["close"]["pairs"] == 12
-    png = tiny_run / "patching.png"
+    png = tiny_run / "patching.limit12.png"
     assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
 
 

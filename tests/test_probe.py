@@ -5,7 +5,6 @@ or do not); the end-to-end ones run `python -m src.analysis.probe` on a tiny, br
 in a run directory laid out as src.train leaves it.
 """
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -56,7 +55,8 @@ def write_tiny_run(root: Path, seed: int = 0) -> Path:
         opt.step()
     run = root / "run"
     run.mkdir()
-    torch.save(make_checkpoint(cfg, model, epoch=1, step=20, best={"val_loss": 2.0, "epoch": 1, "metrics": None}),
+    torch.save(make_checkpoint(cfg, model, epoch=1, step=20, best={"val_loss": 2.0, "epoch": 1, "metrics": None},
+                               seed=seed),
                run / "checkpoint_best.pt")
     (run / "summary.json").write_text(json.dumps({"config": "tiny", "seed": seed}))
     return run
@@ -66,7 +66,7 @@ def write_tiny_run(root: Path, seed: int = 0) -> Path:
 def tiny(tmp_path_factory):
     run = write_tiny_run(tmp_path_factory.mktemp("probe"))
     assert probe.main(["--run", str(run), *FAST]) == 0
-    return {"run": run, "result": json.loads((run / "probe.json").read_text())}
+    return {"run": run, "result": json.loads((run / "probe.limit30.json").read_text())}
 
 
 def sample_depth_features(gen, n: int, holds_depth: bool, d: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,8 +275,9 @@ def test_probe_json_has_documented_fields(tiny):
                 assert label["claim"] == probe.claim(label["at_ceiling"], label["selectivity"])
     d3 = summary["tasks"]["exact"]["test_depth3"]["first_block"]
     assert d3["n_unseen_class_tokens"] > 0 and "control_accuracy_seen_classes" in d3
-    png = run / "probe_layers.png"
+    png = run / "probe_layers.limit30.png"  # a --limit run: its own files, beside the full-data ones
     assert png.is_file() and png.stat().st_size < 200_000
+    assert not (run / "probe.json").exists() and not (run / "probe_layers.png").exists()
 
 
 def test_table_shows_the_control_and_the_ceiling(tiny):
@@ -308,22 +309,11 @@ def test_bad_flags_are_one_line_user_errors_and_write_nothing(tiny, tmp_path, ca
     assert not (tmp_path / "fresh").exists() and sorted(p.name for p in tiny["run"].iterdir()) == before
 
 
-def test_splits_flag_takes_any_evaluation_split(tiny, tmp_path, monkeypatch):
-    # test_paren_matched joins EVAL_SPLITS and the data config; until it has, stand in test_paren's file for it
+def test_splits_flag_takes_any_evaluation_split(tiny, tmp_path):
     matched = "test_paren_matched"
-    if matched not in probe.EVAL_SPLITS:
-        monkeypatch.setattr(probe, "EVAL_SPLITS", (*probe.EVAL_SPLITS, matched))
-    real_load = probe.load_batches
-
-    def load(cfg, splits, limit, device):
-        known = {f.name for f in dataclasses.fields(cfg.data)}
-        return {s: real_load(cfg, [s if s in known else "test_paren"], limit, device)[s if s in known else "test_paren"]
-                for s in splits}
-
-    monkeypatch.setattr(probe, "load_batches", load)
     out = tmp_path / "probe.json"
     assert probe.main(["--run", str(tiny["run"]), *FAST, "--max-iter", "5", "--splits", matched, "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert set(res["sites"][0]["binary"]["selectivity"]) == {matched}
     assert res["summary"]["in_distribution"] == [matched] and set(res["summary"]["tasks"]["exact"]) == {matched}
-    assert not (tmp_path / "probe_layers.png").exists()  # the figure needs test_paren
+    assert not list(tmp_path.glob("probe_layers*.png"))  # the figure needs test_paren

@@ -22,10 +22,11 @@ import torch
 import yaml
 
 import src.rundir.atomic
-from src.analysis import ablate, evaluate, probe, roles
+from src.analysis import ablate, common, evaluate, probe, roles, run_all
+from src.model import CompactTransformer
 from src.report import main as report_main
 from tests.test_reliability import cli  # the one runner of an entry point, as its __main__ runs it
-from tests.tiny import tiny_config, write_data, write_run
+from tests.tiny import drop_limit_tag, tiny_config, write_data, write_run
 
 ANALYSES = {"evaluate": evaluate.main, "ablate": ablate.main, "probe": probe.main, "roles": roles.main}
 FAST = {"evaluate": [], "ablate": ["--max-set-size", "1"], "probe": ["--max-iter", "5", "--resamples", "100"],
@@ -211,9 +212,8 @@ def test_an_output_path_that_is_a_directory_is_refused_before_any_computation(ti
     (run / target).unlink()
     (run / target).mkdir()
     before = snapshot(run)
-    monkeypatch.setattr(evaluate, "load_batches", lambda *a, **k: pytest.fail("computed before checking --out"))
-    for module in (ablate, probe, roles):
-        monkeypatch.setattr(module, "load_batches", lambda *a, **k: pytest.fail("computed before checking --out"))
+    for reader in ("batches", "all_records"):  # every analysis reads its data through these
+        monkeypatch.setattr(common.RunData, reader, lambda *a, **k: pytest.fail("computed before checking --out"))
     expect_user_error(cli(ANALYSES[tool], ["--run", run, "--device", "cpu", *FAST[tool]], capsys),
                       str(run / target), "is a directory")
     assert snapshot(run) == before
@@ -248,11 +248,11 @@ def test_ablate_full_disk_leaves_no_partial_file(tiny, tmp_path, capsys, monkeyp
     full_disk_on(monkeypatch, suffix)
     err = expect_user_error(cli(ablate.main, ["--run", run, "--device", "cpu", "--max-set-size", "1", "--limit", "8",
                                               "--modes", "zero"], capsys), "disk is full")
-    assert not (run / "ablation_heatmap.png").exists() and not list(run.glob("*.tmp"))
+    assert not (run / "ablation.limit8_heatmap.png").exists() and not list(run.glob("*.tmp"))
     if suffix == ".json":  # the first write failed: nothing at all
-        assert "ablation.json" in err and not (run / "ablation.json").exists()
+        assert "ablation.limit8.json" in err and not (run / "ablation.limit8.json").exists()
     else:
-        assert "ablation_heatmap.png" in err
+        assert "ablation.limit8_heatmap.png" in err
 
 
 @pytest.mark.parametrize("suffix", [".json", ".png"])
@@ -262,7 +262,7 @@ def test_probe_full_disk_leaves_no_partial_file(tiny, tmp_path, capsys, monkeypa
     full_disk_on(monkeypatch, suffix)
     expect_user_error(cli(probe.main, ["--run", run, "--device", "cpu", *FAST["probe"], "--limit", "8"], capsys),
                       "disk is full")
-    assert not (run / "probe_layers.png").exists() and not list(run.glob("*.tmp"))
+    assert not (run / "probe_layers.limit8.png").exists() and not list(run.glob("*.tmp"))
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +278,7 @@ def analysed(tiny, tmp_path_factory):
         assert ablate.main([*cpu, "--max-set-size", "1"]) == 0
         assert roles.main(cpu) == 0
         assert probe.main([*cpu, *FAST["probe"]]) == 0
+        drop_limit_tag(run, 10)  # the report reads the full-data names
         runs.append(run)
     return runs
 
@@ -392,7 +393,7 @@ def test_an_fp16_run_is_analysed_in_fp32_on_the_cpu_with_a_note(tiny, tmp_path, 
     rc, _, err = cli(evaluate.main, ["--run", run, "--device", "cpu", "--limit", "4"], capsys)
     assert rc == 0, err
     assert "note: the run trained in fp16; evaluating in fp32 on the CPU" in err
-    res = json.loads((run / "eval.json").read_text())
+    res = json.loads((run / "eval.limit4.json").read_text())
     assert res["precision"] == "fp32" and res["fp16"] is False
 
 
@@ -410,7 +411,92 @@ def test_an_fp16_run_is_analysed_in_fp16_on_cuda_by_default(tiny, tmp_path, caps
     run = fp16_run(tiny, tmp_path)
     rc, _, err = cli(evaluate.main, ["--run", run, "--device", "cuda", "--limit", "4"], capsys)
     assert rc == 0, err
-    res = json.loads((run / "eval.json").read_text())
+    res = json.loads((run / "eval.limit4.json").read_text())
     assert res["precision"] == "fp16" and res["fp16"] is True
     rc, _, err = cli(evaluate.main, ["--run", run, "--device", "cuda", "--limit", "4", "--precision", "fp32"], capsys)
-    assert rc == 0 and json.loads((run / "eval.json").read_text())["precision"] == "fp32"
+    assert rc == 0 and json.loads((run / "eval.limit4.json").read_text())["precision"] == "fp32"
+
+
+# ---------------------------------------------------------------------------- opening a run: its seed and its state
+
+
+def test_the_seed_comes_from_the_checkpoint_and_the_control_is_built_from_it(tmp_path, capsys):
+    write_data(tmp_path / "data")
+    run = tmp_path / "run"
+    write_run(run, tiny_config(tmp_path / "data"), seed=5)
+    (run / "summary.json").unlink()  # the checkpoint alone says which seed trained the run
+    args = probe.build_parser().parse_args(["--run", str(run), "--device", "cpu"])
+    opened = common.open_run(args)
+    assert opened.seed == 5
+    torch.manual_seed(5)
+    expected = CompactTransformer(opened.cfg.model).state_dict()
+    control = common.untrained_control(opened.cfg, opened.seed, opened.device).state_dict()
+    assert all(torch.equal(control[k], expected[k]) for k in expected)
+    assert roles.main(["--run", str(run), "--device", "cpu", "--limit", "4", "--no-progress"]) == 0
+    assert json.loads((run / "roles.limit4.json").read_text())["seed"] == 5
+
+
+def test_a_checkpoint_without_its_seed_is_an_error_that_says_what_to_do(tiny, tmp_path, capsys):
+    run = copy_run(tiny, tmp_path)
+    ckpt = torch.load(run / "checkpoint_best.pt", weights_only=True)
+    del ckpt["seed"]
+    torch.save(ckpt, run / "checkpoint_best.pt")
+    before = snapshot(run)
+    expect_user_error(cli(probe.main, ["--run", run, "--device", "cpu"], capsys),
+                      str(run / "checkpoint_best.pt"), "records no seed", "python -m src.train")
+    assert snapshot(run) == before
+
+
+def interrupted(tiny, tmp_path, keep_best: bool) -> Path:
+    """A run as a training killed part-way leaves it: checkpoint_latest.pt, no summary.json, maybe no best."""
+    run = copy_run(tiny, tmp_path)
+    shutil.copy(run / "checkpoint_best.pt", run / "checkpoint_latest.pt")
+    (run / "summary.json").unlink()
+    if not keep_best:
+        (run / "checkpoint_best.pt").unlink()
+    return run
+
+
+@pytest.mark.parametrize("keep_best", [False, True], ids=["no_best", "no_summary"])
+def test_an_interrupted_run_is_told_to_resume_or_to_analyse_its_latest_checkpoint(tiny, tmp_path, capsys, keep_best):
+    run = interrupted(tiny, tmp_path, keep_best)
+    before = snapshot(run)
+    err = expect_user_error(cli(evaluate.main, ["--run", run, "--device", "cpu"], capsys), "interrupted",
+                            "no summary.json" if keep_best else "no checkpoint_best.pt",
+                            f"python -m src.train --output-dir {run} --resume", "--checkpoint latest")
+    assert "train it" not in err
+    assert snapshot(run) == before
+    args = evaluate.build_parser().parse_args(["--run", str(run), "--device", "cpu", "--checkpoint", "latest"])
+    assert common.open_run(args).ckpt["epoch"] == 1  # what it reached, analysable as the message says
+
+
+def test_a_run_without_any_checkpoint_is_told_to_train(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    expect_user_error(cli(roles.main, ["--run", run, "--device", "cpu"], capsys), "no checkpoint at all",
+                      f"python -m src.train --config CONFIG --output-dir {run}")
+    assert not any(run.iterdir())
+
+
+def test_a_run_still_training_names_the_process_that_holds_it(tiny, tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    run = copy_run(tiny, tmp_path)
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / ".lock").write_text(f"PID {trainer.pid} on {socket.gethostname()}\n")  # as src.rundir.directory writes it
+        before = snapshot(run)
+        expect_user_error(cli(evaluate.main, ["--run", run, "--device", "cpu"], capsys),
+                          f"locked by PID {trainer.pid} on {socket.gethostname()}", "wait for it to finish")
+        assert snapshot(run) == before
+        rc, _, err = cli(run_all.main, ["--run", run, "--device", "cpu", "--quiet"], capsys)
+        assert rc == 2 and err.count("error:") == 1 and f"PID {trainer.pid}" in err  # once, not once per step
+        assert snapshot(run) == before  # no battery.json
+    finally:
+        trainer.kill()
+        trainer.wait()
+    # the lock of a process that has ended (a killed training) holds nothing
+    args = roles.build_parser().parse_args(["--run", str(run), "--device", "cpu"])
+    assert common.lock_holder(run) is None and common.open_run(args).seed == 0

@@ -25,7 +25,7 @@ def analysed(tmp_path_factory):
         assert evaluate.main(cpu) == 0
         assert ablate.main([*cpu, "--max-set-size", "2"]) == 0
         assert roles.main(cpu) == 0
-        assert probe.main([*cpu, "--max-iter", "20", "--resamples", "200", "--limit", "20"]) == 0
+        assert probe.main([*cpu, "--max-iter", "20", "--resamples", "200"]) == 0  # full (tiny) data: the report reads probe.json
         runs.append(run)
     return {"root": root, "runs": runs}
 

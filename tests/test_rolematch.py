@@ -12,6 +12,7 @@ from src.errors import run_main
 from src.analysis.rolematch import (LARGE, PILOT, VERDICTS, HeadEffect, RunEvidence, direction, effects_from_ablation,
                            match_across_scales, role_verdict, rolematch_markdown)
 from tests.test_probe import write_tiny_run
+from tests.tiny import drop_limit_tag
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCE = "zero/test_paren_matched/answer_loss"
@@ -227,6 +228,7 @@ def test_shipped_results_end_to_end():
     assert rolematch_markdown(result).count("\n| ") >= len(result["cells"])
 
 
+@pytest.mark.slow
 def test_the_command_matches_real_run_files_and_reports_the_patching_peaks(tmp_path, capsys):
     runs = []
     for seed in (0, 1):
@@ -234,6 +236,7 @@ def test_the_command_matches_real_run_files_and_reports_the_patching_peaks(tmp_p
         run = write_tiny_run(tmp_path / f"s{seed}", seed=seed)
         assert battery.main(["--run", str(run), "--device", "cpu", "--limit", "24", "--only", "ablate,roles,patching",
                              "--quiet"]) == 0
+        drop_limit_tag(run, 24)  # rolematch reads the full-data names
         runs.append(run)
     out = tmp_path / "match"
     assert rolematch.main(["--pilot", str(runs[0]), "--large", str(runs[1]), "--out", str(out)]) == 0

@@ -217,7 +217,8 @@ def write_untrained_run(root: Path) -> Path:
     model = CompactTransformer(cfg.model)
     run = root / "run"
     run.mkdir()
-    torch.save(make_checkpoint(cfg, model, epoch=1, step=1, best={"val_loss": 3.0, "epoch": 1}), run / "checkpoint_best.pt")
+    torch.save(make_checkpoint(cfg, model, epoch=1, step=1, best={"val_loss": 3.0, "epoch": 1}, seed=7),
+               run / "checkpoint_best.pt")
     (run / "summary.json").write_text(json.dumps({"config": "tiny", "seed": 7}))
     return run
 
@@ -304,7 +305,8 @@ def test_default_splits_are_the_bracketed_pair(tmp_path, capsys):
     status = run_main(roles.main, ["--run", str(run), "--device", "cpu", "--limit", "5"])
     if MATCHED:
         assert status == 0
-        assert json.loads((run / "roles.json").read_text())["splits"] == ["test_paren_matched", "test_paren"]
+        assert json.loads((run / "roles.limit5.json").read_text())["splits"] == ["test_paren_matched", "test_paren"]
+        assert (run / "roles.limit5.png").is_file() and not (run / "roles.json").exists()
     else:  # the matched-pairs set is not in the config or the data yet: the message names it
         assert status == 2 and "test_paren_matched" in capsys.readouterr().err
 
@@ -316,3 +318,18 @@ def test_help_describes_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--run", "--checkpoint", "--device", "--fp16", "--limit", "--splits", "--out", "--debug"):
         assert flag in text, flag
+
+
+def test_a_limit_run_says_so_in_its_table_and_its_figure_and_never_replaces_the_full_files(tiny, capsys, monkeypatch):
+    run = tiny["run"]
+    full = {name: (run / name).read_bytes() for name in ("roles.json", "roles.png")}
+    titles = []
+    real = roles.render_heatmap
+    monkeypatch.setattr(roles, "render_heatmap", lambda rows, queries, title: titles.append(title) or real(rows, queries, title))
+    capsys.readouterr()
+    assert roles.main(["--run", str(run), "--device", "cpu", *SPLITS, "--limit", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "first 3 examples" in out and "first 3 examples" in titles[0]
+    assert "primary: the largest role" in out  # the table says what its cells and its last column are
+    assert json.loads((run / "roles.limit3.json").read_text())["limit"] == 3 and (run / "roles.limit3.png").is_file()
+    assert {name: (run / name).read_bytes() for name in full} == full

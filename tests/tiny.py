@@ -57,7 +57,7 @@ def write_run(run: Path, raw: dict, seed: int = 0) -> None:
             model.blocks[0].attn.out.weight.mul_(live)
     run.mkdir(parents=True)
     best = {"val_loss": 2.0, "epoch": 1, "metrics": None}
-    ckpt = make_checkpoint(cfg, model, epoch=1, step=40, best=best)
+    ckpt = make_checkpoint(cfg, model, epoch=1, step=40, best=best, seed=seed)
     torch.save(ckpt, run / "checkpoint_best.pt")
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (run / "metrics.jsonl").write_text(json.dumps({"schema": "metrics/1", "epoch": 1, "step": 40, "train_loss": 2.5,
@@ -67,3 +67,10 @@ def write_run(run: Path, raw: dict, seed: int = 0) -> None:
                "epochs": 1, "steps": 40, "wall_time_s": 3.0, "train_steps_per_s": 20.0, "best_epoch": 1,
                "best_val_metrics": {"loss": 2.0}}
     (run / "summary.json").write_text(json.dumps(summary))
+
+
+def drop_limit_tag(run: Path, limit: int) -> None:
+    """Rename RUN's NAME.limitN.* result files to NAME.*: a quick --limit run stands in for the full-data
+    files that readers (the report, rolematch) look for, in tests of those readers."""
+    for path in run.glob(f"*.limit{limit}*"):
+        path.rename(path.with_name(path.name.replace(f".limit{limit}", "")))

@@ -34,7 +34,7 @@ targeted_<mode>). The smallest prefix whose bracket_specificity is significantly
 the targeted set. Selection and test never share an example.
 
 Output: RUN/ablation.json (schema ablation/2; keys in docs/SCHEMAS.md) and RUN/ablation_heatmap.png,
-or RUN/ablation_heads_<L.H+...>.json with --heads.
+or RUN/ablation_heads_<L.H+...>.json with --heads; under --limit N, RUN/ablation.limitN.json and so on.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ from src.data import Batch
 from src.device import autocast
 from src.errors import UserError, run_main
 from src.metrics import (EXACT_MATCH_METHODS, METRIC_DEFINITIONS, METRICS, SIGN_CONVENTION, TEST_SPLITS, VERDICT_METRICS, contrast, paired_difference, per_example_scores, summarize)
-from src.analysis.common import add_run_arguments, head_label, load_batches, open_run, relative_layer, run_seed
+from src.analysis.common import (Run, RunData, add_run_arguments, analysis_main, head_label, progress, relative_layer,
+                                 scores_by_split)
 from src.model import CompactTransformer, HeadAblation, Hooks
 from src.plotting import png_bytes, pyplot
 from src.rundir.results import stamp
@@ -115,13 +116,13 @@ def score_splits(model, batches: dict, ablation, precision: str, exact_match: st
     return {s: per_example_scores(model, b, ablation, precision, exact_match=exact_match) for s, b in batches.items()}
 
 
-def exact_match_check(model, batches: dict, base_scores: dict, precision: str) -> dict:
+def exact_match_check(greedy: dict, base_scores: dict) -> dict:
     """The unablated model's exact_match both ways on every split: the teacher-forced outcomes the
-    scan uses against greedy decoding (the definition), and how many examples they disagree on."""
-    greedy = score_splits(model, batches, None, precision, exact_match="greedy")
+    scan uses (`base_scores`) against greedy decoding (`greedy`, the definition), and how many
+    examples they disagree on."""
     return {s: {"teacher_forced": int(base_scores[s]["exact_match"].sum()), "greedy": int(greedy[s]["exact_match"].sum()),
                 "disagreements": int((base_scores[s]["exact_match"] != greedy[s]["exact_match"]).sum()),
-                "n_examples": len(greedy[s]["exact_match"])} for s in batches}
+                "n_examples": len(greedy[s]["exact_match"])} for s in greedy}
 
 
 def subset(scores: dict, idx: torch.Tensor) -> dict:
@@ -203,14 +204,18 @@ def head_findings(rows_by_mode: dict[str, list[dict]], families: dict | None = N
     return list(by_head.values())
 
 
-def scan_heads(model, batches, base_scores, means, precision, log=print) -> tuple[list[dict], dict]:
+def scan_heads(model, batches, base_scores, means, precision, log=print, bar=None, mode: str = "") -> tuple[list[dict], dict]:
     """Every head ablated alone: rows ranked by answer_loss bracket_specificity (largest first), and
-    each head's per-example scores on the flat and matched splits (for the targeted selection)."""
+    each head's per-example scores on the flat and matched splits (for the targeted selection).
+    `bar`: a progress bar factory (Run.bar), one step per head."""
     cfg = model.cfg
     rows, kept = [], {}
     tic = time.perf_counter()
+    ticker = (bar or progress)(total=cfg.num_layers * cfg.num_heads, desc=f"{mode} ablation scan".strip(), unit="head",
+                               disable=bar is None)
     for layer in range(cfg.num_layers):
         for head in range(cfg.num_heads):
+            ticker.update()
             scores = score_splits(model, batches, HeadAblation({(layer, head)}, means), precision)
             rows.append({"head": head_label(layer, head), "layer": layer, "head_index": head,
                          "relative_layer": relative_layer(layer, cfg.num_layers),
@@ -218,6 +223,7 @@ def scan_heads(model, batches, base_scores, means, precision, log=print) -> tupl
                          "bracket_specificity": bracket_specificity(base_scores, scores)})
             kept[(layer, head)] = {s: scores[s] for s in (FLAT, MATCHED)}
         log(f"  layer {layer}: {cfg.num_heads} heads scanned ({time.perf_counter() - tic:.1f} s)")
+    ticker.close()
     rows.sort(key=lambda r: -r["bracket_specificity"][RANKING_METRIC]["estimate"])
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
@@ -233,7 +239,7 @@ def halves(n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def targeted_ablation(model, batches, base_scores, head_scores: dict, means, precision, mode: str, max_size: int,
-                      log=print) -> dict:
+                      log=print, bar=None) -> dict:
     """Rank heads on the selection half, test the prefixes of the ranking on the test half (Holm)."""
     num_sel, num_test = {}, {}
     for s, b in batches.items():
@@ -250,7 +256,8 @@ def targeted_ablation(model, batches, base_scores, head_scores: dict, means, pre
     base_test = {s: subset(base_scores[s], num_test[s]) for s in batches}
     family = stats.Family(f"targeted_{mode}")
     steps = []
-    for k in range(1, min(max_size, len(order)) + 1):
+    sizes = range(1, min(max_size, len(order)) + 1)
+    for k in (bar(sizes, desc=f"targeted set ({mode})", unit="prefix") if bar is not None else sizes):
         ablation = HeadAblation(set(order[:k]), means)
         # the test needs answer_loss only: teacher forcing, no greedy decoding
         pair = {s: test_batches[s] for s in (FLAT, MATCHED)}
@@ -309,33 +316,16 @@ heads_list = comma_list(item=parse_head, what=HEADS_FORM)
 modes_list = comma_list(MODES, what=f"a comma-separated list of distinct modes from {', '.join(MODES)}")
 
 
-def check_heads(heads: list[tuple[int, int]], cfg) -> list[tuple[int, int]]:
-    """A UserError for a head the run's model does not have (a typo must not read as 'no effect')."""
-    for layer, head in heads:
-        if not (0 <= layer < cfg.model.num_layers and 0 <= head < cfg.model.num_heads):
-            raise UserError(f"--heads {layer}.{head}: the model has layers 0-{cfg.model.num_layers - 1} and heads "
-                            f"0-{cfg.model.num_heads - 1}")
-    return heads
-
-
-def heads_arg(text: str, cfg) -> list[tuple[int, int]]:
-    """Heads as LAYER.HEAD, comma-separated; strict: an empty item, a repeated or unknown head is an error."""
-    try:
-        return check_heads(heads_list(text), cfg)
-    except argparse.ArgumentTypeError as err:
-        raise UserError(f"--heads {err}") from None
-
-
-def modes_arg(text: str) -> list[str]:
-    try:
-        return modes_list(text)
-    except argparse.ArgumentTypeError as err:
-        raise UserError(f"--modes {err}") from None
-
-
 def fmt_ci(entry: dict, digits: int = 4) -> str:
     lo, hi = entry.get("ci95", (math.nan, math.nan))
     return f"{entry.get('estimate', math.nan):+.{digits}f} [{lo:+.{digits}f},{hi:+.{digits}f}]"
+
+
+SCAN_LEGEND = (
+    "columns: rel = relative layer (layer / (layers - 1)); dAL = change of answer_loss (ablated - baseline, nats per "
+    "token; > 0: the ablation hurts); dEM = change of exact_match (< 0: it hurts); bracket spec. dAL = dAL on "
+    "test_paren_matched - dAL on test_flat, [its 95% interval]; p_adj = p-value after Holm over the scan's family "
+    "(head_bracket for the bracket specificity, head_effect for dEM matched)")
 
 
 def format_scan(rows: list[dict], mode: str, top: int = 10) -> str:
@@ -421,44 +411,53 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    modes = args.modes
+def ablation_output(run: Run, heads, out: Path | None) -> Path:
+    """--out, else RUN/ablation.json (RUN/ablation_heads_<L.H+...>.json with --heads), NAME.limitN.json under --limit."""
+    if out is not None and out.is_dir():
+        raise UserError(f"--out {out}: is a directory; give a file path such as {out / 'ablation.json'}")
+    name = f"ablation_heads_{'+'.join(f'{l}.{h}' for l, h in sorted(set(heads)))}.json" if heads else "ablation.json"
+    return check_output_file(run.output(name, out), "--out" if out else "output", "ablation.json")
 
+
+def ablate_run(run: Run, data: RunData, args) -> dict:
+    """The head scan and targeted sets (or the --heads ablation) of an opened run; writes the JSON and,
+    for the scan, the heatmap; returns the result."""
+    modes, heads = args.modes, args.heads
     # every input is checked before any computation, every output path before anything is written
-    model, ckpt, cfg, device = open_run(args)
-    heads = check_heads(args.heads, cfg) if args.heads is not None else None
-    if args.out is not None and args.out.is_dir():
-        raise UserError(f"--out {args.out}: is a directory; give a file path such as {args.out / 'ablation.json'}")
-    out_path = args.out or (args.run / (f"ablation_heads_{'+'.join(f'{l}.{h}' for l, h in sorted(set(heads)))}.json"
-                                        if heads else "ablation.json"))
-    flag = "--out" if args.out else "output"
-    check_output_file(out_path, flag, "ablation.json")
+    if heads is not None:
+        try:
+            run.model.check_ablation(HeadAblation(set(heads)))
+        except ValueError as err:
+            raise UserError(f"--heads: {err}") from None
+    out_path = ablation_output(run, heads, args.out)
     png = None if heads else check_output_file(out_path.with_name(out_path.stem + "_heatmap.png"), "heatmap")
+    model, cfg, precision = run.model, run.cfg, run.precision
     tic = time.perf_counter()
-    batches = load_batches(cfg, TEST_SPLITS, args.limit, device)
+    batches = data.batches(TEST_SPLITS)
     means = {"zero": None}
     if "mean" in modes:
-        train = load_batches(cfg, ["train"], args.limit, device)["train"]
-        means["mean"] = training_means(model, train, args.precision)
+        means["mean"] = training_means(model, data.batches(["train"])["train"], precision)
 
+    if run.limit is not None:
+        print(run.titled("head ablation"))
     print(f"baseline on {', '.join(f'{s} ({len(b)})' for s, b in batches.items())} ...")
-    base_scores = score_splits(model, batches, None, args.precision)
+    base_scores = score_splits(model, batches, None, precision)
     result = {
-        "run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"], "step": ckpt.get("step"),
-        "config": cfg.name, "seed": run_seed(args.run), "device": str(device), "precision": args.precision, "fp16": args.precision == "fp16",
-        "modes": {m: MODE_DEFINITIONS[m] for m in modes}, "limit": args.limit,
+        "run": str(run.path), "checkpoint": run.checkpoint, "epoch": run.ckpt["epoch"], "step": run.ckpt.get("step"),
+        "config": cfg.name, "seed": run.seed, "device": str(run.device), "precision": precision,
+        "fp16": precision == "fp16", "modes": {m: MODE_DEFINITIONS[m] for m in modes}, "limit": run.limit,
         "num_layers": cfg.model.num_layers, "num_heads": cfg.model.num_heads,
         "sign_convention": SIGN_CONVENTION, "metric_definitions": METRIC_DEFINITIONS,
         "verdict_metrics": list(VERDICT_METRICS), "ranking_metric": RANKING_METRIC,
         "baseline": {s: summarize(v) for s, v in base_scores.items()},
         "exact_match_method": {"method": EXACT_MATCH_METHOD, "definition": EXACT_MATCH_METHODS[EXACT_MATCH_METHOD],
-                               "check_against_greedy": exact_match_check(model, batches, base_scores, args.precision)},
+                               "check_against_greedy": exact_match_check(
+                                   scores_by_split(run, batches, "greedy decoding (exact_match check)"), base_scores)},
     }
     if heads:
         rows = {}
         for mode in modes:
-            scores = score_splits(model, batches, HeadAblation(set(heads), means[mode]), args.precision)
+            scores = score_splits(model, batches, HeadAblation(set(heads), means[mode]), precision)
             rows[mode] = [{"head": "+".join(head_label(*h) for h in sorted(set(heads))), "effects": split_effects(base_scores, scores),
                            "bracket_specificity": bracket_specificity(base_scores, scores)}]
         result["families"] = close_families(rows)
@@ -466,34 +465,42 @@ def main(argv=None) -> int:
         result["heads"] = [head_label(*h) for h in sorted(set(heads))]
         result["by_mode"] = {mode: {k: v for k, v in r[0].items() if k != "head"} for mode, r in rows.items()}
         for mode in modes:
-            print(f"heads {', '.join(result['heads'])} ablated together ({mode}): delta [95% CI] per split")
+            print(f"heads {', '.join(result['heads'])} ablated together ({mode}): ablated - baseline [95% CI] per split")
             print(format_effects(result["by_mode"][mode]["effects"]))
     else:
         n_heads = cfg.model.num_layers * cfg.model.num_heads
         rows_by_mode, kept = {}, {}
         for mode in modes:
             print(f"scanning {n_heads} heads ({mode} ablation) ...")
-            rows_by_mode[mode], kept[mode] = scan_heads(model, batches, base_scores, means[mode], args.precision)
+            rows_by_mode[mode], kept[mode] = scan_heads(model, batches, base_scores, means[mode], precision,
+                                                        log=lambda *_: None, bar=run.bar, mode=mode)
         result["families"] = close_families(rows_by_mode)
         result["scan"] = {"heads_tested": n_heads, "modes": rows_by_mode}
         result["head_findings"] = head_findings(rows_by_mode, result["families"])
         print(format_verdicts(result["families"]))
         for mode in modes:
             print(format_scan(rows_by_mode[mode], mode))
+        print(SCAN_LEGEND)
         result["targeted"] = {}
         for mode in modes:
             print(f"targeted set ({mode}) ...")
-            t = targeted_ablation(model, batches, base_scores, kept[mode], means[mode], args.precision, mode, args.max_set_size)
+            t = targeted_ablation(model, batches, base_scores, kept[mode], means[mode], precision, mode, args.max_set_size,
+                                  bar=run.bar)
             result["targeted"][mode] = t
             print(f"  set: {', '.join(t['heads'])}" if t["found"] else f"  {t['message']}")
     result["elapsed_s"] = time.perf_counter() - tic
     figure = None
     if png is not None:  # rendered in memory: nothing is written until everything is computed
         figure = render_heatmap(result["scan"]["modes"], cfg.model,
-                                f"{cfg.name} ({args.run.name}): answer_loss bracket_specificity per head; "
-                                "* significant after Holm")
-    write_result(out_path, stamp("ablation", result), (png, figure))
-    return 0
+                                run.titled(f"{cfg.name} ({run.path.name}): answer_loss bracket_specificity per head; "
+                                           "* significant after Holm"))
+    result = stamp("ablation", result)
+    write_result(out_path, result, (png, figure))
+    return result
+
+
+def main(argv=None) -> int:
+    return analysis_main(build_parser, ablate_run, argv)
 
 
 if __name__ == "__main__":

@@ -28,13 +28,12 @@ from pathlib import Path
 from src.rundir.atomic import write_result
 from src.data.classes import exact_match_by_class
 from src.cli import ArgumentParser, check_output_file
-from src.data import load_jsonl
 from src.errors import run_main
 from src.rundir.results import stamp
 
-from src.analysis.common import add_run_arguments, load_batches, open_run, run_seed, with_data_dir
+from src.analysis.common import Run, RunData, add_run_arguments, open_run, scores_by_split, with_data_dir
 from src.metrics import (EVAL_SPLITS, METRIC_DEFINITIONS, SIGN_CONVENTION, VERDICT_METRICS, compare_test_sets,
-                         per_example_scores, summarize)
+                         summarize)
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -47,43 +46,58 @@ def format_table(results: dict[str, dict]) -> str:
             lo, hi = r.get(f"{c}_ci95", (float("nan"), float("nan")))
             cells.append(f"{r[c]:>8.4f} [{lo:.3f},{hi:.3f}]".rjust(24))
         lines.append(f"{split:<18} {r['n_examples']:>5}  " + "  ".join(cells))
+    lines.append("n: examples scored; each cell: the metric [its 95% interval: Wilson for exact_match and "
+                 "end_of_answer_acc, a bootstrap over examples otherwise]; answer_loss and loss in nats per token")
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m src.analysis.evaluate", description=__doc__.split("\n\n")[0])
     add_run_arguments(parser)
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default: RUN/eval.json, or RUN/eval_<DIR name>.json with --data-dir); e.g. "
-                        "RUN/eval_epoch_10.json for a periodic checkpoint")
+                        help="JSON path (default: RUN/eval.json, or RUN/eval_<DIR name>.json with --data-dir, each "
+                        "as NAME.limitN.json under --limit); e.g. RUN/eval_epoch_10.json for a periodic checkpoint")
     parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                         help="evaluate on the files of DIR named as the shipped ones (pilot_test_flat.jsonl, ...) "
                         "instead of the config's, split by split, e.g. the fresh test files of "
                         "`python -m src.data --fresh-test SEED`; splits without a file there keep the config's")
-    args = parser.parse_args(argv)
-    model, ckpt, cfg, device = open_run(args)
-    if args.data_dir is not None:
-        cfg = with_data_dir(cfg, args.data_dir)
-    default_out = args.run / ("eval.json" if args.data_dir is None else f"eval_{args.data_dir.resolve().name}.json")
-    path = check_output_file(args.out or default_out, "--out" if args.out else "output", "eval.json")
-    batches = load_batches(cfg, EVAL_SPLITS, args.limit, device)
-    scores = {s: per_example_scores(model, b, precision=args.precision) for s, b in batches.items()}
+    return parser
+
+
+def evaluate_run(run: Run, data: RunData, args) -> dict:
+    """eval.json of an opened run on `data` (the config's files, or those of --data-dir), written to
+    --out or the run directory; returns what it wrote."""
+    name = "eval.json" if args.data_dir is None else f"eval_{args.data_dir.resolve().name}.json"
+    path = check_output_file(run.output(name, args.out), "--out" if args.out else "output", "eval.json")
+    cfg = data.cfg
+    batches = data.batches(EVAL_SPLITS)
+    scores = scores_by_split(run, batches, "evaluating")
     results = {s: summarize(v) for s, v in scores.items()}
-    by_class = {s: exact_match_by_class(load_jsonl(cfg.data.path(s), cfg.model.max_seq_len)[: args.limit],
-                                        scores[s]["exact_match"]) for s in batches}
+    by_class = {s: exact_match_by_class(data.records(s), scores[s]["exact_match"]) for s in batches}
     comparisons = compare_test_sets(scores)
+    if run.limit is not None:
+        print(run.titled("evaluation"))
     print(format_table(results))
     for metric in VERDICT_METRICS:
         c = comparisons["bracket_cost"]["metrics"][metric]
         lo, hi = c.get("ci95", (math.nan, math.nan))
         print(f"bracket cost (test_paren_matched - test_flat), {metric}: {c['estimate']:+.4f} [{lo:+.4f}, {hi:+.4f}]  "
               f"{c.get('test')} p={c.get('p_value', math.nan):.3g} p_adjusted={c.get('p_adjusted', math.nan):.3g}")
-    out = stamp("eval", {"run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"],
-                         "step": ckpt.get("step"), "config": cfg.name, "seed": run_seed(args.run), "precision": args.precision, "fp16": args.precision == "fp16",
-                         "limit": args.limit, "metric_definitions": METRIC_DEFINITIONS, "sign_convention": SIGN_CONVENTION,
+    out = stamp("eval", {"run": str(run.path), "checkpoint": run.checkpoint, "epoch": run.ckpt["epoch"],
+                         "step": run.ckpt.get("step"), "config": cfg.name, "seed": run.seed, "precision": run.precision,
+                         "fp16": run.precision == "fp16", "limit": run.limit, "metric_definitions": METRIC_DEFINITIONS,
+                         "sign_convention": SIGN_CONVENTION,
                          "data_files": {split: str(cfg.data.path(split)) for split in EVAL_SPLITS},
                          "metrics": results, **comparisons, "exact_match_by_class": by_class})
     write_result(path, out)
+    return out
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    run = open_run(args)
+    cfg = run.cfg if args.data_dir is None else with_data_dir(run.cfg, args.data_dir)
+    evaluate_run(run, RunData(cfg, run.limit, run.device), args)
     return 0
 
 

@@ -56,7 +56,8 @@ Batching: each forward pass holds a chunk of pairs; for the heads, the chunk is 
 of the layer, copy h patching head h, so one pass serves every head of a layer.
 
 Output: RUN/patching.json (schema patching/1) and RUN/patching.png (the restored share of the
-residual stream, layer x position class, one panel per direction).
+residual stream, layer x position class, one panel per direction); under --limit N,
+RUN/patching.limitN.json and RUN/patching.limitN.png.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ from src.cli import ArgumentParser, check_output_file, comma_list, float_in, int
 from src.data import Batch, Record, depth_labels, load_jsonl, make_batch
 from src.device import autocast
 from src.errors import UserError, run_main
-from src.analysis.common import add_run_arguments, head_label, open_run, relative_layer, run_seed
+from src.analysis.common import Run, RunData, add_run_arguments, analysis_main, head_label, progress, relative_layer
+from src.metrics import teacher_forced_scores
 from src.model import CompactTransformer, Hooks, Patch
 from src.plotting import png_bytes, pyplot
 from src.tokenizer import ANSWER_SEPARATOR, answer_text
@@ -256,11 +258,10 @@ def pair_records(flat: list[Record], bracketed: list[Record], flat_path, bracket
     return alignments
 
 
-def load_pairs(flat_path, bracketed_path, max_seq_len: int, answer_format: str = "plain",
-               limit: int | None = None) -> Pairs:
-    """The matched pairs of two files, every pair checked (the whole files, --limit or not), then cut to `limit`."""
-    flat = load_jsonl(flat_path, max_seq_len)
-    bracketed = load_jsonl(bracketed_path, max_seq_len)
+def pairs_of(flat: list[Record], bracketed: list[Record], flat_path, bracketed_path, max_seq_len: int,
+             answer_format: str = "plain", limit: int | None = None) -> Pairs:
+    """The matched pairs of two files' records, every pair checked (the whole files, --limit or not),
+    then cut to `limit`."""
     alignments = pair_records(flat, bracketed, flat_path, bracketed_path, answer_format)
     if limit is not None:
         flat, bracketed, alignments = flat[:limit], bracketed[:limit], alignments[:limit]
@@ -268,16 +269,22 @@ def load_pairs(flat_path, bracketed_path, max_seq_len: int, answer_format: str =
                  alignments)
 
 
+def load_pairs(flat_path, bracketed_path, max_seq_len: int, answer_format: str = "plain",
+               limit: int | None = None) -> Pairs:
+    """The matched pairs of two files (see pairs_of)."""
+    return pairs_of(load_jsonl(flat_path, max_seq_len), load_jsonl(bracketed_path, max_seq_len), flat_path,
+                    bracketed_path, max_seq_len, answer_format, limit)
+
+
 # ---------------------------------------------------------------------------- patched forward passes
 
 
 def answer_scores(logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logp [N], answer_correct [N]) of the answer and `<EOS>`, teacher-forced (see METRIC_DEFINITIONS)."""
-    logits = logits.float()
-    token_logp = torch.log_softmax(logits, -1).gather(-1, batch.labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    logp = (token_logp * batch.answer_mask).sum(1)
-    correct = ((logits.argmax(-1) == batch.labels) | ~batch.answer_mask).all(1)
-    return logp, correct
+    """(logp [N], answer_correct [N]) of the answer and `<EOS>`, teacher-forced (see METRIC_DEFINITIONS):
+    -answer_loss_sum and all_answer_correct of src.metrics.teacher_forced_scores, in float64: a restored share
+    divides differences of these sums, which float32 rounding would swamp where the twins' gap is small."""
+    scores = teacher_forced_scores(logits, batch, torch.float64)
+    return -scores["answer_loss_sum"], scores["all_answer_correct"]
 
 
 def gather_positions(activation: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -298,7 +305,7 @@ def site_name(site: str, layer: int) -> str:
 
 @torch.no_grad()
 def patching_scan(model: CompactTransformer, pairs: Pairs, classes=tuple(POSITION_CLASSES), directions=tuple(DIRECTIONS),
-                  sites=tuple(SITES), precision: str = "fp32", chunk: int = DEFAULT_CHUNK, log=print) -> dict:
+                  sites=tuple(SITES), precision: str = "fp32", chunk: int = DEFAULT_CHUNK, log=print, bar=None) -> dict:
     """Per-example scores of the clean twins and of every patch.
 
     Returns {"clean": {"flat"|"bracketed": {"logp", "correct"}}, "cells": {(direction, site, layer, head, class):
@@ -325,6 +332,7 @@ def patching_scan(model: CompactTransformer, pairs: Pairs, classes=tuple(POSITIO
     # max_seq_len-wide batch, and a causal model's logits do not depend on the positions after them
     lengths = torch.tensor([a.bracketed_len for a in pairs.alignments])
     order = torch.argsort(lengths, stable=True)
+    ticker = (bar or progress)(total=len(pairs), desc="patching", unit="pair", disable=bar is None)
     for start in range(0, len(pairs), chunk):
         idx = order[start:start + chunk]
         n, w = len(idx), int(lengths[idx].max()) - 1  # input positions of the longest (bracketed) sequence
@@ -370,6 +378,8 @@ def patching_scan(model: CompactTransformer, pairs: Pairs, classes=tuple(POSITIO
                             add((direction, "heads", layer, head, cls), logp[head * n:(head + 1) * n],
                                 correct[head * n:(head + 1) * n])
         log(f"  pairs {start + n}/{len(pairs)} patched ({time.perf_counter() - tic:.1f} s)")
+        ticker.update(n)
+    ticker.close()
     model.train(was_training)
     back = torch.argsort(order)  # the pairs' own order again
     out = {key: {"logp": torch.cat(v["logp"]).double().cpu()[back], "correct": torch.cat(v["correct"]).cpu()[back]}
@@ -485,6 +495,9 @@ def format_resid(resid: dict, classes) -> str:
         for layer in range(layers):
             cells = [per_class[c][layer]["restored_share"] for c in classes]
             lines.append(f"{layer:>5}  " + "  ".join(f"{'nan' if v is None else f'{v:+.3f}':>8}" for v in cells))
+    lines.append("columns: the position classes patched (patching.json position_classes); each cell: sum(logp_patched - "
+                 "logp_receiver) / sum(logp_source - logp_receiver) over the pairs, 0 = nothing restored, 1 = the "
+                 "receiver scores as its twin; nan: no gap to restore")
     return "\n".join(lines)
 
 
@@ -540,27 +553,31 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def patching_run(run: Run, data: RunData, args) -> dict:
+    """Activation patching on the matched pairs of an opened run; writes patching.json and its figure,
+    returns the result."""
     # every input is checked before any computation, every output path before anything is written
-    model, ckpt, cfg, device = open_run(args)
-    out_path = check_output_file(args.out or args.run / "patching.json", "--out" if args.out else "output", "patching.json")
+    out_path = check_output_file(run.output("patching.json", args.out), "--out" if args.out else "output",
+                                 "patching.json")
     png = check_output_file(out_path.with_suffix(".png"), "figure")
+    cfg = run.cfg
     classes = [c for c in POSITION_CLASSES if c in args.classes]
     sites = [s for s in SITES if s in args.sites]
     flat_path, bracketed_path = cfg.data.path(FLAT), cfg.data.path(MATCHED)
-    pairs = load_pairs(flat_path, bracketed_path, cfg.model.max_seq_len, cfg.data.answer_format, args.limit)
-    print(f"patching {len(pairs)} matched pairs: sites {', '.join(sites)}, classes {', '.join(classes)}, "
-          f"{cfg.model.num_layers} layers x {cfg.model.num_heads} heads ...")
+    pairs = pairs_of(data.all_records(FLAT), data.all_records(MATCHED), flat_path, bracketed_path, cfg.model.max_seq_len,
+                     cfg.data.answer_format, run.limit)
+    print(run.titled(f"patching {len(pairs)} matched pairs: sites {', '.join(sites)}, classes {', '.join(classes)}, "
+                     f"{cfg.model.num_layers} layers x {cfg.model.num_heads} heads"))
     tic = time.perf_counter()
-    scan = patching_scan(model, pairs, classes, tuple(DIRECTIONS), sites, args.precision, args.chunk)
+    scan = patching_scan(run.model, pairs, classes, tuple(DIRECTIONS), sites, run.precision, args.chunk,
+                         log=lambda *_: None, bar=run.bar)
     scan_s = time.perf_counter() - tic
     summary = summarize_scan(scan, cfg.model, args.min_gap)
     result = {
         "schema": SCHEMA,
-        "run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"], "step": ckpt.get("step"),
-        "config": cfg.name, "seed": run_seed(args.run), "device": str(device), "precision": args.precision,
-        "limit": args.limit, "n_pairs": len(pairs), "files": {"flat": str(flat_path), "bracketed": str(bracketed_path)},
+        "run": str(run.path), "checkpoint": run.checkpoint, "epoch": run.ckpt["epoch"], "step": run.ckpt.get("step"),
+        "config": cfg.name, "seed": run.seed, "device": str(run.device), "precision": run.precision,
+        "limit": run.limit, "n_pairs": len(pairs), "files": {"flat": str(flat_path), "bracketed": str(bracketed_path)},
         "num_layers": cfg.model.num_layers, "num_heads": cfg.model.num_heads,
         "directions": {d: {"source": s, "receiver": r} for d, (s, r) in DIRECTIONS.items()},
         "sites": {s: SITES[s] for s in sites}, "position_classes": {c: POSITION_CLASSES[c] for c in classes},
@@ -579,13 +596,17 @@ def main(argv=None) -> int:
     if "resid" in summary:  # rendered in memory: nothing is written until everything is computed
         gap = result["baseline"]["bracketed_minus_flat"]["logp"]
         lo, hi = gap["ci95"]
-        figure = render_figure(summary["resid"], classes, f"{cfg.name} ({args.run.name}): activation patching on "
-                               f"{len(pairs)} matched pairs, residual stream; restored share = sum(patched - receiver) / "
-                               f"sum(source - receiver) of answer logp\nover a gap (bracketed - flat) of "
-                               f"{gap['estimate']:+.3f} [{lo:+.3f}, {hi:+.3f}] nats per pair")
+        figure = render_figure(summary["resid"], classes, run.titled(
+            f"{cfg.name} ({run.path.name}): activation patching on {len(pairs)} matched pairs, residual stream") +
+            f"\nrestored share = sum(patched - receiver) / sum(source - receiver) of answer logp over a gap "
+            f"(bracketed - flat) of {gap['estimate']:+.3f} [{lo:+.3f}, {hi:+.3f}] nats per pair")
     print(f"{scan_s:.1f} s of patching")
     write_result(out_path, result, (png, figure))
-    return 0
+    return result
+
+
+def main(argv=None) -> int:
+    return analysis_main(build_parser, patching_run, argv)
 
 
 if __name__ == "__main__":

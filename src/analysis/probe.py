@@ -34,7 +34,8 @@ one expression share its structure), so it is too narrow; `ci95_bootstrap` resam
 expressions (stats.bootstrap_ratio_interval over per-expression (correct, count)) and is the one
 to quote.
 
-Output: DIR/probe.json and DIR/probe_layers.png. The keys of probe.json:
+Output: DIR/probe.json and DIR/probe_layers.png (probe.limitN.json and probe_layers.limitN.png under
+--limit N). The keys of probe.json:
     schema            "probe/2" (the first key)
     run, checkpoint, epoch, config, seed, control_seed, device, precision, limit, l2, max_iter,
     resamples, num_layers, num_heads      what was probed, and how
@@ -85,7 +86,8 @@ from src.data import Batch
 from src.device import autocast
 from src.errors import UserError, run_main
 from src.metrics import EVAL_SPLITS
-from src.analysis.common import add_run_arguments, load_batches, open_run, relative_layer, run_seed
+from src.analysis.common import (Run, RunData, add_run_arguments, analysis_main, limited_name, relative_layer,
+                                 untrained_control)
 from src.model import CompactTransformer, Hooks
 from src.plotting import png_bytes, pyplot
 
@@ -310,7 +312,7 @@ def fit_groups(cfg) -> list[list[Site]]:
 
 
 def probe_model(model, batches: dict, positions: dict, splits, precision: str, l2: float, max_iter: int, resamples: int,
-                classes: dict, log=print) -> tuple[dict, dict]:
+                classes: dict, log=print, tick=None) -> tuple[dict, dict]:
     """({site name: {task: {"train_accuracy", "splits"}}}, {site name: {task: {split: correct [N]}}}) for
     every site of `model`; `positions` is {split: expression_positions(batch)}, the positions both models
     are scored on."""
@@ -331,6 +333,8 @@ def probe_model(model, batches: dict, positions: dict, splits, precision: str, l
             for site, score, c in zip(group, scored, correct):
                 results.setdefault(site.name, {})[task] = score
                 outcomes.setdefault(site.name, {})[task] = c
+            if tick is not None:
+                tick()
         log(f"  {len(group)} {'head' if group[0].kind == 'head' else 'embedding and residual'} sites: probed")
     return results, outcomes
 
@@ -496,7 +500,7 @@ def check_flags(args) -> None:
         raise UserError(f"--limit {args.limit}: must be a positive number of examples")
 
 
-def main(argv=None) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m src.analysis.probe", description=__doc__.split("\n\n")[0],
                             epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
@@ -511,20 +515,25 @@ def main(argv=None) -> int:
                         help=f"bootstrap resamples of the intervals over expressions, {MIN_RESAMPLES} to {MAX_RESAMPLES} "
                         "(default: %(default)s)")
     parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=None,
-                        help="seed of the untrained control model (default: the run's seed from summary.json, else 42)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: RUN/probe.json); the figure "
-                        "probe_layers.png goes beside it")
-    args = parser.parse_args(argv)
-    check_flags(args)
+                        help="seed of the untrained control model (default: the run's training seed, which its "
+                        "checkpoint records)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: RUN/probe.json, RUN/probe.limitN.json "
+                        "under --limit); the figure probe_layers.png (probe_layers.limitN.png) goes beside it")
+    return parser
 
-    model, ckpt, cfg, device = open_run(args)
-    out = check_output_file(args.out or args.run / "probe.json", "--out" if args.out else "output", "probe.json")
-    png = check_output_file(out.with_name("probe_layers.png"), "figure") if FIGURE_SPLIT in args.splits else None
-    seed = args.seed if args.seed is not None else run_seed(args.run)
-    torch.manual_seed(seed)
-    control = CompactTransformer(cfg.model).to(device).eval()
+
+def probe_run(run: Run, data: RunData, args) -> dict:
+    """The depth probes of an opened run against its untrained control; writes probe.json and the
+    figure, returns the result."""
+    check_flags(args)
+    out = check_output_file(run.output("probe.json", args.out), "--out" if args.out else "output", "probe.json")
+    png = check_output_file(out.with_name(limited_name("probe_layers.png", run.limit)), "figure") \
+        if FIGURE_SPLIT in args.splits else None
+    cfg = run.cfg
+    seed = args.seed if args.seed is not None else run.seed
+    control = untrained_control(cfg, seed, run.device)
     tic = time.perf_counter()
-    batches = load_batches(cfg, ["train", *args.splits], args.limit, device)
+    batches = data.batches(["train", *args.splits])
     positions = {split: expression_positions(b) for split, b in batches.items()}
     train_depth = positions["train"][0]
     train_max_depth = int(train_depth.max())
@@ -539,10 +548,12 @@ def main(argv=None) -> int:
             for split in args.splits}}
 
     per_model, outcomes = {}, {}
-    for kind, m in (("trained", model), ("control", control)):
-        print(f"probing the {kind} model ...")
-        per_model[kind], outcomes[kind] = probe_model(m, batches, positions, args.splits, args.precision, args.l2,
-                                                      args.max_iter, args.resamples, classes)
+    with run.bar(total=2 * len(fit_groups(cfg.model)) * len(TASKS), desc="depth probes: fits", unit="fit") as bar:
+        for kind, m in (("trained", run.model), ("control", control)):
+            bar.set_postfix_str(kind)
+            per_model[kind], outcomes[kind] = probe_model(m, batches, positions, args.splits, run.precision, args.l2,
+                                                          args.max_iter, args.resamples, classes,
+                                                          log=lambda *_: None, tick=bar.update)
 
     sites = []
     for group in site_groups(cfg.model):
@@ -554,7 +565,8 @@ def main(argv=None) -> int:
                 trained, ctrl = per_model["trained"][site.name][task], per_model["control"][site.name][task]
                 entry[task] = {"trained": trained, "control": ctrl, "selectivity": {}, "at_ceiling": {}}
             sites.append(entry)
-    for split in args.splits:  # split outermost: the bootstrap's resample matrix is cached per split size
+    for split in run.bar(args.splits, desc="depth probes: selectivity", unit="split"):
+        # split outermost: the bootstrap's resample matrix is cached per split size
         for entry in sites:
             for task in TASKS:
                 entry[task]["selectivity"][split] = selectivity_entry(
@@ -564,9 +576,10 @@ def main(argv=None) -> int:
 
     result = {
         "schema": SCHEMA,
-        "run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"], "config": cfg.name,
-        "seed": run_seed(args.run), "control_seed": seed, "device": str(device), "precision": args.precision, "fp16": args.precision == "fp16",
-        "limit": args.limit, "l2": args.l2, "max_iter": args.max_iter, "resamples": args.resamples,
+        "run": str(run.path), "checkpoint": run.checkpoint, "epoch": run.ckpt["epoch"], "config": cfg.name,
+        "seed": run.seed, "control_seed": seed, "device": str(run.device), "precision": run.precision,
+        "fp16": run.precision == "fp16",
+        "limit": run.limit, "l2": args.l2, "max_iter": args.max_iter, "resamples": args.resamples,
         "num_layers": cfg.model.num_layers, "num_heads": cfg.model.num_heads,
         "positions": "input positions of the expression's characters (Batch.depth >= 0)",
         "train_split": f"train ({len(batches['train'])} expressions, {len(train_depth)} positions)",
@@ -585,13 +598,19 @@ def main(argv=None) -> int:
         "summary": summarize(sites, args.splits, depths, train_max_depth),
         "elapsed_s": time.perf_counter() - tic,
     }
+    if run.limit is not None:
+        print(run.titled("depth probes"))
     print(format_table(result))
     figure = None
     if png is not None:  # rendered in memory: nothing is written until everything is computed
-        figure = render_figure(result, f"{cfg.name} ({args.run.name}): depth probes; control = untrained model, "
-                                       f"seed {seed}")
+        figure = render_figure(result, run.titled(f"{cfg.name} ({run.path.name}): depth probes; control = untrained "
+                                                  f"model, seed {seed}"))
     write_result(out, result, (png, figure))
-    return 0
+    return result
+
+
+def main(argv=None) -> int:
+    return analysis_main(build_parser, probe_run, argv, check=check_flags)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ A head's `roles` are those whose share, over the bracketed splits combined (pool
 `primary_role` is the one of them with the largest share, or "none". test_flat (no brackets:
 matching_paren does not apply, share None and n_queries 0) is scored beside them, not pooled.
 
-Output: RUN/roles.json (schema roles/1; or --out PATH) and roles.png beside it (heads x roles,
-combined shares). `match_roles` and `role_table_markdown` compare several runs' roles.json by role,
+Output: RUN/roles.json (schema roles/1; RUN/roles.limitN.json under --limit N; or --out PATH) and
+roles.png beside it (heads x roles, combined shares). `match_roles` and `role_table_markdown` compare several runs' roles.json by role,
 never by head index; ablation effects are joined to heads elsewhere, by head label.
 """
 
@@ -47,7 +47,7 @@ from src.cli import ArgumentParser, check_output_file, distinct
 from src.data import OPERATORS
 from src.device import autocast
 from src.errors import UserError, run_main
-from src.analysis.common import add_run_arguments, head_label, load_batches, open_run, relative_layer, run_seed
+from src.analysis.common import Run, RunData, add_run_arguments, analysis_main, head_label, relative_layer
 from src.rundir.results import SCHEMAS
 from src.model import Hooks
 from src.plotting import png_bytes, pyplot
@@ -349,10 +349,13 @@ def format_rows(rows: list[dict]) -> str:
         cells = "".join(f"{'-' if r['combined'][role] is None else format(r['combined'][role], '.3f'):>16}"
                         for role in ROLES)
         lines.append(f"{r['head']:<8}{cells}  {r['primary_role']}")
+    lines.append(f"each cell: the head's attention share to the role's key over the pooled queries ('-': the role has "
+                 f"no query); primary: the largest role whose share (and share over keys other than the previous "
+                 f"token) is at least {ROLE_THRESHOLD}, else none")
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m src.analysis.roles", description=__doc__.split("\n\n")[0],
                             epilog=f"roles: {', '.join(ROLES)}; threshold {ROLE_THRESHOLD}")
     add_run_arguments(parser)
@@ -360,27 +363,34 @@ def main(argv=None) -> int:
                         help="bracketed splits whose queries are pooled to assign roles (default: %(default)s); "
                         f"{' '.join(REFERENCE_SPLITS)} is always scored beside them")
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default: RUN/roles.json); the heatmap goes beside it with the suffix .png")
-    args = parser.parse_args(argv)
+                        help="JSON path (default: RUN/roles.json, RUN/roles.limitN.json under --limit); the heatmap "
+                        "goes beside it with the suffix .png")
+    return parser
+
+
+def roles_run(run: Run, data: RunData, args) -> dict:
+    """Every head's attention roles in an opened run; writes roles.json and its heatmap, returns the result."""
     if args.out is not None and args.out.suffix != ".json":
         raise UserError(f"--out {args.out}: must be a .json path (the heatmap is written beside it as .png)")
-    model, ckpt, cfg, device = open_run(args)
-    out_path = args.out or args.run / "roles.json"
+    out_path = run.output("roles.json", args.out)
     if not out_path.parent.is_dir():
         raise UserError(f"--out {out_path}: directory {out_path.parent} does not exist")
     check_output_file(out_path, "--out" if args.out else "output", "roles.json")
     png_path = check_output_file(out_path.with_suffix(".png"), "figure")
+    cfg = run.cfg
     splits = check_splits(args.splits, cfg)
     scored = splits + [s for s in REFERENCE_SPLITS if s not in splits]
     tic = time.perf_counter()
-    batches = load_batches(cfg, scored, args.limit, device)
-    tallies = {s: split_tally(model, b.inputs, args.precision) for s, b in batches.items()}
+    batches = data.batches(scored)
+    tallies = {s: split_tally(run.model, b.inputs, run.precision)
+               for s, b in run.bar(batches.items(), desc="attention roles", unit="split")}
     rows, queries = head_rows(tallies, splits, cfg.model.num_layers, cfg.model.num_heads)
     elapsed = time.perf_counter() - tic
     result = {
-        "schema": SCHEMA, "run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"],
-        "config": cfg.name, "seed": run_seed(args.run), "device": str(device), "precision": args.precision, "fp16": args.precision == "fp16",
-        "limit": args.limit, "splits": splits, "reference_splits": [s for s in scored if s not in splits],
+        "schema": SCHEMA, "run": str(run.path), "checkpoint": run.checkpoint, "epoch": run.ckpt["epoch"],
+        "config": cfg.name, "seed": run.seed, "device": str(run.device), "precision": run.precision,
+        "fp16": run.precision == "fp16", "limit": run.limit, "splits": splits,
+        "reference_splits": [s for s in scored if s not in splits],
         "n_examples": {s: len(b) for s, b in batches.items()},
         "num_layers": cfg.model.num_layers, "num_heads": cfg.model.num_heads,
         "role_definitions": ROLE_DEFINITIONS, "threshold": ROLE_THRESHOLD,
@@ -389,13 +399,17 @@ def main(argv=None) -> int:
         "share_distinct": "the share over only the role's queries whose key is not t - 1 (the previous token)",
         "combined_queries": queries, "heads": rows, "elapsed_s": elapsed,
     }
-    title = f"{cfg.name} seed {result['seed']} ({args.run.name}): attention share to each role's key\n" \
-            f"pooled over {' + '.join(splits)}; bold: share >= {ROLE_THRESHOLD}"
+    title = run.titled(f"{cfg.name} seed {result['seed']} ({run.path.name}): attention share to each role's key") + \
+        f"\npooled over {' + '.join(splits)}; bold: share >= {ROLE_THRESHOLD}"
     png = render_heatmap(rows, queries, title)  # rendered before anything is written
-    print(f"role shares pooled over {', '.join(f'{s} ({len(batches[s])})' for s in splits)}, {elapsed:.2f}s")
+    print(run.titled(f"role shares pooled over {', '.join(f'{s} ({len(batches[s])})' for s in splits)}, {elapsed:.2f}s"))
     print(format_rows(rows))
     write_result(out_path, result, (png_path, png))
-    return 0
+    return result
+
+
+def main(argv=None) -> int:
+    return analysis_main(build_parser, roles_run, argv)
 
 
 if __name__ == "__main__":

@@ -14,97 +14,112 @@ Runs, in this order, each with its defaults and writing its own files into D:
                   layer and position class, every head's output      -> patching.json
     value_probe   intermediate values (what a ')' closes, the running result at an operator),
                   against the control and the copy baseline          -> value_probe.json
-One process: Python, torch and the data are loaded once, and each step's own checks (the run, the
-checkpoint, the flags) still apply. A step that fails is reported and the others still run; the
-exit status is then 1. D/battery.json (schema battery/1) records each step's command, wall time and
-outcome, the device and the total: the battery's own benchmark (target: at most 60 s for a 10M
-run on an H100).
+One process: the run is opened once (its checkpoint read, the model built) and each data file read
+once; every step is a function of that opened run and its own flags, whose checks still apply. A
+failure that every step shares (the run cannot be opened: no checkpoint yet, a training still
+writing into it, an interrupted run) stops the battery before its first step, with one message and
+no battery.json. A step that fails alone is reported and the others still run; the exit status is
+then 1. D/battery.json (schema battery/1) records each step's command, wall time and outcome, the
+device and the total: the battery's own benchmark (target: at most 60 s for a 10M run on an H100).
+Under --limit N every file is named NAME.limitN.json (battery.limitN.json too), beside the full-data
+ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import io
+import sys
 import time
 import traceback
 from contextlib import redirect_stdout
-from pathlib import Path
 
 import torch
 
+from src.analysis.common import Run, RunData, add_run_arguments, limited_name, open_run
+from src.cli import ArgumentParser, comma_list
+from src.errors import UserError, bounded, run_main
 from src.rundir.atomic import atomic_write_json
-from src.cli import MAX_EXAMPLES, ArgumentParser, comma_list, int_in
-from src.errors import UserError, run_main
 from src.rundir.results import stamp
 
 STEPS = ("ablate", "roles", "probe", "patching", "value_probe")
 OUTPUTS = {"ablate": "ablation.json", "roles": "roles.json", "probe": "probe.json", "patching": "patching.json",
            "value_probe": "value_probe.json"}
+RUNNERS = {"ablate": "ablate_run", "roles": "roles_run", "probe": "probe_run", "patching": "patching_run",
+           "value_probe": "value_probe_run"}  # each module's function of (Run, RunData, its parsed flags)
 
 
-def step_main(name: str):
-    """The step's main(argv) (imported when the step runs, so that --help stays quick)."""
-    return importlib.import_module(f"src.analysis.{name}").main
+def step_module(name: str):
+    """The step's module (imported when the step runs, so that --help stays quick)."""
+    return importlib.import_module(f"src.analysis.{name}")
 
 
-def run_step(name: str, argv: list[str], quiet: bool) -> dict:
+def run_step(name: str, run: Run, data: RunData, argv: list[str], quiet: bool) -> dict:
+    """One step on the opened run: its own flags parsed from `argv` (its defaults, its checks), then its
+    function called; a failure is recorded, never raised."""
     tic = time.perf_counter()
-    sink = io.StringIO()
+    error = None
     try:
-        if quiet:
-            with redirect_stdout(sink):
-                rc = run_main(step_main(name), argv)
-        else:
-            rc = run_main(step_main(name), argv)
-        error = None if rc == 0 else f"exit status {rc}"
+        module = step_module(name)
+        args = module.build_parser().parse_args(argv)
+        with redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+            getattr(module, RUNNERS[name])(run, data, args)
+    except UserError as err:
+        error = str(err)
+        print(f"error: {bounded(err)}", file=sys.stderr)
     except Exception as err:  # noqa: BLE001  (one step's crash must not cost the others)
-        rc, error = 1, f"{type(err).__name__}: {err}"
+        error = f"{type(err).__name__}: {err}"
         traceback.print_exc()
-    if torch.cuda.is_available():
+    if run.device.type == "cuda":
         torch.cuda.synchronize()
-    return {"step": name, "command": f"python -m src.analysis.{name} " + " ".join(argv), "status": "ok" if rc == 0 else "failed",
-            "error": error, "wall_s": time.perf_counter() - tic}
+    return {"step": name, "command": f"python -m src.analysis.{name} " + " ".join(argv),
+            "status": "ok" if error is None else "failed", "error": error, "wall_s": time.perf_counter() - tic}
 
 
 def parse_args(argv):
     p = ArgumentParser(prog="python -m src.analysis.run_all", description=__doc__.split("\n\n")[0],
                        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, type=Path, help="run directory written by src.train (or src.sweep)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu or cuda, passed to every step (default: cuda when available)")
+    add_run_arguments(p)
     p.add_argument("--only", type=comma_list(STEPS, what=f"steps from {', '.join(STEPS)}"), default=list(STEPS),
                    metavar="STEP,...", help=f"these steps only, in the battery's order (default: all of {', '.join(STEPS)})")
-    p.add_argument("--limit", type=int_in(1, MAX_EXAMPLES), default=None, metavar="N",
-                   help="passed to every step: only the first N examples of each split (CPU smoke runs; the "
-                   "results are then not the study's figures)")
     p.add_argument("--quiet", action="store_true", help="keep the steps' own tables off the terminal")
-    p.add_argument("--debug", action="store_true", help="show a traceback on error")
     return p.parse_args(argv)
+
+
+def step_argv(args) -> list[str]:
+    """The run flags every step is given: the battery's own."""
+    argv = ["--run", str(args.run), "--device", args.device, "--checkpoint", args.checkpoint,
+            "--precision", args.precision]
+    return argv + (["--limit", str(args.limit)] if args.limit else []) + (["--no-progress"] if args.no_progress else [])
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not args.run.is_dir():
-        raise UserError(f"--run {args.run}: not a directory; pass a run directory written by src.train")
-    common = ["--run", str(args.run), "--device", args.device] + (["--limit", str(args.limit)] if args.limit else [])
     tic = time.perf_counter()
+    run = open_run(args)  # what every step shares: a failure here ends the battery with one message
+    data = RunData(run.cfg, run.limit, run.device)
+    common = step_argv(args)
+    if run.limit is not None:
+        print(run.titled("battery"), flush=True)
     steps = []
     for name in [s for s in STEPS if s in args.only]:
         print(f"== battery: {name}", flush=True)
-        steps.append(run_step(name, common, args.quiet))
+        steps.append(run_step(name, run, data, common, args.quiet))
         s = steps[-1]
         print(f"== battery: {name} {s['status']} in {s['wall_s']:.1f} s" + (f" ({s['error']})" if s["error"] else ""),
               flush=True)
     total = time.perf_counter() - tic
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") and torch.cuda.is_available() else "cpu"
-    record = stamp("battery", {"run": str(args.run), "device": device, "torch": torch.__version__,
-              "limit": args.limit, "steps": steps, "outputs": {s["step"]: OUTPUTS[s["step"]] for s in steps},
-              "total_s": total, "failed": [s["step"] for s in steps if s["status"] != "ok"]})
-    atomic_write_json(args.run / "battery.json", record)
+    device = torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu"
+    record = stamp("battery", {"run": str(run.path), "checkpoint": run.checkpoint, "device": device,
+                               "torch": torch.__version__, "limit": run.limit, "steps": steps,
+                               "outputs": {s["step"]: limited_name(OUTPUTS[s["step"]], run.limit) for s in steps},
+                               "total_s": total, "failed": [s["step"] for s in steps if s["status"] != "ok"]})
+    path = run.output("battery.json")
+    atomic_write_json(path, record)
     print(f"battery: {len(steps)} step(s) in {total:.1f} s on {device}; "
-          + (f"FAILED: {', '.join(record['failed'])}" if record["failed"] else "all ok")
-          + f"; wrote {args.run / 'battery.json'}")
+          + (f"FAILED: {', '.join(record['failed'])}" if record["failed"] else "all ok") + f"; wrote {path}")
     return 1 if record["failed"] else 0
 
 
