@@ -20,7 +20,7 @@ from src.config import Config, config_from_dict
 from src.data import Batch, load_jsonl, make_batch
 from src.device import PRECISIONS, resolve_device, run_precision
 from src.errors import UserError
-from src.model import CompactTransformer
+from src.model import CompactTransformer, is_export_dir
 
 from src.metrics import EVAL_SPLITS, per_example_scores
 
@@ -178,6 +178,8 @@ def check_run_state(run: Path, which: str) -> None:
                         + ("" if local else f" (if that process has ended, delete {run / '.lock'})"))
     if which not in ("best", "latest"):
         return  # a checkpoint named by its path
+    if is_export_dir(run) and not (run / "checkpoint_best.pt").is_file():
+        return  # an exported model (src.export): its one checkpoint is the export itself
     best, latest, summary = (run / name for name in ("checkpoint_best.pt", "checkpoint_latest.pt", "summary.json"))
     if not best.is_file() and not latest.is_file():
         raise UserError(f"{run / f'checkpoint_{which}.pt'}: no {which} checkpoint in run directory {run}, and no "
@@ -210,7 +212,8 @@ def open_run(args) -> Run:
     check_run_state(args.run, args.checkpoint)
     device, _ = resolve_device(args.device, gpu_only=False, precision=args.precision or "fp32")
     model, ckpt = load_model(args.run, args.checkpoint, device)
-    seed = run_seed(ckpt, resolve_checkpoint(args.run, args.checkpoint))
+    exported = is_export_dir(args.run) and not (args.run / "checkpoint_best.pt").is_file()
+    seed = run_seed(ckpt, args.run / "config.json" if exported else resolve_checkpoint(args.run, args.checkpoint))
     if args.precision is None:  # the run's own precision, unless this device cannot run it
         args.precision = run_precision(ckpt, args.run)
         if args.precision != "fp32" and device.type != "cuda":
