@@ -78,10 +78,11 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 
 # Threads for CPU training when the user has not chosen (OMP_NUM_THREADS unset). Both models are
-# small: the pilot's largest matrix product per step is 1,024 x 128 x 384, so each op finishes in
-# microseconds and torch's default (one thread per core) spends its time handing work between
-# threads. Measured on a 2-core machine shared with other jobs (pilot, batch 32, fp32, steps/s of
-# the training step, three interleaved repetitions): MEASURED_LINE
+# small (the pilot's largest matrix product per step is 1,024 x 128 x 384, a tenth of a GFLOP), so
+# splitting each op between threads buys little and costs a hand-over per op. Measured on a 2-core machine that other jobs shared (load average 6-10; pilot, batch 32,
+# fp32, 30 training steps, three interleaved repetitions): 1 thread 1.2, 2.7 and 2.1 steps/s;
+# 2 threads 0.2, 0.3 and 0.1; torch's default (2 here) 0.3, 0.2 and 1.4. On busy cores a thread
+# that waits for its partner stalls the whole step; one thread never waits.
 CPU_TRAIN_THREADS = 1
 
 
