@@ -241,9 +241,9 @@ def train(cfg: Config, args, device, fallback, settings: list, source: str, runs
     passed its checks."""
     precision = cfg.training.precision
     check_precision(precision, device)
-    set_deterministic(cfg.training.deterministic)  # before any CUDA work: it sets cuBLAS's workspace
     if device.type == "cpu":
         set_cpu_threads()  # one thread unless OMP_NUM_THREADS says otherwise (src/device.py says why)
+    set_deterministic(cfg.training.deterministic)  # before any CUDA work: it sets cuBLAS's workspace
     if args.stop_after_epoch is not None and args.stop_after_epoch > cfg.training.epochs:
         raise UserError(f"--stop-after-epoch {args.stop_after_epoch} is beyond training.epochs "
                         f"({cfg.training.epochs}) of {source}")
