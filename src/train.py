@@ -33,7 +33,8 @@ try:  # importing torch takes seconds: a Ctrl-C then ends as one at any later mo
     from src.rundir.checkpoint import load_training_checkpoint, make_checkpoint, model_from_checkpoint
     from src.config import flat, Config, check_data_paths, config_from_dict, load_config
     from src.data import load_jsonl, make_batch
-    from src.device import (DESCRIPTION, check_precision, resolve_device, run_precision, set_deterministic)
+    from src.device import (DESCRIPTION, check_precision, resolve_device, run_precision, set_cpu_threads,
+                            set_deterministic)
     from src.metrics import EVAL_SPLITS, evaluate_batch
     from src.model import CompactTransformer
     from src.rundir.paths import check_output_dir
@@ -241,6 +242,8 @@ def train(cfg: Config, args, device, fallback, settings: list, source: str, runs
     passed its checks."""
     precision = cfg.training.precision
     check_precision(precision, device)
+    if device.type == "cpu":
+        set_cpu_threads()  # one thread unless OMP_NUM_THREADS says otherwise (src/device.py says why)
     set_deterministic(cfg.training.deterministic)  # before any CUDA work: it sets cuBLAS's workspace
     if args.stop_after_epoch is not None and args.stop_after_epoch > cfg.training.epochs:
         raise UserError(f"--stop-after-epoch {args.stop_after_epoch} is beyond training.epochs "
@@ -370,7 +373,8 @@ def print_header(cfg, args, seeds: list[int], device, fallback, model, train_rec
         print(f"GPU: {props.name}")
         print(f"GPU memory: {props.total_memory / 1024**3:.1f} GB")
     else:
-        print(f"Device: CPU ({platform.processor() or platform.machine()})" + (f"  [FALLBACK: {fallback}]" if fallback else ""))
+        print(f"Device: CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} thread(s)"
+              + (f"  [FALLBACK: {fallback}]" if fallback else ""))
     print(f"FP16 Mixed Precision: {'ENABLED' if cfg.training.precision == 'fp16' else 'DISABLED'}")
     print(f"Precision: {DESCRIPTION[cfg.training.precision]}")
     print(f"Parameters: {model.num_parameters():,}")
