@@ -5,7 +5,9 @@ device: the batch is gathered from the dataset tensor by a device-side permutati
 scale, found-inf flag, learning rate and step counter are tensors, and the optimizer is a fused
 AdamW that skips the update when a gradient is non-finite. Nothing in the step reads a value
 back to the host, so on CUDA the whole step can be compiled (`training.compile`) and captured
-as one CUDA graph (`training.cuda_graph`); on the CPU the same function runs eagerly.
+as one CUDA graph (`training.cuda_graph`); on the CPU the same function runs eagerly. With
+`training.packing` the same batches are laid out in packed rows (PackedLayout): fewer positions,
+the same loss.
 `reference_training` is the textbook loop (host batches, GradScaler, LambdaLR, unfused AdamW)
 that the tests and the benchmark hold the fast path against.
 """
