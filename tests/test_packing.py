@@ -167,7 +167,7 @@ def test_packed_batch_gives_the_padded_losses_and_gradients(tmp_path):
     assert len(tok_packed) == int((py != IGNORE_INDEX).sum())
     torch.testing.assert_close(tok_packed, tok_padded, atol=1e-6, rtol=1e-6)
     examples = slot[source // data.width][supervised]
-    per_example = lambda v: torch.zeros(64).index_add_(0, examples, v)  # noqa: E731
+    per_example = lambda v: torch.zeros(64).index_add_(0, examples, v)
     torch.testing.assert_close(per_example(tok_packed), per_example(tok_padded), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(out_packed.loss, out_padded.loss, atol=1e-6, rtol=1e-6)
 

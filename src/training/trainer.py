@@ -141,7 +141,7 @@ class PackedLayout:
     (Trainer.start_epoch) and checked against `rows` there.
     """
 
-    def __init__(self, data: "DeviceData", seed: int, epochs: int):
+    def __init__(self, data: DeviceData, seed: int, epochs: int):
         self.width = row_width(data.width)
         self.own = self.most_rows(data, seed, epochs)
         if epochs not in data.packing_reference:  # shared by the seeds that share the data
@@ -149,7 +149,7 @@ class PackedLayout:
         self.reference = data.packing_reference[epochs]
         self.rows = min(max(self.reference + PACK_MARGIN_ROWS, self.own), data.batch_size)
 
-    def most_rows(self, data: "DeviceData", seed: int, epochs: int) -> int:
+    def most_rows(self, data: DeviceData, seed: int, epochs: int) -> int:
         """The most rows a step fills in `epochs` epochs shuffled as a trainer of `seed` shuffles them."""
         generator = torch.Generator(device=data.device).manual_seed(seed + 1)  # as Trainer.shuffle_gen
         per_call = max(1, PACK_CHUNK_STEPS // data.steps_per_epoch)
@@ -160,7 +160,7 @@ class PackedLayout:
             most = max(most, int(pack_rows(lengths, self.width)[1].max()))
         return most
 
-    def plan(self, data: "DeviceData", order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def plan(self, data: DeviceData, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each position of the epoch's `order`: where its example starts in its step's rows; and the
         rows each step fills."""
         lengths = data.lengths.index_select(0, order).view(data.steps_per_epoch, data.batch_size)
