@@ -19,7 +19,7 @@ from src.data.packing import pack_rows, packed_sources, row_width
 from src.errors import UserError, run_main
 from src.model import CompactTransformer, packed_attention_mask
 from src.tokenizer import IGNORE_INDEX
-from src.training.trainer import DeviceData, PackedLayout, Trainer
+from src.training.trainer import DeviceData, PackedLayout, StopAfterSteps, Trainer
 from tests.test_train import REPO_ROOT, assert_same_tensors, write_tiny_config
 
 CPU = torch.device("cpu")
@@ -282,18 +282,6 @@ def run_train(config, out, *extra):
                            "--no-progress", *extra])
 
 
-class StopAfter:
-    """A StopSignals stand-in for run_epochs: asks for a stop after `steps` more steps."""
-
-    def __init__(self, steps: int):
-        self.left = steps
-
-    @property
-    def signum(self):
-        self.left -= 1
-        return None if self.left >= 0 else signal.SIGTERM
-
-
 def test_a_packed_trainer_resumes_bit_for_bit_in_the_middle_of_an_epoch(tmp_path):
     """Stopped after 2 steps of epoch 2 of 3 (dropout 0.1, packed), its state put into a new trainer:
     the weights, the optimizer state and the epoch's mean loss equal those of a trainer that never
@@ -305,7 +293,7 @@ def test_a_packed_trainer_resumes_bit_for_bit_in_the_middle_of_an_epoch(tmp_path
         whole.run_epoch()
     first = trainer_for(cfg, data)
     first.run_epoch()
-    assert first.run_epoch(stop=StopAfter(2)) is False and int(first.epoch_step) == 2
+    assert first.run_epoch(stop=StopAfterSteps(2)) is False and int(first.epoch_step) == 2
     state, weights = first.state_dict(), {k: v.clone() for k, v in first.model.state_dict().items()}
     resumed = trainer_for(cfg, data)
     resumed.model.load_state_dict(weights)

@@ -494,6 +494,19 @@ class Trainer:
             self.plan_epoch()  # the packed layout follows from the order
 
 
+class StopAfterSteps:
+    """A `stop` for run_epochs that asks for an end after `steps` more steps (as a signal would):
+    for timing a number of steps, or stopping a test in the middle of an epoch."""
+
+    def __init__(self, steps: int):
+        self.left = steps
+
+    @property
+    def signum(self):  # run_epochs reads it once before each step
+        self.left -= 1
+        return None if self.left >= 0 else "steps"
+
+
 def run_epochs(trainers: list[Trainer], bar=None, stop=None) -> tuple[bool, dict]:
     """One pass over the training data for each trainer, or the rest of it after a resume in the
     middle of an epoch. Several trainers (seeds) run side by side, step by step, each with its own
