@@ -39,6 +39,7 @@ ratio to the padded path of the same config and seeds, measured in the same run.
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 import time
@@ -290,6 +291,7 @@ def compare_paths(args) -> int:
                       f"{row['examples_per_s']:11.0f} examples/s  x{row['ratio_to_padded'] or float('nan'):.2f} "
                       f"padded  (setup {row['setup_s']:.1f} s, loss {row['final_train_loss']:.3f})", flush=True)
                 save()
+                gc.collect()  # the row's trainers and CUDA graphs, before the next row allocates
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     print_path_table(results)

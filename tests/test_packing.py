@@ -339,3 +339,82 @@ def test_packed_run_resumes_bit_for_bit_from_the_middle_of_a_long_schedule(tmp_p
         assert_same_tensors(a["model"], b["model"])
     summary = json.loads((part / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["accelerations"]["packing"]["width"] == 64
+
+
+# ---------------------------------------------------------------------------- on CUDA
+
+
+def gradient_vector(model) -> torch.Tensor:
+    return torch.cat([p.grad.flatten().float() for p in model.parameters()])
+
+
+def loss_and_grads(model, batch, precision):
+    from src.device import autocast
+
+    inputs, labels, packed = batch
+    model.zero_grad()
+    with autocast(inputs.device, precision):
+        loss = model(inputs, labels, **packed).loss
+    (loss * 1024).backward()  # a fixed loss scale: float16 gradients this small would underflow
+    return float(loss.detach()), gradient_vector(model) / 1024
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_packed_batch_matches_the_padded_batch_on_cuda(tmp_path, precision):
+    """On CUDA, the memory-efficient attention kernel alone (no fallback), after one epoch of training
+    (weights that attend to something): the packed batch's loss and gradients in float16 / bfloat16
+    differ from the padded batch's no more than the low precision itself differs from fp32."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cfg = tiny_cfg(tmp_path)
+    data = pilot_data(cfg, device=device)
+    padded_cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, packing=False))
+    packed, padded = trainer_for(cfg, data, device=device), trainer_for(padded_cfg, data, device=device)
+    padded.run_epoch()
+    packed.model.load_state_dict(padded.model.state_dict())
+    padded.start_epoch()
+    packed.order.copy_(padded.order)  # the padded trainer's next batch, packed
+    packed.plan_epoch()
+    batch_packed, batch_padded = packed.step_batch(), padded.step_batch()
+    model = padded.model
+    with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):
+        exact_loss, exact_grad = loss_and_grads(model, batch_padded, "fp32")
+        low_loss, low_grad = loss_and_grads(model, batch_padded, precision)
+        pk_loss, pk_grad = loss_and_grads(model, batch_packed, precision)
+        pk32_loss, pk32_grad = loss_and_grads(model, batch_packed, "fp32")
+    assert pk32_loss == pytest.approx(exact_loss, rel=1e-5)
+    assert (pk32_grad - exact_grad).norm() <= 1e-4 * exact_grad.norm()
+    floor = {"fp16": 2e-3, "bf16": 1e-2}[precision]
+    assert abs(pk_loss - low_loss) <= 3 * abs(low_loss - exact_loss) + floor * exact_loss, (pk_loss, low_loss, exact_loss)
+    error = (pk_grad - low_grad).norm() / exact_grad.norm()
+    noise = (low_grad - exact_grad).norm() / exact_grad.norm()
+    assert error <= 3 * noise + floor, (float(error), float(noise))
+
+
+@pytest.mark.gpu
+def test_compiled_and_captured_packed_step_trains_on_cuda(tmp_path):
+    """training.compile and training.cuda_graph with packing, float16 with its loss scale: the step
+    compiles and is captured, its first epoch's loss is the eager packed step's, and it falls."""
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cfg = tiny_cfg(tmp_path, compile=True, cuda_graph=True, epochs=3)
+    data = pilot_data(cfg, device=device)
+    torch._dynamo.reset()
+    fast = trainer_for(cfg, data, device=device, precision="fp16")
+    fast.accelerate()
+    assert fast.accelerations["compile"] == "blocks" and fast.accelerations["cuda_graph"] is True
+    assert fast.graph is not None
+    eager_cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, compile=False, cuda_graph=False))
+    eager = trainer_for(eager_cfg, data, device=device, precision="fp16")
+    losses = []
+    for _ in range(3):
+        fast.run_epoch()
+        losses.append(fast.mean_loss())
+    eager.run_epoch()
+    assert losses[0] == pytest.approx(eager.mean_loss(), rel=2e-2)
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[2] < losses[1] < losses[0]
+    assert int(fast.step) == 3 * data.steps_per_epoch
+    assert int(fast.skipped_steps) <= 3  # at most the loss scale's first back-offs
