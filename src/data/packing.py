@@ -9,8 +9,10 @@ over the batch are those of the padded batch.
 
 Rows are filled by first-fit decreasing: the batch's sequences, longest first (ties in batch order),
 each go to the first row with room for it. Measured at batch 256 and width 64 on the generated set
-of 200,000: the 80 rows that every step of a 16-epoch schedule fits in are 91% tokens, where padded
-rows (width 29) are 63%; in batch order, next-fit would need 89 rows, first-fit 81 (on 2 epochs). The layout is vectorised over steps (one loop over
+of 200,000 (a mean of 18.1 positions): every step of a 16-epoch schedule fits in 80 rows, 91% tokens,
+where padded rows (256 of width 29) are 63% tokens; with the trainer's margin (81 rows, see
+src/training/trainer.py PackedLayout) 90%. In batch order, next-fit would need 89 rows and first-fit
+81 (over 2 epochs, where first-fit decreasing needs 79). The layout is vectorised over steps (one loop over
 the B places of a batch, every step of an epoch at once), so a whole epoch's layout is computed on
 the device in one pass; and the order of the examples, the batch composition, is not touched:
 packing only says where in the rows each example of a batch goes.
