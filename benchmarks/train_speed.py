@@ -18,10 +18,28 @@ time and peak memory. Needs CUDA. `--seeds 1 3 8` also times 3 and 8 seeds side 
 (src.train --seeds), in seed-steps/s. `--batch-size`, `--dropout` and `--repeat-data` (the training set
 tiled K times, so that an epoch holds enough batch-256 steps) time the learnability extension's
 path; `--profile` counts the kernels of one step of each project variant and lists the slowest.
+
+Paths (`--paths`): today's training path against the faster ones, in examples per second, each
+config at its own batch size, seeds side by side, every figure in one process:
+
+    python benchmarks/train_speed.py --paths padded packed packed-bf16 --seeds 1 3 8 --json OUT.json
+    python benchmarks/train_speed.py --quick    # a smoke test on the CPU: tiny models, a few steps
+
+  padded       today's path: the config as it is (compiled blocks, one CUDA graph per step)
+  packed       the same with training.packing (several examples per row, src/data/packing.py)
+  packed-bf16  packed, in bfloat16 autocast (no loss scale, so no skipped step)
+  padded-bf16  padded, in bfloat16 autocast
+By default the configs are the extension's batch-256 runs of both scales at N = 2,000,000 and the
+checklist's 10M run at batch 8. A config that trains on a generated set times it on the generated
+set of --train-size examples (made if missing: the lengths, and so the packing, are those of every
+generated set), with the config's epochs (the packed rows must hold every step of them). Each row
+prints steps/s (optimizer steps of one seed), seed-steps/s and examples/s (of all seeds), and its
+ratio to the padded path of the same config and seeds, measured in the same run.
 """
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 import time
@@ -36,7 +54,7 @@ from src.data import load_jsonl, make_batch  # noqa: E402
 from src.model import CompactTransformer  # noqa: E402
 from src.tokenizer import IGNORE_INDEX  # noqa: E402
 from src.training.reference import reference_training  # noqa: E402
-from src.training.trainer import DeviceData, SeedRNG, Trainer, run_epochs  # noqa: E402
+from src.training.trainer import DeviceData, SeedRNG, StopAfterSteps, Trainer, run_epochs  # noqa: E402
 
 VARIANTS = {  # name -> (compile, cuda_graph, compile_scope)
     "device-eager": (False, False, "blocks"),
@@ -142,9 +160,162 @@ def profile_step(trainer, device, steps: int = 20) -> dict:
             "most_launched": [row(name, t, c) for name, (t, c) in most]}
 
 
+# ---------------------------------------------------------------------------- paths (--paths)
+
+PATHS = {  # name -> (training.packing, precision; None: the config's own)
+    "padded": (False, None),
+    "packed": (True, None),
+    "packed-bf16": (True, "bf16"),
+    "padded-bf16": (False, "bf16"),
+}
+PATH_CONFIGS = ["configs/extension/ext_10m_n2000000.yaml", "configs/extension/ext_pilot_n2000000.yaml",
+                "configs/scale_10m.yaml"]
+QUICK_MODEL = {"d_model": 32, "num_layers": 2, "num_heads": 4, "d_ff": 64}
+SCHEMA = "train_speed/1"
+
+
+def path_config(cfg, path: str, quick: bool):
+    packing, precision = PATHS[path]
+    training = dataclasses.replace(cfg.training, packing=packing, precision=precision or cfg.training.precision)
+    model = dataclasses.replace(cfg.model, **QUICK_MODEL) if quick else cfg.model
+    return dataclasses.replace(cfg, training=training, model=model)
+
+
+def training_records(cfg, train_size: int):
+    """The records a config's path is timed on, and where they come from."""
+    from src.data.trainsets import ensure_training_set
+
+    max_len = cfg.model.max_seq_len
+    if cfg.data.train_size:
+        n = min(cfg.data.train_size, train_size)
+        path = ensure_training_set(n, progress=False)
+        return load_jsonl(path, max_len, verified=True), f"generated set of {n:,} ({path.name})"
+    return load_jsonl(cfg.data.path("train"), max_len), str(cfg.data.train)
+
+
+def advance(trainers, steps: int) -> None:
+    """`steps` more steps of every trainer (side by side), across epoch ends."""
+    target = int(trainers[0].step) + steps
+    while (left := target - int(trainers[0].step)) > 0:
+        run_epochs(trainers, stop=StopAfterSteps(left))
+
+
+def time_path(cfg, data, device, first_seed: int, seeds: int, warmup: int, steps: int) -> dict:
+    """`seeds` trainers of `cfg` side by side (as src.train --seeds), accelerated as the config says;
+    after `warmup` steps, `steps` timed steps of each."""
+    cuda = device.type == "cuda"
+    trainers = []
+    tic = time.perf_counter()
+    for s in range(first_seed, first_seed + seeds):
+        rng = SeedRNG(s, device)
+        with rng:
+            model = CompactTransformer(cfg.model).to(device)
+        trainer = Trainer(cfg, model, data, device, cfg.training.precision, s, log=lambda *_: None, rng=rng)
+        if seeds > 1 and cuda:
+            trainer.stream = torch.cuda.Stream(device)  # as src.train --seeds: captured and replayed there
+        with rng:
+            trainer.accelerate()
+        trainers.append(trainer)
+    advance(trainers, warmup)
+    setup = time.perf_counter() - tic
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    tic = time.perf_counter()
+    advance(trainers, steps)
+    if cuda:
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - tic
+    first = trainers[0]
+    layout = first.layout
+    positions = layout.rows * layout.width if layout else data.batch_size * data.width
+    return {"seeds": seeds, "precision": cfg.training.precision, "packing": first.accelerations["packing"],
+            "accelerations": {k: v for k, v in first.accelerations.items() if k != "packing"},
+            "timed_steps": steps, "steps_per_s": steps / elapsed, "seed_steps_per_s": steps * seeds / elapsed,
+            "examples_per_s": steps * seeds * data.batch_size / elapsed, "ms_per_step": 1000 * elapsed / steps,
+            "positions_per_step": positions, "setup_s": setup,
+            "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
+            "final_train_loss": first.mean_loss(), "skipped_steps": int(first.skipped_steps)}
+
+
+def compare_paths(args) -> int:
+    quick = args.quick
+    device = torch.device("cpu" if quick else "cuda")
+    if not quick and not torch.cuda.is_available():
+        print("benchmarks/train_speed.py --paths needs a CUDA device (--quick runs on the CPU)", file=sys.stderr)
+        return 1
+    if quick:
+        torch.set_num_threads(min(torch.get_num_threads(), 2))
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32; fp16 and bf16 come from autocast
+    paths = args.paths or list(PATHS)[:3]
+    seeds_list = args.seeds or ([1, 2] if quick else [1, 3, 8])
+    warmup, steps = (1, 2) if quick else (args.warmup_steps, args.steps)
+    train_size = 1024 if quick else args.train_size
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {gpu}   torch {torch.__version__}   paths: {', '.join(paths)}   seeds: {seeds_list}", flush=True)
+    results = {"schema": SCHEMA, "gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda,
+               "command": "python benchmarks/train_speed.py " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+               "quick": quick, "warmup_steps": warmup, "timed_steps": steps, "rows": [], "skipped": []}
+    start = time.perf_counter()
+
+    def save():
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+
+    for config_path in args.configs or PATH_CONFIGS:
+        base = load_config(config_path)
+        records, source = training_records(base, train_size)
+        batch = make_batch(records, base.model.max_seq_len, base.data.answer_format)
+        padded = {}
+        for path in paths:
+            cfg = path_config(base, path, quick)
+            torch._dynamo.reset()  # each path compiles once (its shapes), reused by its seed counts
+            data = DeviceData(batch, cfg, device)
+            for seeds in seeds_list:
+                label = f"{base.name} {path} x{seeds}"
+                if args.budget_s and time.perf_counter() - start > args.budget_s:
+                    print(f"  {label}: skipped (past --budget-s {args.budget_s:g})", flush=True)
+                    results["skipped"].append(label)
+                    continue
+                print(f"  [{time.perf_counter() - start:6.0f} s] timing {label} ...", flush=True)
+                row = {"config": base.name, "config_path": str(config_path), "path": path,
+                       "batch_size": cfg.training.batch_size, "parameters": CompactTransformer(cfg.model).num_parameters(),
+                       "train_examples": len(records), "train_data": source, "data_width": data.width}
+                row.update(time_path(cfg, data, device, args.seed, seeds, warmup, steps))
+                if path == "padded":
+                    padded[seeds] = row["examples_per_s"]
+                row["ratio_to_padded"] = row["examples_per_s"] / padded[seeds] if seeds in padded else None
+                results["rows"].append(row)
+                print(f"      {row['steps_per_s']:9.1f} steps/s  {row['seed_steps_per_s']:9.1f} seed-steps/s  "
+                      f"{row['examples_per_s']:11.0f} examples/s  x{row['ratio_to_padded'] or float('nan'):.2f} "
+                      f"padded  (setup {row['setup_s']:.1f} s, loss {row['final_train_loss']:.3f})", flush=True)
+                save()
+                gc.collect()  # the row's trainers and CUDA graphs, before the next row allocates
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    print_path_table(results)
+    save()
+    return 0
+
+
+def print_path_table(results: dict) -> None:
+    print(f"\nGPU: {results['gpu']}   torch {results['torch']}")
+    print(f"  {'config':<22}{'path':<13}{'seeds':>6}{'steps/s':>10}{'seed-steps/s':>14}{'examples/s':>12}"
+          f"{'x padded':>10}{'rows x width':>14}{'setup s':>9}")
+    for r in results["rows"]:
+        shape = f"{r['packing']['rows']} x {r['packing']['width']}" if r["packing"] else f"{r['batch_size']} x {r['data_width']}"
+        ratio = f"{r['ratio_to_padded']:.2f}" if r["ratio_to_padded"] is not None else "-"
+        print(f"  {r['config']:<22}{r['path']:<13}{r['seeds']:>6}{r['steps_per_s']:>10.1f}{r['seed_steps_per_s']:>14.1f}"
+              f"{r['examples_per_s']:>12.0f}{ratio:>10}{shape:>14}{r['setup_s']:>9.1f}")
+    if results["skipped"]:
+        print(f"  skipped (time budget): {', '.join(results['skipped'])}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--configs", nargs="+", default=["configs/pilot.yaml", "configs/scale_10m.yaml"])
+    p.add_argument("--configs", nargs="+", default=None, help="configs to time (default: configs/pilot.yaml "
+                   "configs/scale_10m.yaml; with --paths: " + " ".join(PATH_CONFIGS) + ")")
     p.add_argument("--plain-steps", type=int, default=300, help="timed steps of the plain loop")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs of each project variant")
     p.add_argument("--fp32", action="store_true", help="time without float16 autocast")
@@ -157,11 +328,26 @@ def main(argv=None):
     p.add_argument("--profile", action="store_true", help="kernel count and slowest kernels of one step")
     p.add_argument("--sdpa", nargs="+", default=["default"], choices=list(SDPA_BACKENDS),
                    help="attention backends to time each variant with (default: PyTorch's choice)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[1], metavar="N",
+    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="N",
                    help="numbers of seeds to train side by side (src.train --seeds), e.g. 1 3 8; steps/s is then "
-                   "seed-steps/s, the steps of all seeds per second")
+                   "seed-steps/s, the steps of all seeds per second (default: 1; with --paths 1 3 8; --quick 1 2)")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--paths", nargs="+", choices=list(PATHS), default=None,
+                   help="compare training paths in examples/s (see above), e.g. padded packed packed-bf16")
+    p.add_argument("--steps", type=int, default=300, help="--paths: timed steps of each seed")
+    p.add_argument("--warmup-steps", type=int, default=30, help="--paths: steps before timing (after compilation)")
+    p.add_argument("--train-size", type=int, default=200_000,
+                   help="--paths: the generated training set a config of a generated set is timed on")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="--paths: skip the rows that would start after this many seconds (listed as skipped)")
+    p.add_argument("--quick", action="store_true", help="--paths on the CPU: tiny models, 1 + 2 steps, seeds 1 and 2, "
+                   "1,024 training examples (a smoke test of the code, not a measurement)")
     args = p.parse_args(argv)
+    args.argv = argv
+    if args.paths or args.quick:
+        return compare_paths(args)
+    args.configs = args.configs or ["configs/pilot.yaml", "configs/scale_10m.yaml"]
+    args.seeds = args.seeds or [1]
     if not torch.cuda.is_available():
         print("benchmarks/train_speed.py needs a CUDA device", file=sys.stderr)
         return 1

@@ -70,6 +70,9 @@ class TrainingConfig:
     # PyTorch's deterministic kernels only, an error where one has none: a guarantee that two
     # trainings of one seed repeat bit for bit, at 9-17% of the batch-256 speed (src/device.py, BENCHMARKS.md)
     deterministic: bool = False
+    # several training sequences per row (src/data/packing.py), with attention kept within each and the
+    # same batches and loss as padded rows, fewer positions computed (added later: older configs lack it)
+    packing: bool = False
 
 
 @dataclass(frozen=True)

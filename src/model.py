@@ -19,7 +19,9 @@ Activation sites (stable names):
     blocks.{l}.attn.hook_pattern    attention probabilities (analysis path)  [B, H, T, T]
 
 Training uses the fused `scaled_dot_product_attention`; asking for a pattern switches that layer
-to an explicit softmax that computes the same function.
+to an explicit softmax that computes the same function. Training may also pass a packed batch
+(`positions` and `segments`: several sequences per row, each attending only to itself, with its own
+rotary positions; src/data/packing.py); the analysis always runs on padded rows.
 
 Patching (activation patching, src/analysis/patching.py): `Hooks.patch` maps a site's name to a Patch(values,
 mask); where the activation is produced, the elements under `mask` are replaced by `values`
@@ -142,10 +144,15 @@ def rotary_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tenso
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., i], x[..., i + d/2]) of x [B, H, T, d] by position-dependent angles."""
+    """Rotate pairs (x[..., i], x[..., i + d/2]) of x [B, H, T, d] by position-dependent angles.
+
+    `cos`, `sin`: the tables by position ([max_seq_len, d/2]; the first T rows are used), or, for a
+    packed batch, each token's own angles already looked up ([B, 1, T, d/2])."""
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    cos, sin = cos[: x.shape[-2]].to(x.dtype), sin[: x.shape[-2]].to(x.dtype)
+    if cos.dim() == 2:
+        cos, sin = cos[: x.shape[-2]], sin[: x.shape[-2]]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
@@ -158,8 +165,9 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, hooks: Hooks | None, recorded: dict):
-        """`hooks` None is the plain (training) path; `recorded` receives the activations hooks.record names."""
+    def forward(self, x, cos, sin, hooks: Hooks | None, recorded: dict, mask: torch.Tensor | None = None):
+        """`hooks` None is the plain (training) path; `recorded` receives the activations hooks.record names;
+        `mask` [B, 1, T, T] (True: may attend) replaces the causal mask, for a packed batch."""
         B, T, C = x.shape
         want = hooks.record if hooks is not None else frozenset()
         ablation = hooks.ablation if hooks is not None else None
@@ -175,8 +183,10 @@ class Attention(nn.Module):
             pattern = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
             recorded[pattern_name] = pattern
             z = F.dropout(pattern, p_drop, self.training) @ v
-        else:
+        elif mask is None:
             z = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop, is_causal=True)
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop)
         z = z.transpose(1, 2)  # [B, T, H, head_dim]
         if ablation is not None and ablation.in_layer(self.layer):
             z = ablate_heads(z, self.layer, ablation)
@@ -203,6 +213,15 @@ def ablate_heads(z: torch.Tensor, layer: int, ablation: HeadAblation) -> torch.T
     return torch.where(drop, means.expand_as(z), z)
 
 
+def packed_attention_mask(segments: torch.Tensor) -> torch.Tensor:
+    """The attention mask of a packed batch, [B, 1, T, T] boolean (True: query i may attend to key j):
+    causal, and only within the token's own sequence (`segments` [B, T] names each token's). Every
+    token may attend to itself, so no row of the softmax is empty."""
+    T = segments.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segments.device).tril()
+    return ((segments.unsqueeze(2) == segments.unsqueeze(1)) & causal).unsqueeze(1)
+
+
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -222,8 +241,9 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x, cos, sin, hooks: Hooks | None = None, recorded: dict | None = None):
-        x = x + self.attn(self.ln1(x), cos, sin, hooks, recorded)
+    def forward(self, x, cos, sin, hooks: Hooks | None = None, recorded: dict | None = None,
+                mask: torch.Tensor | None = None):
+        x = x + self.attn(self.ln1(x), cos, sin, hooks, recorded, mask)
         return x + self.ffn(self.ln2(x))
 
 
@@ -305,12 +325,25 @@ class CompactTransformer(nn.Module):
         return load_pretrained(directory)[0]
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None, *,
-                hooks: Hooks | None = None) -> ModelOutput:
+                hooks: Hooks | None = None, positions: torch.Tensor | None = None,
+                segments: torch.Tensor | None = None) -> ModelOutput:
         """Logits [B, T, vocab]; mean cross-entropy over labels != -100 when labels are given; and,
         with `hooks`, its head ablation and patches applied and the activations it names recorded (see
-        the module docstring)."""
+        the module docstring).
+
+        `positions` and `segments` (both or neither, [B, T] integers) make `tokens` a packed batch
+        (src/data/packing.py): each row holds several sequences, `segments` names the sequence of each
+        token and `positions` its position within it (each below max_seq_len; a row may be wider).
+        A token then attends, causally, only to the tokens of its own sequence, and its rotary angle
+        is that of its position: each sequence's outputs are those it has alone. A training path:
+        not with `hooks`."""
         B, T = tokens.shape
-        if T > self.cfg.max_seq_len:
+        packed = segments is not None
+        if packed != (positions is not None):
+            raise ValueError("a packed batch needs both positions and segments")
+        if packed and hooks is not None:
+            raise ValueError("hooks work on unpacked batches only; run the analysis on padded rows")
+        if T > self.cfg.max_seq_len and not packed:
             raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {self.cfg.max_seq_len}")
         want = frozenset()
         if hooks is not None:
@@ -334,8 +367,12 @@ class CompactTransformer(nn.Module):
             x = patch_activation(x, "hook_embed", patch)
         if "hook_embed" in want:
             recorded["hook_embed"] = x
+        cos, sin, mask = self.rope_cos, self.rope_sin, None
+        if packed:
+            mask = packed_attention_mask(segments)
+            cos, sin = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)  # [B, 1, T, head_dim / 2]
         for layer, block in enumerate(self.blocks):
-            x = block(x, self.rope_cos, self.rope_sin, hooks, recorded)
+            x = block(x, cos, sin, hooks, recorded, mask)
             if patch:
                 x = patch_activation(x, f"blocks.{layer}.hook_resid_post", patch)
             if f"blocks.{layer}.hook_resid_post" in want:

@@ -5,7 +5,9 @@ device: the batch is gathered from the dataset tensor by a device-side permutati
 scale, found-inf flag, learning rate and step counter are tensors, and the optimizer is a fused
 AdamW that skips the update when a gradient is non-finite. Nothing in the step reads a value
 back to the host, so on CUDA the whole step can be compiled (`training.compile`) and captured
-as one CUDA graph (`training.cuda_graph`); on the CPU the same function runs eagerly.
+as one CUDA graph (`training.cuda_graph`); on the CPU the same function runs eagerly. With
+`training.packing` the same batches are laid out in packed rows (PackedLayout): fewer positions,
+the same loss.
 `reference_training` is the textbook loop (host batches, GradScaler, LambdaLR, unfused AdamW)
 that the tests and the benchmark hold the fast path against.
 """
@@ -21,6 +23,7 @@ import torch
 from src.rundir.checkpoint import EPOCH_STATE
 from src.config import Config
 from src.data import Batch
+from src.data.packing import pack_rows, packed_sources, row_width
 from src.device import (autocast, uses_loss_scaling)
 from src.errors import UserError
 from src.model import CompactTransformer
@@ -100,6 +103,9 @@ class DeviceData:
         # positions take 112 MB rather than 896 MB as int64; a step widens only its own batch
         self.inputs = torch.cat([inputs, pad_in]).to(torch.int8).to(device)
         self.labels = torch.cat([labels, pad_lab]).to(torch.int8).to(device)
+        # each row's number of input positions (0 for the all-padding row): what packing places
+        self.lengths = (self.inputs != PAD_ID).sum(1).to(torch.int8)
+        self.packing_reference: dict[int, int] = {}  # epochs -> rows (PackedLayout)
         self.device = device
 
     def epoch_order(self, generator: torch.Generator) -> torch.Tensor:
@@ -107,6 +113,61 @@ class DeviceData:
         order = torch.randperm(self.n, generator=generator, device=generator.device).to(self.device)
         fill = self.steps_per_epoch * self.batch_size - self.n
         return torch.cat([order, torch.full((fill,), self.n, dtype=torch.long, device=self.device)])
+
+
+# ---------------------------------------------------------------------------- packed batches
+
+PACK_MARGIN_ROWS = 2  # rows above the reference schedule's most (see PackedLayout)
+PACK_REFERENCE_SEED = 0  # the shuffling seed of the reference schedule
+PACK_CHUNK_STEPS = 32768  # steps packed in one call while a schedule is searched (34 MB of row fills at batch 256)
+
+
+class PackedLayout:
+    """The packed shape of one seed's training steps (training.packing): `rows` rows of `width`
+    positions each (src/data/packing.py), the same for every step of the run.
+
+    The batches are the padded path's (the epoch's permutation, B examples a step, in order); packing
+    only says where in the rows each example goes. For static shapes (one compilation, one CUDA graph)
+    every step must fit the same number of rows, and none may be dropped or moved to another step. So
+    the trainer packs its whole schedule once, when it is made: every epoch's permutation drawn from
+    a fresh copy of its shuffling generator (the very permutations the run will draw). `rows` is at
+    least the most rows any of those steps fills, so every step fits by construction. To give seeds
+    trained side by side one shape (one compilation), it is the most of a reference schedule (the
+    same data and epochs, shuffled with PACK_REFERENCE_SEED) plus PACK_MARGIN_ROWS, unless the seed's
+    own schedule needs more: the most of 12,500 steps varies by about a row from seed to seed. `rows`
+    depends on the seed, the data, the batch size and training.epochs only, so a resumed run packs
+    exactly as the run that never stopped. Each epoch's layout is computed again at its start
+    (Trainer.start_epoch) and checked against `rows` there.
+    """
+
+    def __init__(self, data: DeviceData, seed: int, epochs: int):
+        self.width = row_width(data.width)
+        self.own = self.most_rows(data, seed, epochs)
+        if epochs not in data.packing_reference:  # shared by the seeds that share the data
+            data.packing_reference[epochs] = self.most_rows(data, PACK_REFERENCE_SEED, epochs)
+        self.reference = data.packing_reference[epochs]
+        self.rows = min(max(self.reference + PACK_MARGIN_ROWS, self.own), data.batch_size)
+
+    def most_rows(self, data: DeviceData, seed: int, epochs: int) -> int:
+        """The most rows a step fills in `epochs` epochs shuffled as a trainer of `seed` shuffles them."""
+        generator = torch.Generator(device=data.device).manual_seed(seed + 1)  # as Trainer.shuffle_gen
+        per_call = max(1, PACK_CHUNK_STEPS // data.steps_per_epoch)
+        most = 0
+        for first in range(0, epochs, per_call):
+            orders = torch.cat([data.epoch_order(generator) for _ in range(min(per_call, epochs - first))])
+            lengths = data.lengths.index_select(0, orders).view(-1, data.batch_size)
+            most = max(most, int(pack_rows(lengths, self.width)[1].max()))
+        return most
+
+    def plan(self, data: DeviceData, order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each position of the epoch's `order`: where its example starts in its step's rows; and the
+        rows each step fills."""
+        lengths = data.lengths.index_select(0, order).view(data.steps_per_epoch, data.batch_size)
+        start, rows = pack_rows(lengths, self.width)
+        return start.flatten(), rows
+
+    def describe(self) -> dict:
+        return {"rows": self.rows, "width": self.width, "most_rows_filled": self.own}
 
 
 def make_optimizer(model, cfg: Config, device: torch.device, lr) -> torch.optim.AdamW:
@@ -176,6 +237,9 @@ class Trainer:
         self.step = torch.zeros((), dtype=torch.long, **dev)
         self.epoch_step = torch.zeros((), dtype=torch.long, **dev)
         self.order = torch.zeros(data.steps_per_epoch * data.batch_size, dtype=torch.long, **dev)
+        # training.packing: the rows of every step, and where each example of the epoch's order starts in them
+        self.layout = PackedLayout(data, seed, t.epochs) if t.packing else None
+        self.place = torch.zeros_like(self.order) if t.packing else None
         self.offsets = torch.arange(data.batch_size, **dev)
         # running sums, read back only at progress refreshes and epoch ends
         self.loss_sum = torch.zeros((), dtype=torch.float64, **dev)
@@ -190,21 +254,39 @@ class Trainer:
         self.mid_epoch = False  # True between an interruption (or a resume from one) and the epoch's next step
         self.log = log
         self.accelerations = {"compile": False, "cuda_graph": False,
-                              "deterministic": torch.are_deterministic_algorithms_enabled()}
+                              "deterministic": torch.are_deterministic_algorithms_enabled(),
+                              "packing": self.layout.describe() if self.layout is not None else False}
 
     # -- the step --------------------------------------------------------------------------
 
-    def _plain_loss(self, inputs, labels):
-        return self.model(inputs, labels).loss
+    def _plain_loss(self, inputs, labels, positions=None, segments=None):
+        return self.model(inputs, labels, positions=positions, segments=segments).loss
+
+    def step_batch(self) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The current step's batch, on the device without a host synchronisation: (inputs, labels,
+        packed), the B examples at this step's places of the epoch's order. Padded: one row each,
+        `packed` empty. With training.packing: layout.rows rows of layout.width positions, and `packed`
+        holds the positions and segments (the example) of every token (CompactTransformer.forward)."""
+        data = self.data
+        places = self.epoch_step * data.batch_size + self.offsets
+        idx = self.order.index_select(0, places)
+        if self.layout is None:
+            return data.inputs.index_select(0, idx).long(), data.labels.index_select(0, idx).long(), {}
+        rows, width = self.layout.rows, self.layout.width
+        source = packed_sources(idx, self.place.index_select(0, places), data.lengths.index_select(0, idx),
+                                data.width, rows, width, empty=data.n)
+        inputs = data.inputs.view(-1).index_select(0, source).view(rows, width).long()
+        labels = data.labels.view(-1).index_select(0, source).view(rows, width).long()
+        packed = {"positions": (source % data.width).view(rows, width),
+                  "segments": (source // data.width).view(rows, width)}
+        return inputs, labels, packed
 
     def train_step(self) -> None:
         """One optimizer step, entirely on the device (no host synchronisation)."""
         t = self.cfg.training
-        idx = self.order.index_select(0, self.epoch_step * self.data.batch_size + self.offsets)
-        inputs = self.data.inputs.index_select(0, idx).long()
-        labels = self.data.labels.index_select(0, idx).long()
+        inputs, labels, packed = self.step_batch()
         with autocast(self.device, self.precision):
-            loss = self.loss_fn(inputs, labels)
+            loss = self.loss_fn(inputs, labels, **packed)
         (loss * self.scale).backward()
         grads = [p.grad for p in self.params]
         self.found_inf.zero_()
@@ -265,7 +347,7 @@ class Trainer:
         view = copy.copy(self.model)
         view._modules = dict(self.model._modules)
         view._modules["blocks"] = torch.nn.ModuleList(torch.compile(b, dynamic=False) for b in self.model.blocks)
-        return lambda inputs, labels: view(inputs, labels).loss
+        return lambda inputs, labels, **packed: view(inputs, labels, **packed).loss
 
     def _state_tensors(self) -> list[torch.Tensor]:
         state = [p.data for p in self.params]
@@ -318,9 +400,20 @@ class Trainer:
 
     def start_epoch(self) -> None:
         self.order.copy_(self.data.epoch_order(self.shuffle_gen))
+        self.plan_epoch()
         self.epoch_step.zero_()
         self.loss_sum.zero_()
         self.good_steps.zero_()
+
+    def plan_epoch(self) -> None:
+        """With training.packing: the packed layout of the epoch's order (one host synchronisation)."""
+        if self.layout is None:
+            return
+        start, rows = self.layout.plan(self.data, self.order)
+        if int(rows.max()) > self.layout.rows:  # cannot happen: layout.rows covers every epoch of the schedule
+            raise RuntimeError(f"a step fills {int(rows.max())} packed rows, more than the {self.layout.rows} "
+                               "found for the schedule")
+        self.place.copy_(start)
 
     def run_step(self) -> None:
         if self.graph is None:
@@ -397,6 +490,20 @@ class Trainer:
             self.epoch_step.fill_(state["epoch_step"])
             for name in EPOCH_STATE:
                 getattr(self, name).copy_(state["epoch_state"][name])
+            self.plan_epoch()  # the packed layout follows from the order
+
+
+class StopAfterSteps:
+    """A `stop` for run_epochs that asks for an end after `steps` more steps (as a signal would):
+    for timing a number of steps, or stopping a test in the middle of an epoch."""
+
+    def __init__(self, steps: int):
+        self.left = steps
+
+    @property
+    def signum(self):  # run_epochs reads it once before each step
+        self.left -= 1
+        return None if self.left >= 0 else "steps"
 
 
 def run_epochs(trainers: list[Trainer], bar=None, stop=None) -> tuple[bool, dict]:
