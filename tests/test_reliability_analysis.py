@@ -231,12 +231,12 @@ def full_disk_on(monkeypatch, suffix: str):
     """Every atomic write of a file ending in `suffix` fails with ENOSPC half-way through its bytes."""
     real = src.rundir.atomic.write_synced
 
-    def write(path, data, final_name=None):
-        if (final_name or path.name).endswith(suffix):
+    def write(path, data):
+        if path.name.removesuffix(".tmp").endswith(suffix):
             with open(path, "wb") as fh:
                 fh.write(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, data, final_name)
+        return real(path, data)
 
     monkeypatch.setattr(src.rundir.atomic, "write_synced", write)
 
