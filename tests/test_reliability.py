@@ -705,6 +705,7 @@ KILL_POINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point, latest_epoch", list(KILL_POINTS.items()), ids=list(KILL_POINTS))
 def test_sigkill_at_a_named_point_then_resume_matches_uninterrupted_run(point, latest_epoch, crash, tmp_path):
     run = tmp_path / "killed"
@@ -731,6 +732,7 @@ def test_sigkill_at_a_named_point_then_resume_matches_uninterrupted_run(point, l
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_sigkill_after_the_last_checkpoint_resume_finishes_without_training(crash, tmp_path):
     """Failure 1 of the issue: killed after the final checkpoint_latest.pt, before checkpoint_best.pt
     and summary.json. --resume finishes the run (best, summary) and trains no step."""

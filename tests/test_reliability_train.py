@@ -72,6 +72,7 @@ def signalled_run(crash, run, point: str, name: str):
                           cwd=REPO_ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["TERM", "INT"])
 def test_sigterm_and_sigint_save_checkpoint_latest_say_how_to_resume_and_exit_non_zero(name, crash, tmp_path):
     """The signal arrives just after epoch 3's metrics row is written (before its checkpoint): the
