@@ -16,6 +16,7 @@ def run(tmp_path_factory):
     return write_tiny_run(tmp_path_factory.mktemp("battery"))
 
 
+@pytest.mark.slow
 def test_the_battery_runs_every_step_and_records_its_time(run):
     assert battery.main(["--run", str(run), "--device", "cpu", "--limit", "30", "--quiet"]) == 0
     record = json.loads((run / "battery.json").read_text())
@@ -56,6 +57,7 @@ def test_the_battery_runs_on_cuda(tmp_path):
     assert json.loads((run / "value_probe.json").read_text())["device"].startswith("cuda")
 
 
+@pytest.mark.slow
 def test_the_profiling_script_profiles_a_step_on_an_untrained_model(tmp_path):
     import os
     import pstats

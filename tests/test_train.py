@@ -289,6 +289,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(full_run, tiny_config, tmp_
     assert json.loads((out / "summary.json").read_text())["steps"] == EPOCHS * STEPS_PER_EPOCH
 
 
+@pytest.mark.slow
 def test_deterministic_run_equals_the_default_one_on_the_cpu_and_is_recorded(full_run, tmp_path, capsys):
     """training.deterministic switches PyTorch to deterministic kernels for the run's process and is
     recorded; the CPU's kernels are deterministic already, so the run equals the default one bit for
