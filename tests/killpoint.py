@@ -18,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-import src.rundir.atomic as atomic
+from src.rundir import atomic
 
 USAGE = 'usage: python -m tests.killpoint "<file>[@<n>]:<mid|after>[:<SIGNAL>]" -- <module> [args...]'
 
