@@ -125,6 +125,7 @@ def full_run(tiny_config, tmp_path_factory):
 # ---------------------------------------------------------------------------- device policy
 
 
+@pytest.mark.slow  # the command line's side; test_gpu_only_check_comes_before_anything_else is the fast check
 @needs_no_cuda
 def test_gpu_only_without_cuda_aborts_before_writing(tmp_path):
     out = tmp_path / "run"
@@ -137,6 +138,7 @@ def test_gpu_only_without_cuda_aborts_before_writing(tmp_path):
     assert listing(tmp_path) == []
 
 
+@pytest.mark.slow  # the command line's side; test_gpu_only_check_comes_before_anything_else is the fast check
 def test_gpu_only_with_device_cpu_aborts_before_writing(tmp_path):
     out = tmp_path / "run"
     result = train_cli(tmp_path, "--config", str(PILOT), "--output-dir", str(out), "--device", "cpu", "--gpu-only")
