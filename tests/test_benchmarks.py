@@ -13,6 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/extension/ext_pilot_n2000000.yaml"
 
 
+@pytest.mark.slow
 def test_rerun_noise_runs_its_modes_and_finds_the_cpu_repeatable(tmp_path):
     out = tmp_path / "noise.json"  # the command line, with the mode that puts nn.Embedding's backward back
     done = subprocess.run([sys.executable, "benchmarks/rerun_noise.py", "--device", "cpu", "--repeat-data", "1",

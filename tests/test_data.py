@@ -134,6 +134,7 @@ def test_generator_seed_matters():
     assert a["pilot_train"] != b["pilot_train"]
 
 
+@pytest.mark.slow
 def test_shipped_files_reproduce_byte_for_byte(tmp_path):
     out = tmp_path / "generated"
     proc = subprocess.run(

@@ -252,6 +252,7 @@ def test_make_batch_refuses_a_sequence_longer_than_max_seq_len():
         make_batch([make_record("1+2"), make_record("12*34+56")], 12)
 
 
+@pytest.mark.slow
 def test_a_config_naming_its_training_set_by_size_generates_it_and_trains(tiny, tmp_path, capsys, monkeypatch):
     """data.train_size 2,100: the pilot's 2,000 training lines and 100 generated ones, made on the
     first run (into a temporary directory here), verified and reused on the next."""
@@ -289,6 +290,7 @@ def test_the_sweep_refuses_a_config_whose_name_and_training_set_size_disagree(tm
     assert "rename the config" in message
 
 
+@pytest.mark.slow
 def test_the_report_tool_appends_the_extension_section_with_its_figures_linked(tmp_path, capsys):
     from src.report.cli import main as report_main
     from tests.test_reliability import REPO_ROOT

@@ -34,6 +34,7 @@ def runs(tmp_path_factory):
     return {"root": root, "runs": out, "match": root / "match"}
 
 
+@pytest.mark.slow
 def test_the_tables_hold_what_the_files_hold(runs, tmp_path):
     out = tmp_path / "out"
     assert mechanisms.main([*map(str, runs["runs"]), "--rolematch", str(runs["match"]), "--out", str(out)]) == 0
@@ -59,6 +60,7 @@ def test_the_tables_hold_what_the_files_hold(runs, tmp_path):
     assert "| role | verdict |" in text and "close/mod10" in text and "Files not there" not in text
 
 
+@pytest.mark.slow
 def test_a_missing_file_is_said_and_the_report_includes_the_section(runs, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(runs["runs"][0], run)

@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +23,7 @@ def tiny(raw: dict, layers: int) -> dict:
     return raw
 
 
+@pytest.mark.slow
 def test_the_script_takes_both_studies_apart(tmp_path):
     ext, rep = tmp_path / "ext", tmp_path / "rep"
     ext.mkdir()

@@ -688,11 +688,11 @@ def resume(crash, run: Path) -> subprocess.CompletedProcess:
 
 
 def killed_run(crash, run: Path, point: str, signal_name: str = "KILL") -> subprocess.CompletedProcess:
-    """A training subprocess that stops itself at a named point (src/rundir/atomic.py's PARENS_TEST_KILL hook):
-    `<file>[@<n>]:<mid|after>` is half-way through, or just after, the n-th write of that file."""
-    env = {**SUBPROCESS_ENV, "PARENS_TEST_KILL": f"{point}:{signal_name}"}
-    return subprocess.run([sys.executable, "-m", "src.train", *map(str, train_argv(crash["config"], run))],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    """A training subprocess that stops itself at a named point (through tests/killpoint.py, which wraps
+    src.rundir.atomic's write steps): `<file>[@<n>]:<mid|after>` is half-way through, or just after,
+    the n-th write of that file."""
+    return run_cli(["-m", "tests.killpoint", f"{point}:{signal_name}", "--", "src.train",
+                    *train_argv(crash["config"], run)])
 
 
 # where a SIGKILL lands -> the checkpoint_latest epoch it leaves behind (one checkpoint per epoch)
@@ -705,6 +705,7 @@ KILL_POINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point, latest_epoch", list(KILL_POINTS.items()), ids=list(KILL_POINTS))
 def test_sigkill_at_a_named_point_then_resume_matches_uninterrupted_run(point, latest_epoch, crash, tmp_path):
     run = tmp_path / "killed"
@@ -731,6 +732,7 @@ def test_sigkill_at_a_named_point_then_resume_matches_uninterrupted_run(point, l
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_sigkill_after_the_last_checkpoint_resume_finishes_without_training(crash, tmp_path):
     """Failure 1 of the issue: killed after the final checkpoint_latest.pt, before checkpoint_best.pt
     and summary.json. --resume finishes the run (best, summary) and trains no step."""
@@ -819,11 +821,11 @@ def test_full_disk_while_writing_a_checkpoint_keeps_previous_checkpoints(disk, s
     else:
         real = src.rundir.atomic.write_synced
 
-        def write_synced(path, data, final_name=None):
+        def write_synced(path, data):
             if path.name == "checkpoint_epoch_3.pt.tmp":
                 real(path, data[: len(data) // 2])
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return real(path, data, final_name)
+            return real(path, data)
 
         monkeypatch.setattr(src.rundir.atomic, "write_synced", write_synced)
     expect_error(cli(src.train.main, train_argv(tiny["config"], run, "--resume"), capsys),
@@ -855,13 +857,13 @@ def test_full_disk_while_writing_metrics_or_summary_leaves_no_half_written_file(
     real = src.rundir.atomic.write_synced
     writes = []
 
-    def write_synced(path, data, final_name=None):
+    def write_synced(path, data):
         if path.name == name + ".tmp":
             writes.append(data)
             if len(writes) == nth:
                 real(path, data[: len(data) // 2])  # a partial write, then the error
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(path, data, final_name)
+        return real(path, data)
 
     monkeypatch.setattr(src.rundir.atomic, "write_synced", write_synced)
     expect_error(cli(src.train.main, train_argv(tiny["config"], run), capsys),

@@ -231,12 +231,12 @@ def full_disk_on(monkeypatch, suffix: str):
     """Every atomic write of a file ending in `suffix` fails with ENOSPC half-way through its bytes."""
     real = src.rundir.atomic.write_synced
 
-    def write(path, data, final_name=None):
-        if (final_name or path.name).endswith(suffix):
+    def write(path, data):
+        if path.name.removesuffix(".tmp").endswith(suffix):
             with open(path, "wb") as fh:
                 fh.write(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, data, final_name)
+        return real(path, data)
 
     monkeypatch.setattr(src.rundir.atomic, "write_synced", write)
 
@@ -349,30 +349,40 @@ def test_two_architectures_under_one_config_name_name_both_runs_and_the_keys(ana
     assert "num_layers" not in err  # only the keys that differ
 
 
-@pytest.mark.parametrize("line", [
-    "{not json",
-    '["a list"]',
-    '{"schema": "metrics/1", "epoch": 2, "step": 80, "train_loss": "x", "val": {"loss": 2.0}}',
-    '{"schema": "metrics/1", "epoch": 2, "step": 80, "train_loss": 2.0, "val": 5}',
-    '{"schema": "metrics/1", "epoch": 2, "step": 80, "train_loss": 2.0, "val": {"loss": null, "exact_match": 0, '
-    '"end_of_answer_acc": 0.5}}',
-    '{"schema": "metrics/1", "epoch": "2", "step": 80}',
-], ids=["not-json", "not-a-dict", "train_loss-text", "val-number", "val-loss-null", "epoch-text"])
-def test_a_bad_metrics_row_is_reported_with_its_line_and_skipped(analysed, tmp_path, capsys, line):
+BAD_METRICS_ROWS = {  # what each bad row is -> the row
+    "not-json": "{not json",
+    "not-a-dict": '["a list"]',
+    "train_loss-text": '{"schema": "metrics/1", "epoch": 2, "step": 80, "train_loss": "x", "val": {"loss": 2.0}}',
+    "val-number": '{"schema": "metrics/1", "epoch": 2, "step": 80, "train_loss": 2.0, "val": 5}',
+    "val-loss-null": '{"schema": "metrics/1", "epoch": 2, "step": 80, "train_loss": 2.0, "val": {"loss": null, '
+                     '"exact_match": 0, "end_of_answer_acc": 0.5}}',
+    "epoch-text": '{"schema": "metrics/1", "epoch": "2", "step": 80}',
+}
+
+
+def test_a_bad_metrics_row_is_reported_with_its_line_and_skipped(analysed, tmp_path, capsys):
+    """Each kind of bad row, one per line (lines 2-7, a good row after them), in one report: every
+    one is noted with its own line and skipped, in the full report and with --curves-only."""
     run = tmp_path / "badrow"
     shutil.copytree(analysed[0], run)
     with (run / "metrics.jsonl").open("a") as fh:
-        fh.write(line + "\n")
+        for line in BAD_METRICS_ROWS.values():
+            fh.write(line + "\n")
         fh.write(json.dumps({"schema": "metrics/1", "epoch": 3, "step": 120, "train_loss": 2.1,
                              "val": {"loss": 2.0, "exact_match": 0.0, "end_of_answer_acc": 0.5}}) + "\n")
+    bad_lines = {kind: 2 + i for i, kind in enumerate(BAD_METRICS_ROWS)}
     out = tmp_path / "R.md"
     rc, stdout, err = cli(report_main, [run, "--out", out], capsys)
     assert rc == 0, err
     notes = json.loads((tmp_path / "report.json").read_text())["notes"]
-    assert any(f"{run / 'metrics.jsonl'}:2" in n and "skipped" in n for n in notes), notes
+    for kind, number in bad_lines.items():
+        assert any(f"{run / 'metrics.jsonl'}:{number}:" in n and "skipped" in n for n in notes), (kind, notes)
+    assert not any(f"{run / 'metrics.jsonl'}:8:" in n for n in notes), notes  # the good row after them is read
     assert (tmp_path / "training_curves.png").stat().st_size > 0
     rc, stdout, err = cli(report_main, [run, "--out", out, "--curves-only"], capsys)
-    assert rc == 0 and "metrics.jsonl:2" in stdout, err
+    assert rc == 0, err
+    for kind, number in bad_lines.items():
+        assert f"metrics.jsonl:{number}:" in stdout, (kind, stdout)
 
 
 # ---------------------------------------------------------------------------- precision of an analysis

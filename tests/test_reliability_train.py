@@ -66,11 +66,13 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tiny, tmp_path, capsys):
 
 
 def signalled_run(crash, run, point: str, name: str):
-    env = {**SUBPROCESS_ENV, "PARENS_TEST_KILL": f"{point}:{name}"}
-    return subprocess.run([sys.executable, "-m", "src.train", *map(str, train_argv(crash["config"], run))],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    """A training subprocess that sends itself SIG`name` at `point` (tests/killpoint.py)."""
+    return subprocess.run([sys.executable, "-m", "tests.killpoint", f"{point}:{name}", "--", "src.train",
+                           *map(str, train_argv(crash["config"], run))],
+                          cwd=REPO_ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["TERM", "INT"])
 def test_sigterm_and_sigint_save_checkpoint_latest_say_how_to_resume_and_exit_non_zero(name, crash, tmp_path):
     """The signal arrives just after epoch 3's metrics row is written (before its checkpoint): the

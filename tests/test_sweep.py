@@ -130,6 +130,7 @@ def test_dry_run_prints_the_plan_and_its_time(planned, capsys):
 # ---------------------------------------------------------------------------- the full sweep
 
 
+@pytest.mark.slow
 def test_full_sweep_collects_every_run(swept):
     assert swept["rc"] == 0, swept["err"]
     assert "4 run(s) finished now" in swept["out"]
@@ -150,6 +151,7 @@ def test_full_sweep_collects_every_run(swept):
         assert not list((swept["runs"] / name).glob(".seed*.lock"))  # the sweep's locks on the seeds are gone
 
 
+@pytest.mark.slow
 def test_sweep_resumes_the_partial_run_and_trains_the_new_seed_beside_it(swept):
     fresh, resumed = ((swept["runs"] / "a" / f"train_{s}.log").read_text() for s in (7, 42))  # a log per command
     commands = [line for log in (fresh, resumed) for line in log.splitlines() if line.startswith("=== ")]
@@ -163,6 +165,7 @@ def test_sweep_resumes_the_partial_run_and_trains_the_new_seed_beside_it(swept):
     assert [line for line in b_log.splitlines() if line.startswith("=== ")][0].count("--seeds 42,7 ") == 1
 
 
+@pytest.mark.slow
 def test_second_sweep_skips_everything(swept, capsys):
     logs = {p: p.stat().st_size for p in swept["runs"].rglob("*.log")}
     results = {p: p.stat().st_mtime_ns for p in swept["results"].rglob("*") if p.is_file()}
@@ -177,6 +180,7 @@ def test_second_sweep_skips_everything(swept, capsys):
     assert "plan: 4 finished" in out
 
 
+@pytest.mark.slow
 def test_estimate_uses_the_rate_a_completed_run_measured(swept):
     """b's seeds trained side by side: the process's seed-steps/s is each seed's rate times two."""
     args = src.sweep.parse_args(argv(swept))
@@ -187,6 +191,7 @@ def test_estimate_uses_the_rate_a_completed_run_measured(swept):
     assert rate == summary["train_steps_per_s"] * 2 and source.startswith("measured")
 
 
+@pytest.mark.slow
 def test_estimate_uses_a_run_collected_in_results_when_runs_has_none(swept, tmp_path):
     """A new machine has no run directories, only the committed results: their summaries still measure."""
     args = src.sweep.parse_args(argv({**swept, "runs": tmp_path / "fresh_runs"}))
@@ -199,6 +204,7 @@ def test_estimate_uses_a_run_collected_in_results_when_runs_has_none(swept, tmp_
 # ---------------------------------------------------------------------------- locks and failures
 
 
+@pytest.mark.slow
 def test_config_in_use_is_skipped_and_a_failed_one_reported_while_the_others_go_on(tmp_path, capsys):
     """Config a: a run directory locked by another process (a training started by hand): skipped with
     a note. Config b: its training fails (a bad line in its training file): reported once, with the
@@ -249,6 +255,7 @@ def test_config_held_by_another_sweep_is_skipped(tmp_path, capsys):
     assert not env["results"].exists()
 
 
+@pytest.mark.slow
 def test_sweeps_of_disjoint_seeds_of_one_config_run_side_by_side(tmp_path, capsys):
     env = make_sweep(tmp_path)
     other_sweep = src.sweep.GroupLock(env["runs"] / "a", [42])  # another sweep (another GPU) on seed 42 of a

@@ -125,6 +125,7 @@ def full_run(tiny_config, tmp_path_factory):
 # ---------------------------------------------------------------------------- device policy
 
 
+@pytest.mark.slow  # the command line's side; test_gpu_only_check_comes_before_anything_else is the fast check
 @needs_no_cuda
 def test_gpu_only_without_cuda_aborts_before_writing(tmp_path):
     out = tmp_path / "run"
@@ -137,6 +138,7 @@ def test_gpu_only_without_cuda_aborts_before_writing(tmp_path):
     assert listing(tmp_path) == []
 
 
+@pytest.mark.slow  # the command line's side; test_gpu_only_check_comes_before_anything_else is the fast check
 def test_gpu_only_with_device_cpu_aborts_before_writing(tmp_path):
     out = tmp_path / "run"
     result = train_cli(tmp_path, "--config", str(PILOT), "--output-dir", str(out), "--device", "cpu", "--gpu-only")
@@ -346,6 +348,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(full_run, tiny_config, tmp_
     assert json.loads((out / "summary.json").read_text())["steps"] == EPOCHS * STEPS_PER_EPOCH
 
 
+@pytest.mark.slow
 def test_deterministic_run_equals_the_default_one_on_the_cpu_and_is_recorded(full_run, tmp_path, capsys):
     """training.deterministic switches PyTorch to deterministic kernels for the run's process and is
     recorded; the CPU's kernels are deterministic already, so the run equals the default one bit for
@@ -623,18 +626,69 @@ def test_compiled_step_matches_the_eager_step_on_cuda(tmp_path, precision):
         torch.testing.assert_close(w_compiled[name], w_eager[name], atol=10 * tol, rtol=10 * tol, msg=name)
 
 
+def cpu_compile_unsupported() -> str | None:
+    """Why this torch says it cannot compile for the CPU here, or None where it can: torch.compile's
+    own platform check (Python version and build) and Inductor's search for the C++ compiler its
+    CPU backend needs. Nothing else skips: any other failure of the compiled path fails the test."""
+    from torch._dynamo.eval_frame import check_if_dynamo_supported
+    from torch._inductor.exc import InvalidCxxCompiler
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # older torch keeps the search in codecache
+        from torch._inductor.codecache import cpp_compiler as get_cpp_compiler
+    try:
+        check_if_dynamo_supported()
+    except RuntimeError as err:
+        return f"torch {torch.__version__} says torch.compile is unsupported here: {err}"
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler as err:
+        return f"Inductor's CPU backend finds no C++ compiler (torch {torch.__version__}): {err}"
+    return None
+
+
+@pytest.mark.slow
 def test_compiled_step_matches_the_eager_step_on_the_cpu(tmp_path):
     """The compile path of training.compile (Inductor, one compiled block reused by every layer),
-    run on the CPU where this torch can compile for it; skipped, with the reason, where it cannot
-    (Inductor's CPU backend needs a C++ compiler)."""
-    try:
-        out = compiled_and_eager(tmp_path, torch.device("cpu"), "fp32", steps=4)
-    except Exception as err:  # torch._dynamo / Inductor failures: no compiler, unsupported platform
-        pytest.skip(f"torch.compile cannot compile for the CPU here: {type(err).__name__}: {str(err)[:200]}")
+    run on the CPU; skipped only where torch itself says it cannot compile here (see
+    cpu_compile_unsupported), with that reason. A cold Inductor compile takes tens of seconds."""
+    reason = cpu_compile_unsupported()
+    if reason:
+        pytest.skip(reason)
+    out = compiled_and_eager(tmp_path, torch.device("cpu"), "fp32", steps=4)
     (eager, w_eager), (compiled, w_compiled) = out["eager"], out["compiled"]
     assert compiled == pytest.approx(eager, rel=1e-5, abs=1e-6)
     for name in w_eager:
         torch.testing.assert_close(w_compiled[name], w_eager[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_broken_compiled_path_fails_the_cpu_compile_test_rather_than_skipping(tmp_path, monkeypatch):
+    """The slow test above, with the compiled loss broken: its error comes through, no skip hides it."""
+    reason = cpu_compile_unsupported()
+    if reason:
+        pytest.skip(reason)
+
+    def broken(self):
+        raise RuntimeError("the compiled loss is broken")
+
+    monkeypatch.setattr(Trainer, "_compiled_loss", broken)
+    try:
+        test_compiled_step_matches_the_eager_step_on_the_cpu(tmp_path)
+    except pytest.skip.Exception as skipped:
+        pytest.fail(f"a broken compiled path was reported as a skip: {skipped}")
+    except RuntimeError as err:
+        assert str(err) == "the compiled loss is broken"
+    else:
+        pytest.fail("the broken compiled loss was never called")
+
+
+def test_cpu_compile_is_unsupported_only_where_torch_finds_no_compiler(monkeypatch):
+    """The one reason besides torch.compile's platform check: Inductor's search for a C++ compiler fails."""
+    import torch._inductor.config
+    assert cpu_compile_unsupported() is None or "unsupported" in cpu_compile_unsupported()
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/c++",))
+    reason = cpu_compile_unsupported()
+    assert reason.startswith("Inductor's CPU backend finds no C++ compiler") or "torch.compile is unsupported" in reason
 
 
 def test_device_data_cuts_the_all_padding_columns_and_the_loss_is_unchanged(tmp_path):

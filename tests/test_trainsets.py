@@ -6,6 +6,7 @@ Small sets only (2,500 to 20,000 lines); the 2,000,000-line timing is in the mod
 import hashlib
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,11 +70,13 @@ def test_records_are_the_pilot_generators(lines_20k):
         assert len(sequence_ids(record["expr"], record["result"])) <= 30  # the longest any expression can need
 
 
+@pytest.mark.slow
 def test_output_does_not_depend_on_the_number_of_processes(lines_20k):
     for processes in (2, 3):
         assert list(training_lines(20_000, processes=processes)) == lines_20k, processes
 
 
+@pytest.mark.slow
 def test_files_are_reproducible_and_pinned(tmp_path):
     a = write_training_set(5000, tmp_path / "a", processes=1)
     b = write_training_set(5000, tmp_path / "b", processes=2)
@@ -149,9 +152,18 @@ def test_depth_labels_unchanged():
 # ---------------------------------------------------------------------------- checksum: damage is found
 
 
+@pytest.fixture(scope="module")
+def made_once(tmp_path_factory):
+    return write_training_set(2500, tmp_path_factory.mktemp("sets"), processes=1)
+
+
 @pytest.fixture
-def made(tmp_path):
-    return write_training_set(2500, tmp_path / "sets", processes=1)
+def made(made_once, tmp_path):
+    """A fresh copy of one generated set (and its manifest) for each test to damage."""
+    (tmp_path / "sets").mkdir()
+    for source in (made_once, manifest_path(made_once)):
+        shutil.copy2(source, tmp_path / "sets" / source.name)
+    return tmp_path / "sets" / made_once.name
 
 
 def test_verified_set_is_kept(made, capsys):
@@ -196,6 +208,7 @@ def test_missing_set_is_generated_without_a_note(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow
 def test_two_processes_making_one_set_take_turns(tmp_path):
     # runs of a sweep started together: one makes the set, the other finds it made and verified
     command = [sys.executable, "-m", "src.data", "--train-size", "5000", "--out", str(tmp_path), "--processes", "1"]

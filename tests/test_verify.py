@@ -1,4 +1,5 @@
-"""verify_10m_config.py, run as a user runs it: output lines and exit status."""
+"""verify_10m_config.py: output lines and exit status. The default check runs the script as a user
+runs it (a subprocess); the other cases call its main() in-process, as its __main__ block does."""
 
 import subprocess
 import sys
@@ -20,6 +21,21 @@ def verify(*args) -> subprocess.CompletedProcess:
         text=True,
         timeout=120,
     )
+
+
+@pytest.fixture
+def verify_here(capsys, monkeypatch):
+    """`verify(*args)` in-process: main(args) from the repository root, stdout and stderr captured."""
+    import verify_10m_config
+
+    monkeypatch.chdir(REPO_ROOT)
+
+    def run(*args) -> subprocess.CompletedProcess:
+        rc = verify_10m_config.main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["verify_10m_config.py", *args], rc, out, err)
+
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +60,16 @@ def test_default_checks_scale_10m(default_run):
     assert "CUDA:" in out
 
 
-def test_pilot_config():
-    proc = verify("--config", "configs/pilot.yaml")
+def test_pilot_config(verify_here):
+    proc = verify_here("--config", "configs/pilot.yaml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Total parameters: 664,192" in proc.stdout
     assert "Target: 0.66M" in proc.stdout
     assert "[OK] Configuration verified" in proc.stdout
 
 
-def test_require_cuda():
-    proc = verify("--require-cuda")
+def test_require_cuda(verify_here):
+    proc = verify_here("--require-cuda")
     if torch.cuda.is_available():
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "CUDA: available" in proc.stdout
@@ -63,24 +79,24 @@ def test_require_cuda():
         assert "Total parameters: 10,651,776" in proc.stdout  # the count is still reported
 
 
-def test_count_far_from_target_fails(tmp_path):
+def test_count_far_from_target_fails(tmp_path, verify_here):
     path = write_pilot_variant(tmp_path, lambda raw: raw.update(target_parameters=1_000_000))
-    proc = verify("--config", str(path))
+    proc = verify_here("--config", str(path))
     assert proc.returncode == 1
     assert "Total parameters: 664,192" in proc.stdout
     assert "Difference: -33.6%" in proc.stdout
     assert "[ERROR]" in proc.stdout and "[OK]" not in proc.stdout
 
 
-def test_invalid_config_fails(tmp_path):
+def test_invalid_config_fails(tmp_path, verify_here):
     path = write_pilot_variant(tmp_path, lambda raw: raw["model"].update(d_model=0))
-    proc = verify("--config", str(path))
+    proc = verify_here("--config", str(path))
     assert proc.returncode == 1
     assert "[ERROR]" in proc.stdout and "model.d_model" in proc.stdout
     assert "Traceback" not in proc.stderr
 
 
-def test_missing_config_fails(tmp_path):
-    proc = verify("--config", str(tmp_path / "nope.yaml"))
+def test_missing_config_fails(tmp_path, verify_here):
+    proc = verify_here("--config", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 1
     assert "[ERROR]" in proc.stdout and "nope.yaml" in proc.stdout

@@ -15,55 +15,25 @@ from pathlib import Path
 
 from src.errors import write_failed
 
-# A test hook, read once: PARENS_TEST_KILL="<file name>[@<n>]:<mid|after>[:<SIGNAL>]" makes the
-# process send itself SIGNAL (default KILL) on its n-th (default first) write of that file name,
-# half-way through the bytes (mid) or once the file is in place (after). The crash tests use it
-# to stop a run at a named point, deterministically. Unset, it costs one dict lookup per write.
-_KILL = os.environ.get("PARENS_TEST_KILL")
-_writes: dict[str, int] = {}
 
-
-def _kill_point(name: str, where: str) -> None:
-    target, _, rest = _KILL.partition(":")
-    point, _, sig = rest.partition(":")
-    file, _, nth = target.partition("@")
-    if file == name and point == where and _writes.get(name, 0) == int(nth or 1):
-        import signal
-
-        os.kill(os.getpid(), getattr(signal, f"SIG{sig or 'KILL'}"))
-
-
-def write_synced(path: Path, data: bytes, final_name: str | None = None) -> None:
+def write_synced(path: Path, data: bytes) -> None:
     """Write `data` to `path` and flush it to the disk (the step a full disk fails)."""
-    name = final_name or path.name
-    _writes[name] = _writes.get(name, 0) + 1
     with open(path, "wb") as fh:
-        if _KILL:
-            fh.write(data[: len(data) // 2])
-            fh.flush()
-            os.fsync(fh.fileno())
-            _kill_point(name, "mid")
-            data = data[len(data) // 2:]
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def replaced(tmp: Path, path: Path, counts_as_write: bool = False) -> None:
-    """`os.replace(tmp, path)`: the moment the new version of `path` becomes visible
-    (`counts_as_write` for a name that was linked rather than written)."""
-    if counts_as_write:
-        _writes[path.name] = _writes.get(path.name, 0) + 1
+def replaced(tmp: Path, path: Path) -> None:
+    """`os.replace(tmp, path)`: the moment the new version of `path` becomes visible."""
     os.replace(tmp, path)
-    if _KILL:
-        _kill_point(path.name, "after")
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        write_synced(tmp, data, path.name)
+        write_synced(tmp, data)
         replaced(tmp, path)
     except BaseException as err:  # a full disk, or Ctrl-C half-way: no temporary file is left
         tmp.unlink(missing_ok=True)

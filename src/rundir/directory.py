@@ -172,7 +172,7 @@ class RunDir:
                 os.link(self.path / source, tmp)
             except OSError:
                 shutil.copyfile(self.path / source, tmp)
-            replaced(tmp, self.path / name, counts_as_write=True)
+            replaced(tmp, self.path / name)
         except OSError as err:
             tmp.unlink(missing_ok=True)
             raise write_failed(self.path / name, err) from None
