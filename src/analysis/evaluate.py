@@ -15,6 +15,9 @@ Besides each split's metrics, eval.json holds two comparisons of the test sets:
     content_and_bracket_gap  test_paren minus test_flat: different expressions (operand counts, the
                              share of `*`, signs differ too), so this mixes content with brackets; an
                              interval from resampling each set, no test and no verdict
+the cost of brackets by kind (redundant: the matched pairs; precedence-changing:
+pilot_test_paren_precedence.jsonl against the flat lines it names) with the floor of each test, exact_match
+on the near-twin-free subset of each file (src/analysis/bracket_cost.py),
 and, per split, exact_match by expression class (`exact_match_by_class`: operands, operators, depth
 and their cross, each with a Wilson interval; src/data/classes.py, DESIGN.md section 8).
 """
@@ -32,6 +35,7 @@ from src.data import load_jsonl
 from src.errors import run_main
 from src.rundir.results import stamp
 
+from src.analysis import bracket_cost
 from src.analysis.common import add_run_arguments, load_batches, open_run, run_seed, with_data_dir
 from src.metrics import (EVAL_SPLITS, METRIC_DEFINITIONS, SIGN_CONVENTION, VERDICT_METRICS, compare_test_sets,
                          per_example_scores, summarize)
@@ -72,6 +76,7 @@ def main(argv=None) -> int:
     by_class = {s: exact_match_by_class(load_jsonl(cfg.data.path(s), cfg.model.max_seq_len)[: args.limit],
                                         scores[s]["exact_match"]) for s in batches}
     comparisons = compare_test_sets(scores)
+    by_kind = bracket_cost.report(model, cfg, scores, args.limit, device, args.precision)
     print(format_table(results))
     for metric in VERDICT_METRICS:
         c = comparisons["bracket_cost"]["metrics"][metric]
@@ -82,7 +87,7 @@ def main(argv=None) -> int:
                          "step": ckpt.get("step"), "config": cfg.name, "seed": run_seed(args.run), "precision": args.precision, "fp16": args.precision == "fp16",
                          "limit": args.limit, "metric_definitions": METRIC_DEFINITIONS, "sign_convention": SIGN_CONVENTION,
                          "data_files": {split: str(cfg.data.path(split)) for split in EVAL_SPLITS},
-                         "metrics": results, **comparisons, "exact_match_by_class": by_class})
+                         "metrics": results, **comparisons, "exact_match_by_class": by_class, **by_kind})
     write_result(path, out)
     return 0
 
