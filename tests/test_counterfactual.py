@@ -216,3 +216,22 @@ def test_wrong_variable_and_missing_file(tmp_path):
         load_pairs(DATA_DIR / FILES["value"], "operator")
     with pytest.raises(UserError, match="python -m src.data"):
         load_pairs(tmp_path / "absent.jsonl")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--near-twin-free"], "--near-twin-free goes with --train-size N"),
+    (["--counterfactual-against", "2000", "--seed", "7"], "regenerates the seed-42 pair files"),
+])
+def test_flags_that_do_not_go_together(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        data_cli.main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_damaged_twins_file_names_the_fix(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / data_cli.TWINS_FILE).write_text('{"schema": "other"}')
+    monkeypatch.setattr(data_cli, "REPO_ROOT", tmp_path)
+    with pytest.raises(UserError, match="git checkout data/counterfactual_train_twins.json"):
+        data_cli._recorded_twins(42)

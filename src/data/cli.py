@@ -54,8 +54,9 @@ def _positive_int(text: str) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m src.data",
-        description="Generate the six data files of docs/DESIGN.md sections 4 and 5, or with --train-size a "
-        "larger training set for the learnability extension (section 8).",
+        description="Generate the six data files of docs/DESIGN.md sections 4 and 5, the precedence pairs and the "
+        "counterfactual pair files of docs/CAUSAL_MODELS.md, or with --train-size a larger training set for the "
+        "learnability extension (section 8).",
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed of the six files (default 42, as the shipped files)")
     # a string, not a Path: Path("") would be ".", and an empty --out must be an error, not the current directory
