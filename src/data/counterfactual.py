@@ -74,7 +74,7 @@ VALUE_CELLS = tuple((d, i, o) for d in (1, 2) for i in ("+-", "*") for o in ("+"
 OPERATOR_CELLS = tuple((d, i, o) for d in (1, 2) for i in ("+-", "*") for o in ("+", "-", "*"))
 CELLS = {"value": VALUE_CELLS, "operator": OPERATOR_CELLS}
 SOURCE_TRIES = 50        # re-draws per source before the base is given up
-MAX_CANDIDATES = 2_000_000  # bases drawn at most (about 60,000 are needed)
+MAX_CANDIDATES = 200_000   # bases drawn at most (about 11,000 are needed at max_seq_len 32)
 # the safe evaluator, remembered: a base is evaluated again for each of its sources
 evaluate = lru_cache(maxsize=1 << 16)(_evaluate)
 _NUMBER = re.compile(r"\d+")
