@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from src.analysis import evaluate
+from src.analysis import bracket_cost, evaluate
 from src.analysis.bracket_cost import (
     _family,
     mcnemar_floor,
@@ -64,6 +64,10 @@ def test_near_twin_free_subset_drops_the_items_seen_up_to_near_twins(tmp_path):
     assert flat["whole"]["n"] == 4 and flat["whole"]["exact_match"] == 0.5
     assert flat["unseen"]["n"] == 2 and flat["unseen"]["exact_match"] == 0.0 and flat["near_twins_seen"] == 2
     assert out["splits"]["extra"]["unseen"]["n"] == 1 and out["training_forms"] == 3
+    costs = {"redundant": paired_outcomes([True, False], [True, True]), "precedence_changing": {"unavailable": "absent"}}
+    text = bracket_cost.summary({"bracket_cost_by_kind": costs, "near_twin_free": out})
+    assert "redundant (2 pairs), exact_match bracketed - flat: +0.5000" in text and "floor 1" in text
+    assert "precedence_changing: absent" in text and "test_flat: exact_match 0.5000 whole (4), 0.0000" in text
 
 
 def test_near_twin_free_without_the_training_file_says_what_is_missing(tmp_path):

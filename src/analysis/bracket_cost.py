@@ -170,3 +170,27 @@ def near_twin_free(cfg, scores: dict, limit: int | None, extra: dict | None = No
         out["splits"][name] = {"whole": _subset_cell(correct), "unseen": _subset_cell(unseen),
                                "near_twins_seen": len(correct) - len(unseen)}
     return out
+
+
+def summary(report_: dict) -> str:
+    """Plain-text lines of `report`: each kind's cost with its test and floor, then the near-twin-free subsets."""
+    costs, near = report_["bracket_cost_by_kind"], report_["near_twin_free"]
+    lines = []
+    for kind in ("redundant", "precedence_changing"):
+        k = costs.get(kind)
+        if k is None or "unavailable" in k:
+            lines.append(f"bracket cost, {kind}: {k['unavailable'] if k else 'not evaluated'}")
+            continue
+        lines.append(f"bracket cost, {kind} ({k['n_pairs']} pairs), exact_match bracketed - flat: {k['difference']:+.4f}  "
+                     f"McNemar p={k['p_value']:.3g} (d={k['discordant']}, floor {k['p_floor']:.3g})")
+    if "family" in costs:
+        lines.append(f"bracket cost family (Holm, alpha {ALPHA}): {costs['family']['verdict']}")
+    if "unavailable" in near:
+        lines.append(f"near-twin-free subsets: {near['unavailable']}")
+    else:
+        for name, s in near["splits"].items():
+            unseen = s["unseen"]["exact_match"]
+            lines.append(f"{name}: exact_match {s['whole']['exact_match']:.4f} whole ({s['whole']['n']}), "
+                         + (f"{unseen:.4f}" if unseen is not None else "n/a")
+                         + f" without near twins of the training set ({s['unseen']['n']})")
+    return "\n".join(lines)

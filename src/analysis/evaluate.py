@@ -83,6 +83,7 @@ def main(argv=None) -> int:
         lo, hi = c.get("ci95", (math.nan, math.nan))
         print(f"bracket cost (test_paren_matched - test_flat), {metric}: {c['estimate']:+.4f} [{lo:+.4f}, {hi:+.4f}]  "
               f"{c.get('test')} p={c.get('p_value', math.nan):.3g} p_adjusted={c.get('p_adjusted', math.nan):.3g}")
+    print(bracket_cost.summary(by_kind))
     out = stamp("eval", {"run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"],
                          "step": ckpt.get("step"), "config": cfg.name, "seed": run_seed(args.run), "precision": args.precision, "fp16": args.precision == "fp16",
                          "limit": args.limit, "metric_definitions": METRIC_DEFINITIONS, "sign_convention": SIGN_CONVENTION,

@@ -37,9 +37,10 @@ How the pairs are drawn (one generator, random.Random("<seed>-counterfactual")):
     predicted answer fits max_seq_len.
   * Near twins are kept out: no base or source has the canonical form (src/data/canonical.py) of an
     expression of the shipped files (train, val, tests, matched pairs, precedence pairs), nor of the
-    forms listed in `recorded_twins` (the near twins of the generated training sets, found once by
-    `python -m src.data --counterfactual-against N` and recorded in the manifest, so that the files
-    regenerate without the generated sets).
+    forms listed in `recorded_twins`: the near twins of a generated training set that the generator met,
+    found once by `python -m src.data --counterfactual-against N`, kept in
+    data/counterfactual_train_twins.json and copied into the manifest, so that the files regenerate
+    byte for byte without the generated set.
 """
 
 from __future__ import annotations
