@@ -145,10 +145,14 @@ def test_shipped_files_reproduce_byte_for_byte(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.jsonl" for n in EXPECTED_COUNTS)
-    for name in EXPECTED_COUNTS:
-        shipped_bytes = (DATA_DIR / f"{name}.jsonl").read_bytes()
-        assert (out / f"{name}.jsonl").read_bytes() == shipped_bytes, f"{name}.jsonl differs from the generator's"
+    # the six files, then the precedence pairs and the counterfactual pair files with their manifest
+    pair_files = ["pilot_test_paren_precedence.jsonl", "counterfactual_value.jsonl", "counterfactual_operator.jsonl",
+                  "counterfactual_manifest.json"]
+    names = [f"{n}.jsonl" for n in EXPECTED_COUNTS] + pair_files
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    for name in names:
+        shipped_bytes = (DATA_DIR / name).read_bytes()
+        assert (out / name).read_bytes() == shipped_bytes, f"{name} differs from the generator's"
 
 
 @pytest.mark.parametrize("name, count", EXPECTED_COUNTS.items())

@@ -15,6 +15,9 @@ Besides each split's metrics, eval.json holds two comparisons of the test sets:
     content_and_bracket_gap  test_paren minus test_flat: different expressions (operand counts, the
                              share of `*`, signs differ too), so this mixes content with brackets; an
                              interval from resampling each set, no test and no verdict
+the cost of brackets by kind (redundant: the matched pairs; precedence-changing:
+pilot_test_paren_precedence.jsonl against the flat lines it names) with the floor of each test, exact_match
+on the near-twin-free subset of each file (src/analysis/bracket_cost.py),
 and, per split, exact_match by expression class (`exact_match_by_class`: operands, operators, depth
 and their cross, each with a Wilson interval; src/data/classes.py, DESIGN.md section 8).
 """
@@ -31,6 +34,7 @@ from src.cli import ArgumentParser, check_output_file
 from src.errors import run_main
 from src.rundir.results import stamp
 
+from src.analysis import bracket_cost
 from src.analysis.common import Run, RunData, add_run_arguments, open_run, scores_by_split, with_data_dir
 from src.metrics import (EVAL_SPLITS, METRIC_DEFINITIONS, SIGN_CONVENTION, VERDICT_METRICS, compare_test_sets,
                          summarize)
@@ -77,18 +81,20 @@ def evaluate_run(run: Run, data: RunData, args) -> dict:
     comparisons = compare_test_sets(scores)
     if run.limit is not None:
         print(run.titled("evaluation"))
+    by_kind = bracket_cost.report(run.model, cfg, scores, run.limit, run.device, run.precision)
     print(format_table(results))
     for metric in VERDICT_METRICS:
         c = comparisons["bracket_cost"]["metrics"][metric]
         lo, hi = c.get("ci95", (math.nan, math.nan))
         print(f"bracket cost (test_paren_matched - test_flat), {metric}: {c['estimate']:+.4f} [{lo:+.4f}, {hi:+.4f}]  "
               f"{c.get('test')} p={c.get('p_value', math.nan):.3g} p_adjusted={c.get('p_adjusted', math.nan):.3g}")
+    print(bracket_cost.summary(by_kind))
     out = stamp("eval", {"run": str(run.path), "checkpoint": run.checkpoint, "epoch": run.ckpt["epoch"],
                          "step": run.ckpt.get("step"), "config": cfg.name, "seed": run.seed, "precision": run.precision,
                          "fp16": run.precision == "fp16", "limit": run.limit, "metric_definitions": METRIC_DEFINITIONS,
                          "sign_convention": SIGN_CONVENTION,
                          "data_files": {split: str(cfg.data.path(split)) for split in EVAL_SPLITS},
-                         "metrics": results, **comparisons, "exact_match_by_class": by_class})
+                         "metrics": results, **comparisons, "exact_match_by_class": by_class, **by_kind})
     write_result(path, out)
     return out
 

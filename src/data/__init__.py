@@ -107,6 +107,57 @@ def evaluate(expr: str) -> int:
     return value
 
 
+def parse(expr: str):
+    """The parse tree of `expr` under standard precedence (* before + -, left-associative): an int leaf or
+    (op, left, right), the form `_random_tree` draws. The grammar of `evaluate`, checked the same way (an
+    ExpressionError says what is wrong); for the analyses of structure (src/data/canonical.py), while the
+    generator's hot path keeps `evaluate`, which builds no tree."""
+    text, pos = expr + "\0", 0
+
+    def parse_sum():
+        nonlocal pos
+        node = parse_product()
+        while text[pos] in "+-":
+            op = text[pos]
+            pos += 1
+            node = (op, node, parse_product())
+        return node
+
+    def parse_product():
+        nonlocal pos
+        node = parse_atom()
+        while text[pos] == "*":
+            pos += 1
+            node = ("*", node, parse_atom())
+        return node
+
+    def parse_atom():
+        nonlocal pos
+        if text[pos] == "(":
+            pos += 1
+            node = parse_sum()
+            if text[pos] != ")":
+                raise ExpressionError(f"expected ')' at position {pos}")
+            pos += 1
+            return node
+        start = pos
+        while text[pos].isdigit():
+            pos += 1
+        if start == pos:
+            raise ExpressionError(f"expected a number or '(' at position {pos}")
+        digits = expr[start:pos]
+        if digits[0] == "0" or not MIN_OPERAND <= int(digits) <= MAX_OPERAND:
+            raise ExpressionError(f"number {digits} at position {start} is not an integer from 1 to 99")
+        return int(digits)
+
+    if not expr:
+        raise ExpressionError("empty expression")
+    tree = parse_sum()
+    if pos != len(expr):
+        raise ExpressionError(f"unexpected {expr[pos]!r} at position {pos}")
+    return tree
+
+
 _BRACKET_STEP = {"(": 1, ")": -1}
 
 

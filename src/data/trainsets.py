@@ -25,6 +25,20 @@ cores were free (66-70 s of CPU; 169 MB; 650 MB-1 GB of memory at the peak), up 
 was busy (two pure-Python loops side by side then ran 2.3 times slower than one alone); 20,000,000 in
 8 minutes (1.7 GB, 3.6 GB of memory).
 
+Two kinds of set, side by side (KINDS):
+  "plain"           train_N.jsonl, the stream above: the sets the committed extension results were trained
+                    on, kept byte for byte (GENERATOR_VERSION 1, pinned by tests/test_trainsets.py).
+  "near_twin_free"  train_nt_N.jsonl (`python -m src.data --train-size N --near-twin-free`): the same stream
+                    with every line after the shipped 2,000-line prefix dropped whose canonical form
+                    (src/data/canonical.py: redundant brackets dropped, + and * chains sorted, - in order)
+                    is that of an expression of a held-out file: the shipped val and test files, the
+                    matched and precedence pairs, and every base and source of the counterfactual pair
+                    files (NEAR_TWIN_HELD_OUT). The prefix is data/pilot_train.jsonl as shipped, so sets of
+                    either kind up to 2,000 lines are the same; `near_twin_lines` finds the lines of a set
+                    that are near twins of held-out items (none after the prefix, for this kind). Its
+                    manifest names the kind and the sha256 of every file whose forms it excludes. The
+                    canonical forms are computed in the workers that draw (about 40 us an expression).
+
 Beside each set, `train_N.manifest.json` (schema trainset/1) records N, the seed, the generator version,
 the number of lines and bytes, the set's sha256 and the sha256 of each shipped file it was built on.
 Both files are written atomically, the set first: an interrupted generation leaves no set, or a set
@@ -85,6 +99,10 @@ HELD_OUT = tuple(name for name in (*SPLITS, MATCHED_SPLIT) if name != TRAIN_SPLI
 CHUNK_SIZE = 10_000          # slots per independently seeded chunk (part of the stream's definition)
 PROGRESS_FROM = 100_000      # a progress bar for sets at least this large
 DATA_DIR = REPO_ROOT / "data"
+KINDS = ("plain", "near_twin_free")
+NEAR_TWIN_PREFIX = "train_nt_"  # the file name of a near_twin_free set: train_nt_N.jsonl
+# the files whose expressions' canonical forms a near_twin_free set excludes (beyond the prefix)
+NEAR_TWIN_HELD_OUT = (*HELD_OUT, "pilot_test_paren_precedence", "counterfactual_value", "counterfactual_operator")
 
 # the form Record.to_json writes; a line of another form is parsed and checked in full
 _CANONICAL = re.compile(rb'^\{"expr": "([0-9()+*-]+)", "result": (-?[0-9]+), "depth": \[[0-9, ]*\]\}$', re.M)
@@ -112,9 +130,17 @@ def check_train_size(n) -> int:
     return n
 
 
-def training_set_path(n: int, out_dir=None) -> Path:
-    """Where the set of size `n` lives: `out_dir` (default data/generated/) / train_N.jsonl."""
-    return config.generated_training_set(check_train_size(n), out_dir)
+def training_set_path(n: int, out_dir=None, kind: str = "plain") -> Path:
+    """Where the set of size `n` lives: `out_dir` (default data/generated/) / train_N.jsonl, or train_nt_N.jsonl
+    for the near_twin_free kind."""
+    path = config.generated_training_set(check_train_size(n), out_dir)
+    return path.with_name(f"{NEAR_TWIN_PREFIX}{n}.jsonl") if _kind(kind) == "near_twin_free" else path
+
+
+def _kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"training set kind {kind!r}: expected one of {', '.join(KINDS)}")
+    return kind
 
 
 def manifest_path(path: Path) -> Path:
@@ -122,10 +148,10 @@ def manifest_path(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(".jsonl") + ".manifest.json")
 
 
-def _sources(data_dir: Path) -> dict[str, str]:
+def _sources(data_dir: Path, kind: str = "plain") -> dict[str, str]:
     """sha256 of each shipped file a set is built on: the pilot training file and the held-out files."""
     sources = {}
-    for name in (TRAIN_SPLIT, *HELD_OUT):
+    for name in (TRAIN_SPLIT, *(NEAR_TWIN_HELD_OUT if kind == "near_twin_free" else HELD_OUT)):
         path = data_dir / f"{name}.jsonl"
         try:
             sources[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -231,7 +257,50 @@ def check_training_set(path, max_seq_len: int, held_out=None) -> None:
                         f"{file}; no training expression may be in a validation or test file")
 
 
+def near_twin_forms(data_dir=DATA_DIR) -> set[str]:
+    """The canonical forms a near_twin_free set excludes: those of every expression of NEAR_TWIN_HELD_OUT (for the
+    pair files, every base and source), each file validated as it is read."""
+    from src.data.canonical import canonical
+    from src.data.counterfactual import load_pairs
+    from src.data.precedence import PRECEDENCE_SPLIT, load_precedence
+
+    data_dir, exprs = Path(data_dir), []
+    for name in NEAR_TWIN_HELD_OUT:
+        path = data_dir / f"{name}.jsonl"
+        if name == PRECEDENCE_SPLIT:
+            exprs += [pair.record.expr for pair in load_precedence(path)]
+        elif name.startswith("counterfactual_"):
+            exprs += [line[side]["expr"] for line in load_pairs(path) for side in ("base", "source")]
+        else:
+            exprs += [record.expr for record in load_jsonl(path, sys.maxsize)]
+    return {canonical(e) for e in exprs}
+
+
+def near_twin_lines(path, forms: set[str], start: int = 0) -> list[int]:
+    """Line numbers (from 1) of the lines after the first `start` of a training file whose canonical form is in `forms`."""
+    from src.data.canonical import canonical
+
+    with open(path, "rb") as fh:
+        return [line_no for line_no, raw in enumerate(fh, start=1)
+                if line_no > start and canonical(json.loads(raw)["expr"]) in forms]
+
+
 # ---------------------------------------------------------------------------- generation
+
+
+_EXCLUDED_FORMS: frozenset = frozenset()  # in each worker: the forms a near_twin_free stream drops
+
+
+def _set_excluded_forms(forms: frozenset) -> None:
+    global _EXCLUDED_FORMS
+    _EXCLUDED_FORMS = forms
+
+
+def _draw_chunk_near_twin_free(chunk: int) -> list[str | None]:
+    """Chunk `chunk` of the plain stream, each expression whose canonical form is excluded replaced by None."""
+    from src.data.canonical import canonical
+
+    return [None if canonical(expr) in _EXCLUDED_FORMS else expr for expr in _draw_chunk(chunk)]
 
 
 def _draw_chunk(chunk: int) -> list[str]:
@@ -281,29 +350,34 @@ class _InProcess:
         return False
 
 
-def _kept_lines(seen: set[str], processes: int, first_line: int) -> Iterator[tuple[list[int], list[str]]]:
+def _kept_lines(seen: set[str], processes: int, first_line: int,
+                excluded_forms: frozenset | None = None) -> Iterator[tuple[list[int], list[str]]]:
     """Chunks 0, 1, 2, ... in order, each as the slots and lines of its expressions not yet in `seen` (added to it).
 
     Two steps per chunk, both in the workers: draw the expressions, then (once the expressions already taken
     are dropped, here, in chunk order) format the records of those kept: a third of the draws are dropped at
     2,000,000 (the 2-number expressions run out), and formatting them would be wasted."""
+    draw = _draw_chunk if excluded_forms is None else _draw_chunk_near_twin_free
     if processes == 1:
         pool = _InProcess()
+        if excluded_forms is not None:
+            _set_excluded_forms(excluded_forms)
     else:  # fork on Linux, where it is safe: spawn would import torch again in each worker
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
-        pool = ProcessPoolExecutor(processes, mp_context=context)
+        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_set_excluded_forms,
+                                   initargs=(excluded_forms or frozenset(),))
     misses = [0] * len(TRAIN_DEPTHS)
     with pool:
         draws, formats = deque(), deque()  # a few chunks ahead of each step, never the whole (endless) stream
         try:
             for chunk in count():
-                draws.append(pool.submit(_draw_chunk, chunk))
+                draws.append(pool.submit(draw, chunk))
                 if len(draws) < processes:
                     continue
                 slots, kept = [], []
                 for slot, expr in enumerate(draws.popleft().result()):
                     depth = slot % len(TRAIN_DEPTHS)
-                    if expr in seen:
+                    if expr is None or expr in seen:  # None: a near twin of a held-out item
                         misses[depth] += 1
                         if misses[depth] >= MAX_MISSES:  # not below MAX_TRAIN_SIZE, but never loop forever
                             raise UserError(f"{misses[depth]} expressions of depth {TRAIN_DEPTHS[depth]} in a row were "
@@ -324,7 +398,7 @@ def _kept_lines(seen: set[str], processes: int, first_line: int) -> Iterator[tup
                 future.cancel()
 
 
-def _blocks(n: int, processes: int | None, data_dir: Path) -> Iterator[list[str]]:
+def _blocks(n: int, processes: int | None, data_dir: Path, kind: str = "plain") -> Iterator[list[str]]:
     """The first `n` lines of the stream (module docstring), in blocks."""
     check_train_size(n)
     pilot_path = data_dir / f"{TRAIN_SPLIT}.jsonl"
@@ -344,7 +418,8 @@ def _blocks(n: int, processes: int | None, data_dir: Path) -> Iterator[list[str]
         return
     queues = [deque() for _ in TRAIN_DEPTHS]  # kept lines of each depth, not yet placed
     position = len(pilot_lines)
-    for slots, lines in _kept_lines(seen, processes or default_processes(), position):
+    excluded = frozenset(near_twin_forms(data_dir)) if _kind(kind) == "near_twin_free" else None
+    for slots, lines in _kept_lines(seen, processes or default_processes(), position, excluded):
         for slot, line in zip(slots, lines):
             queues[slot % len(TRAIN_DEPTHS)].append(line)
         block = []
@@ -357,9 +432,9 @@ def _blocks(n: int, processes: int | None, data_dir: Path) -> Iterator[list[str]
         yield block
 
 
-def training_lines(n: int, processes: int | None = None, data_dir=DATA_DIR) -> Iterator[str]:
+def training_lines(n: int, processes: int | None = None, data_dir=DATA_DIR, kind: str = "plain") -> Iterator[str]:
     """The first `n` lines of the stream (module docstring), each ending in a newline."""
-    for block in _blocks(n, processes, Path(data_dir)):
+    for block in _blocks(n, processes, Path(data_dir), kind):
         yield from block
 
 
@@ -370,18 +445,21 @@ def _make_dir(directory: Path) -> None:
         raise UserError(f"{directory}: could not be created ({err.strerror or err}); choose another directory") from None
 
 
-def _manifest(n: int, lines: int, size: int, sha256: str, sources: dict[str, str]) -> dict:
-    return {"schema": SCHEMA, "n": n, "seed": TRAIN_SEED, "generator_version": GENERATOR_VERSION,
+def _manifest(n: int, lines: int, size: int, sha256: str, sources: dict[str, str], kind: str = "plain") -> dict:
+    meta = {"schema": SCHEMA, "n": n, "seed": TRAIN_SEED, "generator_version": GENERATOR_VERSION,
             "chunk_size": CHUNK_SIZE, "max_seq_len": TRAIN_MAX_SEQ_LEN, "depths": list(TRAIN_DEPTHS),
             "lines": lines, "bytes": size, "sha256": sha256, "sources": sources}
+    if kind != "plain":  # a plain set's manifest stays as it was, so that existing sets verify
+        meta["kind"] = kind
+    return meta
 
 
 def write_training_set(n: int, out_dir=None, processes: int | None = None, progress: bool | None = None,
-                       data_dir=DATA_DIR) -> Path:
+                       data_dir=DATA_DIR, kind: str = "plain") -> Path:
     """Generate the set of size `n` into `out_dir` (default data/generated/), checked, with its manifest."""
-    path = training_set_path(n, out_dir)
+    path = training_set_path(n, out_dir, kind)
     data_dir = Path(data_dir)
-    sources = _sources(data_dir)
+    sources = _sources(data_dir, kind)
     _make_dir(path.parent)
     show = n >= PROGRESS_FROM if progress is None else progress
     digest, size, written = hashlib.sha256(), 0, 0
@@ -390,7 +468,7 @@ def write_training_set(n: int, out_dir=None, processes: int | None = None, progr
     try:
         with tmp.open("wb") as fh, tqdm(total=n, desc=path.name, unit=" lines", unit_scale=True,
                                              disable=not show, file=sys.stderr) as bar:
-            for block in _blocks(n, processes, data_dir):
+            for block in _blocks(n, processes, data_dir, kind):
                 data = "".join(block).encode()
                 fh.write(data)
                 digest.update(data)
@@ -407,7 +485,7 @@ def write_training_set(n: int, out_dir=None, processes: int | None = None, progr
         if isinstance(err, OSError):
             raise write_failed(path, err) from None
         raise
-    atomic_write_json(manifest_path(path), _manifest(n, written, size, digest.hexdigest(), sources))
+    atomic_write_json(manifest_path(path), _manifest(n, written, size, digest.hexdigest(), sources, kind))
     return path
 
 
@@ -423,7 +501,7 @@ def _sha256_of_file(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def training_set_problem(path, data_dir=DATA_DIR) -> str | None:
+def training_set_problem(path, data_dir=DATA_DIR, kind: str = "plain") -> str | None:
     """What is wrong with the generated set at `path` (None if it matches its manifest and this generator)."""
     path = Path(path)
     manifest = manifest_path(path)
@@ -437,10 +515,11 @@ def training_set_problem(path, data_dir=DATA_DIR) -> str | None:
         return f"its manifest {manifest.name} is unreadable ({str(err)[:100]})"
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
         return f"its manifest {manifest.name} is not of schema {SCHEMA}"
-    n = path.name.removeprefix("train_").removesuffix(".jsonl")
-    expected = _manifest(int(n) if n.isdigit() else -1, 0, 0, "", _sources(Path(data_dir)))
-    for key in ("n", "seed", "generator_version", "chunk_size", "max_seq_len", "depths", "sources"):
-        if meta.get(key) != expected[key]:
+    prefix = NEAR_TWIN_PREFIX if _kind(kind) == "near_twin_free" else "train_"
+    n = path.name.removeprefix(prefix).removesuffix(".jsonl")
+    expected = _manifest(int(n) if n.isdigit() else -1, 0, 0, "", _sources(Path(data_dir), kind), kind)
+    for key in ("n", "seed", "generator_version", "chunk_size", "max_seq_len", "depths", "sources", "kind"):
+        if meta.get(key) != expected.get(key):
             what = "the shipped data files" if key == "sources" else key
             return f"made with another {what} ({manifest.name} says {str(meta.get(key))[:100]})"
     try:
@@ -469,7 +548,7 @@ def _one_at_a_time(path: Path):
 
 
 def ensure_training_set(n: int, out_dir=None, *, processes: int | None = None, progress: bool | None = None,
-                        repair: bool = True, data_dir=DATA_DIR) -> Path:
+                        repair: bool = True, data_dir=DATA_DIR, kind: str = "plain") -> Path:
     """The path of the set of size `n` in `out_dir` (default data/generated/), sound and verified.
 
     Missing: generated. Present: verified against its manifest. Damaged, truncated, without a manifest
@@ -477,15 +556,16 @@ def ensure_training_set(n: int, out_dir=None, *, processes: int | None = None, p
     or with `repair=False` a UserError saying what is wrong and what to do. `processes` (default: the
     cores available) changes only the speed; `progress` (default: from 100,000 lines) a bar on stderr.
     """
-    path = training_set_path(n, out_dir)
+    path = training_set_path(n, out_dir, kind)
     _make_dir(path.parent)
     with _one_at_a_time(path):
-        problem = training_set_problem(path, data_dir)
+        problem = training_set_problem(path, data_dir, kind)
         if problem is None:
             return path
         if problem != "missing":
             if not repair:
-                raise UserError(f"{path}: {problem}; delete it, or remake it with `python -m src.data --train-size {n} "
+                flag = " --near-twin-free" if kind == "near_twin_free" else ""
+                raise UserError(f"{path}: {problem}; delete it, or remake it with `python -m src.data --train-size {n}{flag} "
                                 f"--out {path.parent}`")
             print(f"note: {path}: {problem}; regenerating it", file=sys.stderr)
-        return write_training_set(n, out_dir, processes, progress, data_dir)
+        return write_training_set(n, out_dir, processes, progress, data_dir, kind)
