@@ -96,7 +96,7 @@ METRIC = {
            "base's result; 95% Wilson interval",
     "kept_base": "share of pairs whose decoded answer is exactly the base's own answer; 95% Wilson interval",
 }
-PAIRS_COMMAND = "python -m src.data.counterfactual"
+PAIRS_COMMAND = "python -m src.data --seed 42 --out data"
 IIA_REACH = 0.9  # the level whose first relative depth the summary reports (docs/PREREGISTRATION.md, H2)
 DEFAULT_CHUNK = 8192
 OPERATORS = "+-*"
