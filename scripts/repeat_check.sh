@@ -5,7 +5,7 @@
 # compared: every metrics.jsonl row (peak memory aside), the weights and optimizer state of
 # checkpoint_latest.pt and checkpoint_best.pt, the selected epoch. Needs CUDA; the comparison goes to
 # OUT/e2e/<config>.compare.txt with both runs' metrics.jsonl and one summary.json (BENCHMARKS.md,
-# "Two trainings of one seed": H100, 2026-11-26, equal in every respect for both scales).
+# "Two trainings of one seed": H100, equal in every respect for both scales).
 #
 #   OUT=runs/repeat_check bash scripts/repeat_check.sh
 #   CONFIGS=ext_pilot_n20000 EPOCHS=1 DEVICE=cpu bash scripts/repeat_check.sh    # a quick try on the CPU
