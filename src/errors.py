@@ -43,6 +43,14 @@ def run_main(main, argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     try:
+        return _run(main, argv, debug)
+    finally:
+        if "src.rundir.directory" in sys.modules:  # the shared locks an analysis took on the runs it read
+            sys.modules["src.rundir.directory"].release_shared()
+
+
+def _run(main, argv, debug: bool) -> int:
+    try:
         return main(argv) or 0
     except UserError as err:
         if debug:

@@ -98,6 +98,7 @@ from src.cli import ArgumentParser, comma_list, float_in, int_in, seed_value
 from src.config import REPO_ROOT, Config, check_data_paths, config_from_dict, find_configs, flat, load_config
 from src.errors import UserError, run_main
 from src.rundir.paths import check_output_dir
+from src.rundir.atomic import NOFOLLOW
 from src.rundir.directory import RUN_FILES, _try_lock
 from src.rundir.results import read_metrics
 from src.training.signals import Interrupted
@@ -272,9 +273,9 @@ def holder(lock: Path) -> str | None:
     """Who holds the flock on `lock` ("PID n on host"), or None when nobody does. The lock is taken
     for an instant to find out and dropped at once."""
     try:
-        fd = os.open(lock, os.O_RDWR)
+        fd = os.open(lock, os.O_RDWR | NOFOLLOW)
     except OSError:
-        return None  # no lock file: nobody has locked it
+        return None  # no lock file (or a link, never followed: src.train refuses it): nobody has locked it
     try:
         if _try_lock(fd):
             return None
@@ -310,7 +311,12 @@ class GroupLock:
         self.held: list[tuple[Path, int]] = []
         for seed in sorted(seeds):
             path = seed_lock(runs, seed)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o644)
+            except OSError as err:  # a symbolic link (ELOOP) is never followed, nor is anything written through it
+                self.release()
+                raise UserError(f"{path}: cannot be opened as a lock file ({err.strerror or err}); a sweep's seed "
+                                f"lock is a plain file: remove it (rm {path}) and run again") from None
             if not _try_lock(fd):
                 who = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
                 os.close(fd)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from src.rundir.checkpoint import load_model
+from src.rundir.directory import hold_run_shared
 from src.cli import MAX_EXAMPLES, int_in
 from src.config import config_from_dict
 from src.data import Batch, load_jsonl, make_batch
@@ -84,6 +85,7 @@ def open_run(args) -> tuple[CompactTransformer, dict, object, torch.device]:
         raise UserError(f"--run {args.run}: not a directory; pass a run directory written by src.train")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be a positive number of examples")
+    hold_run_shared(args.run)  # refused while a training writes into the run (docs/RELIABILITY.md)
     device, _ = resolve_device(args.device, gpu_only=False, precision=args.precision or "fp32")
     model, ckpt = load_model(args.run, args.checkpoint, device)
     if args.precision is None:  # the run's own precision, unless this device cannot run it

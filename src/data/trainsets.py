@@ -66,7 +66,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from src.rundir.atomic import atomic_write_json, replaced
+from src.rundir.atomic import atomic_write_json, open_temporary, replaced
 from src.cli import int_in
 from src import config
 from src.config import MAX_TRAIN_SIZE, REPO_ROOT
@@ -386,9 +386,9 @@ def write_training_set(n: int, out_dir=None, processes: int | None = None, progr
     show = n >= PROGRESS_FROM if progress is None else progress
     digest, size, written = hashlib.sha256(), 0, 0
     # a temporary name of its own (two trainers may make the same set at once); renamed once complete and checked
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp = open_temporary(path)  # created exclusively, no link followed
     try:
-        with tmp.open("wb") as fh, tqdm(total=n, desc=path.name, unit=" lines", unit_scale=True,
+        with open(fd, "wb") as fh, tqdm(total=n, desc=path.name, unit=" lines", unit_scale=True,
                                              disable=not show, file=sys.stderr) as bar:
             for block in _blocks(n, processes, data_dir):
                 data = "".join(block).encode()
