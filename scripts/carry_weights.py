@@ -37,14 +37,21 @@ import json
 import math
 from pathlib import Path
 
-import torch
-
-from src.rundir.atomic import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
-from src.rundir.checkpoint import checked_model_config, load_checkpoint, model_from_checkpoint
-from src.cli import ArgumentParser, float_in
-from src.device import run_precision
+from src.cli import interrupted  # light: ready before torch is
 from src.errors import UserError, run_main
-from src.model import CompactTransformer
+
+try:
+    import torch
+
+    from src.rundir.atomic import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
+    from src.rundir.checkpoint import checked_model_config, load_checkpoint, model_from_checkpoint
+    from src.cli import ArgumentParser, float_in
+    from src.device import run_precision
+    from src.model import CompactTransformer
+except KeyboardInterrupt:  # Ctrl-C while torch imports: the one line of any other moment
+    if __name__ != "__main__":
+        raise
+    raise SystemExit(run_main(interrupted)) from None
 
 SCHEMA = "weights/1"
 KEPT = ("model_config", "config", "model", "epoch", "step", "best", "seed", "precision")

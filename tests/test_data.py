@@ -144,7 +144,7 @@ def test_shipped_files_reproduce_byte_for_byte(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.jsonl" for n in EXPECTED_COUNTS)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*(f"{n}.jsonl" for n in EXPECTED_COUNTS), "data.manifest.json"])
     for name in EXPECTED_COUNTS:
         shipped_bytes = (DATA_DIR / f"{name}.jsonl").read_bytes()
         assert (out / f"{name}.jsonl").read_bytes() == shipped_bytes, f"{name}.jsonl differs from the generator's"

@@ -15,6 +15,7 @@ from src.rundir.directory import hold_run_shared
 from src.cli import MAX_EXAMPLES, int_in
 from src.config import config_from_dict
 from src.data import Batch, load_jsonl, make_batch
+from src.data.integrity import check_pairs
 from src.device import PRECISIONS, resolve_device, run_precision
 from src.errors import UserError
 from src.model import CompactTransformer
@@ -101,6 +102,8 @@ def load_batches(cfg, splits, limit: int | None, device) -> dict[str, Batch]:
     """Each split as one padded batch on the device, cut to its first `limit` examples; the training
     set to its first ANALYSIS_TRAIN_MAX expressions at most (the extension's sets hold millions)."""
     train_max = min(limit or ANALYSIS_TRAIN_MAX, ANALYSIS_TRAIN_MAX)
+    if {"test_flat", "test_paren_matched"} <= set(splits):  # the pairs are checked pair by pair before use
+        check_pairs(cfg.data.path("test_flat"), cfg.data.path("test_paren_matched"), limit)
     batches = load_split_batches(cfg, tuple(splits), train_max=train_max)
     if limit is not None:
         batches = {s: b.select(torch.arange(min(limit, len(b)))) for s, b in batches.items()}

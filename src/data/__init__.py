@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from src.rundir.atomic import atomic_write_text
+from src.data import integrity
+from src.rundir.atomic import write_files_together
 from src.config import REPO_ROOT
 from src.errors import UserError
 from src.tokenizer import (ANSWER_SEPARATOR, BOS_ID, CHARACTERS, EOS_ID, IGNORE_INDEX, PAD_ID, answer_text, encode,
@@ -323,9 +324,8 @@ def write_splits(splits: dict[str, list[Record]], out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {out_dir}: could not be created ({err.strerror or err}); choose another directory") from None
-    for name, records in splits.items():
-        text = "".join(r.to_json() + "\n" for r in records)
-        atomic_write_text(out_dir / f"{name}.jsonl", text)
+    files = {f"{name}.jsonl": "".join(r.to_json() + "\n" for r in records).encode() for name, records in splits.items()}
+    write_files_together(out_dir, files, integrity.MANIFEST, integrity.MANIFEST_SCHEMA)  # a whole, with a manifest
 
 
 # ---------------------------------------------------------------------------- loading
@@ -380,6 +380,7 @@ def load_jsonl(path, max_seq_len: int, verified: bool = False, max_records: int 
     if verified:
         return _load_verified(Path(path))[:max_records]
     path = Path(path)
+    integrity.check_generated(path)  # a file of an interrupted or mixed generation is refused
     if not path.is_file():
         out = path.parent.resolve()
         out = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out  # the command runs from the repository root

@@ -21,6 +21,7 @@ from src.config import GENERATED_DIR, MAX_TRAIN_SIZE, REPO_ROOT
 from src.data import (MATCHED_SPLIT, MAX_FRESH_EXCLUDE, SPLITS, check_max_seq_len, generate_splits, load_jsonl,
                       split_minimums, write_splits)
 from src.rundir.paths import check_output_dir
+from src.training.signals import StopSignals
 
 # ---------------------------------------------------------------------------- command line
 
@@ -74,6 +75,11 @@ def main(argv=None) -> int:
                         "the output does not depend on it")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
     args = parser.parse_args(argv)
+    with StopSignals("no partial file is left; run the same command again"):  # SIGTERM too: workers and temporary files go
+        return _generate(parser, args)
+
+
+def _generate(parser, args) -> int:
     if args.fresh_test is not None:
         if args.train_size is not None or args.seed is not None:
             parser.error("--fresh-test takes its own seed; it goes with neither --train-size nor --seed")

@@ -66,6 +66,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+from src.errors import ignore_interrupts
 from src.rundir.atomic import atomic_write_json, open_temporary, replaced
 from src.cli import int_in
 from src import config
@@ -291,7 +292,7 @@ def _kept_lines(seen: set[str], processes: int, first_line: int) -> Iterator[tup
         pool = _InProcess()
     else:  # fork on Linux, where it is safe: spawn would import torch again in each worker
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
-        pool = ProcessPoolExecutor(processes, mp_context=context)
+        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=ignore_interrupts)
     misses = [0] * len(TRAIN_DEPTHS)
     with pool:
         draws, formats = deque(), deque()  # a few chunks ahead of each step, never the whole (endless) stream

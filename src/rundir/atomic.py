@@ -167,3 +167,51 @@ def atomic_save(obj, path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getbuffer())
+
+
+def write_files_together(directory, files: dict[str, bytes], manifest_name: str, schema: str) -> None:
+    """Write the files of one output directory as a whole (src.data's splits), with a manifest.
+
+    1. every file goes to a temporary file of its own (a failure or a signal here leaves the directory
+       as it was, its previous manifest still true, and no temporary file);
+    2. the manifest is written with `"complete": false` and the new files' sha256;
+    3. each file is renamed into place, SIGINT and SIGTERM held back meanwhile (they act once the
+       renames are done);
+    4. the manifest becomes `"complete": true`.
+    A reader (src.data.integrity.check_generated) refuses a directory whose manifest is not complete,
+    or a listed file whose checksum differs: only a SIGKILL or a power cut between 2 and 4 can leave a
+    mix of old and new files, and that mix is then refused, never used.
+    """
+    import signal
+    import threading
+
+    directory = Path(directory)
+    temporaries: dict[str, Path] = {}
+    try:
+        for name, data in files.items():
+            fd, tmp = open_temporary(directory / name)
+            temporaries[name] = tmp
+            with open(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        sums = {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in files.items()}
+        manifest = {"schema": schema, "complete": False, "files": sums}
+        atomic_write_json(directory / manifest_name, manifest)
+        hold = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+        if hold:
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            for name, tmp in list(temporaries.items()):
+                replaced(tmp, directory / name)
+                del temporaries[name]
+            atomic_write_json(directory / manifest_name, {**manifest, "complete": True})
+        finally:
+            if hold:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    except BaseException as err:
+        for tmp in temporaries.values():
+            discard(tmp)
+        if isinstance(err, OSError) and not isinstance(err, FileExistsError):
+            raise write_failed(directory, err) from None
+        raise
