@@ -76,6 +76,7 @@ group); the sweep then exits 128 + the signal's number (130 for Ctrl-C), and the
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -97,7 +98,7 @@ from src.rundir.atomic import atomic_write_bytes
 from src.cli import ArgumentParser, comma_list, float_in, int_in, seed_value
 from src.config import REPO_ROOT, Config, check_data_paths, config_from_dict, find_configs, flat, load_config
 from src.errors import UserError, run_main
-from src.rundir.paths import check_output_dir
+from src.rundir.paths import check_name, check_output_dir
 from src.rundir.atomic import NOFOLLOW
 from src.rundir.directory import RUN_FILES, _try_lock
 from src.rundir.results import read_metrics
@@ -254,6 +255,7 @@ def make_plan(args) -> list[Group]:
     check_output_dir(args.results_dir, "--results-dir")
     groups = []
     for path in files:
+        check_name(path.stem, f"{path}: its stem")  # RUNS/<stem> and RESULTS/<stem> stay inside their directories
         cfg = load_config(path)
         check_config(cfg, path)
         if args.device == "cpu" and cfg.training.precision != "fp32":
@@ -345,8 +347,16 @@ def sweep_command(args, group: Group) -> str:
 
 
 def train_log(runs: Path, seeds) -> Path:
-    """RUNS/C/train_<seeds>.log: the log of the seeds trained together in one command."""
-    return runs / f"train_{'+'.join(str(s) for s in seeds)}.log"
+    """RUNS/C/train_<seeds>.log: the log of the seeds trained together in one command. A long list
+    (60 seeds, or seeds of many digits) is named by its first and last seed, its size and a hash of
+    the whole list, so that the name stays within the file system's limit and still differs for
+    every set of seeds."""
+    seeds = [str(s) for s in seeds]
+    name = f"train_{'+'.join(seeds)}.log"
+    if len(name) <= 100:
+        return runs / name
+    digest = hashlib.sha256(",".join(seeds).encode()).hexdigest()[:16]
+    return runs / f"train_{seeds[0][:20]}..{seeds[-1][:20]}_{len(seeds)}seeds_{digest}.log"
 
 
 def train_command(args, group: Group, seeds: list[int], resume: bool) -> list[str]:

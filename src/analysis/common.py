@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from src.rundir.checkpoint import load_model
+from src.rundir.checkpoint import check_own_checkpoint, load_model
 from src.rundir.directory import hold_run_shared
-from src.cli import MAX_EXAMPLES, int_in
+from src.cli import MAX_EXAMPLES, int_in, path_arg
 from src.config import config_from_dict
 from src.data import Batch, load_jsonl, make_batch
 from src.data.integrity import check_pairs
@@ -60,7 +60,7 @@ def relative_layer(layer: int, num_layers: int) -> float:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, type=Path, help="run directory written by src.train")
+    parser.add_argument("--run", required=True, type=path_arg, help="run directory written by src.train")
     parser.add_argument("--checkpoint", default="best", help="best, latest, or a checkpoint path (default: best)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when available); a missing CUDA falls back to the CPU "
@@ -89,6 +89,8 @@ def open_run(args) -> tuple[CompactTransformer, dict, object, torch.device]:
     hold_run_shared(args.run)  # refused while a training writes into the run (docs/RELIABILITY.md)
     device, _ = resolve_device(args.device, gpu_only=False, precision=args.precision or "fp32")
     model, ckpt = load_model(args.run, args.checkpoint, device)
+    args.foreign_checkpoint = check_own_checkpoint(args.run, ckpt, args.checkpoint, args.checkpoint,
+                                                   getattr(args, "out", None) is not None)
     if args.precision is None:  # the run's own precision, unless this device cannot run it
         args.precision = run_precision(ckpt, args.run)
         if args.precision != "fp32" and device.type != "cuda":

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from src.data import trainsets
-from src.cli import int_in
+from src.cli import MAX_SEED, int_in
 from src.config import GENERATED_DIR, MAX_TRAIN_SIZE, REPO_ROOT
 from src.data import (MATCHED_SPLIT, MAX_FRESH_EXCLUDE, SPLITS, check_max_seq_len, generate_splits, load_jsonl,
                       split_minimums, write_splits)
@@ -43,7 +43,8 @@ def main(argv=None) -> int:
         description="Generate the six data files of docs/DESIGN.md sections 4 and 5, or with --train-size a "
         "larger training set for the learnability extension (section 8).",
     )
-    parser.add_argument("--seed", type=int, default=None, help="random seed of the six files (default 42, as the shipped files)")
+    parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=None,  # random.Random(-s) is random.Random(s)
+                        help=f"random seed of the six files, 0 to {MAX_SEED} (default 42, as the shipped files)")
     # a string, not a Path: Path("") would be ".", and an empty --out must be an error, not the current directory
     parser.add_argument("--out", default=None,
                         help="directory to write into (created if missing); default data for the six files, "

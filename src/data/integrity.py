@@ -74,9 +74,14 @@ def unbracketed(expr: str) -> str:
 
 
 def check_pairs(flat_path, matched_path, limit: int | None = None) -> None:
-    """Line i of `matched_path` is line i of `flat_path` with brackets added (the first `limit` lines)."""
+    """Line i of `matched_path` is line i of `flat_path` with brackets added (the first `limit` lines).
+    A missing file is left to the reader, which says how to make it."""
     flat_path, matched_path = Path(flat_path), Path(matched_path)
+    if flat_path.exists() and matched_path.exists() and flat_path.samefile(matched_path):
+        return  # one file as both splits (a smoke-test config): no pairs to check
     exprs = []
+    if not (flat_path.is_file() and matched_path.is_file()):
+        return
     for path in (flat_path, matched_path):
         check_generated(path)
         lines = []

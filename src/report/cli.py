@@ -9,13 +9,14 @@ import re
 from pathlib import Path
 
 from src.rundir.atomic import atomic_write_bytes, atomic_write_text
-from src.cli import ArgumentParser, check_output_file
+from src.cli import ArgumentParser, check_output_file, path_arg
 from src.errors import UserError
 from src.metrics import METRIC_DEFINITIONS
 from src.report import figures
 from src.report.collect import collect
 from src.report.compare import aggregate
 from src.report.markdown import ORIGINAL, SECTIONS
+from src.report.text import shown
 from src.rundir.results import metrics_row_problem, read_metrics, read_result, rounded, stamp
 
 
@@ -82,11 +83,12 @@ def build_report(run_dirs, out: Path, extension: Path | None = None) -> dict:
                               "metric_definitions": METRIC_DEFINITIONS})
     # one line, rounded: the aggregate repeats per-head numbers of every run
     report_json = json.dumps(rounded(report), separators=(",", ":")) + "\n"
+    markdown = shown("\n".join(md)).encode("utf-8")  # every output ready (names escaped) before the first write
     out.parent.mkdir(parents=True, exist_ok=True)
     for name, png in rendered.items():
         if png:
             atomic_write_bytes(paths[name], png)
-    atomic_write_text(paths["markdown"], "\n".join(md))
+    atomic_write_bytes(paths["markdown"], markdown)
     atomic_write_text(paths["json"], report_json)
     return report
 
@@ -97,12 +99,12 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m src.report", description=package.__doc__.split("\n\n")[0],
                                      epilog=package.__doc__.split("\n\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+    parser.add_argument("runs", nargs="+", type=path_arg, metavar="RUN",
                         help="run directories (several seeds of a config are aggregated; a directory given twice counts once)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=path_arg, default=None,
                         help="Markdown report, e.g. runs/report/REPORT.md (required unless --curves-only; the "
                         "committed one is results/REPORT.md); report.json and the figures go beside it")
-    parser.add_argument("--extension", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--extension", type=path_arg, default=None, metavar="DIR",
                         help="also a section for the learnability extension, from DIR/extension.json (written by "
                         "python -m src.report.scaling; e.g. results/extension)")
     parser.add_argument("--curves-only", action="store_true",
