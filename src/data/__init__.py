@@ -370,6 +370,9 @@ def _check_record(obj, max_seq_len: int) -> Record:
     return Record(expr, result, depth)
 
 
+MAX_LINE_BYTES = 4096  # one record: an expression of at most a few dozen tokens, its result and depth labels
+
+
 def load_jsonl(path, max_seq_len: int, verified: bool = False, max_records: int | None = None) -> list[Record]:
     """Every record of a JSONL file, validated; a UserError names the file and line of the first bad one.
     `max_records`: only the first that many lines are read (the analyses' share of a large training set).
@@ -396,12 +399,19 @@ def load_jsonl(path, max_seq_len: int, verified: bool = False, max_records: int 
                 raise UserError(f"{path}:{line_no}: not UTF-8 text (byte {err.start} of the line); fix or regenerate the file") from None
             if not line.strip():
                 raise UserError(f"{path}:{line_no}: empty line; every line must hold one JSON record")
+            if len(raw) > MAX_LINE_BYTES:  # bounds nesting and size before json.loads and the parser recurse
+                raise UserError(f"{path}:{line_no}: a line of {len(raw)} bytes, more than the {MAX_LINE_BYTES} a record "
+                                "may take; fix or regenerate the file")
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}:{line_no}: not valid JSON ({err.msg}); fix or regenerate the file") from None
+            except (ValueError, RecursionError) as err:  # an integer of thousands of digits, a deep nesting
+                raise UserError(f"{path}:{line_no}: not a usable JSON record ({str(err)[:80]})") from None
             try:
                 records.append(_check_record(obj, max_seq_len))
+            except RecursionError:
+                raise UserError(f"{path}:{line_no}: the expression nests too deeply; fix or regenerate the file") from None
             except ValueError as err:
                 raise UserError(f"{path}:{line_no}: {err}") from None
     if not records:

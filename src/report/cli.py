@@ -16,7 +16,7 @@ from src.report import figures
 from src.report.collect import collect
 from src.report.compare import aggregate
 from src.report.markdown import ORIGINAL, SECTIONS
-from src.report.text import shown
+from src.report.text import plain_text, shown
 from src.rundir.results import metrics_row_problem, read_metrics, read_result, rounded, stamp
 
 
@@ -55,6 +55,17 @@ def extension_section(directory: Path | None, out: Path) -> list[str]:
     return section
 
 
+def render(groups: dict, aggs: dict) -> dict:
+    """Every figure of the report, as PNG bytes (None where there is nothing to draw)."""
+    return {
+        "training_curves": figures.training_curves(
+            [(f"{r['config']} s{r['seed']}", r["metrics"]) for runs in groups.values() for r in runs]),
+        "probe_relative_depth": figures.probe_depth(aggs),
+        "head_specialization": figures.head_bracket_effects(groups),
+        "attention_roles": figures.attention_roles(groups),
+    }
+
+
 def build_report(run_dirs, out: Path, extension: Path | None = None) -> dict:
     """Check every output path, collect and compare the runs, render every figure, and only then write
     (figures, then REPORT.md, then report.json, each atomically): any failure before the writes leaves
@@ -71,13 +82,8 @@ def build_report(run_dirs, out: Path, extension: Path | None = None) -> dict:
     md += extension_section(extension, out)
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    rendered = {
-        "training_curves": figures.training_curves(
-            [(f"{r['config']} s{r['seed']}", r["metrics"]) for runs in groups.values() for r in runs]),
-        "probe_relative_depth": figures.probe_depth(aggs),
-        "head_specialization": figures.head_bracket_effects(groups),
-        "attention_roles": figures.attention_roles(groups),
-    }
+    with plain_text():  # config and run names drawn as written: no mathtext
+        rendered = render(groups, aggs)
     report = stamp("report", {"runs": [str(p) for p in run_dirs], "configs": aggs, "original_study": ORIGINAL,
                               "notes": notes, "figures": {k: f"{k}.png" for k, png in rendered.items() if png},
                               "metric_definitions": METRIC_DEFINITIONS})
@@ -121,7 +127,8 @@ def main(argv=None) -> int:
             rows, problems = read_metrics(run / "metrics.jsonl", check=metrics_row_problem)
             for p in problems:
                 print(f"note: {p}")
-            png = figures.training_curves([(run.name, rows)])
+            with plain_text():
+                png = figures.training_curves([(shown(run.name), rows)])
             if not png:
                 raise UserError(f"{run}: no evaluations in metrics.jsonl to plot; train the run first with python -m src.train")
             curves[path] = png
@@ -130,8 +137,8 @@ def main(argv=None) -> int:
             print(f"wrote {path}")
         return 0
     report = build_report(args.runs, args.out, args.extension)
-    print(f"wrote {args.out}, {args.out.with_name('report.json')}"
-          + "".join(f", {args.out.parent / p}" for p in report["figures"].values()))
+    print(shown(f"wrote {args.out}, {args.out.with_name('report.json')}"
+                + "".join(f", {args.out.parent / p}" for p in report["figures"].values())))
     for note in report["notes"]:
-        print(f"note: {note}")
+        print(f"note: {shown(note)}")
     return 0

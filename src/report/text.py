@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -29,6 +30,16 @@ def _fs_surrogates(text: str) -> bool:
         return True
     except UnicodeEncodeError:
         return False
+
+
+@contextlib.contextmanager
+def plain_text():
+    """Figures made inside draw every text as written (matplotlib's text.parse_math off), so that
+    laying them out (tight_layout, legends) never parses a `$` of a name as mathtext."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        yield
 
 
 def plain_png(fig, dpi: float | None = None) -> bytes:
