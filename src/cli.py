@@ -49,6 +49,11 @@ def _show(text: str) -> str:
     return text if text.strip() and text == text.strip() and "," not in text[:1] else repr(text)
 
 
+def _item(text: str) -> str:
+    """One item of a list as a message quotes it, shortened like _show."""
+    return repr(text) if len(text) <= 60 else _show(text)
+
+
 def _bounds(low, high) -> str:
     if low is not None and high is not None:
         return f"at least {low} and at most {high}"
@@ -105,13 +110,13 @@ def comma_list(choices: Iterable[str] | None = None, item: Callable[[str], objec
         values = []
         for p in parts:
             if choices is not None and p not in choices:
-                fail(text, f"unknown item {_show(p)}")
+                fail(text, f"unknown item {_item(p)}")
             try:
                 value = item(p) if item is not None else p
             except ValueError as err:
-                fail(text, f"{_show(p)}: {err}")
+                fail(text, f"{_item(p)}: {err}")
             if value in values:
-                fail(text, f"{_show(p)} is listed twice")
+                fail(text, f"{_item(p)} is listed twice")
             values.append(value)
         return values
 

@@ -158,8 +158,15 @@ def release_shared(run=None) -> None:
     keys = list(_SHARED) if run is None else [os.path.realpath(run)]
     for key in keys:
         fd = _SHARED.pop(key, None)
-        if fd is not None:
-            os.close(fd)
+        if fd is None:
+            continue
+        try:  # the last reader removes the empty .lock it made (a training's holds its PID and stays)
+            lock = Path(key) / ".lock"
+            if os.fstat(fd).st_size == 0 and _try_lock(fd) and os.path.samestat(os.fstat(fd), os.lstat(lock)):
+                os.unlink(lock)
+        except OSError:
+            pass
+        os.close(fd)
 
 
 class RunDir:
