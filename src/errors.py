@@ -56,11 +56,14 @@ def run_main(main, argv=None) -> int:
 
     if getattr(signal.getsignal(signal.SIGINT), "__name__", "") == "_interrupted_at_start_up":  # src/__init__.py's
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    directory = sys.modules.get("src.rundir.directory")
+    held = set(directory._SHARED) if directory is not None else set()
     try:
         return _run(main, argv, debug)
     finally:
-        if "src.rundir.directory" in sys.modules:  # the shared locks an analysis took on the runs it read
-            sys.modules["src.rundir.directory"].release_shared()
+        directory = sys.modules.get("src.rundir.directory")
+        for run in set(directory._SHARED) - held if directory is not None else ():
+            directory.release_shared(run)  # the shared locks this command took on the runs it read
 
 
 def _run(main, argv, debug: bool) -> int:

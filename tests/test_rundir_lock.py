@@ -1,5 +1,6 @@
 """The run's lock: training holds it exclusively, analyses share it; a conflict is refused with the holder's PID."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -79,8 +80,10 @@ def test_analyses_share_the_lock(tmp_path):
 
 
 def test_the_shared_lock_is_released_when_the_command_ends(tiny_run, capsys):
+    (tiny_run / ".lock").unlink(missing_ok=True)
     assert run_main(evaluate.main, ["--run", str(tiny_run), "--device", "cpu", "--limit", "4",
                                     "--out", str(tiny_run.parent / "eval_a.json")]) == 0
     from src.rundir import directory
 
-    assert not directory._SHARED
+    assert os.path.realpath(tiny_run) not in directory._SHARED
+    assert not (tiny_run / ".lock").exists()  # the last reader removes the empty .lock it made

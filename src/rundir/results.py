@@ -112,10 +112,21 @@ FIELD_TYPES = {
 }
 
 
-def field_problem(obj: dict) -> str | None:
+# the keys of FIELD_TYPES each kind is checked for (the report's inputs; other kinds use these names otherwise)
+KIND_FIELDS = {
+    "summary": ("seed", "parameters", "config", "epochs", "steps", "wall_time_s"),
+    "eval": ("seed", "config", "epoch", "step", "limit", "metrics"),
+    "ablation": ("seed", "config", "num_layers", "num_heads"),
+    "probe": ("seed", "config", "num_layers", "num_heads"),
+    "roles": ("seed", "config", "num_layers", "num_heads"),
+}
+
+
+def field_problem(obj: dict, kind: str) -> str | None:
     """The first top-level key of a result whose value a reader cannot use (`"parameters": "18016
     (about)"`, a seed of 1e30), or None."""
-    for key, (ok, what) in FIELD_TYPES.items():
+    for key in KIND_FIELDS.get(kind, ()):
+        ok, what = FIELD_TYPES[key]
         if key in obj and not ok(obj[key]):
             return f"'{key}' must be {what}, got {str(obj[key])[:40]!r}"
     return None
@@ -138,7 +149,7 @@ def read_result(path: Path, kind: str) -> dict:
     if schema != SCHEMAS[kind]:
         found = "no schema (written by an older version)" if schema is None else f"schema {str(schema)[:60]!r}"
         raise UserError(f"{path}: {found}, expected {SCHEMAS[kind]!r}; regenerate it with `{regenerate_hint(kind, run)}`")
-    problem = field_problem(obj)
+    problem = field_problem(obj, kind)
     if problem:
         raise UserError(f"{path}: {problem}; regenerate it with `{regenerate_hint(kind, run)}`")
     return obj
