@@ -12,8 +12,10 @@ cd /d "%~dp0"
 if not defined PYTHON set "PYTHON=python"
 
 echo == 1/2 nvidia-smi
-where nvidia-smi >nul 2>nul
-if errorlevel 1 (
+rem the PATH search of cmd itself (%%~$PATH:X), not where.exe, which some cmd versions lack
+set "NVSMI="
+for %%X in (nvidia-smi.exe) do set "NVSMI=%%~$PATH:X"
+if not defined NVSMI (
     echo nvidia-smi not found; relying on the PyTorch check below
 ) else (
     nvidia-smi

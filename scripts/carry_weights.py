@@ -35,16 +35,25 @@ import hashlib
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
-import torch
-
-from src.rundir.atomic import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
-from src.rundir.checkpoint import checked_model_config, load_checkpoint, model_from_checkpoint
-from src.cli import ArgumentParser, float_in
-from src.device import run_precision
+from src.cli import interrupted, path_arg  # light: ready before torch is
 from src.errors import UserError, run_main
-from src.model import CompactTransformer
+from src.rundir.paths import check_name
+
+try:
+    import torch
+
+    from src.rundir.atomic import atomic_save, atomic_write_bytes, atomic_write_json, atomic_write_text
+    from src.rundir.checkpoint import checked_model_config, load_checkpoint, model_from_checkpoint
+    from src.cli import ArgumentParser, float_in
+    from src.device import run_precision
+    from src.model import CompactTransformer
+except KeyboardInterrupt:  # Ctrl-C while torch imports: the one line of any other moment
+    if __name__ != "__main__":
+        raise
+    raise SystemExit(run_main(interrupted)) from None
 
 SCHEMA = "weights/1"
 KEPT = ("model_config", "config", "model", "epoch", "step", "best", "seed", "precision")
@@ -170,7 +179,7 @@ def _malformed(packed: dict) -> str | None:
 
 
 def unpack_run(manifest_path: Path, runs_dir: Path, results_dir: Path | None = None,
-               skip_existing: bool = False) -> Path | None:
+               skip_existing: bool = False, force: bool = False) -> Path | None:
     """Restore one packed run below `runs_dir` (and its small files below `results_dir`); its directory,
     or None where `skip_existing` and the run already has a checkpoint (left as it is)."""
     manifest = read_manifest(manifest_path)
@@ -192,18 +201,32 @@ def unpack_run(manifest_path: Path, runs_dir: Path, results_dir: Path | None = N
     ckpt["model"] = {k: v.to(want[k].dtype) if k in want and v.is_floating_point() else v
                      for k, v in ckpt["model"].items()}
     model_from_checkpoint(ckpt, manifest_path)  # the same schema check as every reader's
-    run = runs_dir / manifest["place"]
+    place = manifest["place"]
+    parts = place.split("/") if isinstance(place, str) else [""]
+    for part in parts:  # RUNS_DIR/<place> stays inside RUNS_DIR
+        check_name(part, f"{manifest_path}: place {str(place)[:80]!r}: the name")
+    run = runs_dir.joinpath(*parts)
     target = run / "checkpoint_best.pt"
-    if target.exists():
+    if target.exists() or target.is_symlink():
         raise UserError(f"{target}: exists already; unpack into another --runs-dir, or move the run away first")
+    written = [run / name for name in packed["files"] if name in RUN_FILES] + [run / "weights_origin.json"]
+    if results_dir is not None:
+        written += [results_dir.joinpath(*parts, name) for name in packed["files"] if name in RUN_FILES]
+    there = [str(path) for path in written if path.exists() or path.is_symlink()]
+    if there and not force:
+        raise UserError(f"{manifest_path}: unpacking would replace {len(there)} file(s) of an existing run: "
+                        f"{', '.join(there[:4])}{' ...' if len(there) > 4 else ''}; pass --force to replace them, "
+                        "or unpack into another --runs-dir / --results-dir")
+    for path in there:
+        print(f"note: replacing {path} (--force)", file=sys.stderr)
     run.mkdir(parents=True, exist_ok=True)
     atomic_save(ckpt, target)
     for name, text in packed["files"].items():
         if name in RUN_FILES:
             atomic_write_text(run / name, text)
             if results_dir is not None:
-                (results_dir / manifest["place"]).mkdir(parents=True, exist_ok=True)
-                atomic_write_text(results_dir / manifest["place"] / name, text)
+                results_dir.joinpath(*parts).mkdir(parents=True, exist_ok=True)
+                atomic_write_text(results_dir.joinpath(*parts, name), text)
     atomic_write_json(run / "weights_origin.json", {
         "unpacked_from": str(manifest_path), "packed_run": manifest.get("run"), "store": packed["store"],
         "trained_precision": manifest.get("trained_precision"), "note": manifest.get("note")})
@@ -215,9 +238,9 @@ def main(argv=None) -> int:
                        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="{pack,unpack}")
     pk = sub.add_parser("pack", help="runs' weights and small files into pieces", description="Pack runs' weights.")
-    pk.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories holding checkpoint_best.pt")
-    pk.add_argument("--out", type=Path, required=True, help="directory for the pieces and manifests")
-    pk.add_argument("--root", type=Path, help="each run is named by its path below ROOT (default: the run's "
+    pk.add_argument("runs", nargs="+", type=path_arg, metavar="RUN", help="run directories holding checkpoint_best.pt")
+    pk.add_argument("--out", type=path_arg, required=True, help="directory for the pieces and manifests")
+    pk.add_argument("--root", type=path_arg, help="each run is named by its path below ROOT (default: the run's "
                     "grandparent: RUNS/<config>/seed<S> -> <config>/seed<S>)")
     pk.add_argument("--store", choices=STORES, default="auto", help="precision of the stored weights: auto = fp16 "
                     "for a run trained in fp16, else fp32 (default: auto); fp32 keeps them bit for bit")
@@ -225,12 +248,15 @@ def main(argv=None) -> int:
                     help="largest piece in MiB (default: 15, under a 16 MiB transfer limit)")
     pk.add_argument("--debug", action="store_true", help="show a traceback on error")
     up = sub.add_parser("unpack", help="packed runs back into run directories", description="Unpack packed runs.")
-    up.add_argument("packs", type=Path, metavar="DIR", help="directory holding the pieces and *.weights.json")
-    up.add_argument("--runs-dir", type=Path, required=True, help="run directories are written to RUNS_DIR/<place>")
-    up.add_argument("--results-dir", type=Path, help="also write the small files to RESULTS_DIR/<place> (where "
+    up.add_argument("packs", type=path_arg, metavar="DIR", help="directory holding the pieces and *.weights.json")
+    up.add_argument("--runs-dir", type=path_arg, required=True, help="run directories are written to RUNS_DIR/<place>")
+    up.add_argument("--results-dir", type=path_arg, help="also write the small files to RESULTS_DIR/<place> (where "
                     "src.sweep counts a run as finished)")
     up.add_argument("--skip-existing", action="store_true", help="leave a run that already has a checkpoint as "
                     "it is (default: an error)")
+    up.add_argument("--force", action="store_true", help="replace the small files (summary.json, eval.json, ...) "
+                    "of a run already there, in RUNS_DIR or RESULTS_DIR (default: an error listing them; a "
+                    "checkpoint is never replaced)")
     up.add_argument("--debug", action="store_true", help="show a traceback on error")
     args = p.parse_args(argv)
     if args.command == "pack":
@@ -250,7 +276,7 @@ def main(argv=None) -> int:
     if not manifests:
         raise UserError(f"{args.packs}: no *.weights.json manifest; pack runs with python -m scripts.carry_weights pack")
     for manifest in manifests:
-        run = unpack_run(manifest, args.runs_dir, args.results_dir, args.skip_existing)
+        run = unpack_run(manifest, args.runs_dir, args.results_dir, args.skip_existing, args.force)
         print(f"unpacked {manifest.name} into {run}" if run else f"{manifest.name}: left as it is (its run has a "
               "checkpoint already)")
     return 0

@@ -42,7 +42,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def _show(text: str) -> str:
+    """The value as a message shows it: quoted where spaces or a leading comma would hide it, and
+    shortened past 60 characters (a 100,000-digit seed makes a message of one line, not of 100,000)."""
+    if len(text) > 60:
+        return f"{text[:24]!r}...{text[-12:]!r} ({len(text):,} characters)"
     return text if text.strip() and text == text.strip() and "," not in text[:1] else repr(text)
+
+
+def _item(text: str) -> str:
+    """One item of a list as a message quotes it, shortened like _show."""
+    return repr(text) if len(text) <= 60 else _show(text)
 
 
 def _bounds(low, high) -> str:
@@ -101,13 +110,13 @@ def comma_list(choices: Iterable[str] | None = None, item: Callable[[str], objec
         values = []
         for p in parts:
             if choices is not None and p not in choices:
-                fail(text, f"unknown item {p!r}")
+                fail(text, f"unknown item {_item(p)}")
             try:
                 value = item(p) if item is not None else p
             except ValueError as err:
-                fail(text, f"{p!r}: {err}")
+                fail(text, f"{_item(p)}: {err}")
             if value in values:
-                fail(text, f"{p!r} is listed twice")
+                fail(text, f"{_item(p)} is listed twice")
             values.append(value)
         return values
 
@@ -134,6 +143,18 @@ def interrupted(argv=None) -> int:
     """What an entry point runs through src.errors.run_main when Ctrl-C arrives while its imports
     (torch takes seconds) are still running: the one line and exit status 130 of any other moment."""
     raise KeyboardInterrupt
+
+
+def path_arg(text: str):
+    """argparse type: a path, never empty (`Path("")` is the current directory, so `--out ''` would write there)."""
+    from pathlib import Path
+
+    if text == "":
+        raise argparse.ArgumentTypeError("'': the path is empty; give a path ('.' for the current directory)")
+    return Path(text)
+
+
+path_arg.__name__ = "path"
 
 
 def seed_value(text: str) -> int:

@@ -26,6 +26,16 @@ def write_failed(path, err: OSError) -> UserError:
     return UserError(message)
 
 
+def ignore_interrupts() -> None:
+    """The initializer of worker processes: SIGINT and SIGTERM are the parent's to handle (it stops its
+    workers and removes its temporary files), so that Ctrl-C, which reaches the whole process group,
+    does not end a worker half-way through a task and leave the pool broken."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 MAX_MESSAGE = 1000  # characters: no input, however large, makes a long message
 
 
@@ -42,6 +52,21 @@ def run_main(main, argv=None) -> int:
     file and reason (exit 2), and any other exception as what it is, a bug (exit 1)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    import signal
+
+    if getattr(signal.getsignal(signal.SIGINT), "__name__", "") == "_interrupted_at_start_up":  # src/__init__.py's
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    directory = sys.modules.get("src.rundir.directory")
+    held = set(directory._SHARED) if directory is not None else set()
+    try:
+        return _run(main, argv, debug)
+    finally:
+        directory = sys.modules.get("src.rundir.directory")
+        for run in set(directory._SHARED) - held if directory is not None else ():
+            directory.release_shared(run)  # the shared locks this command took on the runs it read
+
+
+def _run(main, argv, debug: bool) -> int:
     try:
         return main(argv) or 0
     except UserError as err:

@@ -76,6 +76,7 @@ group); the sweep then exits 128 + the signal's number (130 for Ctrl-C), and the
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -97,7 +98,8 @@ from src.rundir.atomic import atomic_write_bytes
 from src.cli import ArgumentParser, comma_list, float_in, int_in, seed_value
 from src.config import REPO_ROOT, Config, check_data_paths, config_from_dict, find_configs, flat, load_config
 from src.errors import UserError, run_main
-from src.rundir.paths import check_output_dir
+from src.rundir.paths import check_name, check_output_dir
+from src.rundir.atomic import NOFOLLOW
 from src.rundir.directory import RUN_FILES, _try_lock
 from src.rundir.results import read_metrics
 from src.training.signals import Interrupted
@@ -253,6 +255,7 @@ def make_plan(args) -> list[Group]:
     check_output_dir(args.results_dir, "--results-dir")
     groups = []
     for path in files:
+        check_name(path.stem, f"{path}: its stem")  # RUNS/<stem> and RESULTS/<stem> stay inside their directories
         cfg = load_config(path)
         check_config(cfg, path)
         if args.device == "cpu" and cfg.training.precision != "fp32":
@@ -272,9 +275,9 @@ def holder(lock: Path) -> str | None:
     """Who holds the flock on `lock` ("PID n on host"), or None when nobody does. The lock is taken
     for an instant to find out and dropped at once."""
     try:
-        fd = os.open(lock, os.O_RDWR)
+        fd = os.open(lock, os.O_RDWR | NOFOLLOW)
     except OSError:
-        return None  # no lock file: nobody has locked it
+        return None  # no lock file (or a link, never followed: src.train refuses it): nobody has locked it
     try:
         if _try_lock(fd):
             return None
@@ -310,7 +313,12 @@ class GroupLock:
         self.held: list[tuple[Path, int]] = []
         for seed in sorted(seeds):
             path = seed_lock(runs, seed)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o644)
+            except OSError as err:  # a symbolic link (ELOOP) is never followed, nor is anything written through it
+                self.release()
+                raise UserError(f"{path}: cannot be opened as a lock file ({err.strerror or err}); a sweep's seed "
+                                f"lock is a plain file: remove it (rm {path}) and run again") from None
             if not _try_lock(fd):
                 who = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
                 os.close(fd)
@@ -339,8 +347,16 @@ def sweep_command(args, group: Group) -> str:
 
 
 def train_log(runs: Path, seeds) -> Path:
-    """RUNS/C/train_<seeds>.log: the log of the seeds trained together in one command."""
-    return runs / f"train_{'+'.join(str(s) for s in seeds)}.log"
+    """RUNS/C/train_<seeds>.log: the log of the seeds trained together in one command. A long list
+    (60 seeds, or seeds of many digits) is named by its first and last seed, its size and a hash of
+    the whole list, so that the name stays within the file system's limit and still differs for
+    every set of seeds."""
+    seeds = [str(s) for s in seeds]
+    name = f"train_{'+'.join(seeds)}.log"
+    if len(name) <= 100:
+        return runs / name
+    digest = hashlib.sha256(",".join(seeds).encode()).hexdigest()[:16]
+    return runs / f"train_{seeds[0][:20]}..{seeds[-1][:20]}_{len(seeds)}seeds_{digest}.log"
 
 
 def train_command(args, group: Group, seeds: list[int], resume: bool) -> list[str]:

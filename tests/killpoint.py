@@ -49,7 +49,7 @@ def install(spec: str) -> None:
             os.kill(os.getpid(), signum)
 
     def write_synced(path: Path, data: bytes) -> None:
-        name = path.name.removesuffix(".tmp")
+        name = atomic.target_name(path)
         writes[name] = writes.get(name, 0) + 1
         synced.add(Path(path))
         if name == file and point == "mid" and writes[name] == nth:

@@ -149,7 +149,7 @@ def test_shipped_files_reproduce_byte_for_byte(tmp_path):
     pair_files = ["pilot_test_paren_precedence.jsonl", "counterfactual_value.jsonl", "counterfactual_operator.jsonl",
                   "counterfactual_manifest.json"]
     names = [f"{n}.jsonl" for n in EXPECTED_COUNTS] + pair_files
-    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "data.manifest.json"])
     for name in names:
         shipped_bytes = (DATA_DIR / name).read_bytes()
         assert (out / name).read_bytes() == shipped_bytes, f"{name} differs from the generator's"

@@ -714,8 +714,10 @@ def test_sigkill_at_a_named_point_then_resume_matches_uninterrupted_run(point, l
     assert not (run / "summary.json").exists()
     assert load_all_checkpoints(run)["checkpoint_latest.pt"]["epoch"] == latest_epoch  # every checkpoint loads
     if point.endswith(":mid"):  # the half-written temporary file is there, and unreadable
-        half = run / (point.split("@")[0].split(":")[0] + ".tmp")
-        assert half.is_file()
+        name = point.split("@")[0].split(":")[0]
+        halves = list(run.glob(f".{name}.*.tmp"))  # the writer's own temporary file
+        assert len(halves) == 1 and halves[0].is_file()
+        half = halves[0]
         if half.suffix == ".tmp" and half.stem.endswith(".pt"):
             with pytest.raises(Exception):
                 torch.load(half, weights_only=True)
@@ -727,7 +729,7 @@ def test_sigkill_at_a_named_point_then_resume_matches_uninterrupted_run(point, l
 
     assert_same_training(crash["reference"], run)
     assert len(load_all_checkpoints(run)) == CRASH_EPOCHS + 2  # every epoch, latest, best
-    assert not list(run.glob("*.tmp")), "temporary files are replaced or removed on resume"
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp")), "temporary files are removed on resume"
     assert not (run / ".lock").exists(), "the lock is released at the end"
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
@@ -822,7 +824,7 @@ def test_full_disk_while_writing_a_checkpoint_keeps_previous_checkpoints(disk, s
         real = src.rundir.atomic.write_synced
 
         def write_synced(path, data):
-            if path.name == "checkpoint_epoch_3.pt.tmp":
+            if src.rundir.atomic.target_name(path) == "checkpoint_epoch_3.pt":  # its temporary file, whatever its name
                 real(path, data[: len(data) // 2])
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             return real(path, data)
@@ -858,7 +860,7 @@ def test_full_disk_while_writing_metrics_or_summary_leaves_no_half_written_file(
     writes = []
 
     def write_synced(path, data):
-        if path.name == name + ".tmp":
+        if src.rundir.atomic.target_name(path) == name:  # its temporary file, whatever its name
             writes.append(data)
             if len(writes) == nth:
                 real(path, data[: len(data) // 2])  # a partial write, then the error

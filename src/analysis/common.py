@@ -14,10 +14,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from src.rundir.checkpoint import load_model, resolve_checkpoint
-from src.cli import MAX_EXAMPLES, int_in
+from src.rundir.checkpoint import check_own_checkpoint, load_model, resolve_checkpoint
+from src.rundir.directory import hold_run_shared
+from src.cli import MAX_EXAMPLES, int_in, path_arg
 from src.config import Config, config_from_dict
 from src.data import Batch, load_jsonl, make_batch
+from src.data.integrity import check_pairs
 from src.device import PRECISIONS, resolve_device, run_precision
 from src.errors import UserError
 from src.model import CompactTransformer, is_export_dir
@@ -65,7 +67,7 @@ def relative_layer(layer: int, num_layers: int) -> float:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, type=Path, help="run directory written by src.train")
+    parser.add_argument("--run", required=True, type=path_arg, help="run directory written by src.train")
     parser.add_argument("--checkpoint", default="best",
                         help="best (the run's best checkpoint, once the training has finished), latest (its last "
                         "checkpoint, e.g. of an interrupted run), or a checkpoint path (default: best)")
@@ -210,8 +212,11 @@ def open_run(args) -> Run:
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be a positive number of examples")
     check_run_state(args.run, args.checkpoint)
+    hold_run_shared(args.run)  # refused while a training writes into the run (docs/RELIABILITY.md)
     device, _ = resolve_device(args.device, gpu_only=False, precision=args.precision or "fp32")
     model, ckpt = load_model(args.run, args.checkpoint, device)
+    args.foreign_checkpoint = check_own_checkpoint(args.run, ckpt, args.checkpoint, args.checkpoint,
+                                                   getattr(args, "out", None) is not None)
     exported = is_export_dir(args.run) and not (args.run / "checkpoint_best.pt").is_file()
     seed = run_seed(ckpt, args.run / "config.json" if exported else resolve_checkpoint(args.run, args.checkpoint))
     if args.precision is None:  # the run's own precision, unless this device cannot run it
@@ -299,6 +304,8 @@ def scores_by_split(run: Run, batches: dict[str, Batch], what: str, ablation=Non
 def load_batches(cfg, splits, limit: int | None, device) -> dict[str, Batch]:
     """Each split as one padded batch on the device, cut to its first `limit` examples; the training
     set to its first ANALYSIS_TRAIN_MAX expressions at most."""
+    if {"test_flat", "test_paren_matched"} <= set(splits):  # the pairs are checked pair by pair before use
+        check_pairs(cfg.data.path("test_flat"), cfg.data.path("test_paren_matched"), limit)
     return RunData(cfg, limit, device).batches(splits)
 
 

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from src.rundir.atomic import atomic_write_json, atomic_write_text
-from src.cli import ArgumentParser
+from src.cli import ArgumentParser, path_arg
 from src.errors import UserError, run_main
 from src.analysis.roles import ROLE_THRESHOLD, ROLES, match_roles
 from src.rundir.results import read_result, result_file, stamp
@@ -330,13 +330,13 @@ def run_evidence(run: Path, mode: str, split: str, metric: str) -> tuple[RunEvid
 def main(argv=None) -> int:
     p = ArgumentParser(prog="python -m src.analysis.rolematch", description=__doc__.split("\n\n")[0],
                        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pilot", nargs="+", type=Path, required=True, metavar="RUN", help="the pilot's run directories")
-    p.add_argument("--large", nargs="+", type=Path, required=True, metavar="RUN", help="the 10M model's run directories")
+    p.add_argument("--pilot", nargs="+", type=path_arg, required=True, metavar="RUN", help="the pilot's run directories")
+    p.add_argument("--large", nargs="+", type=path_arg, required=True, metavar="RUN", help="the 10M model's run directories")
     p.add_argument("--mode", choices=("zero", "mean"), default="zero", help="ablation mode of the effects (default: zero)")
     p.add_argument("--split", default=MATCHED_SPLIT, help="the scan's split of the effects, or bracket_specificity "
                    "(default: %(default)s)")
     p.add_argument("--metric", default="answer_loss", help="the effects' metric (default: %(default)s)")
-    p.add_argument("--out", type=Path, required=True, help="directory for rolematch.json and ROLEMATCH.md")
+    p.add_argument("--out", type=path_arg, required=True, help="directory for rolematch.json and ROLEMATCH.md")
     p.add_argument("--debug", action="store_true", help="show a traceback on error")
     args = p.parse_args(argv)
     evidence = {}

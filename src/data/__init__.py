@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from src.rundir.atomic import atomic_write_text
+from src.data import integrity
+from src.rundir.atomic import write_files_together
 from src.config import REPO_ROOT
 from src.errors import UserError
 from src.tokenizer import (ANSWER_SEPARATOR, BOS_ID, CHARACTERS, EOS_ID, IGNORE_INDEX, PAD_ID, answer_text, encode,
@@ -374,9 +375,8 @@ def write_splits(splits: dict[str, list[Record]], out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"--out {out_dir}: could not be created ({err.strerror or err}); choose another directory") from None
-    for name, records in splits.items():
-        text = "".join(r.to_json() + "\n" for r in records)
-        atomic_write_text(out_dir / f"{name}.jsonl", text)
+    files = {f"{name}.jsonl": "".join(r.to_json() + "\n" for r in records).encode() for name, records in splits.items()}
+    write_files_together(out_dir, files, integrity.MANIFEST, integrity.MANIFEST_SCHEMA)  # a whole, with a manifest
 
 
 # ---------------------------------------------------------------------------- loading
@@ -421,6 +421,9 @@ def _check_record(obj, max_seq_len: int) -> Record:
     return Record(expr, result, depth)
 
 
+MAX_LINE_BYTES = 4096  # one record: an expression of at most a few dozen tokens, its result and depth labels
+
+
 def load_jsonl(path, max_seq_len: int, verified: bool = False, max_records: int | None = None) -> list[Record]:
     """Every record of a JSONL file, validated; a UserError names the file and line of the first bad one.
     `max_records`: only the first that many lines are read (the analyses' share of a large training set).
@@ -431,6 +434,7 @@ def load_jsonl(path, max_seq_len: int, verified: bool = False, max_records: int 
     if verified:
         return _load_verified(Path(path))[:max_records]
     path = Path(path)
+    integrity.check_generated(path)  # a file of an interrupted or mixed generation is refused
     if not path.is_file():
         out = path.parent.resolve()
         out = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out  # the command runs from the repository root
@@ -446,12 +450,19 @@ def load_jsonl(path, max_seq_len: int, verified: bool = False, max_records: int 
                 raise UserError(f"{path}:{line_no}: not UTF-8 text (byte {err.start} of the line); fix or regenerate the file") from None
             if not line.strip():
                 raise UserError(f"{path}:{line_no}: empty line; every line must hold one JSON record")
+            if len(raw) > MAX_LINE_BYTES:  # bounds nesting and size before json.loads and the parser recurse
+                raise UserError(f"{path}:{line_no}: a line of {len(raw)} bytes, more than the {MAX_LINE_BYTES} a record "
+                                "may take; fix or regenerate the file")
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise UserError(f"{path}:{line_no}: not valid JSON ({err.msg}); fix or regenerate the file") from None
+            except (ValueError, RecursionError) as err:  # an integer of thousands of digits, a deep nesting
+                raise UserError(f"{path}:{line_no}: not a usable JSON record ({str(err)[:80]})") from None
             try:
                 records.append(_check_record(obj, max_seq_len))
+            except RecursionError:
+                raise UserError(f"{path}:{line_no}: the expression nests too deeply; fix or regenerate the file") from None
             except ValueError as err:
                 raise UserError(f"{path}:{line_no}: {err}") from None
     if not records:

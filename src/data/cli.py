@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from src.data import trainsets
-from src.cli import int_in
+from src.cli import MAX_SEED, int_in
 from src.config import GENERATED_DIR, MAX_TRAIN_SIZE, REPO_ROOT
 from src.data import (MATCHED_SPLIT, MAX_FRESH_EXCLUDE, SPLITS, check_max_seq_len, generate_splits, load_jsonl,
                       split_minimums, write_splits)
@@ -36,6 +36,7 @@ from src.errors import UserError
 # --counterfactual-against and read back by every later generation with that seed (a shipped input)
 TWINS_FILE = "counterfactual_train_twins.json"
 TWINS_SCHEMA = "counterfactual_train_twins/1"
+from src.training.signals import StopSignals
 
 # ---------------------------------------------------------------------------- command line
 
@@ -58,7 +59,8 @@ def main(argv=None) -> int:
         "counterfactual pair files of docs/CAUSAL_MODELS.md, or with --train-size a larger training set for the "
         "learnability extension (section 8).",
     )
-    parser.add_argument("--seed", type=int, default=None, help="random seed of the six files (default 42, as the shipped files)")
+    parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=None,  # random.Random(-s) is random.Random(s)
+                        help=f"random seed of the six files, 0 to {MAX_SEED} (default 42, as the shipped files)")
     # a string, not a Path: Path("") would be ".", and an empty --out must be an error, not the current directory
     parser.add_argument("--out", default=None,
                         help="directory to write into (created if missing); default data for the six files, "
@@ -100,6 +102,11 @@ def main(argv=None) -> int:
                         f"met in {TWINS_FILE}, which every later generation with seed 42 reads")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
     args = parser.parse_args(argv)
+    with StopSignals("no partial file is left; run the same command again"):  # SIGTERM too: workers and temporary files go
+        return _generate(parser, args)
+
+
+def _generate(parser, args) -> int:
     if args.fresh_test is not None:
         if args.train_size is not None or args.seed is not None:
             parser.error("--fresh-test takes its own seed; it goes with neither --train-size nor --seed")

@@ -80,7 +80,8 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from src.rundir.atomic import atomic_write_json, replaced
+from src.errors import ignore_interrupts
+from src.rundir.atomic import atomic_write_json, open_temporary, replaced
 from src.cli import int_in
 from src import config
 from src.config import MAX_TRAIN_SIZE, REPO_ROOT
@@ -296,6 +297,12 @@ def _set_excluded_forms(forms: frozenset) -> None:
     _EXCLUDED_FORMS = forms
 
 
+def _init_worker(forms: frozenset) -> None:
+    """A generation worker: Ctrl-C is the parent's to handle (it stops the pool), and the excluded forms."""
+    ignore_interrupts()
+    _set_excluded_forms(forms)
+
+
 def _draw_chunk_near_twin_free(chunk: int) -> list[str | None]:
     """Chunk `chunk` of the plain stream, each expression whose canonical form is excluded replaced by None."""
     from src.data.canonical import canonical
@@ -364,7 +371,7 @@ def _kept_lines(seen: set[str], processes: int, first_line: int,
             _set_excluded_forms(excluded_forms)
     else:  # fork on Linux, where it is safe: spawn would import torch again in each worker
         context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
-        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_set_excluded_forms,
+        pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_init_worker,
                                    initargs=(excluded_forms or frozenset(),))
     misses = [0] * len(TRAIN_DEPTHS)
     with pool:
@@ -464,9 +471,9 @@ def write_training_set(n: int, out_dir=None, processes: int | None = None, progr
     show = n >= PROGRESS_FROM if progress is None else progress
     digest, size, written = hashlib.sha256(), 0, 0
     # a temporary name of its own (two trainers may make the same set at once); renamed once complete and checked
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp = open_temporary(path)  # created exclusively, no link followed
     try:
-        with tmp.open("wb") as fh, tqdm(total=n, desc=path.name, unit=" lines", unit_scale=True,
+        with open(fd, "wb") as fh, tqdm(total=n, desc=path.name, unit=" lines", unit_scale=True,
                                              disable=not show, file=sys.stderr) as bar:
             for block in _blocks(n, processes, data_dir, kind):
                 data = "".join(block).encode()

@@ -40,7 +40,7 @@ import torch
 
 from src import stats
 from src.rundir.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from src.cli import ArgumentParser
+from src.cli import ArgumentParser, path_arg
 from src.errors import UserError, run_main
 from src.analysis.rolematch import patching_peaks, rolematch_markdown
 from src.rundir.results import read_result, result_file, stamp
@@ -281,7 +281,8 @@ def profile_figure(runs: list[dict]) -> bytes | None:
     with their relative depth, so that the two scales' profiles can be read side by side."""
     import numpy as np
 
-    from src.plotting import png_bytes, pyplot
+    from src.plotting import pyplot
+    from src.report.text import plain_png
 
     by_config: dict[str, list[dict]] = {}
     for r in runs:
@@ -317,7 +318,7 @@ def profile_figure(runs: list[dict]) -> bytes | None:
     fig.colorbar(image, ax=axes, shrink=0.8, label="answer log-prob change (nats)")
     fig.suptitle("Residual stream from the bracketed twin into the flat run, by position class and layer "
                  "(layer, relative depth)", fontsize=9)
-    return png_bytes(fig, dpi=110)
+    return plain_png(fig, dpi=110)
 
 
 def value_family_markdown(fam: dict) -> list[str]:
@@ -440,10 +441,10 @@ def markdown(runs: list[dict], rolematches: dict[str, dict], values: dict) -> st
 def main(argv=None) -> int:
     p = ArgumentParser(prog="python -m src.report.analyses", description=__doc__.split("\n\n")[0],
                        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="directories holding the battery's files")
-    p.add_argument("--rolematch", type=Path, nargs="+", default=[], metavar="DIR",
+    p.add_argument("runs", nargs="+", type=path_arg, metavar="RUN", help="directories holding the battery's files")
+    p.add_argument("--rolematch", type=path_arg, nargs="+", default=[], metavar="DIR",
                    help="directories of rolematch.json (e.g. one per study), each shown as its own table")
-    p.add_argument("--out", type=Path, required=True, help="directory for mechanisms.json and MECHANISMS.md")
+    p.add_argument("--out", type=path_arg, required=True, help="directory for mechanisms.json and MECHANISMS.md")
     p.add_argument("--debug", action="store_true", help="show a traceback on error")
     args = p.parse_args(argv)
     runs = [summarize_run(read_run(run)) for run in args.runs]

@@ -9,13 +9,14 @@ import re
 from pathlib import Path
 
 from src.rundir.atomic import atomic_write_bytes, atomic_write_text
-from src.cli import ArgumentParser, check_output_file
+from src.cli import ArgumentParser, check_output_file, path_arg
 from src.errors import UserError
 from src.metrics import METRIC_DEFINITIONS
 from src.report import figures
 from src.report.collect import collect
 from src.report.compare import aggregate
 from src.report.markdown import ORIGINAL, SECTIONS
+from src.report.text import plain_text, shown
 from src.rundir.results import metrics_row_problem, read_metrics, read_result, rounded, stamp
 
 
@@ -54,6 +55,17 @@ def extension_section(directory: Path | None, out: Path) -> list[str]:
     return section
 
 
+def render(groups: dict, aggs: dict) -> dict:
+    """Every figure of the report, as PNG bytes (None where there is nothing to draw)."""
+    return {
+        "training_curves": figures.training_curves(
+            [(f"{r['config']} s{r['seed']}", r["metrics"]) for runs in groups.values() for r in runs]),
+        "probe_relative_depth": figures.probe_depth(aggs),
+        "head_specialization": figures.head_bracket_effects(groups),
+        "attention_roles": figures.attention_roles(groups),
+    }
+
+
 def build_report(run_dirs, out: Path, extension: Path | None = None) -> dict:
     """Check every output path, collect and compare the runs, render every figure, and only then write
     (figures, then REPORT.md, then report.json, each atomically): any failure before the writes leaves
@@ -70,23 +82,19 @@ def build_report(run_dirs, out: Path, extension: Path | None = None) -> dict:
     md += extension_section(extension, out)
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    rendered = {
-        "training_curves": figures.training_curves(
-            [(f"{r['config']} s{r['seed']}", r["metrics"]) for runs in groups.values() for r in runs]),
-        "probe_relative_depth": figures.probe_depth(aggs),
-        "head_specialization": figures.head_bracket_effects(groups),
-        "attention_roles": figures.attention_roles(groups),
-    }
+    with plain_text():  # config and run names drawn as written: no mathtext
+        rendered = render(groups, aggs)
     report = stamp("report", {"runs": [str(p) for p in run_dirs], "configs": aggs, "original_study": ORIGINAL,
                               "notes": notes, "figures": {k: f"{k}.png" for k, png in rendered.items() if png},
                               "metric_definitions": METRIC_DEFINITIONS})
     # one line, rounded: the aggregate repeats per-head numbers of every run
     report_json = json.dumps(rounded(report), separators=(",", ":")) + "\n"
+    markdown = shown("\n".join(md)).encode("utf-8")  # every output ready (names escaped) before the first write
     out.parent.mkdir(parents=True, exist_ok=True)
     for name, png in rendered.items():
         if png:
             atomic_write_bytes(paths[name], png)
-    atomic_write_text(paths["markdown"], "\n".join(md))
+    atomic_write_bytes(paths["markdown"], markdown)
     atomic_write_text(paths["json"], report_json)
     return report
 
@@ -97,12 +105,12 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m src.report", description=package.__doc__.split("\n\n")[0],
                                      epilog=package.__doc__.split("\n\n", 2)[2],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+    parser.add_argument("runs", nargs="+", type=path_arg, metavar="RUN",
                         help="run directories (several seeds of a config are aggregated; a directory given twice counts once)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=path_arg, default=None,
                         help="Markdown report, e.g. runs/report/REPORT.md (required unless --curves-only; the "
                         "committed one is results/REPORT.md); report.json and the figures go beside it")
-    parser.add_argument("--extension", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--extension", type=path_arg, default=None, metavar="DIR",
                         help="also a section for the learnability extension, from DIR/extension.json (written by "
                         "python -m src.report.scaling; e.g. results/extension)")
     parser.add_argument("--curves-only", action="store_true",
@@ -119,7 +127,8 @@ def main(argv=None) -> int:
             rows, problems = read_metrics(run / "metrics.jsonl", check=metrics_row_problem)
             for p in problems:
                 print(f"note: {p}")
-            png = figures.training_curves([(run.name, rows)])
+            with plain_text():
+                png = figures.training_curves([(shown(run.name), rows)])
             if not png:
                 raise UserError(f"{run}: no evaluations in metrics.jsonl to plot; train the run first with python -m src.train")
             curves[path] = png
@@ -128,8 +137,8 @@ def main(argv=None) -> int:
             print(f"wrote {path}")
         return 0
     report = build_report(args.runs, args.out, args.extension)
-    print(f"wrote {args.out}, {args.out.with_name('report.json')}"
-          + "".join(f", {args.out.parent / p}" for p in report["figures"].values()))
+    print(shown(f"wrote {args.out}, {args.out.with_name('report.json')}"
+                + "".join(f", {args.out.parent / p}" for p in report["figures"].values())))
     for note in report["notes"]:
-        print(f"note: {note}")
+        print(f"note: {shown(note)}")
     return 0

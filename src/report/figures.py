@@ -5,7 +5,8 @@ bracket-specific ablation effect, and the attention roles of every head. The cal
 
 from __future__ import annotations
 
-from src.plotting import png_bytes, pyplot
+from src.plotting import pyplot
+from src.report.text import plain_png
 from src.report.compare import dig
 from src.analysis.roles import ROLES
 from src.rundir.results import evaluated
@@ -40,7 +41,7 @@ def training_curves(runs: list[tuple[str, list[dict]]]) -> bytes | None:
     for ax in (ax_loss, ax_acc):
         ax.legend(fontsize=6)
     fig.tight_layout()
-    return png_bytes(fig)
+    return plain_png(fig)
 
 
 def probe_depth(aggs: dict) -> bytes | None:
@@ -70,7 +71,7 @@ def probe_depth(aggs: dict) -> bytes | None:
     axes[-1].legend(fontsize=6, loc="lower right")
     fig.suptitle("Depth probes: mean over seeds, band = range; dashed = untrained control", fontsize=9)
     fig.tight_layout()
-    return png_bytes(fig)
+    return plain_png(fig)
 
 
 def head_bracket_effects(groups: dict) -> bytes | None:
@@ -103,7 +104,7 @@ def head_bracket_effects(groups: dict) -> bytes | None:
     axes[0].set_ylabel("answer_loss bracket specificity\n(Δ bracketed twin − Δ flat)")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    return png_bytes(fig)
+    return plain_png(fig)
 
 
 def attention_roles(groups: dict) -> bytes | None:
@@ -135,4 +136,4 @@ def attention_roles(groups: dict) -> bytes | None:
     fig.suptitle("Attention roles of every head, every seed (dotted: uniform attention; dashed: role threshold)",
                  fontsize=9)
     fig.tight_layout()
-    return png_bytes(fig)
+    return plain_png(fig)

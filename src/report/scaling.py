@@ -39,12 +39,13 @@ import statistics
 from pathlib import Path
 
 from src.rundir.atomic import atomic_write_bytes, atomic_write_text
-from src.cli import ArgumentParser, comma_list
+from src.cli import ArgumentParser, comma_list, path_arg
 from src.config import find_configs, load_config
 from src.errors import UserError, run_main
 from src.metrics import METRIC_DEFINITIONS
 from src.rundir.paths import check_output_dir
-from src.plotting import png_bytes, pyplot
+from src.plotting import pyplot
+from src.report.text import plain_png
 from src.rundir.results import evaluated, metrics_row_problem, read_metrics, rounded, read_result, regenerate_hint
 from src.stats import Family, t_quantile_975, welch_t, wilson_interval
 from src.cli import seed_value
@@ -436,7 +437,7 @@ def learning_curve(rep: dict) -> bytes:
                  f"(variants: open markers, right of their N)\nmean over seeds, bars = 95% interval (t over seeds; "
                  f"one seed: Wilson); {_seeds_text(counts)}", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
-    return png_bytes(fig, dpi=90)
+    return plain_png(fig, dpi=90)
 
 
 OPERATOR_LABEL = {"+-": "+ − only", "*": "with *"}
@@ -472,7 +473,7 @@ def class_heatmap(scale: str, name: str, entry: dict) -> bytes:
                  f"pooled per seed, mean over {seeds} seed{'s' if seeds != 1 else ''}\n(blank: no such expressions "
                  "in these test sets)", fontsize=8)
     fig.tight_layout()
-    return png_bytes(fig, dpi=90)
+    return plain_png(fig, dpi=90)
 
 
 # ---------------------------------------------------------------------------- Markdown
@@ -623,7 +624,7 @@ def class_curve_figure(rep: dict) -> bytes | None:
     fig.legend(handles, labels, fontsize=7, loc="center right")
     fig.suptitle("exact_match by class against N (plain answers); mean over seeds, bars = 95% interval", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
-    return png_bytes(fig, dpi=90)
+    return plain_png(fig, dpi=90)
 
 
 def progress_markdown(rep: dict) -> list[str]:
@@ -674,7 +675,7 @@ def val_progress(rep: dict) -> bytes | None:
         ax.legend(fontsize=7, title="variant (one line per seed)", title_fontsize=7)
     axes[0][0].set_ylabel("validation exact_match (n = 200)")
     fig.tight_layout()
-    return png_bytes(fig, dpi=90)
+    return plain_png(fig, dpi=90)
 
 
 def comparisons_markdown(comp: dict) -> list[str]:
@@ -729,9 +730,9 @@ def parse_args(argv):
     doc = __doc__.split("\n\n")
     p = ArgumentParser(prog="python -m src.report.scaling", description=doc[0],
                        epilog="\n\n".join(doc[2:]), formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", type=Path, default=Path("results/extension"),
+    p.add_argument("--results", type=path_arg, default=Path("results/extension"),
                    help="where src.sweep put the runs: RESULTS/CONFIG/seedS/eval.json (default: %(default)s)")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", type=path_arg, required=True,
                    help="directory for extension.json, EXTENSION.md and the figures, e.g. runs/extension_report "
                    "(the committed ones are in results/extension)")
     p.add_argument("--configs", default="configs/extension",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -218,3 +219,57 @@ def load_training_checkpoint(path) -> dict:
 
 # the state of an unfinished epoch, kept in a checkpoint written on SIGTERM or Ctrl-C
 EPOCH_STATE = ("order", "loss_sum", "good_steps", "bad_streak", "max_bad_streak")
+
+
+def _run_identity(run: Path) -> tuple[dict | None, object]:
+    """(config mapping, seed) the run directory records (config.yaml, summary.json); None where absent."""
+    import json
+
+    import yaml
+
+    config = seed = None
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):
+        pass
+    try:
+        seed = json.loads((run / "summary.json").read_text(encoding="utf-8")).get("seed")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        pass
+    return (config if isinstance(config, dict) else None), seed
+
+
+def foreign_checkpoint(run, ckpt: dict) -> str | None:
+    """How a checkpoint differs from the run directory it is evaluated for (None: it is the run's own).
+    Compared: the config's name and model section (the architecture) and the seed, as config.yaml and
+    summary.json record them; what the run does not record is not compared."""
+    config, seed = _run_identity(Path(run))
+    theirs = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    diffs = []
+    if config is not None:
+        if config.get("name") != theirs.get("name"):
+            diffs.append(f"config {str(theirs.get('name'))[:40]!r}, the run's {str(config.get('name'))[:40]!r}")
+        ours_model, their_model = config.get("model"), ckpt.get("model_config")
+        if isinstance(ours_model, dict) and isinstance(their_model, dict):
+            keys = [k for k in sorted(set(ours_model) | set(their_model), key=str) if ours_model.get(k) != their_model.get(k)]
+            diffs += [f"model.{k} {str(their_model.get(k))[:20]}, the run's {str(ours_model.get(k))[:20]}" for k in keys[:3]]
+    if seed is not None and "seed" in ckpt and ckpt["seed"] != seed:
+        diffs.append(f"seed {str(ckpt['seed'])[:24]}, the run's {str(seed)[:24]}")
+    return "; ".join(diffs) or None
+
+
+def check_own_checkpoint(run, ckpt: dict, path, which: str, explicit_out: bool) -> bool:
+    """A --checkpoint PATH from another run (config or seed differ) is an error: its scores would be
+    written as this run's. Evaluated on purpose, it writes only to an explicit --out, never RUN/'s
+    files. Returns whether the checkpoint is foreign (and allowed: --out was given)."""
+    if which in ("best", "latest"):
+        return False
+    diff = foreign_checkpoint(run, ckpt)
+    if diff is None:
+        return False
+    if not explicit_out:
+        raise UserError(f"--checkpoint {path}: not a checkpoint of --run {run} ({diff}); its results would be "
+                        "written as this run's. Use the run the checkpoint belongs to, or, to evaluate it on purpose, "
+                        "give --out PATH (then nothing in the run directory is written)")
+    print(f"note: --checkpoint {path} is not a checkpoint of {run} ({diff}); writing only to --out", file=sys.stderr)
+    return True

@@ -13,15 +13,18 @@ with the PID that holds the directory, and a `.lock` left by a killed process is
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import socket
+import stat
 import sys
 from pathlib import Path
 
-from src.rundir.atomic import atomic_save, atomic_write_json, atomic_write_text, replaced
+from src.rundir.atomic import (NOFOLLOW, atomic_save, atomic_write_json, atomic_write_text, discard, open_new, replaced,
+                               temporary_path)
 from src.errors import UserError, write_failed
 from src.rundir.paths import check_output_dir
 from src.rundir.results import read_metrics
@@ -31,21 +34,139 @@ RUN_FILES = ("metrics.jsonl", "checkpoint_latest.pt", "summary.json")
 try:
     import fcntl
 
-    def _try_lock(fd: int) -> bool:
+    def _try_lock(fd: int, shared: bool = False) -> bool:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             return True
         except BlockingIOError:
             return False
-except ImportError:  # Windows
+except ImportError:  # Windows: no shared locks; a reader checks that no training holds the lock, and lets go
     import msvcrt
 
-    def _try_lock(fd: int) -> bool:
+    def _try_lock(fd: int, shared: bool = False) -> bool:
         try:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            return True
         except OSError:
             return False
+        if shared:
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return True
+
+
+TEMPORARY = re.compile(r"\..+\.(\d+)-[0-9a-f]{12}\.tmp")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # Windows: os.kill would end the process, not probe it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # another user's process, or a system that cannot tell: left alone
+    return True
+
+
+def _lock_holders(fd: int) -> list[str]:
+    """The PIDs holding a lock on the file of `fd`, from /proc/locks (Linux); empty where it cannot tell."""
+    info = os.fstat(fd)
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return []
+    holders = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and "->" not in fields[1] and fields[1] == "FLOCK" and fields[5] == device:
+            holders.append(f"PID {fields[4]}" + (" (reading it)" if fields[3] == "READ" else ""))
+    return holders
+
+
+def open_lock_file(directory: Path, flag: str) -> int:
+    """A descriptor of DIRECTORY/.lock (created if missing), which must be a plain file: a symbolic link
+    there is refused, never followed (O_NOFOLLOW, and lstat where the system has no O_NOFOLLOW)."""
+    lock = directory / ".lock"
+    fix = f"a run directory's .lock is a plain file; remove it (rm {lock}) and run again"
+    try:
+        mode = os.lstat(lock).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as err:
+        raise UserError(f"{flag} {directory}: {lock} cannot be read ({err.strerror or err})") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        what = "a symbolic link" if stat.S_ISLNK(mode) else "not a plain file"
+        raise UserError(f"{flag} {directory}: {lock} is {what}, which is never followed or written through; {fix}")
+    try:
+        return os.open(lock, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"{flag} {directory}: {lock} is a symbolic link, which is never followed or written "
+                            f"through; {fix}") from None
+        raise UserError(f"{flag} {directory}: {lock} cannot be opened ({err.strerror or err}); "
+                        "check the directory's permissions") from None
+
+
+def lock_file(directory: Path, flag: str, shared: bool) -> tuple[int | None, str]:
+    """(descriptor holding the lock, "") or (None, who holds it). The lock is taken on the `.lock` that
+    is in the directory once it is held: a `.lock` removed and made again meanwhile (a training ending)
+    is locked again, so that two processes never hold locks on two different files of one name."""
+    lock = directory / ".lock"
+    for _ in range(20):
+        fd = open_lock_file(directory, flag)
+        if not _try_lock(fd, shared):
+            holders = _lock_holders(fd)
+            os.lseek(fd, 0, os.SEEK_SET)
+            written = os.read(fd, 200).decode("utf-8", "replace").strip()
+            os.close(fd)
+            if written and not any(h.endswith("(reading it)") for h in holders):
+                return None, written
+            return None, ", ".join(holders) or written or "another process"
+        try:
+            same = os.path.samestat(os.fstat(fd), os.lstat(lock))
+        except OSError:
+            same = False
+        if same:
+            return fd, ""
+        os.close(fd)
+    raise UserError(f"{flag} {directory}: {lock} keeps being replaced by another process; run again")
+
+
+_SHARED: dict[str, int] = {}  # run directory -> the descriptor of its shared lock, held by this process
+
+
+def hold_run_shared(run, flag: str = "--run") -> None:
+    """Take a shared lock on RUN/.lock for as long as this process reads the run (released by
+    release_shared or when the process ends): analyses may read a run together, each writing its
+    own result atomically, but not while a training writes into it (a training holds the lock
+    exclusively, and is refused while an analysis reads the run). Refused with the holder's PID."""
+    run = Path(run)
+    key = os.path.realpath(run)
+    if key in _SHARED:
+        return
+    fd, holder = lock_file(run, flag, shared=True)
+    if fd is None:
+        raise UserError(f"{flag} {run} is in use by {holder}, which trains into it; analyse it once the training "
+                        "has ended (or stop it), or copy the checkpoint you want elsewhere first")
+    _SHARED[key] = fd
+
+
+def release_shared(run=None) -> None:
+    """Drop this process's shared lock on `run` (every one, without `run`)."""
+    keys = list(_SHARED) if run is None else [os.path.realpath(run)]
+    for key in keys:
+        fd = _SHARED.pop(key, None)
+        if fd is None:
+            continue
+        try:  # the last reader removes the empty .lock it made (a training's holds its PID and stays)
+            lock = Path(key) / ".lock"
+            if os.fstat(fd).st_size == 0 and _try_lock(fd) and os.path.samestat(os.fstat(fd), os.lstat(lock)):
+                os.unlink(lock)
+        except OSError:
+            pass
+        os.close(fd)
 
 
 class RunDir:
@@ -79,12 +200,12 @@ class RunDir:
     def _lock(self) -> None:
         lock = self.path / ".lock"
         existed = lock.exists()
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(fd):
-            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
+        release_shared(self.path)  # this process's own reading of the run (an analysis before) is over
+        fd, holder = lock_file(self.path, "--output-dir", shared=False)
+        if fd is None:
             raise UserError(f"--output-dir {self.path} is in use by {holder}: one training writes into a run "
-                            "directory at a time. Wait for it to end, or stop it; or choose another directory")
+                            "directory at a time, and not while an analysis reads it. Wait for it to end, or stop "
+                            "it; or choose another directory")
         if existed:
             previous = os.read(fd, 200).decode("utf-8", "replace").strip()
             if previous:
@@ -94,6 +215,15 @@ class RunDir:
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode())
         self._lock_fd = fd
+        self._remove_dead_temporaries()
+
+    def _remove_dead_temporaries(self) -> None:
+        """The temporary files of writers that were killed half-way (src.rundir.atomic names them
+        `.<name>.<pid>-<random>.tmp`): with the lock held exclusively nobody else writes here."""
+        for entry in os.scandir(self.path):
+            found = TEMPORARY.fullmatch(entry.name)
+            if found and entry.is_file(follow_symlinks=False) and not _alive(int(found.group(1))):
+                discard(Path(entry.path))
 
     def release(self) -> None:
         """Remove the lock file and drop the lock (at the end of a run, or on an error)."""
@@ -164,15 +294,23 @@ class RunDir:
             self.link(names[0], name)
 
     def link(self, source: str, name: str) -> None:
-        """`name` becomes the same file as `source`, atomically."""
-        tmp = self.path / (name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        try:
+        """`name` becomes the same file as `source`, atomically (through a temporary name of its own)."""
+        target = self.path / name
+        for _ in range(100):
+            tmp = temporary_path(target)
             try:
-                os.link(self.path / source, tmp)
-            except OSError:
-                shutil.copyfile(self.path / source, tmp)
-            replaced(tmp, self.path / name)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise write_failed(self.path / name, err) from None
+                try:
+                    os.link(self.path / source, tmp, follow_symlinks=False)
+                except FileExistsError:
+                    continue
+                except OSError:  # no hard links on this file system: a copy, into a file created here
+                    with open(self.path / source, "rb") as src, open(open_new(tmp), "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                replaced(tmp, target)
+                return
+            except FileExistsError:
+                continue
+            except OSError as err:
+                discard(tmp)
+                raise write_failed(target, err) from None
+        raise write_failed(target, FileExistsError(errno.EEXIST, "no free temporary name in its directory"))

@@ -127,3 +127,14 @@ def check_input_file(path, flag: str) -> Path:
     except OSError as err:
         raise UserError(f"{where}: cannot be read ({err.strerror or err}); check its permissions") from None
     return absolute.resolve()
+
+
+def check_name(name: str, where: str) -> str:
+    """A name taken from user input (a config's file stem) that becomes one directory or file name:
+    not empty, not `.` or `..`, no path separator or NUL, so that DIR/<name> stays inside DIR."""
+    bad = (name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name
+           or (os.altsep is not None and os.altsep in name))
+    if bad:
+        raise UserError(f"{where} {_short(name)!r} cannot name a directory inside the output directory (it is empty, "
+                        "'.' or '..', or holds a path separator); rename the file")
+    return name

@@ -80,9 +80,87 @@ def read_json_text(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
+MAX_RESULT_BYTES = 256 * 2**20  # a result file: far above any the project writes (report.json of many runs: MBs)
+MAX_LINE_BYTES = 2**20           # one metrics.jsonl row: a few hundred bytes
+MAX_DEPTH = 64                   # nesting of a result: the project's files nest a few levels
+
+
+def _depth_ok(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether the JSON text nests at most `limit` levels (brackets outside strings counted), checked
+    before json.loads, which would recurse once per level."""
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return False
+        elif ch in "]}":
+            depth -= 1
+    return True
+
+
+def parse_json(text: str, where: str) -> object:
+    """json.loads bounded: nesting past MAX_DEPTH levels and integers of more than 4300 digits are a
+    ValueError naming `where` (and the line and column of a syntax error)."""
+    if text.count("[") + text.count("{") > MAX_DEPTH and not _depth_ok(text):
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{where}: nested too deeply") from None
+
+
+# the top-level keys every reader trusts, whatever the kind: (test, what it must be)
+SEED_MAX = 2**63 - 2
+FIELD_TYPES = {
+    "seed": (lambda v: v is None or (_integer(v) and 0 <= v <= SEED_MAX), f"an integer from 0 to {SEED_MAX}"),
+    "parameters": (lambda v: v is None or (_integer(v) and v >= 0), "a whole number"),
+    "config": (lambda v: v is None or isinstance(v, str), "a string"),
+    "epoch": (lambda v: v is None or _integer(v), "an integer"),
+    "epochs": (lambda v: v is None or _integer(v), "an integer"),
+    "step": (lambda v: v is None or _integer(v), "an integer"),
+    "steps": (lambda v: v is None or _integer(v), "an integer"),
+    "limit": (lambda v: v is None or _integer(v), "an integer"),
+    "num_layers": (lambda v: _integer(v) and 0 < v <= 10_000, "a positive integer"),
+    "num_heads": (lambda v: _integer(v) and 0 < v <= 10_000, "a positive integer"),
+    "wall_time_s": (lambda v: v is None or _number(v), "a number"),
+    "metrics": (lambda v: isinstance(v, dict) and all(isinstance(m, dict) for m in v.values()),
+                "a mapping of splits to metric mappings"),
+}
+
+
+# the keys of FIELD_TYPES each kind is checked for (the report's inputs; other kinds use these names otherwise)
+KIND_FIELDS = {
+    "summary": ("seed", "parameters", "config", "epochs", "steps", "wall_time_s"),
+    "eval": ("seed", "config", "epoch", "step", "limit", "metrics"),
+    "ablation": ("seed", "config", "num_layers", "num_heads"),
+    "probe": ("seed", "config", "num_layers", "num_heads"),
+    "roles": ("seed", "config", "num_layers", "num_heads"),
+}
+
+
+def field_problem(obj: dict, kind: str) -> str | None:
+    """The first top-level key of a result whose value a reader cannot use (`"parameters": "18016
+    (about)"`, a seed of 1e30), or None."""
+    for key in KIND_FIELDS.get(kind, ()):
+        ok, what = FIELD_TYPES[key]
+        if key in obj and not ok(obj[key]):
+            return f"'{key}' must be {what}, got {str(obj[key])[:40]!r}"
+    return None
+
+
 def read_result(path: Path, kind: str) -> dict:
-    """The JSON file at `path`, which must be of `kind` at the current version; `path` + ".gz" is read
-    (gunzipped) in its place when `path` itself is absent."""
+    """The JSON file at `path`, which must be of `kind` at the current version, its top-level fields
+    of the types readers use (FIELD_TYPES), its size and nesting bounded."""
     path = Path(path)
     run = path.parent
     found = result_file(path)
@@ -90,7 +168,9 @@ def read_result(path: Path, kind: str) -> dict:
         if found is None:
             raise FileNotFoundError(path)
         path = found
-        obj = json.loads(read_json_text(path))
+        if path.stat().st_size > MAX_RESULT_BYTES:
+            raise ValueError(f"{path.stat().st_size} bytes, more than the {MAX_RESULT_BYTES} a result may hold")
+        obj = parse_json(read_json_text(path), str(path))
     except FileNotFoundError:
         raise UserError(f"{path}: not found; make it with `{regenerate_hint(kind, run)}` (a compressed "
                         f"{compressed_path(path).name} in its place is read too)") from None
@@ -100,11 +180,18 @@ def read_result(path: Path, kind: str) -> dict:
     if schema != SCHEMAS[kind]:
         found = "no schema (written by an older version)" if schema is None else f"schema {str(schema)[:60]!r}"
         raise UserError(f"{path}: {found}, expected {SCHEMAS[kind]!r}; regenerate it with `{regenerate_hint(kind, run)}`")
+    problem = field_problem(obj, kind)
+    if problem:
+        raise UserError(f"{path}: {problem}; regenerate it with `{regenerate_hint(kind, run)}`")
     return obj
 
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def metrics_row_problem(row: dict) -> str | None:
@@ -141,11 +228,13 @@ def read_metrics(path: Path, check=None) -> tuple[list[dict], list[str]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            if len(line) > MAX_LINE_BYTES:
+                raise ValueError(f"{len(line)} characters, more than a row may hold")
+            row = parse_json(line, f"{path}:{line_no}")
         except ValueError as err:
             problems.append(f"{path}:{line_no}: not valid JSON ({str(err)[:80]}); line skipped")
             continue
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int) or row.get("schema", SCHEMAS["metrics"]) != SCHEMAS["metrics"]:
+        if not isinstance(row, dict) or not _integer(row.get("epoch")) or row.get("schema", SCHEMAS["metrics"]) != SCHEMAS["metrics"]:
             problems.append(f"{path}:{line_no}: not a metrics row of schema {SCHEMAS['metrics']}; line skipped")
             continue
         problem = check(row) if check is not None else None

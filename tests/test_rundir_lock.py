@@ -1,0 +1,89 @@
+"""The run's lock: training holds it exclusively, analyses share it; a conflict is refused with the holder's PID."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from src.analysis import evaluate
+from src.errors import UserError, run_main
+from src.rundir.directory import RunDir, hold_run_shared, release_shared
+
+from tests.test_reliability import REPO_ROOT, SUBPROCESS_ENV
+from tests.quickrun import quick_run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lock")
+    return quick_run(root / "run", root / "data")
+
+
+def holder(code: str):
+    """A second process that takes a lock and says `ready` (ended by the caller)."""
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code) + "\nprint('ready', flush=True)\n"
+                             "import time; time.sleep(60)"], cwd=REPO_ROOT, env=SUBPROCESS_ENV,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def stop(proc) -> None:
+    proc.kill()
+    proc.wait()
+
+
+def test_an_analysis_is_refused_while_a_training_holds_the_run(tiny_run, capsys):
+    before = sorted(p.name for p in tiny_run.iterdir() if p.name != ".lock")
+    proc = holder(f"""
+        import fcntl, os
+        fd = os.open({str(tiny_run / '.lock')!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"PID {{os.getpid()}} on trainhost".encode())""")
+    try:
+        rc = run_main(evaluate.main, ["--run", str(tiny_run), "--device", "cpu", "--limit", "4"])
+    finally:
+        stop(proc)
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--run {tiny_run} is in use by PID {proc.pid} on trainhost, which trains into it" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tiny_run.iterdir() if p.name != ".lock") == before  # no eval.json
+
+
+def test_a_training_is_refused_while_an_analysis_reads_the_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    proc = holder(f"""
+        from src.rundir.directory import hold_run_shared
+        hold_run_shared({str(run)!r})""")
+    try:
+        with pytest.raises(UserError, match=rf"is in use by PID {proc.pid} \(reading it\)"):
+            RunDir(str(run), resume=False)
+    finally:
+        stop(proc)
+    RunDir(str(run), resume=False).release()  # the reader gone, the training may start
+
+
+def test_analyses_share_the_lock(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    proc = holder(f"""
+        from src.rundir.directory import hold_run_shared
+        hold_run_shared({str(run)!r})""")
+    try:
+        hold_run_shared(run)  # a second reader is not refused
+    finally:
+        release_shared(run)
+        stop(proc)
+
+
+def test_the_shared_lock_is_released_when_the_command_ends(tiny_run, capsys):
+    (tiny_run / ".lock").unlink(missing_ok=True)
+    assert run_main(evaluate.main, ["--run", str(tiny_run), "--device", "cpu", "--limit", "4",
+                                    "--out", str(tiny_run.parent / "eval_a.json")]) == 0
+    from src.rundir import directory
+
+    assert os.path.realpath(tiny_run) not in directory._SHARED
+    assert not (tiny_run / ".lock").exists()  # the last reader removes the empty .lock it made
