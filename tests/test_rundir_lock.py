@@ -47,7 +47,7 @@ def test_an_analysis_is_refused_while_a_training_holds_the_run(tiny_run, capsys)
     finally:
         stop(proc)
     err = capsys.readouterr().err
-    assert rc == 2 and f"--run {tiny_run} is in use by PID {proc.pid} on trainhost, which trains into it" in err
+    assert rc == 2 and f"--run {tiny_run}: locked by PID {proc.pid} on trainhost, a training that still writes" in err
     assert "Traceback" not in err
     assert sorted(p.name for p in tiny_run.iterdir() if p.name != ".lock") == before  # no eval.json
 

@@ -273,7 +273,10 @@ class RunData:
         return records if self.limit is None else records[: self.limit]
 
     def batches(self, splits) -> dict[str, Batch]:
-        """Each split as one padded batch on the device."""
+        """Each split as one padded batch on the device; test_flat and test_paren_matched checked pair by
+        pair first when both are asked for (line i of one is the twin of line i of the other)."""
+        if {"test_flat", "test_paren_matched"} <= set(splits) - set(self._batches):
+            check_pairs(self.cfg.data.path("test_flat"), self.cfg.data.path("test_paren_matched"), self.limit)
         for split in splits:
             if split not in self._batches:
                 batch = make_batch(self.records(split), self.cfg.model.max_seq_len, self.cfg.data.answer_format)
@@ -304,8 +307,6 @@ def scores_by_split(run: Run, batches: dict[str, Batch], what: str, ablation=Non
 def load_batches(cfg, splits, limit: int | None, device) -> dict[str, Batch]:
     """Each split as one padded batch on the device, cut to its first `limit` examples; the training
     set to its first ANALYSIS_TRAIN_MAX expressions at most."""
-    if {"test_flat", "test_paren_matched"} <= set(splits):  # the pairs are checked pair by pair before use
-        check_pairs(cfg.data.path("test_flat"), cfg.data.path("test_paren_matched"), limit)
     return RunData(cfg, limit, device).batches(splits)
 
 
