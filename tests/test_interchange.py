@@ -301,7 +301,7 @@ def test_pairs_that_do_not_align_are_an_error_naming_the_line(tmp_path):
 
 
 def test_missing_pair_files_name_the_command_that_makes_them(tmp_path):
-    with pytest.raises(UserError, match=r"counterfactual_operator.jsonl: not found.*python -m src.data.counterfactual"):
+    with pytest.raises(UserError, match=r"counterfactual_operator.jsonl: not found.*python -m src\.data --seed 42 --out data"):
         interchange.load_pairs(tmp_path / "counterfactual_operator.jsonl", "operator", 32)
 
 
@@ -317,7 +317,7 @@ def tiny_run(tmp_path_factory):
 def test_end_to_end_on_a_trained_tiny_run_with_limit(tiny_run, capsys):
     run = tiny_run / "run"
     assert run_main(interchange.main, ["--run", str(run), "--device", "cpu"]) == 2  # no pair files yet
-    assert "python -m src.data.counterfactual" in capsys.readouterr().err
+    assert interchange.PAIRS_COMMAND in capsys.readouterr().err
     write_pairs(tiny_run / "data", "value", [make_pair(*p) for p in RANDOM_PAIRS] * 2)
     write_pairs(tiny_run / "data", "operator", [make_pair("operator", "interchange", "(12+3)*4", "(12+3)-4"),
                                                 make_pair("operator", "random", "(12+3)*4", "(31+9)+2")])
