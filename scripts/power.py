@@ -83,7 +83,11 @@ def power_permutation(effect: float, sd: float, rng, n=SEEDS_PER_SCALE, sims=2_0
     return hits / sims, 2 / len(splits)
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(prog="python scripts/power.py", description=__doc__.split("\n\n")[0],
+                            epilog="Takes no options; prints every figure.").parse_args(argv)
     rng = np.random.default_rng(0)
     data = committed()
     spread = {}
