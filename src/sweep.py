@@ -102,7 +102,7 @@ from src.rundir.paths import check_name, check_output_dir
 from src.rundir.atomic import NOFOLLOW
 from src.rundir.directory import RUN_FILES, _try_lock
 from src.rundir.results import read_metrics
-from src.training.signals import Interrupted
+from src.signals import Interrupted
 
 COLLECTED = ("summary.json", "metrics.jsonl", "config.yaml")  # copied to RESULTS/C/seedS, then eval.json
 DEFAULT_STEPS_PER_S = 300.0  # seed-steps/s of one training process: 10M at batch 256 on an H100 (BENCHMARKS.md)

@@ -41,7 +41,7 @@ try:  # importing torch takes seconds: a Ctrl-C then ends as one at any later mo
     from src.rundir.directory import RUN_FILES, RunDir
     from src.rundir.results import SCHEMAS
     from src.data.trainsets import check_training_set, ensure_training_set
-    from src.training.signals import StopSignals
+    from src.signals import StopSignals
     from src.training.trainer import (OOM_ADVICE, DeviceData, SeedRNG, Trainer, TrainingStopped, run_epochs)
 except KeyboardInterrupt:
     if __name__ != "__main__":

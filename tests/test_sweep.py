@@ -348,7 +348,7 @@ def test_a_signal_ends_the_sweep_as_it_ends_a_training(tmp_path, monkeypatch, ca
     """SIGTERM: no step starts, and the sweep exits as src.train does (one Interrupted, 128 + 15)."""
     import signal
 
-    from src.training.signals import Interrupted
+    from src.signals import Interrupted
 
     env = make_sweep(tmp_path, names=("a",))
     monkeypatch.setattr(src.sweep.Sweep, "run", lambda self: self.on_signal(signal.SIGTERM, None))

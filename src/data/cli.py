@@ -36,7 +36,7 @@ from src.errors import UserError
 # --counterfactual-against and read back by every later generation with that seed (a shipped input)
 TWINS_FILE = "counterfactual_train_twins.json"
 TWINS_SCHEMA = "counterfactual_train_twins/1"
-from src.training.signals import StopSignals
+from src.signals import StopSignals
 
 # ---------------------------------------------------------------------------- command line
 

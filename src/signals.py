@@ -1,4 +1,5 @@
-"""SIGINT and SIGTERM during training: stop after the current step, with a checkpoint saved."""
+"""SIGINT and SIGTERM for the long commands (training, data generation): they stop at a safe point,
+with what was written intact."""
 
 from __future__ import annotations
 
