@@ -232,7 +232,7 @@ def full_disk_on(monkeypatch, suffix: str):
     real = src.rundir.atomic.write_synced
 
     def write(path, data):
-        if path.name.removesuffix(".tmp").endswith(suffix):
+        if src.rundir.atomic.target_name(path).endswith(suffix):
             with open(path, "wb") as fh:
                 fh.write(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
