@@ -189,7 +189,7 @@ def save_run(run, model, raw) -> None:
     cfg = config_from_dict(raw)
     run.mkdir(parents=True)
     ckpt = {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": model.state_dict(),
-            "epoch": 1, "step": 1, "best": {"val_loss": 1.0, "epoch": 1, "metrics": None}}
+            "epoch": 1, "step": 1, "seed": 5, "best": {"val_loss": 1.0, "epoch": 1, "metrics": None}}
     torch.save(ckpt, run / "checkpoint_best.pt")
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (run / "summary.json").write_text(json.dumps({"schema": "summary/1", "config": "toy", "seed": 5, "precision": "fp32"}))
