@@ -10,7 +10,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "study.sh"
 def plan(tmp_path) -> tuple[int, str]:
     env = dict(os.environ, DRY_RUN="1", RUNS=str(tmp_path / "runs"), RESULTS=str(tmp_path / "res"),
                MODELS=str(tmp_path / "models"))
-    done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30, check=False)
     return done.returncode, done.stdout
 
 

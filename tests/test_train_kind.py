@@ -1,7 +1,6 @@
 """data.train_kind: which generated training set a config names (plain train_N.jsonl or the near-twin-free
 train_nt_N.jsonl), resolved alike by the trainer, the analyses and the evaluation's near-twin subsets."""
 
-import copy
 from pathlib import Path
 
 import pytest

@@ -60,7 +60,13 @@ from pathlib import Path
 import torch
 
 from src import stats
-from src.analysis.common import Run, RunData, add_run_arguments, analysis_main, head_label
+from src.analysis.common import (
+    Run,
+    RunData,
+    add_run_arguments,
+    analysis_main,
+    head_label,
+)
 from src.cli import ArgumentParser, check_output_file, comma_list, int_in
 from src.data import ExpressionError, evaluate
 from src.device import autocast
