@@ -3,7 +3,7 @@
 Every key is required and every unknown key is an error: a typo in a config must never fall
 back silently to a default. The exceptions are the keys of options a config may leave out, each
 with the default that leaves the option off (training.select_on, training.deterministic,
-data.train_size, data.answer_format; data.train where data.train_size names a generated set).
+data.train_size, data.train_kind, data.answer_format; data.train where data.train_size names a generated set).
 Errors name the file and the key (`training.batch_size`).
 
 A config file is also checked as a file before its values are: at most MAX_CONFIG_BYTES, nested at
@@ -86,16 +86,19 @@ class DataConfig:
     test_paren_matched: str
     # the learnability extension (docs/DESIGN.md section 8):
     train_size: int = 0  # train on the generated set of this many expressions (src/data/trainsets.py), not `train`
+    # which generated set: "plain", train_N.jsonl; or "near_twin_free", train_nt_N.jsonl, the same stream without
+    # the expressions whose canonical form is that of a held-out item (src/data/trainsets.py)
+    train_kind: str = "plain"
     answer_format: str = "plain"  # "plain", or "reversed": the answer's digits least significant first
 
     @staticmethod
     def splits() -> tuple[str, ...]:
         """The keys that name data files: train, val and the test sets."""
-        return tuple(f.name for f in dataclasses.fields(DataConfig) if f.name not in ("train_size", "answer_format"))
+        return tuple(f.name for f in dataclasses.fields(DataConfig) if f.name not in ("train_size", "train_kind", "answer_format"))
 
     def path(self, split: str) -> Path:
         if split == "train" and self.train_size:
-            return generated_training_set(self.train_size)
+            return generated_training_set(self.train_size, kind=self.train_kind)
         p = Path(getattr(self, split))
         return p if p.is_absolute() else REPO_ROOT / p
 
@@ -112,14 +115,18 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def generated_training_set(n: int, directory=None) -> Path:
+def generated_training_set(n: int, directory=None, kind: str = "plain") -> Path:
     """Where the generated training set of `n` expressions lives: `directory` (default GENERATED_DIR,
-    read when called) / train_N.jsonl."""
-    return Path(GENERATED_DIR if directory is None else directory) / f"train_{n}.jsonl"
+    read when called) / train_N.jsonl, or train_nt_N.jsonl for the near_twin_free kind."""
+    if kind not in TRAIN_KINDS:
+        raise ValueError(f"training set kind {kind!r}: expected one of {', '.join(TRAIN_KINDS)}")
+    prefix = "train_nt_" if kind == "near_twin_free" else "train_"
+    return Path(GENERATED_DIR if directory is None else directory) / f"{prefix}{n}.jsonl"
 
 
 LOSS_ON = ("all", "answer")
 SELECT_ON = ("val_loss", "val_exact_match")
+TRAIN_KINDS = ("plain", "near_twin_free")  # the kinds of generated training set (src/data/trainsets.py)
 GENERATED_DIR = REPO_ROOT / "data" / "generated"  # the extension's generated training sets (src/data/trainsets.py)
 MAX_TRAIN_SIZE = 20_000_000  # 10 x 2,000,000: 1.7 GB of JSONL, 3.6 GB of memory, 8 minutes on two cores
 
@@ -312,6 +319,11 @@ def _check_values(cfg: Config, source: str) -> None:
                         "generated set (python -m src.data --train-size N)")
     if d.train_size and not 1 <= d.train_size <= MAX_TRAIN_SIZE:
         bad("data.train_size", f"must be in [1, {MAX_TRAIN_SIZE:,}], got {_show(d.train_size)}")
+    if d.train_kind not in TRAIN_KINDS:
+        bad("data.train_kind", f"must be one of {', '.join(TRAIN_KINDS)}, got {_show(d.train_kind)}")
+    if d.train_kind != "plain" and not d.train_size:
+        bad("data.train_kind", f"is {_show(d.train_kind)}, a kind of generated set: it needs data.train_size, "
+                               "not the file data.train")
     if d.answer_format not in ANSWER_FORMATS:
         bad("data.answer_format", f"must be one of {', '.join(ANSWER_FORMATS)}, got {_show(d.answer_format)}")
     if t.precision not in PRECISIONS:

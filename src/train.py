@@ -250,7 +250,7 @@ def train(cfg: Config, args, device, fallback, settings: list, source: str, runs
                         f"({cfg.training.epochs}) of {source}")
     t0 = time.time()
     if cfg.data.train_size:  # a generated set: made if missing, verified against its manifest if present
-        ensure_training_set(cfg.data.train_size, progress=False if args.no_progress else None)
+        ensure_training_set(cfg.data.train_size, progress=False if args.no_progress else None, kind=cfg.data.train_kind)
     check_data_paths(cfg, source)
     max_len = cfg.model.max_seq_len
     held_out = [path for split in EVAL_SPLITS if (path := cfg.data.path(split)).is_file()]

@@ -8,7 +8,7 @@ import pytest
 
 from src.analysis import common, run_all as battery
 from src.errors import run_main
-from tests.test_probe import write_tiny_run
+from tests.test_probe import REPO_ROOT, write_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +18,9 @@ def run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_battery_runs_every_step_and_records_its_time(run, monkeypatch):
+    for variable in ("value", "operator"):  # the interchange step reads the pair files beside test_flat
+        lines = (REPO_ROOT / "data" / f"counterfactual_{variable}.jsonl").read_text().splitlines()[:40]
+        (run.parent / "data" / f"counterfactual_{variable}.jsonl").write_text("\n".join(lines) + "\n")
     loads, reads = [], []
     real_load, real_read = common.load_model, common.split_records
     monkeypatch.setattr(common, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
@@ -29,6 +32,7 @@ def test_the_battery_runs_every_step_and_records_its_time(run, monkeypatch):
     assert record["schema"] == "battery/1" and record["failed"] == [] and record["device"] == "cpu"
     assert record["limit"] == 30 and record["checkpoint"] == "best"
     assert [s["step"] for s in record["steps"]] == list(battery.STEPS)
+    assert battery.STEPS[0] == "evaluate" and battery.STEPS[-1] == "interchange"
     for step in record["steps"]:
         assert step["status"] == "ok" and step["wall_s"] > 0
         assert step["command"].startswith(f"python -m src.analysis.{step['step']} --run ")

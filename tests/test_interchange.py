@@ -189,7 +189,7 @@ def save_run(run, model, raw) -> None:
     cfg = config_from_dict(raw)
     run.mkdir(parents=True)
     ckpt = {"model_config": dataclasses.asdict(cfg.model), "config": cfg.to_dict(), "model": model.state_dict(),
-            "epoch": 1, "step": 1, "best": {"val_loss": 1.0, "epoch": 1, "metrics": None}}
+            "epoch": 1, "step": 1, "seed": 5, "best": {"val_loss": 1.0, "epoch": 1, "metrics": None}}
     torch.save(ckpt, run / "checkpoint_best.pt")
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     (run / "summary.json").write_text(json.dumps({"schema": "summary/1", "config": "toy", "seed": 5, "precision": "fp32"}))
@@ -276,7 +276,7 @@ def test_limit_writes_a_separately_named_file(toy_run):
     root, _ = toy_run
     run = root / "run"
     assert interchange.main(["--run", str(run), "--device", "cpu", "--limit", "3", "--variables", "value"]) == 0
-    res = json.loads((run / "interchange_limit3.json").read_text())
+    res = json.loads((run / "interchange.limit3.json").read_text())
     assert res["limit"] == 3 and res["variables"]["value"]["lines_read"] == 3 and list(res["variables"]) == ["value"]
     assert json.loads((run / "interchange.json").read_text())["limit"] is None  # the full result is left alone
 
@@ -322,7 +322,7 @@ def test_end_to_end_on_a_trained_tiny_run_with_limit(tiny_run, capsys):
     write_pairs(tiny_run / "data", "operator", [make_pair("operator", "interchange", "(12+3)*4", "(12+3)-4"),
                                                 make_pair("operator", "random", "(12+3)*4", "(31+9)+2")])
     assert interchange.main(["--run", str(run), "--device", "cpu", "--limit", "5"]) == 0
-    res = json.loads((run / "interchange_limit5.json").read_text())
+    res = json.loads((run / "interchange.limit5.json").read_text())
     assert res["schema"] == "interchange/1" and res["limit"] == 5
     value = res["variables"]["value"]
     assert value["lines_read"] == 5 and value["controls"]["interchange"]["n_pairs"] == 4

@@ -152,7 +152,7 @@ def near_twin_free(cfg, scores: dict, limit: int | None, extra: dict | None = No
         from src.data.trainsets import (
             ensure_training_set,  # the very set the run was trained on, remade
         )
-        train = ensure_training_set(cfg.data.train_size)
+        train = ensure_training_set(cfg.data.train_size, kind=cfg.data.train_kind)
     if not train.is_file():
         return {"unavailable": f"training file {train} not found: the near-twin subsets need the run's training set"}
     seen = training_forms(train)

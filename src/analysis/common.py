@@ -35,7 +35,8 @@ def split_records(cfg, split: str, train_max: int | None = None) -> list:
     path = cfg.data.path(split)
     if split == "train" and cfg.data.train_size and not path.is_file():
         raise UserError(f"{path}: the training set of this run is not there; generate it with "
-                        f"`python -m src.data --train-size {cfg.data.train_size}`")
+                        f"`python -m src.data --train-size {cfg.data.train_size}"
+                        f"{' --near-twin-free' if cfg.data.train_kind == 'near_twin_free' else ''}`")
     return load_jsonl(path, cfg.model.max_seq_len, max_records=train_max if split == "train" else None)
 
 

@@ -42,7 +42,7 @@ decoding); `counts` says how many that leaves, per control and template class.
 Batching: all pairs of one site (every position class, and for the heads every head of the layer) are one
 batch, split into chunks of --chunk rows, one forward pass per decoding step.
 
-Output: RUN/interchange.json (schema interchange/1), or RUN/interchange_limit<N>.json with --limit, and
+Output: RUN/interchange.json (schema interchange/1), or RUN/interchange.limit<N>.json with --limit, and
 the figure beside it (.png): IIA of the interchange control against relative depth (0 = embedding, 1 =
 after the last block), residual stream, one line per position class, one panel per variable.
 """
@@ -60,7 +60,13 @@ from pathlib import Path
 import torch
 
 from src import stats
-from src.analysis.common import add_run_arguments, head_label, open_run, run_seed
+from src.analysis.common import (
+    Run,
+    RunData,
+    add_run_arguments,
+    analysis_main,
+    head_label,
+)
 from src.cli import ArgumentParser, check_output_file, comma_list, int_in
 from src.data import ExpressionError, evaluate
 from src.device import autocast
@@ -596,27 +602,28 @@ def build_parser() -> ArgumentParser:
                         help="write the JSON gzip-compressed (interchange.json.gz; read transparently by the project's "
                         "reader), for committing a large result")
     parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default: RUN/interchange.json, or RUN/interchange_limit<N>.json with --limit); "
+                        help="JSON path (default: RUN/interchange.json, or RUN/interchange.limit<N>.json with --limit); "
                         "the figure goes beside it (.png)")
     return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    model, ckpt, cfg, device = open_run(args)
-    default_name = f"interchange_limit{args.limit}.json" if args.limit else "interchange.json"
-    out_path = check_output_file(args.out or args.run / default_name, "--out" if args.out else "output", "interchange.json")
+def interchange_run(run: Run, data: RunData, args) -> dict:
+    """interchange.json of an opened run (RUN/interchange.limitN.json under --limit), the figure beside it;
+    returns what it wrote. src.analysis.run_all calls it with the run it opened once."""
+    model, ckpt, cfg, device = run.model, run.ckpt, run.cfg, run.device
+    out_path = check_output_file(run.output("interchange.json", args.out), "--out" if args.out else "output",
+                                 "interchange.json")
     png = check_output_file(out_path.with_suffix(".png"), "figure")
     pairs_dir = args.pairs_dir or cfg.data.path("test_flat").parent
     variables = [v for v in VARIABLES if v in args.variables]
-    pairs = {v: load_pairs(pairs_path(pairs_dir, v), v, cfg.model.max_seq_len, cfg.data.answer_format, args.limit)
+    pairs = {v: load_pairs(pairs_path(pairs_dir, v), v, cfg.model.max_seq_len, cfg.data.answer_format, run.limit)
              for v in variables}  # every input checked before any computation
     sites, excluded = sites_of(cfg.model)
     tic = time.perf_counter()
     result = {
-        "run": str(args.run), "checkpoint": args.checkpoint, "epoch": ckpt["epoch"], "step": ckpt.get("step"),
-        "config": cfg.name, "seed": run_seed(args.run), "device": str(device), "precision": args.precision,
-        "limit": args.limit, "num_layers": cfg.model.num_layers, "num_heads": cfg.model.num_heads,
+        "run": str(run.path), "checkpoint": run.checkpoint, "epoch": ckpt["epoch"], "step": ckpt.get("step"),
+        "config": cfg.name, "seed": run.seed, "device": str(device), "precision": run.precision,
+        "limit": run.limit, "num_layers": cfg.model.num_layers, "num_heads": cfg.model.num_heads,
         "metric": "iia", "metric_definitions": METRIC, "controls": {**CONTROLS, "ceiling": CEILING},
         "position_classes": POSITION_CLASSES, "sites": {"patched": [s.label for s in sites], "excluded": excluded},
         "relative_depth": "0 = the embedding, (l + 1) / L = after block l; a head of block l at (l + 0.5) / L",
@@ -627,17 +634,22 @@ def main(argv=None) -> int:
     for variable in variables:
         path = pairs_path(pairs_dir, variable)
         print(f"{variable}: {len(pairs[variable])} pairs from {path} ...")
-        entry = interchange_variable(model, pairs[variable], cfg, args.precision, args.chunk)
+        entry = interchange_variable(model, pairs[variable], cfg, run.precision, args.chunk)
         result["variables"][variable] = {"what": VARIABLES[variable], "file": str(path),
                                          "lines_read": len(pairs[variable]), **entry}
         if entry["controls"].get("interchange", {}).get("cells"):
             print(format_table(variable, entry["controls"]["interchange"]))
     result["elapsed_s"] = time.perf_counter() - tic
     print(f"{result['elapsed_s']:.1f} s of interchange interventions")
-    figure = render_figure(result, f"{cfg.name} ({args.run.name}): interchange intervention accuracy, residual stream, "
-                                   "interchange pairs answered right unpatched")
-    write_result(out_path, stamp("interchange", result), (png, figure), compress=args.compress)
-    return 0
+    figure = render_figure(result, run.titled(f"{cfg.name} ({run.path.name}): interchange intervention accuracy, "
+                                              "residual stream, interchange pairs answered right unpatched"))
+    out = stamp("interchange", result)
+    write_result(out_path, out, (png, figure), compress=args.compress)
+    return out
+
+
+def main(argv=None) -> int:
+    return analysis_main(build_parser, interchange_run, argv)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
     python -m src.analysis.run_all --run D [--device cuda] [--only ablate,roles,...] [--limit N]
 
 Runs, in this order, each with its defaults and writing its own files into D:
+    evaluate      exact_match and the other metrics on every held-out file, the bracket cost of both kinds
+                  (redundant, precedence-changing) and the near-twin-free subsets       -> eval.json
     ablate        head scan under zero and mean ablation on test_flat, the matched pairs, test_paren
                   and test_depth3 (exact McNemar / paired t, Holm), targeted set chosen on one half
                   and tested on the other                            -> ablation.json
@@ -14,6 +16,8 @@ Runs, in this order, each with its defaults and writing its own files into D:
                   layer and position class, every head's output      -> patching.json
     value_probe   intermediate values (what a ')' closes, the running result at an operator),
                   against the control and the copy baseline          -> value_probe.json
+    interchange   interchange interventions on the counterfactual pair files: IIA of each causal variable
+                  at every site and position class, with its controls  -> interchange.json
 One process: the run is opened once (its checkpoint read, the model built) and each data file read
 once; every step is a function of that opened run and its own flags, whose checks still apply. A
 failure that every step shares (the run cannot be opened: no checkpoint yet, a training still
@@ -44,11 +48,12 @@ from src.errors import UserError, bounded, run_main
 from src.rundir.atomic import atomic_write_json
 from src.rundir.results import stamp
 
-STEPS = ("ablate", "roles", "probe", "patching", "value_probe")
-OUTPUTS = {"ablate": "ablation.json", "roles": "roles.json", "probe": "probe.json", "patching": "patching.json",
-           "value_probe": "value_probe.json"}
-RUNNERS = {"ablate": "ablate_run", "roles": "roles_run", "probe": "probe_run", "patching": "patching_run",
-           "value_probe": "value_probe_run"}  # each module's function of (Run, RunData, its parsed flags)
+STEPS = ("evaluate", "ablate", "roles", "probe", "patching", "value_probe", "interchange")
+OUTPUTS = {"evaluate": "eval.json", "ablate": "ablation.json", "roles": "roles.json", "probe": "probe.json",
+           "patching": "patching.json", "value_probe": "value_probe.json", "interchange": "interchange.json"}
+RUNNERS = {"evaluate": "evaluate_run", "ablate": "ablate_run", "roles": "roles_run", "probe": "probe_run",
+           "patching": "patching_run", "value_probe": "value_probe_run",
+           "interchange": "interchange_run"}  # each module's function of (Run, RunData, its parsed flags)
 
 
 def step_module(name: str):

@@ -100,8 +100,8 @@ HELD_OUT = tuple(name for name in (*SPLITS, MATCHED_SPLIT) if name != TRAIN_SPLI
 CHUNK_SIZE = 10_000          # slots per independently seeded chunk (part of the stream's definition)
 PROGRESS_FROM = 100_000      # a progress bar for sets at least this large
 DATA_DIR = REPO_ROOT / "data"
-KINDS = ("plain", "near_twin_free")
-NEAR_TWIN_PREFIX = "train_nt_"  # the file name of a near_twin_free set: train_nt_N.jsonl
+KINDS = config.TRAIN_KINDS  # "plain", "near_twin_free": the values of a config's data.train_kind
+NEAR_TWIN_PREFIX = "train_nt_"  # the file name of a near_twin_free set: train_nt_N.jsonl (config.generated_training_set)
 # the files whose expressions' canonical forms a near_twin_free set excludes (beyond the prefix)
 NEAR_TWIN_HELD_OUT = (*HELD_OUT, "pilot_test_paren_precedence", "counterfactual_value", "counterfactual_operator")
 
@@ -134,8 +134,7 @@ def check_train_size(n) -> int:
 def training_set_path(n: int, out_dir=None, kind: str = "plain") -> Path:
     """Where the set of size `n` lives: `out_dir` (default data/generated/) / train_N.jsonl, or train_nt_N.jsonl
     for the near_twin_free kind."""
-    path = config.generated_training_set(check_train_size(n), out_dir)
-    return path.with_name(f"{NEAR_TWIN_PREFIX}{n}.jsonl") if _kind(kind) == "near_twin_free" else path
+    return config.generated_training_set(check_train_size(n), out_dir, _kind(kind))
 
 
 def _kind(kind: str) -> str:
