@@ -100,6 +100,22 @@ def test_an_empty_output_path_is_an_error(argv, runs, tmp_path, capsys, monkeypa
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("module, argv", [
+    ("evaluate", ["--out", ""]), ("ablate", ["--out", ""]), ("probe", ["--out", ""]), ("roles", ["--out", ""]),
+    ("patching", ["--out", ""]), ("value_probe", ["--out", ""]), ("interchange", ["--out", ""]),
+    ("run_all", ["--run", ""]),
+])
+def test_an_analysis_commands_empty_out_is_an_error(module, argv, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(f"src.analysis.{module}").main
+    run = ["--run", str(tmp_path / "no_such_run")] if argv[0] != "--run" else []
+    err = error_of(main, run + argv + ["--device", "cpu"], capsys)
+    assert "the path is empty" in err and len(err.strip().splitlines()) <= 3, err
+    assert os.listdir(tmp_path) == []
+
+
 # ---------------------------------------------------------------------------- 6. hostile but valid JSON
 
 

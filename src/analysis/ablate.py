@@ -48,7 +48,7 @@ import torch
 
 from src import stats
 from src.rundir.atomic import write_result
-from src.cli import ArgumentParser, check_output_file, comma_list, int_in
+from src.cli import ArgumentParser, check_output_file, comma_list, int_in, path_arg
 from src.data import Batch
 from src.device import autocast
 from src.errors import UserError, run_main
@@ -405,7 +405,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--max-set-size", type=int_in(1, MAX_SET_SIZE), default=DEFAULT_MAX_SET_SIZE,
                         help=f"largest prefix of the ranking the targeted set tries, 1 to {MAX_SET_SIZE} (default: "
                         "%(default)s; each prefix tried is one comparison of the Holm family)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=path_arg, default=None,
                         help="JSON path (default: RUN/ablation.json, or RUN/ablation_heads_<heads>.json); the heatmap "
                         "goes beside it")
     return parser

@@ -61,7 +61,7 @@ import torch
 
 from src import stats
 from src.analysis.common import add_run_arguments, head_label, open_run, run_seed
-from src.cli import ArgumentParser, check_output_file, comma_list, int_in
+from src.cli import ArgumentParser, check_output_file, comma_list, int_in, path_arg
 from src.data import ExpressionError, evaluate
 from src.device import autocast
 from src.errors import UserError, run_main
@@ -595,7 +595,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--compress", action="store_true",
                         help="write the JSON gzip-compressed (interchange.json.gz; read transparently by the project's "
                         "reader), for committing a large result")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=path_arg, default=None,
                         help="JSON path (default: RUN/interchange.json, or RUN/interchange_limit<N>.json with --limit); "
                         "the figure goes beside it (.png)")
     return parser

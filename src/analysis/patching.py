@@ -66,13 +66,12 @@ import argparse
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from src import stats
 from src.rundir.atomic import write_result
-from src.cli import ArgumentParser, check_output_file, comma_list, float_in, int_in
+from src.cli import ArgumentParser, check_output_file, comma_list, float_in, int_in, path_arg
 from src.data import Batch, Record, depth_labels, load_jsonl, make_batch
 from src.device import autocast
 from src.errors import UserError, run_main
@@ -548,7 +547,7 @@ def build_parser() -> ArgumentParser:
                         "by at least this much (default: %(default)s)")
     parser.add_argument("--chunk", type=int_in(1, 100_000), default=DEFAULT_CHUNK,
                         help="pairs per forward pass (times the number of heads for the heads; default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: RUN/patching.json); the figure goes "
+    parser.add_argument("--out", type=path_arg, default=None, help="JSON path (default: RUN/patching.json); the figure goes "
                         "beside it (same name, .png)")
     return parser
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from src.rundir.atomic import write_result
-from src.cli import ArgumentParser, check_output_file, distinct
+from src.cli import ArgumentParser, check_output_file, distinct, path_arg
 from src.data import OPERATORS
 from src.device import autocast
 from src.errors import UserError, run_main
@@ -362,7 +362,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), metavar="SPLIT",
                         help="bracketed splits whose queries are pooled to assign roles (default: %(default)s); "
                         f"{' '.join(REFERENCE_SPLITS)} is always scored beside them")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=path_arg, default=None,
                         help="JSON path (default: RUN/roles.json, RUN/roles.limitN.json under --limit); the heatmap "
                         "goes beside it with the suffix .png")
     return parser
