@@ -197,6 +197,21 @@ def test_a_run_directory_name_that_is_not_utf8_is_shown_escaped(runs, tmp_path, 
     assert "run\\xff" in out.read_text(encoding="utf-8")
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="a name of bytes that are not UTF-8")
+@pytest.mark.parametrize("module", ["roles", "ablate", pytest.param("probe", marks=pytest.mark.slow)])
+def test_an_analysis_of_a_run_whose_name_is_not_utf8_shows_it_escaped(module, runs, tmp_path, capsys):
+    import importlib
+
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/run\xff"))
+    shutil.copytree(runs["a"], odd)
+    main = importlib.import_module(f"src.analysis.{module}").main
+    assert run_main(main, ["--run", str(odd), "--limit", "4", "--device", "cpu", "--no-progress"]) == 0, \
+        capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "run\\xff" in out and "\udcff" not in out
+    assert any(name.endswith(".png") for name in os.listdir(odd)) or module == "probe"
+
+
 # ---------------------------------------------------------------------------- 8. arguments
 
 

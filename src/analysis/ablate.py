@@ -57,6 +57,7 @@ from src.analysis.common import (Run, RunData, add_run_arguments, analysis_main,
                                  scores_by_split)
 from src.model import CompactTransformer, HeadAblation, Hooks
 from src.plotting import png_bytes, pyplot
+from src.report.text import plain_text, shown
 from src.rundir.results import stamp
 from src.tokenizer import PAD_ID
 
@@ -359,8 +360,10 @@ def format_effects(effects: dict) -> str:
     return "\n".join(lines)
 
 
+@plain_text()  # names drawn as written: no mathtext
 def render_heatmap(rows_by_mode: dict, cfg, title: str) -> bytes:
     """PNG bytes of the heads x modes heatmap of answer_loss bracket_specificity."""
+    title = shown(title)  # a run directory's name may hold bytes that are not UTF-8
     plt = pyplot()
 
     modes = list(rows_by_mode)

@@ -67,6 +67,7 @@ from src.device import autocast
 from src.errors import UserError, run_main
 from src.model import CompactTransformer, Hooks, Patch
 from src.plotting import png_bytes, pyplot
+from src.report.text import plain_text, shown
 from src.rundir.atomic import write_result
 from src.rundir.results import stamp
 from src.tokenizer import ANSWER_SEPARATOR, BOS_ID, EOS_ID, PAD_ID, answer_text, encode
@@ -555,8 +556,10 @@ def format_table(variable: str, entry: dict) -> str:
     return "\n".join(lines)
 
 
+@plain_text()  # names drawn as written: no mathtext
 def render_figure(result: dict, title: str) -> bytes | None:
     """IIA (interchange control) against relative depth on the residual stream, one line per position class."""
+    title = shown(title)  # a run directory's name may hold bytes that are not UTF-8
     variables = [v for v, e in result["variables"].items() if e["controls"].get("interchange", {}).get("cells")]
     if not variables:
         return None
@@ -626,7 +629,7 @@ def main(argv=None) -> int:
     }
     for variable in variables:
         path = pairs_path(pairs_dir, variable)
-        print(f"{variable}: {len(pairs[variable])} pairs from {path} ...")
+        print(f"{variable}: {len(pairs[variable])} pairs from {shown(path)} ...")
         entry = interchange_variable(model, pairs[variable], cfg, args.precision, args.chunk)
         result["variables"][variable] = {"what": VARIABLES[variable], "file": str(path),
                                          "lines_read": len(pairs[variable]), **entry}

@@ -79,6 +79,7 @@ from src.analysis.common import Run, RunData, add_run_arguments, analysis_main, 
 from src.metrics import teacher_forced_scores
 from src.model import CompactTransformer, Hooks, Patch
 from src.plotting import png_bytes, pyplot
+from src.report.text import plain_text, shown
 from src.tokenizer import ANSWER_SEPARATOR, answer_text
 
 SCHEMA = "patching/1"
@@ -500,8 +501,10 @@ def format_resid(resid: dict, classes) -> str:
     return "\n".join(lines)
 
 
+@plain_text()  # names drawn as written: no mathtext
 def render_figure(resid: dict, classes, title: str) -> bytes:
     """PNG bytes: layer x position class heatmap of the residual stream's restored share, one panel per direction."""
+    title = shown(title)  # a run directory's name may hold bytes that are not UTF-8
     plt = pyplot()
 
     directions = list(resid)

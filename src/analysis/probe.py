@@ -89,6 +89,7 @@ from src.analysis.common import (Run, RunData, add_run_arguments, analysis_main,
                                  untrained_control)
 from src.model import CompactTransformer, Hooks
 from src.plotting import png_bytes, pyplot
+from src.report.text import plain_text, shown
 
 SCHEMA = "probe/2"
 TASKS = {"binary": "depth > 0 (inside at least one parenthesis)",
@@ -434,8 +435,10 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+@plain_text()  # names drawn as written: no mathtext
 def render_figure(result: dict, title: str) -> bytes:
     """PNG bytes of the accuracy-against-depth figure."""
+    title = shown(title)  # a run directory's name may hold bytes that are not UTF-8
     plt = pyplot()
 
     L = result["num_layers"]

@@ -51,6 +51,7 @@ from src.analysis.common import Run, RunData, add_run_arguments, analysis_main, 
 from src.rundir.results import SCHEMAS
 from src.model import Hooks
 from src.plotting import png_bytes, pyplot
+from src.report.text import plain_text, shown
 from src.tokenizer import BOS_ID, PAD_ID, VOCAB
 
 SCHEMA = SCHEMAS["roles"]
@@ -306,8 +307,10 @@ def role_table_markdown(runs: list[dict]) -> str:
 # ---------------------------------------------------------------------------- figure
 
 
+@plain_text()  # names drawn as written: no mathtext
 def render_heatmap(rows: list[dict], queries: dict, title: str) -> bytes:
     """PNG bytes of a heads x roles heatmap of combined shares, values written in the cells."""
+    title = shown(title)  # a run directory's name may hold bytes that are not UTF-8
     plt = pyplot()
 
     grid = [[r["combined"][role] if r["combined"][role] is not None else float("nan") for role in ROLES]
