@@ -187,6 +187,23 @@ def test_a_config_name_with_dollars_is_drawn_as_plain_text():
     assert png[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("figure", ["class_heatmap", "class_curve", "patching_profile"])
+def test_a_config_name_with_dollars_is_drawn_as_plain_text_in_the_extension_and_mechanisms_figures(figure):
+    from src.report import analyses, scaling
+
+    name = "a$x^$b"
+    if figure == "class_heatmap":
+        png = scaling.class_heatmap("pilot", name, {"pooled": {"by_class": {"operands=2|operators=+-|depth=1": {
+            "mean": 0.5, "n": 10}}}, "N": 1000, "seeds": [1]})
+    elif figure == "class_curve":
+        png = scaling.class_curve_figure({"class_curve": {name: {"operands=2|operators=+-": [
+            {"N": 100, "mean": 0.5, "ci95": [0.4, 0.6]}, {"N": 1000, "mean": 0.7, "ci95": [0.6, 0.8]}]}}})
+    else:
+        png = analyses.profile_figure([{"config": name, "seed": 1, "patching_profile": {"classes": {
+            c: {"logp_change": [0.1, -0.2]} for c in analyses.PROFILE_CLASSES}}}])
+    assert png[:4] == b"\x89PNG"
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="a name of bytes that are not UTF-8")
 def test_a_run_directory_name_that_is_not_utf8_is_shown_escaped(runs, tmp_path, capsys):
     from src.report.cli import main as report
