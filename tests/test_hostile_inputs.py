@@ -100,6 +100,22 @@ def test_an_empty_output_path_is_an_error(argv, runs, tmp_path, capsys, monkeypa
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("module, argv", [
+    ("evaluate", ["--out", ""]), ("ablate", ["--out", ""]), ("probe", ["--out", ""]), ("roles", ["--out", ""]),
+    ("patching", ["--out", ""]), ("value_probe", ["--out", ""]), ("interchange", ["--out", ""]),
+    ("run_all", ["--run", ""]),
+])
+def test_an_analysis_commands_empty_out_is_an_error(module, argv, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(f"src.analysis.{module}").main
+    run = ["--run", str(tmp_path / "no_such_run")] if argv[0] != "--run" else []
+    err = error_of(main, run + argv + ["--device", "cpu"], capsys)
+    assert "the path is empty" in err and len(err.strip().splitlines()) <= 3, err
+    assert os.listdir(tmp_path) == []
+
+
 # ---------------------------------------------------------------------------- 6. hostile but valid JSON
 
 
@@ -171,6 +187,23 @@ def test_a_config_name_with_dollars_is_drawn_as_plain_text():
     assert png[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("figure", ["class_heatmap", "class_curve", "patching_profile"])
+def test_a_config_name_with_dollars_is_drawn_as_plain_text_in_the_extension_and_mechanisms_figures(figure):
+    from src.report import analyses, scaling
+
+    name = "a$x^$b"
+    if figure == "class_heatmap":
+        png = scaling.class_heatmap("pilot", name, {"pooled": {"by_class": {"operands=2|operators=+-|depth=1": {
+            "mean": 0.5, "n": 10}}}, "N": 1000, "seeds": [1]})
+    elif figure == "class_curve":
+        png = scaling.class_curve_figure({"class_curve": {name: {"operands=2|operators=+-": [
+            {"N": 100, "mean": 0.5, "ci95": [0.4, 0.6]}, {"N": 1000, "mean": 0.7, "ci95": [0.6, 0.8]}]}}})
+    else:
+        png = analyses.profile_figure([{"config": name, "seed": 1, "patching_profile": {"classes": {
+            c: {"logp_change": [0.1, -0.2]} for c in analyses.PROFILE_CLASSES}}}])
+    assert png[:4] == b"\x89PNG"
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="a name of bytes that are not UTF-8")
 def test_a_run_directory_name_that_is_not_utf8_is_shown_escaped(runs, tmp_path, capsys):
     from src.report.cli import main as report
@@ -179,6 +212,21 @@ def test_a_run_directory_name_that_is_not_utf8_is_shown_escaped(runs, tmp_path, 
     out = tmp_path / "out" / "REPORT.md"
     assert run_main(report, [str(odd), "--out", str(out)]) == 0, capsys.readouterr().err
     assert "run\\xff" in out.read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a name of bytes that are not UTF-8")
+@pytest.mark.parametrize("module", ["roles", "ablate", pytest.param("probe", marks=pytest.mark.slow)])
+def test_an_analysis_of_a_run_whose_name_is_not_utf8_shows_it_escaped(module, runs, tmp_path, capsys):
+    import importlib
+
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/run\xff"))
+    shutil.copytree(runs["a"], odd)
+    main = importlib.import_module(f"src.analysis.{module}").main
+    assert run_main(main, ["--run", str(odd), "--limit", "4", "--device", "cpu", "--no-progress"]) == 0, \
+        capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "run\\xff" in out and "\udcff" not in out
+    assert any(name.endswith(".png") for name in os.listdir(odd)) or module == "probe"
 
 
 # ---------------------------------------------------------------------------- 8. arguments

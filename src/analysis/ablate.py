@@ -48,7 +48,7 @@ import torch
 
 from src import stats
 from src.rundir.atomic import write_result
-from src.cli import ArgumentParser, check_output_file, comma_list, int_in
+from src.cli import ArgumentParser, check_output_file, comma_list, int_in, path_arg
 from src.data import Batch
 from src.device import autocast
 from src.errors import UserError, run_main
@@ -57,6 +57,7 @@ from src.analysis.common import (Run, RunData, add_run_arguments, analysis_main,
                                  scores_by_split)
 from src.model import CompactTransformer, HeadAblation, Hooks
 from src.plotting import png_bytes, pyplot
+from src.report.text import plain_text, shown
 from src.rundir.results import stamp
 from src.tokenizer import PAD_ID
 
@@ -359,8 +360,10 @@ def format_effects(effects: dict) -> str:
     return "\n".join(lines)
 
 
+@plain_text()  # names drawn as written: no mathtext
 def render_heatmap(rows_by_mode: dict, cfg, title: str) -> bytes:
     """PNG bytes of the heads x modes heatmap of answer_loss bracket_specificity."""
+    title = shown(title)  # a run directory's name may hold bytes that are not UTF-8
     plt = pyplot()
 
     modes = list(rows_by_mode)
@@ -405,7 +408,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--max-set-size", type=int_in(1, MAX_SET_SIZE), default=DEFAULT_MAX_SET_SIZE,
                         help=f"largest prefix of the ranking the targeted set tries, 1 to {MAX_SET_SIZE} (default: "
                         "%(default)s; each prefix tried is one comparison of the Holm family)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=path_arg, default=None,
                         help="JSON path (default: RUN/ablation.json, or RUN/ablation_heads_<heads>.json); the heatmap "
                         "goes beside it")
     return parser

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from src.rundir.atomic import write_result
 from src.data.classes import exact_match_by_class
-from src.cli import ArgumentParser, check_output_file
+from src.cli import ArgumentParser, check_output_file, path_arg
 from src.errors import run_main
 from src.rundir.results import stamp
 
@@ -58,7 +58,7 @@ def format_table(results: dict[str, dict]) -> str:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m src.analysis.evaluate", description=__doc__.split("\n\n")[0])
     add_run_arguments(parser)
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=path_arg, default=None,
                         help="JSON path (default: RUN/eval.json, or RUN/eval_<DIR name>.json with --data-dir, each "
                         "as NAME.limitN.json under --limit); e.g. RUN/eval_epoch_10.json for a periodic checkpoint")
     parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",

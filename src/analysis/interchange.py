@@ -67,12 +67,13 @@ from src.analysis.common import (
     analysis_main,
     head_label,
 )
-from src.cli import ArgumentParser, check_output_file, comma_list, int_in
+from src.cli import ArgumentParser, check_output_file, comma_list, int_in, path_arg
 from src.data import ExpressionError, evaluate
 from src.device import autocast
 from src.errors import UserError, run_main
 from src.model import CompactTransformer, Hooks, Patch
 from src.plotting import png_bytes, pyplot
+from src.report.text import plain_text, shown
 from src.rundir.atomic import write_result
 from src.rundir.results import stamp
 from src.tokenizer import ANSWER_SEPARATOR, BOS_ID, EOS_ID, PAD_ID, answer_text, encode
@@ -561,8 +562,10 @@ def format_table(variable: str, entry: dict) -> str:
     return "\n".join(lines)
 
 
+@plain_text()  # names drawn as written: no mathtext
 def render_figure(result: dict, title: str) -> bytes | None:
     """IIA (interchange control) against relative depth on the residual stream, one line per position class."""
+    title = shown(title)  # a run directory's name may hold bytes that are not UTF-8
     variables = [v for v, e in result["variables"].items() if e["controls"].get("interchange", {}).get("cells")]
     if not variables:
         return None
@@ -601,7 +604,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--compress", action="store_true",
                         help="write the JSON gzip-compressed (interchange.json.gz; read transparently by the project's "
                         "reader), for committing a large result")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=path_arg, default=None,
                         help="JSON path (default: RUN/interchange.json, or RUN/interchange.limit<N>.json with --limit); "
                         "the figure goes beside it (.png)")
     return parser
@@ -633,7 +636,7 @@ def interchange_run(run: Run, data: RunData, args) -> dict:
     }
     for variable in variables:
         path = pairs_path(pairs_dir, variable)
-        print(f"{variable}: {len(pairs[variable])} pairs from {path} ...")
+        print(f"{variable}: {len(pairs[variable])} pairs from {shown(path)} ...")
         entry = interchange_variable(model, pairs[variable], cfg, run.precision, args.chunk)
         result["variables"][variable] = {"what": VARIABLES[variable], "file": str(path),
                                          "lines_read": len(pairs[variable]), **entry}

@@ -66,13 +66,12 @@ import argparse
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from src import stats
 from src.rundir.atomic import write_result
-from src.cli import ArgumentParser, check_output_file, comma_list, float_in, int_in
+from src.cli import ArgumentParser, check_output_file, comma_list, float_in, int_in, path_arg
 from src.data import Batch, Record, depth_labels, load_jsonl, make_batch
 from src.device import autocast
 from src.errors import UserError, run_main
@@ -80,6 +79,7 @@ from src.analysis.common import Run, RunData, add_run_arguments, analysis_main, 
 from src.metrics import teacher_forced_scores
 from src.model import CompactTransformer, Hooks, Patch
 from src.plotting import png_bytes, pyplot
+from src.report.text import plain_text, shown
 from src.tokenizer import ANSWER_SEPARATOR, answer_text
 
 SCHEMA = "patching/1"
@@ -501,8 +501,10 @@ def format_resid(resid: dict, classes) -> str:
     return "\n".join(lines)
 
 
+@plain_text()  # names drawn as written: no mathtext
 def render_figure(resid: dict, classes, title: str) -> bytes:
     """PNG bytes: layer x position class heatmap of the residual stream's restored share, one panel per direction."""
+    title = shown(title)  # a run directory's name may hold bytes that are not UTF-8
     plt = pyplot()
 
     directions = list(resid)
@@ -548,7 +550,7 @@ def build_parser() -> ArgumentParser:
                         "by at least this much (default: %(default)s)")
     parser.add_argument("--chunk", type=int_in(1, 100_000), default=DEFAULT_CHUNK,
                         help="pairs per forward pass (times the number of heads for the heads; default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: RUN/patching.json); the figure goes "
+    parser.add_argument("--out", type=path_arg, default=None, help="JSON path (default: RUN/patching.json); the figure goes "
                         "beside it (same name, .png)")
     return parser
 

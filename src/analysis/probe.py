@@ -73,7 +73,6 @@ import argparse
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +80,7 @@ import torch.nn.functional as F
 from src import stats
 from src.rundir.atomic import write_result
 from src.cli import (MAX_ITERATIONS, MAX_RESAMPLES, MAX_SEED, ArgumentParser, check_output_file, distinct, float_in,
-                     int_in)
+                     int_in, path_arg)
 from src.data import Batch
 from src.device import autocast
 from src.errors import UserError, run_main
@@ -90,6 +89,7 @@ from src.analysis.common import (Run, RunData, add_run_arguments, analysis_main,
                                  untrained_control)
 from src.model import CompactTransformer, Hooks
 from src.plotting import png_bytes, pyplot
+from src.report.text import plain_text, shown
 
 SCHEMA = "probe/2"
 TASKS = {"binary": "depth > 0 (inside at least one parenthesis)",
@@ -435,8 +435,10 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+@plain_text()  # names drawn as written: no mathtext
 def render_figure(result: dict, title: str) -> bytes:
     """PNG bytes of the accuracy-against-depth figure."""
+    title = shown(title)  # a run directory's name may hold bytes that are not UTF-8
     plt = pyplot()
 
     L = result["num_layers"]
@@ -517,7 +519,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--seed", type=int_in(0, MAX_SEED), default=None,
                         help="seed of the untrained control model (default: the run's training seed, which its "
                         "checkpoint records)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: RUN/probe.json, RUN/probe.limitN.json "
+    parser.add_argument("--out", type=path_arg, default=None, help="JSON path (default: RUN/probe.json, RUN/probe.limitN.json "
                         "under --limit); the figure probe_layers.png (probe_layers.limitN.png) goes beside it")
     return parser
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from src.rundir.atomic import write_result
-from src.cli import ArgumentParser, check_output_file, distinct
+from src.cli import ArgumentParser, check_output_file, distinct, path_arg
 from src.data import OPERATORS
 from src.device import autocast
 from src.errors import UserError, run_main
@@ -51,6 +51,7 @@ from src.analysis.common import Run, RunData, add_run_arguments, analysis_main, 
 from src.rundir.results import SCHEMAS
 from src.model import Hooks
 from src.plotting import png_bytes, pyplot
+from src.report.text import plain_text, shown
 from src.tokenizer import BOS_ID, PAD_ID, VOCAB
 
 SCHEMA = SCHEMAS["roles"]
@@ -306,8 +307,10 @@ def role_table_markdown(runs: list[dict]) -> str:
 # ---------------------------------------------------------------------------- figure
 
 
+@plain_text()  # names drawn as written: no mathtext
 def render_heatmap(rows: list[dict], queries: dict, title: str) -> bytes:
     """PNG bytes of a heads x roles heatmap of combined shares, values written in the cells."""
+    title = shown(title)  # a run directory's name may hold bytes that are not UTF-8
     plt = pyplot()
 
     grid = [[r["combined"][role] if r["combined"][role] is not None else float("nan") for role in ROLES]
@@ -362,7 +365,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--splits", nargs="+", default=list(DEFAULT_SPLITS), metavar="SPLIT",
                         help="bracketed splits whose queries are pooled to assign roles (default: %(default)s); "
                         f"{' '.join(REFERENCE_SPLITS)} is always scored beside them")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=path_arg, default=None,
                         help="JSON path (default: RUN/roles.json, RUN/roles.limitN.json under --limit); the heatmap "
                         "goes beside it with the suffix .png")
     return parser

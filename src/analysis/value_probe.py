@@ -45,13 +45,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
 from src import stats
 from src.rundir.atomic import write_result
-from src.cli import MAX_ITERATIONS, MAX_RESAMPLES, MAX_SEED, ArgumentParser, check_output_file, distinct, float_in, int_in
+from src.cli import (MAX_ITERATIONS, MAX_RESAMPLES, MAX_SEED, ArgumentParser, check_output_file, distinct, float_in, int_in,
+                     path_arg)
 from src.errors import run_main
 from src.analysis.common import Run, RunData, add_run_arguments, analysis_main, progress, untrained_control
 from src.analysis.intermediate import KINDS, OPERATOR_TARGETS, at_expression_positions, batch_targets
@@ -292,7 +292,7 @@ def build_parser() -> ArgumentParser:
                    help=f"bootstrap resamples over expressions, {MIN_RESAMPLES} to {MAX_RESAMPLES} (default: %(default)s)")
     p.add_argument("--seed", type=int_in(0, MAX_SEED), default=None,
                    help="seed of the untrained control (default: the run's training seed, which its checkpoint records)")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", type=path_arg, default=None,
                    help="JSON path (default: RUN/value_probe.json, RUN/value_probe.limitN.json under --limit)")
     return p
 

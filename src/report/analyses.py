@@ -44,6 +44,7 @@ from src.cli import ArgumentParser, path_arg
 from src.errors import UserError, run_main
 from src.analysis.rolematch import patching_peaks, rolematch_markdown
 from src.rundir.results import read_result, result_file, stamp
+from src.report.text import plain_text
 
 BOTH = "both"
 VALUE_SPLIT = "test_paren"
@@ -275,6 +276,7 @@ def patching_markdown(runs: list[dict]) -> list[str]:
 FIGURE = "patching_profile.png"
 
 
+@plain_text()  # config names drawn as written, from the first text on: no mathtext
 def profile_figure(runs: list[dict]) -> bytes | None:
     """One heatmap per config with a patching profile: position class x layer, the mean over the config's
     seeds of the change of the answer log-probability (nats, symmetric log colour scale), layers labelled

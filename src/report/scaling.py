@@ -45,7 +45,7 @@ from src.errors import UserError, run_main
 from src.metrics import METRIC_DEFINITIONS
 from src.rundir.paths import check_output_dir
 from src.plotting import pyplot
-from src.report.text import plain_png
+from src.report.text import plain_png, plain_text
 from src.rundir.results import evaluated, metrics_row_problem, read_metrics, rounded, read_result, regenerate_hint
 from src.stats import Family, t_quantile_975, welch_t, wilson_interval
 from src.cli import seed_value
@@ -379,6 +379,7 @@ def _seeds_text(counts: list[int]) -> str:
 VARIANT_MARKERS = {"reversed": ("^", 1.18), "lossall": ("s", 1.40)}  # marker, x offset factor on the log axis
 
 
+@plain_text()  # config names drawn as written, from the first text on: no mathtext
 def learning_curve(rep: dict) -> bytes:
     """exact_match against N, one panel per scale, one line per test split; variants as points."""
     plt = pyplot()
@@ -443,6 +444,7 @@ def learning_curve(rep: dict) -> bytes:
 OPERATOR_LABEL = {"+-": "+ − only", "*": "with *"}
 
 
+@plain_text()  # config names drawn as written, from the first text on: no mathtext
 def class_heatmap(scale: str, name: str, entry: dict) -> bytes:
     """exact_match by class (rows: operands x operators, columns: depth 0-3), pooled test sets."""
     plt = pyplot()
@@ -600,6 +602,7 @@ def class_curve_markdown(rep: dict) -> list[str]:
     return md
 
 
+@plain_text()  # config names drawn as written, from the first text on: no mathtext
 def class_curve_figure(rep: dict) -> bytes | None:
     panels = [(scale, classes) for scale, classes in rep.get("class_curve", {}).items() if classes]
     if not panels:
@@ -651,6 +654,7 @@ def progress_markdown(rep: dict) -> list[str]:
             "![validation exact_match over training](val_progress.png)", ""]
 
 
+@plain_text()  # config names drawn as written, from the first text on: no mathtext
 def val_progress(rep: dict) -> bytes | None:
     """Validation exact_match against optimizer steps for every run at the largest N of each scale."""
     panels = [(scale, [(name, c) for name, c in _order(rep) if c["scale"] == scale and c["N"]

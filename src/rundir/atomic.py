@@ -138,6 +138,8 @@ def write_result(path, obj, figure: tuple | None = None, compress: bool = False)
     `compress`: write `path` + ".gz" (gzip) instead, and remove a plain `path` left by an earlier run so
     that the reader (src.rundir.results.read_result, which reads X.json.gz where X.json is absent) never
     sees a stale one. For large results committed to the repository. Returns the path written."""
+    from src.report.text import shown  # a run directory's name may hold bytes that are not UTF-8
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if compress:
@@ -148,10 +150,10 @@ def write_result(path, obj, figure: tuple | None = None, compress: bool = False)
         path = packed
     else:
         atomic_write_json(path, obj)
-    print(f"wrote {path}")
+    print(f"wrote {shown(path)}")
     if figure is not None and figure[1] is not None:
         atomic_write_bytes(figure[0], figure[1])
-        print(f"wrote {figure[0]}")
+        print(f"wrote {shown(figure[0])}")
     return path
 
 
