@@ -103,7 +103,8 @@ one() {  # one config:seed on one device: train (or finish) it, evaluate it, run
     fi
     python -m src.analysis.evaluate --run "$run" "${where[@]}" ${limit[@]+"${limit[@]}"}
   fi
-  python -m src.analysis.run_all --run "$run" "${where[@]}" --quiet ${limit[@]+"${limit[@]}"}
+  python -m src.analysis.run_all --run "$run" "${where[@]}" --quiet --only ablate,roles,probe,patching,value_probe \
+    ${limit[@]+"${limit[@]}"}  # the evaluations are the lines around it
   python -m src.analysis.evaluate --run "$run" "${where[@]}" --data-dir "$FRESH" ${limit[@]+"${limit[@]}"} > /dev/null
   mkdir -p "$dest"
   # a --limit run names its files NAME.limitN.json (each records its limit); RAW keeps the plain names

@@ -80,7 +80,7 @@ def test_evaluate_reports_both_kinds_and_the_subsets(tmp_path):
     run = write_tiny_run(tmp_path)
     # without the precedence file beside test_flat: the kind says which command writes it
     assert evaluate.main(["--run", str(run), "--device", "cpu", "--limit", "8"]) == 0
-    kinds = json.loads((run / "eval.json").read_text())["bracket_cost_by_kind"]
+    kinds = json.loads((run / "eval.limit8.json").read_text())["bracket_cost_by_kind"]
     assert "python -m src.data" in kinds["precedence_changing"]["unavailable"]
     assert kinds["family"]["tests"] == ["redundant"]
     data = tmp_path / "data"
@@ -89,7 +89,7 @@ def test_evaluate_reports_both_kinds_and_the_subsets(tmp_path):
              if json.loads(l)["flat_line"] < 40]
     (data / "pilot_test_paren_precedence.jsonl").write_text("\n".join(lines) + "\n")
     assert evaluate.main(["--run", str(run), "--device", "cpu", "--limit", "30"]) == 0
-    out = json.loads((run / "eval.json").read_text())
+    out = json.loads((run / "eval.limit30.json").read_text())
     kinds = out["bracket_cost_by_kind"]
     expected = [json.loads(l)["flat_line"] for l in lines if json.loads(l)["flat_line"] < 30]
     assert kinds["precedence_changing"]["flat_lines"] == expected and kinds["precedence_changing"]["n_pairs"] == len(expected)

@@ -179,7 +179,7 @@ def test_a_manifest_place_with_a_nul_byte_is_an_error(tmp_path):
 
 def test_a_config_name_with_dollars_is_drawn_as_plain_text():
     from src.report.figures import training_curves
-    from src.report.text import plain_text
+    from src.text import plain_text
 
     rows = [{"epoch": 1, "step": 1, "train_loss": 1.0, "val": {"loss": 1.0, "exact_match": 0.1, "end_of_answer_acc": 0.2}}]
     with plain_text():

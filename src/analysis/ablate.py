@@ -57,7 +57,7 @@ from src.analysis.common import (Run, RunData, add_run_arguments, analysis_main,
                                  scores_by_split)
 from src.model import CompactTransformer, HeadAblation, Hooks
 from src.plotting import png_bytes, pyplot
-from src.report.text import plain_text, shown
+from src.text import plain_text, shown
 from src.rundir.results import stamp
 from src.tokenizer import PAD_ID
 

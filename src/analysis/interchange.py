@@ -73,7 +73,7 @@ from src.device import autocast
 from src.errors import UserError, run_main
 from src.model import CompactTransformer, Hooks, Patch
 from src.plotting import png_bytes, pyplot
-from src.report.text import plain_text, shown
+from src.text import plain_text, shown
 from src.rundir.atomic import write_result
 from src.rundir.results import stamp
 from src.tokenizer import ANSWER_SEPARATOR, BOS_ID, EOS_ID, PAD_ID, answer_text, encode

@@ -79,7 +79,7 @@ from src.analysis.common import Run, RunData, add_run_arguments, analysis_main, 
 from src.metrics import teacher_forced_scores
 from src.model import CompactTransformer, Hooks, Patch
 from src.plotting import png_bytes, pyplot
-from src.report.text import plain_text, shown
+from src.text import plain_text, shown
 from src.tokenizer import ANSWER_SEPARATOR, answer_text
 
 SCHEMA = "patching/1"

@@ -89,7 +89,7 @@ from src.analysis.common import (Run, RunData, add_run_arguments, analysis_main,
                                  untrained_control)
 from src.model import CompactTransformer, Hooks
 from src.plotting import png_bytes, pyplot
-from src.report.text import plain_text, shown
+from src.text import plain_text, shown
 
 SCHEMA = "probe/2"
 TASKS = {"binary": "depth > 0 (inside at least one parenthesis)",

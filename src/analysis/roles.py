@@ -51,7 +51,7 @@ from src.analysis.common import Run, RunData, add_run_arguments, analysis_main, 
 from src.rundir.results import SCHEMAS
 from src.model import Hooks
 from src.plotting import png_bytes, pyplot
-from src.report.text import plain_text, shown
+from src.text import plain_text, shown
 from src.tokenizer import BOS_ID, PAD_ID, VOCAB
 
 SCHEMA = SCHEMAS["roles"]

@@ -44,7 +44,7 @@ from src.cli import ArgumentParser, path_arg
 from src.errors import UserError, run_main
 from src.analysis.rolematch import patching_peaks, rolematch_markdown
 from src.rundir.results import read_result, result_file, stamp
-from src.report.text import plain_text
+from src.text import plain_text
 
 BOTH = "both"
 VALUE_SPLIT = "test_paren"
@@ -284,7 +284,7 @@ def profile_figure(runs: list[dict]) -> bytes | None:
     import numpy as np
 
     from src.plotting import pyplot
-    from src.report.text import plain_png
+    from src.text import plain_png
 
     by_config: dict[str, list[dict]] = {}
     for r in runs:

@@ -16,7 +16,7 @@ from src.report import figures
 from src.report.collect import collect
 from src.report.compare import aggregate
 from src.report.markdown import ORIGINAL, SECTIONS
-from src.report.text import plain_text, shown
+from src.text import plain_text, shown
 from src.rundir.results import metrics_row_problem, read_metrics, read_result, rounded, stamp
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from src.errors import UserError
-from src.report.text import shown
+from src.text import shown
 from src.rundir.results import metrics_row_problem, read_metrics, read_result, regenerate_hint, result_file
 
 # key -> (file name, schema kind)

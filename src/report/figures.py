@@ -6,7 +6,7 @@ bracket-specific ablation effect, and the attention roles of every head. The cal
 from __future__ import annotations
 
 from src.plotting import pyplot
-from src.report.text import plain_png
+from src.text import plain_png
 from src.report.compare import dig
 from src.analysis.roles import ROLES
 from src.rundir.results import evaluated

@@ -45,7 +45,7 @@ from src.errors import UserError, run_main
 from src.metrics import METRIC_DEFINITIONS
 from src.rundir.paths import check_output_dir
 from src.plotting import pyplot
-from src.report.text import plain_png, plain_text
+from src.text import plain_png, plain_text
 from src.rundir.results import evaluated, metrics_row_problem, read_metrics, rounded, read_result, regenerate_hint
 from src.stats import Family, t_quantile_975, welch_t, wilson_interval
 from src.cli import seed_value

@@ -138,7 +138,7 @@ def write_result(path, obj, figure: tuple | None = None, compress: bool = False)
     `compress`: write `path` + ".gz" (gzip) instead, and remove a plain `path` left by an earlier run so
     that the reader (src.rundir.results.read_result, which reads X.json.gz where X.json is absent) never
     sees a stale one. For large results committed to the repository. Returns the path written."""
-    from src.report.text import shown  # a run directory's name may hold bytes that are not UTF-8
+    from src.text import shown  # a run directory's name may hold bytes that are not UTF-8
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
