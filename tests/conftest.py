@@ -31,3 +31,27 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def analysed_tiny_runs(tmp_path_factory) -> dict:
+    """Two seeds of tests/tiny.py's run, every analysis the report reads run on them (small, full data):
+    one pair for the report's tests in test_report.py and test_reliability_analysis.py, built once.
+    The tests copy a run before changing it; these directories stay as built."""
+    from src.analysis import ablate, evaluate, probe, roles
+    from tests.tiny import tiny_config, write_data, write_run
+
+    root = tmp_path_factory.mktemp("report")
+    write_data(root / "data")
+    raw = tiny_config(root / "data")
+    runs = []
+    for seed in (1, 2):
+        run = root / f"seed{seed}"
+        write_run(run, raw, seed=seed)
+        cpu = ["--run", str(run), "--device", "cpu"]
+        assert evaluate.main(cpu) == 0
+        assert ablate.main([*cpu, "--max-set-size", "2"]) == 0
+        assert roles.main(cpu) == 0
+        assert probe.main([*cpu, "--max-iter", "20", "--resamples", "200"]) == 0  # the report reads probe.json
+        runs.append(run)
+    return {"root": root, "runs": runs}

@@ -27,6 +27,9 @@ SPLIT_SIZES = {"train": 80}  # every other split: 40 expressions
 FAST = ["--device", "cpu", "--limit", "30", "--max-iter", "20", "--resamples", "200"]
 
 
+_TRAINED: dict[tuple, dict] = {}  # write_tiny_run's trained weights by seed and training data
+
+
 def write_tiny_run(root: Path, seed: int = 0) -> Path:
     """A run directory around a 2-layer model trained for a few full-batch steps."""
     data = root / "data"
@@ -47,12 +50,19 @@ def write_tiny_run(root: Path, seed: int = 0) -> Path:
     cfg = config_from_dict(raw)
     torch.manual_seed(seed)
     model = CompactTransformer(cfg.model)
-    train = load_split_batches(cfg, ("train",))["train"]
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(20):
-        opt.zero_grad()
-        model(train.inputs, train.labels).loss.backward()
-        opt.step()
+    key = (seed, (data / "pilot_train.jsonl").read_bytes())
+    if key in _TRAINED:  # many tests build this run: the weights and random state the loop below made before
+        model.load_state_dict(_TRAINED[key]["model"])
+        torch.set_rng_state(_TRAINED[key]["rng"])
+    else:
+        train = load_split_batches(cfg, ("train",))["train"]
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(20):
+            opt.zero_grad()
+            model(train.inputs, train.labels).loss.backward()
+            opt.step()
+        _TRAINED[key] = {"model": {name: tensor.detach().clone() for name, tensor in model.state_dict().items()},
+                         "rng": torch.get_rng_state()}
     run = root / "run"
     run.mkdir()
     torch.save(make_checkpoint(cfg, model, epoch=1, step=20, best={"val_loss": 2.0, "epoch": 1, "metrics": None},

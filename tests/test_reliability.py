@@ -609,6 +609,7 @@ def test_evaluate_model_config_not_a_compact_transformer(tiny, tmp_path, capsys)
 # ============================================================================ the real entry points
 
 
+@pytest.mark.slow  # the command line's side; test_debug_raises_the_error_for_its_traceback is the fast check
 def test_debug_shows_the_traceback(tmp_path):
     config = tmp_path / "nope.yaml"
     proc = run_cli(["-m", "src.train", "--config", config, "--output-dir", tmp_path / "run", "--device", "cpu",
@@ -616,6 +617,17 @@ def test_debug_shows_the_traceback(tmp_path):
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "UserError" in proc.stderr
     assert f"{config}: config file not found" in proc.stderr
+
+
+def test_debug_raises_the_error_for_its_traceback(tmp_path, capsys):
+    """In-process: with --debug, run_main lets the UserError through, so Python prints its traceback."""
+    from src.errors import UserError
+    config = tmp_path / "nope.yaml"
+    with pytest.raises(UserError, match="config file not found") as raised:
+        run_main(src.train.main, [str(a) for a in ("--config", config, "--output-dir", tmp_path / "run",
+                                                   "--device", "cpu", "--debug")])
+    assert f"{config}: config file not found" in str(raised.value)
+    assert capsys.readouterr().err == ""  # not the short message: the traceback replaces it
 
 
 def _subprocess_cases(tiny, tmp_path):
@@ -647,8 +659,10 @@ def _subprocess_cases(tiny, tmp_path):
     }
 
 
-SUBPROCESS_CASES = ["train_config_missing", "train_data_not_json", "evaluate_no_checkpoint",
-                    "evaluate_pickled_code", "verify_bad_config"]
+# one real subprocess per entry point; the other cases run in-process, as the __main__ block runs them
+SUBPROCESS_CASES = ["train_config_missing", "evaluate_no_checkpoint", "verify_bad_config"]
+IN_PROCESS_CASES = ["train_data_not_json", "evaluate_pickled_code"]
+MODULE_MAINS = {"src.train": src.train.main, "src.analysis.evaluate": src.analysis.evaluate.main}
 
 
 @pytest.mark.parametrize("case", SUBPROCESS_CASES)
@@ -657,6 +671,18 @@ def test_real_entry_point_reports_bad_input_without_traceback(case, tiny, tmp_pa
     proc = run_cli(argv)
     output = proc.stdout + proc.stderr
     assert proc.returncode == code, output
+    assert "Traceback" not in output
+    assert says in output, output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", IN_PROCESS_CASES)
+def test_entry_point_reports_bad_input_without_traceback_in_process(case, tiny, tmp_path, capsys):
+    argv, code, says = _subprocess_cases(tiny, tmp_path)[case]
+    assert argv[0] == "-m"
+    rc, out, err = cli(MODULE_MAINS[argv[1]], argv[2:], capsys)
+    output = out + err
+    assert rc == code, output
     assert "Traceback" not in output
     assert says in output, output
     assert not (tmp_path / "run").exists()

@@ -26,7 +26,7 @@ from src.analysis import ablate, common, evaluate, probe, roles, run_all
 from src.model import CompactTransformer
 from src.report import main as report_main
 from tests.test_reliability import cli  # the one runner of an entry point, as its __main__ runs it
-from tests.tiny import drop_limit_tag, tiny_config, write_data, write_run
+from tests.tiny import tiny_config, write_data, write_run
 
 ANALYSES = {"evaluate": evaluate.main, "ablate": ablate.main, "probe": probe.main, "roles": roles.main}
 FAST = {"evaluate": [], "ablate": ["--max-set-size", "1"], "probe": ["--max-iter", "5", "--resamples", "100"],
@@ -266,21 +266,9 @@ def test_probe_full_disk_leaves_no_partial_file(tiny, tmp_path, capsys, monkeypa
 
 
 @pytest.fixture(scope="module")
-def analysed(tiny, tmp_path_factory):
-    """Two seeds of the tiny config, every analysis run (small), for the report."""
-    root = tmp_path_factory.mktemp("report_inputs")
-    runs = []
-    for seed in (1, 2):
-        run = root / f"seed{seed}"
-        write_run(run, tiny["raw"], seed=seed)
-        cpu = ["--run", str(run), "--device", "cpu", "--limit", "10"]
-        assert evaluate.main(cpu) == 0
-        assert ablate.main([*cpu, "--max-set-size", "1"]) == 0
-        assert roles.main(cpu) == 0
-        assert probe.main([*cpu, *FAST["probe"]]) == 0
-        drop_limit_tag(run, 10)  # the report reads the full-data names
-        runs.append(run)
-    return runs
+def analysed(analysed_tiny_runs):
+    """Two seeds of the tiny config, every analysis run, for the report (tests/conftest.py builds them once)."""
+    return analysed_tiny_runs["runs"]
 
 
 REPORT_FILES = ("REPORT.md", "report.json", "training_curves.png", "probe_relative_depth.png",

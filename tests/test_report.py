@@ -2,32 +2,18 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from src.analysis import ablate, evaluate, probe, roles
 from src.errors import run_main
 from src.report import main as report_main
-from tests.tiny import tiny_config, write_data, write_run
 
 
 @pytest.fixture(scope="module")
-def analysed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("report")
-    write_data(root / "data")
-    raw = tiny_config(root / "data")
-    runs = []
-    for seed in (1, 2):
-        run = root / f"seed{seed}"
-        write_run(run, raw, seed=seed)
-        cpu = ["--run", str(run), "--device", "cpu"]
-        assert evaluate.main(cpu) == 0
-        assert ablate.main([*cpu, "--max-set-size", "2"]) == 0
-        assert roles.main(cpu) == 0
-        assert probe.main([*cpu, "--max-iter", "20", "--resamples", "200"]) == 0  # full (tiny) data: the report reads probe.json
-        runs.append(run)
-    return {"root": root, "runs": runs}
+def analysed(analysed_tiny_runs):
+    """Two seeds analysed with every tool (tests/conftest.py builds them once for the session)."""
+    return analysed_tiny_runs
 
 
 def test_report_aggregates_seeds_and_states_the_tests_behind_each_section(analysed):

@@ -1,8 +1,7 @@
-"""verify_10m_config.py: output lines and exit status. The default check runs the script as a user
-runs it (a subprocess); the other cases call its main() in-process, as its __main__ block does."""
+"""verify_10m_config.py: output lines and exit status. Every case calls its main() in-process, as its
+__main__ block does; test_reliability.py runs the script itself as a subprocess."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PILOT = REPO_ROOT / "configs" / "pilot.yaml"
 
 
-def verify(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "verify_10m_config.py", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.fixture
 def verify_here(capsys, monkeypatch):
-    """`verify(*args)` in-process: main(args) from the repository root, stdout and stderr captured."""
+    """`verify_10m_config.py ARGS` in-process: main(args) from the repository root, stdout and stderr captured."""
     import verify_10m_config
 
     monkeypatch.chdir(REPO_ROOT)
@@ -40,7 +29,21 @@ def verify_here(capsys, monkeypatch):
 
 @pytest.fixture(scope="module")
 def default_run():
-    return verify()
+    """`verify_10m_config.py` with no arguments, in-process (test_reliability.py runs the script itself)."""
+    import contextlib
+    import io
+    import os
+
+    import verify_10m_config
+
+    out, err, before = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(REPO_ROOT)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = verify_10m_config.main([])
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(["verify_10m_config.py"], rc, out.getvalue(), err.getvalue())
 
 
 def write_pilot_variant(tmp_path, change) -> Path:

@@ -6,6 +6,7 @@ training): it carries the first layer's context, so ablating it must raise answe
 ablating the silent L0-H0 must change nothing at all.
 """
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -39,22 +40,40 @@ def tiny_config(data_dir: Path) -> dict:
     return raw
 
 
+# trained weights by what determines them (seed, config without its paths, training data): many test
+# modules build the same tiny run, and training it is most of what their fixtures cost
+_TRAINED: dict[str, dict] = {}
+
+
+def _training_key(raw: dict, seed: int) -> str:
+    train_bytes = Path(raw["data"]["train"]).read_bytes()
+    settings = {key: value for key, value in raw.items() if key != "data"}
+    return json.dumps([seed, settings, hashlib.sha256(train_bytes).hexdigest()], sort_keys=True, default=str)
+
+
 def write_run(run: Path, raw: dict, seed: int = 0) -> None:
     """A run directory as src.train leaves it, around a briefly trained model with a signal head."""
     cfg = config_from_dict(raw)
     torch.manual_seed(seed)
     model = CompactTransformer(cfg.model)
-    train = load_split_batches(cfg, ("train",))["train"]
-    hd = cfg.model.head_dim
-    live = torch.zeros(cfg.model.d_model)  # out-projection input columns h*hd:(h+1)*hd belong to head h
-    live[SIGNAL[1] * hd:(SIGNAL[1] + 1) * hd] = 1.0
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(40):  # a few full-batch steps: the answer is predicted better than chance
-        opt.zero_grad()
-        model(train.inputs, train.labels).loss.backward()
-        opt.step()
-        with torch.no_grad():
-            model.blocks[0].attn.out.weight.mul_(live)
+    key = _training_key(raw, seed)
+    if key in _TRAINED:  # the same weights (and random state after) the loop below made for an earlier run
+        model.load_state_dict(_TRAINED[key]["model"])
+        torch.set_rng_state(_TRAINED[key]["rng"])
+    else:
+        train = load_split_batches(cfg, ("train",))["train"]
+        hd = cfg.model.head_dim
+        live = torch.zeros(cfg.model.d_model)  # out-projection input columns h*hd:(h+1)*hd belong to head h
+        live[SIGNAL[1] * hd:(SIGNAL[1] + 1) * hd] = 1.0
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(40):  # a few full-batch steps: the answer is predicted better than chance
+            opt.zero_grad()
+            model(train.inputs, train.labels).loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.blocks[0].attn.out.weight.mul_(live)
+        _TRAINED[key] = {"model": {name: tensor.detach().clone() for name, tensor in model.state_dict().items()},
+                         "rng": torch.get_rng_state()}
     run.mkdir(parents=True)
     best = {"val_loss": 2.0, "epoch": 1, "metrics": None}
     ckpt = make_checkpoint(cfg, model, epoch=1, step=40, best=best, seed=seed)
