@@ -102,7 +102,7 @@ def test_an_empty_output_path_is_an_error(argv, runs, tmp_path, capsys, monkeypa
 
 @pytest.mark.parametrize("module, argv", [
     ("evaluate", ["--out", ""]), ("ablate", ["--out", ""]), ("probe", ["--out", ""]), ("roles", ["--out", ""]),
-    ("patching", ["--out", ""]), ("value_probe", ["--out", ""]), ("interchange", ["--out", ""]),
+    ("patching", ["--out", ""]), ("value_probe", ["--out", ""]), ("interchange", ["--out", ""]), ("evaluate", ["--data-dir", ""]),
     ("run_all", ["--run", ""]),
 ])
 def test_an_analysis_commands_empty_out_is_an_error(module, argv, tmp_path, capsys, monkeypatch):

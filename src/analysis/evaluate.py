@@ -61,7 +61,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", type=path_arg, default=None,
                         help="JSON path (default: RUN/eval.json, or RUN/eval_<DIR name>.json with --data-dir, each "
                         "as NAME.limitN.json under --limit); e.g. RUN/eval_epoch_10.json for a periodic checkpoint")
-    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+    parser.add_argument("--data-dir", type=path_arg, default=None, metavar="DIR",
                         help="evaluate on the files of DIR named as the shipped ones (pilot_test_flat.jsonl, ...) "
                         "instead of the config's, split by split, e.g. the fresh test files of "
                         "`python -m src.data --fresh-test SEED`; splits without a file there keep the config's")
