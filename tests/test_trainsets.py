@@ -179,6 +179,8 @@ def test_verified_set_is_kept(made, capsys):
     ("no_manifest", "manifest train_2500.manifest.json is missing"),
     ("bad_manifest", "unreadable"),
     ("old_version", "another generator_version"),
+    ("no_bytes", "'bytes' is missing or not a whole number"),
+    ("nul_sha256", "sha256 differs"),
 ])
 def test_damaged_set_is_found_and_remade(made, damage, says, capsys):
     good = made.read_bytes()
@@ -193,7 +195,10 @@ def test_damaged_set_is_found_and_remade(made, damage, says, capsys):
         manifest_path(made).write_text("{", encoding="utf-8")
     else:
         meta = json.loads(manifest_path(made).read_text(encoding="utf-8"))
-        manifest_path(made).write_text(json.dumps({**meta, "generator_version": 0}), encoding="utf-8")
+        changed = {"old_version": {**meta, "generator_version": 0},
+                   "no_bytes": {k: v for k, v in meta.items() if k != "bytes"},
+                   "nul_sha256": {**meta, "sha256": meta["sha256"][:10] + "\u0000" + meta["sha256"][11:]}}[damage]
+        manifest_path(made).write_text(json.dumps(changed), encoding="utf-8")
     assert says in training_set_problem(made)
     with pytest.raises(UserError, match=f"{made}: .*{says}.*--train-size 2500"):
         ensure_training_set(2500, made.parent, repair=False)

@@ -528,6 +528,8 @@ def training_set_problem(path, data_dir=DATA_DIR, kind: str = "plain") -> str | 
         if meta.get(key) != expected.get(key):
             what = "the shipped data files" if key == "sources" else key
             return f"made with another {what} ({manifest.name} says {str(meta.get(key))[:100]})"
+    if not isinstance(meta.get("bytes"), int) or isinstance(meta.get("bytes"), bool):
+        return f"its manifest {manifest.name}'s 'bytes' is missing or not a whole number"
     try:
         sha256, size = _sha256_of_file(path)
     except OSError as err:
