@@ -58,61 +58,19 @@ class ExpressionError(ValueError):
     """The string is not an expression of the grammar."""
 
 
-def evaluate(expr: str) -> int:
-    """Exact integer value of `expr` under standard precedence; raises ExpressionError."""
+def _apply(op: str, left: int, right: int) -> int:
+    return left + right if op == "+" else left - right if op == "-" else left * right
+
+
+def _tree(op: str, left, right):
+    return (op, left, right)
+
+
+def _parse(expr: str, combine):
+    """The one parser of the grammar: standard precedence (* before + -, left-associative), numbers from
+    1 to 99 without leading zeros, brackets; `combine(op, left, right)` folds each operation (into a value,
+    or into a tree node). Raises ExpressionError saying what is wrong and where."""
     # a sentinel past the end instead of a bounds check at every step: "\0", like the end, matches nothing below
-    text, pos = expr + "\0", 0
-
-    def parse_sum():
-        nonlocal pos
-        value = parse_product()
-        while text[pos] in "+-":
-            op = text[pos]
-            pos += 1
-            rhs = parse_product()
-            value = value + rhs if op == "+" else value - rhs
-        return value
-
-    def parse_product():
-        nonlocal pos
-        value = parse_atom()
-        while text[pos] == "*":
-            pos += 1
-            value *= parse_atom()
-        return value
-
-    def parse_atom():
-        nonlocal pos
-        if text[pos] == "(":
-            pos += 1
-            value = parse_sum()
-            if text[pos] != ")":
-                raise ExpressionError(f"expected ')' at position {pos}")
-            pos += 1
-            return value
-        start = pos
-        while text[pos].isdigit():
-            pos += 1
-        if start == pos:
-            raise ExpressionError(f"expected a number or '(' at position {pos}")
-        digits = expr[start:pos]
-        if digits[0] == "0" or not MIN_OPERAND <= int(digits) <= MAX_OPERAND:
-            raise ExpressionError(f"number {digits} at position {start} is not an integer from 1 to 99")
-        return int(digits)
-
-    if not expr:
-        raise ExpressionError("empty expression")
-    value = parse_sum()
-    if pos != len(expr):
-        raise ExpressionError(f"unexpected {expr[pos]!r} at position {pos}")
-    return value
-
-
-def parse(expr: str):
-    """The parse tree of `expr` under standard precedence (* before + -, left-associative): an int leaf or
-    (op, left, right), the form `_random_tree` draws. The grammar of `evaluate`, checked the same way (an
-    ExpressionError says what is wrong); for the analyses of structure (src/data/canonical.py), while the
-    generator's hot path keeps `evaluate`, which builds no tree."""
     text, pos = expr + "\0", 0
 
     def parse_sum():
@@ -121,7 +79,7 @@ def parse(expr: str):
         while text[pos] in "+-":
             op = text[pos]
             pos += 1
-            node = (op, node, parse_product())
+            node = combine(op, node, parse_product())
         return node
 
     def parse_product():
@@ -129,7 +87,7 @@ def parse(expr: str):
         node = parse_atom()
         while text[pos] == "*":
             pos += 1
-            node = ("*", node, parse_atom())
+            node = combine("*", node, parse_atom())
         return node
 
     def parse_atom():
@@ -153,10 +111,21 @@ def parse(expr: str):
 
     if not expr:
         raise ExpressionError("empty expression")
-    tree = parse_sum()
+    node = parse_sum()
     if pos != len(expr):
         raise ExpressionError(f"unexpected {expr[pos]!r} at position {pos}")
-    return tree
+    return node
+
+
+def evaluate(expr: str) -> int:
+    """Exact integer value of `expr` under standard precedence (never Python's eval); raises ExpressionError."""
+    return _parse(expr, _apply)
+
+
+def parse(expr: str):
+    """The parse tree of `expr`: an int leaf or (op, left, right), the form `_random_tree` draws; for the
+    analyses of structure (src/data/canonical.py). Checked as `evaluate` checks; raises ExpressionError."""
+    return _parse(expr, _tree)
 
 
 _BRACKET_STEP = {"(": 1, ")": -1}
