@@ -111,7 +111,9 @@ one() {  # one config:seed on one device: train (or finish) it, evaluate it, run
   local tag=${LIMIT:+.limit$LIMIT}
   for f in battery.json ablation.json roles.json probe.json patching.json value_probe.json eval.json \
            "$FRESH_EVAL"; do
-    [ -f "$run/${f%.json}$tag.json" ] && cp "$run/${f%.json}$tag.json" "$dest/$f"
+    src="$run/${f%.json}$tag.json"
+    [ -f "$src" ] || src="$run/$f"  # the sweep's own evaluation of an extension run is never limited
+    [ -f "$src" ] && cp "$src" "$dest/$f"
   done
   [ -f "$run/summary.json" ] && cp "$run/summary.json" "$dest/summary.json"
   if [ -n "$WEIGHTS_OUT" ]; then python -m scripts.carry_weights pack "$run" --root "$RUNS_DIR" --out "$WEIGHTS_OUT"; fi
