@@ -26,7 +26,6 @@ canonical(canonical(e)) == canonical(e).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from src.data import parse
+from src.data.integrity import file_sha256
 from src.errors import UserError
 from src.rundir.atomic import atomic_write_text
 
@@ -98,14 +98,6 @@ def cache_path(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(".jsonl") + ".canonical.txt")
 
 
-def _sha256(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
-
 
 def _forms_of_lines(lines: list[bytes]) -> list[str]:
     return [canonical(json.loads(raw)["expr"]) for raw in lines]
@@ -125,7 +117,7 @@ def training_forms(path, processes: int = 1, progress: bool | None = None) -> se
     cache = cache_path(path) if size >= CACHE_FROM_BYTES else None
     sha256 = None
     if cache is not None and cache.is_file():
-        sha256, _ = _sha256(path)
+        sha256, _ = file_sha256(path)
         with cache.open(encoding="utf-8") as fh:
             try:
                 header = json.loads(fh.readline())
@@ -156,7 +148,7 @@ def training_forms(path, processes: int = 1, progress: bool | None = None) -> se
                 bar.update(len(chunk))
     if cache is not None:
         if sha256 is None:
-            sha256, _ = _sha256(path)
+            sha256, _ = file_sha256(path)
         header = {"schema": CACHE_SCHEMA, "form_version": FORM_VERSION, "source": path.name, "sha256": sha256,
                   "bytes": size, "forms": len(forms)}
         try:

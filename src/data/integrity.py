@@ -24,6 +24,16 @@ MANIFEST_SCHEMA = "data_manifest/1"
 MAX_MANIFEST = 1 << 20  # bytes: a manifest lists a few files
 
 
+
+def file_sha256(path) -> tuple[str, int]:
+    """(sha256 hex digest, size in bytes) of a file, read in blocks: the one checksum of data files."""
+    digest, size = hashlib.sha256(), 0
+    with Path(path).open("rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
 def _regenerate(directory: Path) -> str:
     return f"generate the files again with `python -m src.data --out {directory}` (with the seed used before)"
 
@@ -57,14 +67,11 @@ def check_generated(path) -> None:
     manifest = read_manifest(path.parent)
     if manifest is None or path.name not in manifest["files"]:
         return
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
+        sha256, _ = file_sha256(path)
     except OSError:
         return  # the reader reports a missing or unreadable file itself
-    if digest.hexdigest() != manifest["files"][path.name]["sha256"]:
+    if sha256 != manifest["files"][path.name]["sha256"]:
         raise UserError(f"{path}: not the file its directory's {MANIFEST} lists (its sha256 differs): it was changed "
                         f"or comes from another generation; {_regenerate(path.parent)}")
 

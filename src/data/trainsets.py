@@ -80,6 +80,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+from src.data.integrity import file_sha256
 from src.errors import ignore_interrupts
 from src.rundir.atomic import atomic_write_json, open_temporary, replaced
 from src.cli import int_in
@@ -498,14 +499,6 @@ def write_training_set(n: int, out_dir=None, processes: int | None = None, progr
 # ---------------------------------------------------------------------------- verification
 
 
-def _sha256_of_file(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
-
 
 def training_set_problem(path, data_dir=DATA_DIR, kind: str = "plain") -> str | None:
     """What is wrong with the generated set at `path` (None if it matches its manifest and this generator)."""
@@ -531,7 +524,7 @@ def training_set_problem(path, data_dir=DATA_DIR, kind: str = "plain") -> str | 
     if not isinstance(meta.get("bytes"), int) or isinstance(meta.get("bytes"), bool):
         return f"its manifest {manifest.name}'s 'bytes' is missing or not a whole number"
     try:
-        sha256, size = _sha256_of_file(path)
+        sha256, size = file_sha256(path)
     except OSError as err:
         return f"unreadable ({err.strerror or err})"
     if size != meta.get("bytes"):
