@@ -3,20 +3,23 @@
 # expressions, the 8 preregistered seeds of a scale side by side, each command resuming where the last one
 # stopped. Run the same command again until it prints "all done"; it exits 75 while work is left.
 #   1. the near-twin-free set (python -m src.data --train-size 2000000 --near-twin-free), made or verified
-#   2. the first scale with an unfinished seed: its 8 seeds trained for at most BUDGET_S seconds
-#      (scripts/resumable_train.py); a seed is finished when its run directory has summary.json
+#   2. the first scale with a seed left: its seeds left (of SEEDS) trained side by side for at most BUDGET_S
+#      seconds (scripts/resumable_train.py); a run is finished when its run directory has summary.json, and a
+#      seed is done when its files are in RESULTS (so a later command, on another machine, skips it)
 #   3. the battery (python -m src.analysis.run_all) on every finished seed without battery.json
 #   4. each finished seed's eval.json, summary.json, metrics.jsonl, config.yaml and the battery's JSON into
 #      results/study/<config>/seed<S>/, gzip-compressed (X.json.gz, read by src/rundir/results.py) above 300 KB
 #   5. seed 42 of each finished scale exported (python -m src.export) into models/<config>/
 # Every step skips what is already done, so the command is safe to stop and rerun at any point.
 #   BUDGET_S   wall-clock budget of one command's training (default 540)
+#   SEEDS      the seeds this command works on (default all 8: 42,123,7,1,2,3,4,5); a group that fits the GPU
+#              time at hand, e.g. SEEDS=42,123 SCALES=10m (results/study/PLAN.md gives the groups)
 #   RUNS       run directories (default runs/study); RESULTS (default results/study); MODELS (default models)
 #   DRY_RUN=1  print the plan (the commands that would run, given what is done) and run nothing
 set -u
 cd "$(dirname "$0")/.." || exit 1
 BUDGET_S="${BUDGET_S:-540}"; RUNS="${RUNS:-runs/study}"; RESULTS="${RESULTS:-results/study}"; MODELS="${MODELS:-models}"
-DRY_RUN="${DRY_RUN:-0}"; SCALES="${SCALES:-pilot 10m}"; SEEDS="42,123,7,1,2,3,4,5"
+DRY_RUN="${DRY_RUN:-0}"; SCALES="${SCALES:-pilot 10m}"; ALL_SEEDS="42,123,7,1,2,3,4,5"; SEEDS="${SEEDS:-$ALL_SEEDS}"
 BATTERY_FILES="battery.json ablation.json roles.json probe.json patching.json value_probe.json interchange.json"
 COMPRESS_ABOVE=307200  # bytes
 
@@ -26,6 +29,11 @@ run() {  # a command of the plan: printed, and run unless DRY_RUN=1
 }
 
 finished() { [ -f "$1/summary.json" ]; }
+
+committed() {  # committed CONFIG SEED: the seed's run and battery are in RESULTS
+  local d="$RESULTS/$1/seed$2"
+  [ -f "$d/summary.json" ] && { [ -f "$d/battery.json" ] || [ -f "$d/battery.json.gz" ]; }
+}
 
 copy_result() {  # copy_result SRC DEST_DIR: SRC, or SRC.gz where SRC is above COMPRESS_ABOVE bytes
   local src="$1" dest="$2/$(basename "$1")"
@@ -44,15 +52,14 @@ left=0
 trained=0
 for scale in $SCALES; do
   config="study_$scale"; out="$RUNS/$scale"
-  unfinished=0
-  for s in ${SEEDS//,/ }; do finished "$out/seed$s" || unfinished=1; done
-  if [ "$unfinished" = 1 ]; then
-    left=1
-    if [ "$trained" = 0 ]; then  # one scale's training per command: the budget is the command's
-      trained=1
-      run python scripts/resumable_train.py --budget-s "$BUDGET_S" -- --config "configs/study/$config.yaml" \
-        --output-dir "$out" --seeds "$SEEDS" --device cuda --gpu-only --no-progress
-    fi
+  todo=""
+  for s in ${SEEDS//,/ }; do
+    finished "$out/seed$s" || committed "$config" "$s" || todo="$todo${todo:+,}$s"
+  done
+  if [ -n "$todo" ] && [ "$trained" = 0 ]; then  # one scale's training per command: the budget is the command's
+    trained=1
+    run python scripts/resumable_train.py --budget-s "$BUDGET_S" -- --config "configs/study/$config.yaml" \
+      --output-dir "$out" --seeds "$todo" --device cuda --gpu-only --no-progress
   fi
   for s in ${SEEDS//,/ }; do
     d="$out/seed$s"
@@ -65,5 +72,8 @@ for scale in $SCALES; do
   if finished "$out/seed42" && [ ! -f "$MODELS/$config/model.safetensors" ]; then
     run python -m src.export --run "$out/seed42" --out "$MODELS/$config"
   fi
+  for s in ${ALL_SEEDS//,/ }; do
+    committed "$config" "$s" || { finished "$out/seed$s" && [ -f "$out/seed$s/battery.json" ]; } || left=1
+  done
 done
 if [ "$left" = 0 ]; then echo "all done"; else echo "not done: run the same command again"; exit 75; fi

@@ -7,9 +7,11 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "study.sh"
 
 
-def plan(tmp_path) -> tuple[int, str]:
+def plan(tmp_path, **extra) -> tuple[int, str]:
     env = dict(os.environ, DRY_RUN="1", RUNS=str(tmp_path / "runs"), RESULTS=str(tmp_path / "res"),
-               MODELS=str(tmp_path / "models"))
+               MODELS=str(tmp_path / "models"), **extra)
+    if "SEEDS" not in extra:
+        env.pop("SEEDS", None)
     done = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30, check=False)
     return done.returncode, done.stdout
 
@@ -20,7 +22,7 @@ def test_the_plan_trains_the_first_unfinished_scale_and_analyses_only_finished_s
     rc, out = plan(tmp_path)
     assert rc == 75 and "run the same command again" in out
     assert out.count("scripts/resumable_train.py") == 1 and "study_pilot.yaml" in out and "study_10m.yaml" not in out
-    assert "--seeds 42,123,7,1,2,3,4,5" in out
+    assert "--seeds 123,7,1,2,3,4,5 " in out  # the finished run is not trained again
     assert out.count("src.analysis.run_all") == 1 and "pilot/seed42 --device cuda" in out
     assert "src.export --run" in out and "models/study_pilot" in out
 
@@ -37,3 +39,31 @@ def test_a_finished_study_plans_no_training_and_no_battery_twice(tmp_path):
     rc, out = plan(tmp_path)
     assert rc == 0 and "all done" in out
     assert "resumable_train" not in out and "run_all" not in out and "src.export" not in out
+
+
+def commit(tmp_path, config, seed, battery="battery.json"):
+    d = tmp_path / "res" / config / f"seed{seed}"
+    d.mkdir(parents=True)
+    for name in ("summary.json", battery):
+        (d / name).write_text("{}")
+
+
+def test_seeds_whose_files_are_committed_are_done_on_a_machine_without_their_runs(tmp_path):
+    for seed in (42, 123, 7, 1, 2, 3, 4, 5):
+        commit(tmp_path, "study_pilot", seed, battery="battery.json.gz" if seed == 5 else "battery.json")
+    for seed in (42, 123):
+        commit(tmp_path, "study_10m", seed)
+    rc, out = plan(tmp_path)
+    assert rc == 75 and out.count("scripts/resumable_train.py") == 1
+    assert "study_10m.yaml" in out and "--seeds 7,1,2,3,4,5 " in out and "study_pilot.yaml" not in out
+    assert "run_all" not in out and "src.export" not in out  # nothing finished on this machine yet
+
+
+def test_a_seed_group_trains_only_its_seeds_and_the_study_is_done_when_all_are_committed(tmp_path):
+    rc, out = plan(tmp_path, SEEDS="7,1", SCALES="10m")
+    assert rc == 75 and "--seeds 7,1 " in out and "study_10m.yaml" in out and "study_pilot" not in out
+    for config in ("study_pilot", "study_10m"):
+        for seed in (42, 123, 7, 1, 2, 3, 4, 5):
+            commit(tmp_path, config, seed)
+    rc, out = plan(tmp_path)
+    assert rc == 0 and "all done" in out and "resumable_train" not in out
