@@ -4,9 +4,12 @@
     python -m src.export --run D --to transformer-lens --out DIR
 
 The default (`--to compact`) writes
-    DIR/model.safetensors  the CompactTransformer state dict, no pickle; float32 always: the weights as
+    DIR/model.safetensors  the CompactTransformer state dict, no pickle; float32 by default: the weights as
                            trained (fp16 and bf16 runs autocast around float32 weights), so that
-                           CompactTransformer.from_pretrained(DIR) gives back the checkpoint's model bit for bit
+                           CompactTransformer.from_pretrained(DIR) gives back the checkpoint's model bit for bit.
+                           `--dtype float16` stores them rounded to float16 (half the bytes: about 21 MB for the
+                           10M model); from_pretrained casts them back to float32 (exactly), so a reader
+                           computes in float32 on the rounded weights, and config.json says so
     DIR/config.json        schema export/1: model_config, the vocabulary (the token of each id), the
                            answer format, the run's whole config (run_config; its `training` section is the
                            training config), the seed, the precision it trained in, the exported checkpoint
@@ -108,8 +111,7 @@ def export_config(run: Path, which: str, ckpt: dict, model: CompactTransformer) 
         "seed": run_seed(run, ckpt),
         "trained_precision": run_precision(ckpt, run),
         "weights": {"file": PRETRAINED_WEIGHTS, "format": "safetensors", "dtype": "float32",
-                    "note": "the float32 weights as trained, whatever trained_precision was (mixed precision "
-                            "autocasts around float32 weights)"},
+                    "note": WEIGHT_NOTES["float32"]},
         "checkpoint": {"selected": which if which in ("best", "latest") else Path(which).name,
                        "file": resolve_checkpoint(run, which).name, "epoch": ckpt.get("epoch"),
                        "step": ckpt.get("step")},
@@ -118,11 +120,29 @@ def export_config(run: Path, which: str, ckpt: dict, model: CompactTransformer) 
     }
 
 
-def compact_export(model: CompactTransformer, config: dict) -> tuple[bytes, dict]:
-    """(model.safetensors bytes, config.json) of the compact export, its bytes checked bit for bit."""
+WEIGHT_NOTES = {
+    "float32": "the float32 weights as trained, whatever trained_precision was (mixed precision autocasts "
+               "around float32 weights)",
+    "float16": "the float32 weights as trained, rounded to float16 (round to nearest even); from_pretrained "
+               "casts them back to float32, so a reader computes in float32 on the rounded weights; "
+               "selected_metrics are those of the unrounded weights",
+}
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def compact_export(model: CompactTransformer, config: dict, dtype: str = "float32") -> tuple[bytes, dict]:
+    """(model.safetensors bytes, config.json) of the compact export in `dtype` (float32: bit for bit;
+    float16: rounded, refused where a weight lies beyond float16's range), its bytes checked."""
     from safetensors.torch import load, save
 
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    if dtype != "float32":
+        for name, v in tensors.items():
+            big = float(v.abs().max()) if v.numel() else 0.0
+            if big > torch.finfo(torch.float16).max:
+                raise UserError(f"tensor {name} holds {big:.4g}, beyond float16's range; export with --dtype float32")
+        tensors = {k: v.to(WEIGHT_DTYPES[dtype]) for k, v in tensors.items()}
+        config = dict(config, weights=dict(config["weights"], dtype=dtype, note=WEIGHT_NOTES[dtype]))
     data = save(tensors, metadata={"format": "pt"})
     back = load(data)
     if set(back) != set(tensors) or not all(torch.equal(back[k], v) for k, v in tensors.items()):
@@ -197,6 +217,9 @@ def main(argv=None) -> int:
                         help="compact: CompactTransformer.from_pretrained and the analysis commands read it "
                         "(default); transformer-lens: TransformerLens's HookedTransformer loads it "
                         "(needs requirements-interop.txt)")
+    parser.add_argument("--dtype", choices=tuple(WEIGHT_DTYPES), default="float32",
+                        help="the stored weights (compact only): float32, the weights as trained, bit for bit "
+                        "(default); float16, rounded, half the bytes (read back as float32)")
     parser.add_argument("--force", action="store_true",
                         help="write into a non-empty --out, replacing its config.json and model.safetensors")
     parser.add_argument("--debug", action="store_true", help="show a traceback on error")
@@ -205,14 +228,18 @@ def main(argv=None) -> int:
     if not run.is_dir():
         raise UserError(f"--run {args.run}: not a directory; pass a run directory written by src.train")
     out = check_out(args.out, run, args.force)
+    if args.dtype != "float32" and args.to != "compact":
+        raise UserError(f"--dtype {args.dtype} applies to --to compact only; the {args.to} export stores float32")
     if args.to == "transformer-lens":  # before the model is read: a missing package is the first thing said
         from src.interop.transformer_lens import require_transformer_lens
 
         require_transformer_lens()
     model, ckpt = load_model(run, args.checkpoint, "cpu")  # no checkpoint, non-finite weights: refused here
     config = export_config(run, args.checkpoint, ckpt, model)
-    build = transformer_lens_export if args.to == "transformer-lens" else compact_export
-    data, config = build(model, config)
+    if args.to == "transformer-lens":
+        data, config = transformer_lens_export(model, config)
+    else:
+        data, config = compact_export(model, config, args.dtype)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / PRETRAINED_WEIGHTS, data)
     atomic_write_json(out / PRETRAINED_CONFIG, config)

@@ -429,6 +429,10 @@ def load_pretrained(directory) -> tuple[CompactTransformer, dict]:
         raise UserError(f"{weights_path}: not a readable safetensors file ({str(err)[:120]})") from None
     model = CompactTransformer(cfg)
     expected = model.state_dict()
+    record = config.get("weights")
+    stored = record.get("dtype", "float32") if isinstance(record, dict) else "float32"
+    if stored not in ("float32", "float16"):
+        raise UserError(f"{config_path}: weights.dtype {str(stored)[:40]!r}; expected 'float32' or 'float16'")
     for name, want in expected.items():
         got = weights.get(name)
         where = f"{weights_path}: tensor {name}"
@@ -438,6 +442,10 @@ def load_pretrained(directory) -> tuple[CompactTransformer, dict]:
         if got.shape != want.shape:
             raise UserError(f"{where} has shape {list(got.shape)}; {config_path}'s model_config gives "
                             f"{list(want.shape)}: the config does not match its weights")
+        if stored == "float16" and want.is_floating_point():  # src.export --dtype float16: back to float32, exactly
+            if got.dtype != torch.float16:
+                raise UserError(f"{where} has dtype {got.dtype}, but {config_path} says the weights are float16")
+            got = weights[name] = got.float()
         if got.dtype != want.dtype:
             raise UserError(f"{where} has dtype {got.dtype}, expected {want.dtype}")
         if got.is_floating_point() and not bool(torch.isfinite(got).all()):

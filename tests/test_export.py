@@ -272,3 +272,35 @@ def test_transformer_lens_missing_or_unsupported_is_one_line_and_writes_nothing(
     monkeypatch.setattr(importlib.metadata, "version", lambda name: version(name, "3.8.2"))
     refused(argv, capsys, "transformer-lens 3.8.2 is installed")
     assert not (tmp_path / "tl").exists()
+
+
+def test_a_float16_export_is_half_the_bytes_and_reads_back_as_the_rounded_weights(tiny, tmp_path):
+    out = tmp_path / "half"
+    assert export.main(["--run", str(tiny["run"]), "--out", str(out), "--dtype", "float16"]) == 0
+    assert (out / "model.safetensors").stat().st_size < 0.6 * (tiny["out"] / "model.safetensors").stat().st_size
+    assert {v.dtype for v in load_file(out / "model.safetensors").values()} == {torch.float16}
+    config = json.loads((out / "config.json").read_text())
+    assert config["weights"]["dtype"] == "float16" and "rounded" in config["weights"]["note"]
+    model = CompactTransformer.from_pretrained(out)
+    for name, got in model.state_dict().items():
+        assert got.dtype == torch.float32
+        assert torch.equal(got, tiny["best"].state_dict()[name].half().float()), name
+
+
+def test_a_float16_export_refuses_weights_beyond_its_range_and_a_float32_tensor_in_it(tiny, tmp_path, capsys):
+    out = tmp_path / "half"
+    assert export.main(["--run", str(tiny["run"]), "--out", str(out), "--dtype", "float16"]) == 0
+    weights = load_file(out / "model.safetensors")
+    weights["ln_f.weight"] = weights["ln_f.weight"].float()
+    save_file(weights, out / "model.safetensors")
+    with pytest.raises(UserError, match=r"tensor ln_f\.weight has dtype torch\.float32, but .* float16"):
+        load_pretrained(out)
+    model = CompactTransformer.from_pretrained(tiny["out"])
+    with torch.no_grad():
+        model.ln_f.weight[0] = 1e6
+    with pytest.raises(UserError, match=r"ln_f\.weight holds 1e\+06, beyond float16's range"):
+        export.compact_export(model, export.export_config(tiny["run"], "best", {"config": {}}, model), "float16")
+    assert run_main(export.main, ["--run", str(tiny["run"]), "--out", str(tmp_path / "tl"), "--to",
+                                  "transformer-lens", "--dtype", "float16"]) == 2
+    assert "--dtype float16 applies to --to compact only" in capsys.readouterr().err
+    assert not (tmp_path / "tl").exists()
