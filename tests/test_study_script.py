@@ -24,7 +24,7 @@ def test_the_plan_trains_the_first_unfinished_scale_and_analyses_only_finished_s
     assert out.count("scripts/resumable_train.py") == 1 and "study_pilot.yaml" in out and "study_10m.yaml" not in out
     assert "--seeds 123,7,1,2,3,4,5 " in out  # the finished run is not trained again
     assert out.count("src.analysis.run_all") == 1 and "pilot/seed42 --device cuda" in out
-    assert "src.export --run" in out and "models/study_pilot" in out
+    assert "src.export --run" in out and "models/study_pilot --dtype float32" in out
 
 
 def test_a_finished_study_plans_no_training_and_no_battery_twice(tmp_path):
