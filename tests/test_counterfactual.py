@@ -280,6 +280,39 @@ def test_a_decompression_bomb_stops_at_the_bound(tmp_path, monkeypatch):
         load_pairs(DATA_DIR / FILES["value"])
 
 
+def _generated_dir(tmp_path):
+    """A copy of data/ as `python -m src.data --out` leaves it: the splits, the pair files and their manifest."""
+    out = tmp_path / "data"
+    out.mkdir()
+    for name in (*(f"{n}.jsonl" for n in SHIPPED), *FILES.values(), MANIFEST):
+        (out / name).write_bytes((DATA_DIR / name).read_bytes())
+    return out
+
+
+def test_pair_files_of_another_generation_than_their_directory_are_refused(tmp_path):
+    # a generation over an old directory, stopped after the splits were replaced and before the pair files were:
+    # the pair files (and their manifest) are the old generation's, drawn free of other files' near twins
+    out = _generated_dir(tmp_path)
+    assert len(load_pairs(out / FILES["operator"], "operator", limit=3)) == 3
+    (out / "pilot_test_flat.jsonl").write_bytes((DATA_DIR / "pilot_test_paren.jsonl").read_bytes())  # another file
+    with pytest.raises(UserError, match=r"counterfactual_operator.jsonl.gz: made against other data files than those "
+                       r"beside it \(pilot_test_flat.jsonl differs from what counterfactual_manifest.json records\)"):
+        load_pairs(out / FILES["operator"], "operator")
+
+
+def test_a_pair_file_not_the_one_its_manifest_lists_is_refused(tmp_path):
+    # stopped after one pair file was replaced: the other generation's file beside the old manifest
+    out = _generated_dir(tmp_path)
+    text = "".join(shipped_text("value").splitlines(keepends=True)[:30])
+    (out / FILES["value"]).write_bytes(gzip_bytes(text.encode()))
+    with pytest.raises(UserError, match=r"counterfactual_value.jsonl.gz: not the file counterfactual_manifest.json "
+                       r"lists \(its sha256 differs\)"):
+        load_pairs(out / FILES["value"], "value")
+    (out / MANIFEST).write_text("{")
+    with pytest.raises(UserError, match=r"counterfactual_manifest.json: unreadable"):
+        load_pairs(out / FILES["value"], "value")
+
+
 def test_wrong_variable_and_missing_file(tmp_path):
     with pytest.raises(UserError, match="variable 'value', expected 'operator'"):
         load_pairs(DATA_DIR / FILES["value"], "operator")

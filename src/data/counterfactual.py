@@ -529,14 +529,56 @@ def _raw_lines(path: Path, limit: int | None) -> list[bytes]:
     return lines
 
 
+MAX_MANIFEST_BYTES = 1 << 20  # the manifest: 35 KB as shipped
+
+
+def check_generation(path: Path) -> None:
+    """Where the pair file's directory holds the manifest that lists it (a directory `python -m src.data --out`
+    wrote, data/ as shipped): the file is the one the manifest lists (sha256), and the data files the manifest
+    records as excluded are those beside it. A generation over an old directory, stopped between the splits and
+    the pair files, leaves old pair files beside new splits; they are refused here. UserError naming the files."""
+    meta_path = path.parent / MANIFEST
+    if not meta_path.is_file():
+        return  # pair files made or copied by hand: each line is still checked
+    fix = f"generate the files again with `python -m src.data --out {path.parent}` (with the seed used before)"
+    try:
+        with meta_path.open("rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ValueError(f"larger than {MAX_MANIFEST_BYTES:,} bytes")
+        meta = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        raise UserError(f"{meta_path}: unreadable ({' '.join(str(err).split())[:120]}); {fix}") from None
+    files, excluded = (meta.get("files"), meta.get("excluded_shipped_files")) if isinstance(meta, dict) else (None, None)
+    if (meta.get("schema") if isinstance(meta, dict) else None) != MANIFEST_SCHEMA or not isinstance(files, dict) \
+            or not isinstance(excluded, dict):
+        raise UserError(f"{meta_path}: not a pair-file manifest of schema {MANIFEST_SCHEMA}; {fix}")
+    entry = files.get(path.name)
+    if entry is None:
+        return  # a file the generator did not write (another name): its lines are checked
+    from src.data.integrity import file_sha256
+
+    if not isinstance(entry, dict) or file_sha256(path)[0] != entry.get("sha256"):
+        raise UserError(f"{path}: not the file {MANIFEST} lists (its sha256 differs): it was changed or comes from "
+                        f"another generation; {fix}")
+    for name, sha256 in sorted(excluded.items()):
+        other = path.parent / name
+        if other.is_file() and file_sha256(other)[0] != sha256:
+            raise UserError(f"{path}: made against other data files than those beside it ({name} differs from what "
+                            f"{MANIFEST} records): the pairs were not drawn free of its near twins (a generation "
+                            f"stopped half-way, or files of two generations); {fix}")
+
+
 def load_pairs(path, variable: str | None = None, limit: int | None = None) -> list[dict]:
     """The lines of a pair file (the first `limit` of them), each checked (fields, alignment of base and source,
     bracket, sites, the causal model's answer); a one-line UserError names the file, and the line of the first
-    bad one. `variable`: every line must be of it. The one reader of the pair files (module docstring)."""
+    bad one. `variable`: every line must be of it. The one reader of the pair files (module docstring). First,
+    `check_generation`: the file belongs with its manifest and the data files beside it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: counterfactual pair file not found; generate it with `{PAIRS_COMMAND}`")
     try:
+        check_generation(path)
         lines = _raw_lines(path, limit)
     except (OSError, EOFError, zlib.error) as err:
         why = " ".join(str(err).split()) or type(err).__name__
