@@ -38,9 +38,13 @@ import math
 import sys
 from pathlib import Path
 
+from src import exit_on_sigint_while_importing
 from src.cli import interrupted, path_arg  # light: ready before torch is
 from src.errors import UserError, run_main
 from src.rundir.paths import check_name
+
+if __name__ == "__main__":
+    exit_on_sigint_while_importing()  # until run_main: Ctrl-C inside torch's import ends at once
 
 try:
     import torch
