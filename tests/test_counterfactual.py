@@ -274,7 +274,7 @@ def test_a_damaged_or_truncated_file_is_a_one_line_error_naming_it(tmp_path, mak
 
 
 def test_a_decompression_bomb_stops_at_the_bound(tmp_path, monkeypatch):
-    import src.data.counterfactual as counterfactual
+    from src.data import counterfactual
     monkeypatch.setattr(counterfactual, "MAX_FILE_BYTES", 10_000)  # the shipped file holds 2.7 MB
     with pytest.raises(UserError, match=r"\.gz: more than 10,000 bytes decompressed"):
         load_pairs(DATA_DIR / FILES["value"])

@@ -48,7 +48,7 @@ def test_sigint_inside_an_import_that_loses_the_exception_still_ends_at_once(com
     (fake / "__init__.py").write_text(SWALLOWING_IMPORTS[behaviour])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake.parent), str(REPO_ROOT)]))
     result = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                            timeout=60)
+                            timeout=60, check=False)
     assert result.returncode == 130, result.stderr
     assert result.stderr.startswith("interrupted: ") and result.stderr.count("\n") == 1, result.stderr
     assert result.stdout == ""
