@@ -11,8 +11,12 @@ target_parameters, the config is invalid, or (with --require-cuda) CUDA is not a
 import argparse
 from pathlib import Path
 
+from src import exit_on_sigint_while_importing
 from src.cli import interrupted  # light: ready before torch is
 from src.errors import UserError, run_main
+
+if __name__ == "__main__":
+    exit_on_sigint_while_importing()  # until run_main: Ctrl-C inside torch's import ends at once
 
 
 try:  # importing torch takes seconds: a Ctrl-C then ends as one at any later moment does (run_main)

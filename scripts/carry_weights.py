@@ -38,9 +38,13 @@ import math
 import sys
 from pathlib import Path
 
+from src import exit_on_sigint_while_importing
 from src.cli import interrupted, path_arg  # light: ready before torch is
 from src.errors import UserError, run_main
 from src.rundir.paths import check_name
+
+if __name__ == "__main__":
+    exit_on_sigint_while_importing()  # until run_main: Ctrl-C inside torch's import ends at once
 
 try:
     import torch
@@ -143,7 +147,20 @@ def read_manifest(path: Path) -> dict:
     if not all(isinstance(p, dict) and isinstance(p.get("file"), str) and isinstance(p.get("sha256"), str)
                for p in pieces):
         raise UserError(f"{path}: every piece must name its file and sha256")
+    for key, ok, what in (("sha256", _is_sha256, "64 hexadecimal digits"), ("bytes", _is_size, "a whole number of bytes")):
+        if key not in manifest:
+            raise UserError(f"{path}: '{key}' is missing (the packed file's {what}); pack the run again")
+        if not ok(manifest[key]):
+            raise UserError(f"{path}: '{key}' must be {what}, got {str(manifest[key])[:80]!r}; pack the run again")
     return manifest
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _is_size(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def joined(manifest: dict, where: Path, manifest_path: Path) -> bytes:

@@ -1,13 +1,16 @@
 """src.analysis.run_all on a tiny run, CPU: every step runs in one process and writes its file; a failing
 step is reported and the others still run."""
 
+import gzip
 import json
 from pathlib import Path
 
 import pytest
 
 from src.analysis import common, run_all as battery
+from src.data.counterfactual import FILES
 from src.errors import run_main
+from src.rundir.atomic import gzip_bytes
 from tests.test_probe import REPO_ROOT, write_tiny_run
 
 
@@ -18,9 +21,9 @@ def run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_battery_runs_every_step_and_records_its_time(run, monkeypatch):
-    for variable in ("value", "operator"):  # the interchange step reads the pair files beside test_flat
-        lines = (REPO_ROOT / "data" / f"counterfactual_{variable}.jsonl").read_text().splitlines()[:40]
-        (run.parent / "data" / f"counterfactual_{variable}.jsonl").write_text("\n".join(lines) + "\n")
+    for name in FILES.values():  # the interchange step reads the pair files beside test_flat
+        lines = gzip.decompress((REPO_ROOT / "data" / name).read_bytes()).splitlines(keepends=True)[:40]
+        (run.parent / "data" / name).write_bytes(gzip_bytes(b"".join(lines)))
     loads, reads = [], []
     real_load, real_read = common.load_model, common.split_records
     monkeypatch.setattr(common, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))

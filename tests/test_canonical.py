@@ -141,7 +141,7 @@ def _check_near_twin_free(tmp_path, n, held_out_forms):
     assert trainsets.near_twin_lines(nt, held_out_forms, start=2000) == []
     assert trainsets.near_twin_lines(plain, held_out_forms, start=2000) != []  # what the kind removes is there
     manifest = json.loads(trainsets.manifest_path(nt).read_text())
-    assert manifest["kind"] == "near_twin_free" and "counterfactual_value.jsonl" in manifest["sources"]
+    assert manifest["kind"] == "near_twin_free" and "counterfactual_value.jsonl.gz" in manifest["sources"]
     assert "kind" not in json.loads(trainsets.manifest_path(plain).read_text())  # plain manifests as before
     assert trainsets.training_set_problem(nt, kind="near_twin_free") is None
     assert trainsets.training_set_problem(plain) is None

@@ -1,6 +1,8 @@
 """The counterfactual pair files (src/data/counterfactual.py): alignment, controls, causal-model answers, near
 twins kept out, byte-for-byte regeneration, and the errors of a file whose pairs do not align."""
 
+import gzip
+import hashlib
 import json
 from collections import Counter
 
@@ -26,10 +28,16 @@ from src.data.counterfactual import (
 )
 from src.data.precedence import load_precedence
 from src.errors import UserError
+from src.rundir.atomic import gzip_bytes
 from src.tokenizer import sequence_ids
 from tests.test_data import DATA_DIR, EXPECTED_COUNTS, reference_value
 
 SHIPPED = (*EXPECTED_COUNTS, "pilot_test_paren_precedence")
+
+
+def shipped_text(variable: str) -> str:
+    """The lines of a shipped pair file, decompressed."""
+    return gzip.decompress((DATA_DIR / FILES[variable]).read_bytes()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -148,12 +156,15 @@ def test_no_base_or_source_is_a_near_twin_of_a_shipped_or_recorded_expression(pa
 
 
 def test_manifest_matches_the_files():
-    import hashlib
     manifest = json.loads((DATA_DIR / MANIFEST).read_text())
-    assert manifest["schema"] == "counterfactual_manifest/1" and manifest["seed"] == 42
+    assert manifest["schema"] == "counterfactual_manifest/2" and manifest["seed"] == 42
+    assert sorted(manifest["files"]) == sorted(FILES.values())
     for name, info in manifest["files"].items():
-        data = (DATA_DIR / name).read_bytes()
-        assert info["sha256"] == hashlib.sha256(data).hexdigest() and info["lines"] == data.count(b"\n")
+        packed = (DATA_DIR / name).read_bytes()
+        data = gzip.decompress(packed)
+        assert info["sha256"] == hashlib.sha256(packed).hexdigest() and info["bytes"] == len(packed)
+        assert info["content_sha256"] == hashlib.sha256(data).hexdigest() and info["content_bytes"] == len(data)
+        assert info["lines"] == data.count(b"\n")
     for name, sha in manifest["excluded_shipped_files"].items():
         assert hashlib.sha256((DATA_DIR / name).read_bytes()).hexdigest() == sha
 
@@ -164,7 +175,7 @@ def test_first_lines_regenerate_byte_for_byte(shipped_forms):
     lines, _stats = generate_counterfactuals(42, shipped_forms, recorded, 32, stop_after=1500)
     for variable, name in FILES.items():
         text = "".join(map(line_text, lines[variable]))
-        assert len(lines[variable]) > 200 and (DATA_DIR / name).read_text().startswith(text), name
+        assert len(lines[variable]) > 200 and shipped_text(variable).startswith(text), name
 
 
 @pytest.mark.slow
@@ -179,7 +190,7 @@ def test_regenerated_byte_for_byte(tmp_path):
 
 
 def _bad_file(tmp_path, edit):
-    lines = (DATA_DIR / FILES["value"]).read_text().splitlines()[:4]
+    lines = shipped_text("value").splitlines()[:4]
     obj = json.loads(lines[2])
     edit(obj)
     lines[2] = json.dumps(obj)
@@ -209,6 +220,97 @@ def test_misaligned_or_bad_pair_names_file_and_line(tmp_path, edit, message):
     with pytest.raises(UserError, match=message) as err:
         load_pairs(path)
     assert f"{path}:3:" in str(err.value)
+
+
+def test_the_shipped_files_are_small_and_compressed_reproducibly():
+    for variable, name in FILES.items():
+        packed = (DATA_DIR / name).read_bytes()
+        assert len(packed) < 1_000_000, name  # 2.7 and 1.8 MB of lines
+        assert packed[:2] == b"\x1f\x8b" and packed[4:8] == b"\0\0\0\0"  # gzip, time stamp 0
+        assert gzip_bytes(shipped_text(variable).encode()) == packed
+
+
+def _gzip_file(tmp_path, data: bytes, name="counterfactual_value.jsonl.gz"):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+def test_a_plain_file_and_the_first_lines_read_alike(tmp_path):
+    text = "".join(shipped_text("value").splitlines(keepends=True)[:9])
+    plain = tmp_path / "pairs.jsonl"
+    plain.write_text(text)
+    packed = _gzip_file(tmp_path, gzip_bytes(text.encode()))
+    assert load_pairs(plain, "value") == load_pairs(packed, "value") == [json.loads(x) for x in text.splitlines()]
+    assert load_pairs(packed, "value", limit=4) == load_pairs(plain)[:4]
+
+
+def _damaged_member(tmp_path):
+    packed = bytearray((DATA_DIR / FILES["value"]).read_bytes())
+    packed[len(packed) // 2:len(packed) // 2 + 64] = bytes(64)  # 64 bytes of the deflate stream zeroed
+    return _gzip_file(tmp_path, bytes(packed))
+
+
+@pytest.mark.parametrize("make, message", [
+    (_damaged_member, r"unreadable \((Error -3 while decompressing|CRC check failed).*\): damaged or truncated"),
+    (lambda tmp: _gzip_file(tmp, (DATA_DIR / FILES["value"]).read_bytes()[:50_000]),  # cut off
+     r"unreadable \(Compressed file ended before the end-of-stream marker.*\): damaged or truncated"),
+    (lambda tmp: _gzip_file(tmp, (DATA_DIR / FILES["value"]).read_bytes()[:-4]),  # the size field cut off
+     r"unreadable \(.+\): damaged or truncated"),
+    (lambda tmp: _gzip_file(tmp, b"\x1f\x8b\x08"),  # a header cut off
+     r"unreadable \(.+\): damaged or truncated"),
+    (lambda tmp: _gzip_file(tmp, b"not gzip at all\n"), r"unreadable \(Not a gzipped file"),
+    (lambda tmp: _gzip_file(tmp, gzip_bytes(b"{" + b" " * 70_000 + b"}\n")), r"\.gz:1: a line longer than 65,536 bytes"),
+    (lambda tmp: _gzip_file(tmp, gzip_bytes(shipped_text("value").encode()[:1000])), r"\.gz:3: not valid JSON"),
+    (lambda tmp: _gzip_file(tmp, gzip_bytes(b"\xff\n")), r"\.gz:1: not UTF-8 text"),
+    (lambda tmp: _gzip_file(tmp, gzip_bytes(b"")), r"\.gz: file is empty"),
+])
+def test_a_damaged_or_truncated_file_is_a_one_line_error_naming_it(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(UserError, match=message) as err:
+        load_pairs(path, "value")
+    text = str(err.value)
+    assert text.startswith(str(path)) and "\n" not in text and ("regenerate" in text or "empty" in text)
+
+
+def test_a_decompression_bomb_stops_at_the_bound(tmp_path, monkeypatch):
+    from src.data import counterfactual
+    monkeypatch.setattr(counterfactual, "MAX_FILE_BYTES", 10_000)  # the shipped file holds 2.7 MB
+    with pytest.raises(UserError, match=r"\.gz: more than 10,000 bytes decompressed"):
+        load_pairs(DATA_DIR / FILES["value"])
+
+
+def _generated_dir(tmp_path):
+    """A copy of data/ as `python -m src.data --out` leaves it: the splits, the pair files and their manifest."""
+    out = tmp_path / "data"
+    out.mkdir()
+    for name in (*(f"{n}.jsonl" for n in SHIPPED), *FILES.values(), MANIFEST):
+        (out / name).write_bytes((DATA_DIR / name).read_bytes())
+    return out
+
+
+def test_pair_files_of_another_generation_than_their_directory_are_refused(tmp_path):
+    # a generation over an old directory, stopped after the splits were replaced and before the pair files were:
+    # the pair files (and their manifest) are the old generation's, drawn free of other files' near twins
+    out = _generated_dir(tmp_path)
+    assert len(load_pairs(out / FILES["operator"], "operator", limit=3)) == 3
+    (out / "pilot_test_flat.jsonl").write_bytes((DATA_DIR / "pilot_test_paren.jsonl").read_bytes())  # another file
+    with pytest.raises(UserError, match=r"counterfactual_operator.jsonl.gz: made against other data files than those "
+                       r"beside it \(pilot_test_flat.jsonl differs from what counterfactual_manifest.json records\)"):
+        load_pairs(out / FILES["operator"], "operator")
+
+
+def test_a_pair_file_not_the_one_its_manifest_lists_is_refused(tmp_path):
+    # stopped after one pair file was replaced: the other generation's file beside the old manifest
+    out = _generated_dir(tmp_path)
+    text = "".join(shipped_text("value").splitlines(keepends=True)[:30])
+    (out / FILES["value"]).write_bytes(gzip_bytes(text.encode()))
+    with pytest.raises(UserError, match=r"counterfactual_value.jsonl.gz: not the file counterfactual_manifest.json "
+                       r"lists \(its sha256 differs\)"):
+        load_pairs(out / FILES["value"], "value")
+    (out / MANIFEST).write_text("{")
+    with pytest.raises(UserError, match=r"counterfactual_manifest.json: unreadable"):
+        load_pairs(out / FILES["value"], "value")
 
 
 def test_wrong_variable_and_missing_file(tmp_path):

@@ -146,8 +146,8 @@ def test_shipped_files_reproduce_byte_for_byte(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     # the six files, then the precedence pairs and the counterfactual pair files with their manifest
-    pair_files = ["pilot_test_paren_precedence.jsonl", "counterfactual_value.jsonl", "counterfactual_operator.jsonl",
-                  "counterfactual_manifest.json"]
+    pair_files = ["pilot_test_paren_precedence.jsonl", "counterfactual_value.jsonl.gz",
+                  "counterfactual_operator.jsonl.gz", "counterfactual_manifest.json"]
     names = [f"{n}.jsonl" for n in EXPECTED_COUNTS] + pair_files
     assert sorted(p.name for p in out.iterdir()) == sorted([*names, "data.manifest.json"])
     for name in names:

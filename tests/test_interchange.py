@@ -14,6 +14,7 @@ from src.config import ModelConfig, config_from_dict
 from src.data import depth_labels, evaluate, operand_count
 from src.errors import UserError, run_main
 from src.model import CompactTransformer, Hooks, Patch
+from src.rundir.atomic import gzip_bytes
 from src.tokenizer import EOS_ID, VOCAB_SIZE, encode
 from tests.tiny import tiny_config, write_data, write_run
 
@@ -33,10 +34,8 @@ def make_pair(variable: str, control: str, base: str, source: str, bracket=None)
     inner = base[i_open + 1:i_close]
     if variable == "operator":
         predicted = evaluate(base[:op] + source[op] + base[op + 1:])
-    elif control == "value_preserving":
-        predicted = evaluate(base)
-    else:
-        predicted = evaluate(source)
+    else:  # the base with the source's inside of the bracket
+        predicted = evaluate(base[:i_open + 1] + source[i_open + 1:i_close] + base[i_close:])
     record = {"variable": variable, "control": control, "template": interchange.template_of(base),
               "template_class": {"depth": depth_labels(base)[i_open], "inner_ops": "*" if "*" in inner else "+-",
                                  "outer_op": base[op] if op is not None else None, "operands": operand_count(base)},
@@ -46,12 +45,15 @@ def make_pair(variable: str, control: str, base: str, source: str, bracket=None)
               "predicted": predicted}
     if variable == "value":
         record.update(base_value=evaluate(inner), source_value=evaluate(source[i_open + 1:i_close]))
+    else:
+        record.update(base_value=None, source_value=None)  # as the generator writes an operator line
     return record
 
 
 def write_pairs(directory, variable: str, records: list[dict]) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"counterfactual_{variable}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    interchange.pairs_path(directory, variable).write_bytes(gzip_bytes(text.encode()))  # as the generator writes it
 
 
 def parsed(records, variable="value", max_seq_len=32):
@@ -288,21 +290,23 @@ def test_pairs_that_do_not_align_are_an_error_naming_the_line(tmp_path):
     good = make_pair("value", "interchange", "(3*1)*1", "(5*1)*1")
     bad = dict(make_pair("value", "interchange", "(3*1)*1", "(5*1)*1"), source={"expr": "(35*1)*1", "result": 35})
     write_pairs(tmp_path, "value", [good, bad])
-    with pytest.raises(UserError, match=r"counterfactual_value.jsonl:2: base '\(3\*1\)\*1' and source '\(35\*1\)\*1' do not align"):
-        interchange.load_pairs(tmp_path / "counterfactual_value.jsonl", "value", 32)
+    with pytest.raises(UserError, match=r"counterfactual_value.jsonl.gz:2: base '\(3\*1\)\*1' and source '\(35\*1\)\*1' do not align"):
+        interchange.load_pairs(interchange.pairs_path(tmp_path, "value"), "value", 32)
     wrong = dict(good, predicted=4)
     write_pairs(tmp_path, "value", [good, good, wrong])
+    with pytest.raises(UserError, match=r"\.gz:3: predicted 4 is not the causal model's answer 5"):  # the pair files' reader
+        interchange.load_pairs(interchange.pairs_path(tmp_path, "value"), "value", 32)
     with pytest.raises(UserError, match=r":3: predicted 4 of an interchange pair must be the source's result 5"):
-        interchange.load_pairs(tmp_path / "counterfactual_value.jsonl", "value", 32)
+        parsed([good, good, wrong])  # and this analysis's own check
     outside = make_pair("value", "interchange", "(3*1)*2", "(5*1)*1")
     write_pairs(tmp_path, "value", [outside])
-    with pytest.raises(UserError, match=r":1: an interchange pair must differ only inside the bracket"):
-        interchange.load_pairs(tmp_path / "counterfactual_value.jsonl", "value", 32)
+    with pytest.raises(UserError, match=r"\.gz:1: an interchange pair must differ only inside the bracket"):
+        interchange.load_pairs(interchange.pairs_path(tmp_path, "value"), "value", 32)
 
 
 def test_missing_pair_files_name_the_command_that_makes_them(tmp_path):
-    with pytest.raises(UserError, match=r"counterfactual_operator.jsonl: not found.*python -m src\.data --seed 42 --out data"):
-        interchange.load_pairs(tmp_path / "counterfactual_operator.jsonl", "operator", 32)
+    with pytest.raises(UserError, match=r"counterfactual_operator.jsonl.gz: not found.*python -m src\.data --seed 42 --out data"):
+        interchange.load_pairs(interchange.pairs_path(tmp_path, "operator"), "operator", 32)
 
 
 @pytest.fixture(scope="module")

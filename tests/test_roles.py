@@ -6,6 +6,7 @@ format src.train writes, and its shares are checked against the model's own patt
 """
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -180,6 +181,18 @@ def test_match_roles_finds_each_runs_best_head_by_role_not_index():
     assert "| equals | n/a | n/a | no |" in table
     with pytest.raises(ValueError, match="roles/1"):
         roles.match_roles([a, {"schema": "ablation/1"}])
+
+
+def test_role_table_shows_undecodable_and_pipe_names_escaped():
+    # two runs of one config and seed are told apart by directory name; a name that is not UTF-8 (os.fsdecode
+    # keeps its bytes as lone surrogates) or holds a "|" must neither break the UTF-8 Markdown nor the table
+    shares = {"L0-H0": {"previous_token": 0.95}}
+    a = dict(made_up_run("pilot", 1, shares), run="runs/" + os.fsdecode(b"run\xff"))
+    b = dict(made_up_run("pilot", 1, shares), run="runs/a|b")
+    table = roles.role_table_markdown([a, b])
+    table.encode("utf-8")  # writable as UTF-8
+    assert "| role | pilot seed 1 (run\\xff) | pilot seed 1 (a\\|b) | every run |" in table
+    assert all(line.count("|") - line.count("\\|") == 5 for line in table.splitlines() if line.startswith("|"))
 
 
 def test_match_roles_uses_the_same_rule_as_head_roles():

@@ -368,14 +368,14 @@ def tl_decode(tl_model, prompts, prompt_len, steps, name=None, values=None, mask
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_our_interchange_intervention_equals_the_same_patch_through_transformer_lens(models, kind):
-    """src.analysis.interchange's batched patched decoding, on real pairs of data/counterfactual_value.jsonl,
+    """src.analysis.interchange's batched patched decoding, on real pairs of data/counterfactual_value.jsonl.gz,
     equals greedy decoding through HookedTransformer with a hook writing the source's cached activation at
     the same positions: the residual stream after block 0 at `)`, head L0-H1's hook_z inside the bracket, and
     the embedding at every prompt position."""
     from src.analysis import interchange
 
     model, tl_model = models[kind]
-    pairs = [p for p in interchange.load_pairs(REPO_ROOT / "data" / "counterfactual_value.jsonl", "value", 32)
+    pairs = [p for p in interchange.load_pairs(interchange.pairs_path(REPO_ROOT / "data", "value"), "value", 32)
              if p.control == "interchange"][:24]
     tensors = interchange.pair_tensors(pairs, 32)
     sites = {s.label: s for s in interchange.sites_of(model.cfg)[0]}

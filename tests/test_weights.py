@@ -128,6 +128,22 @@ def test_a_manifest_piece_without_file_or_sha256_is_a_clear_error(tmp_path):
         unpack_run(tmp_path / "pack" / "c_seed0.weights.json", tmp_path / "out")
 
 
+@pytest.mark.parametrize("field, value", [("sha256", None), ("sha256", "0" * 63 + "\x00"), ("bytes", "many"),
+                                          ("bytes", None), ("bytes", True), ("bytes", -1)])
+def test_a_manifest_whose_sha256_or_bytes_is_missing_or_not_of_its_type_names_the_field(tmp_path, field, value):
+    # before: a missing sha256 was reported as "the joined pieces ... (sha256 differs)", and "bytes": "many" unpacked
+    make_run(tmp_path / "r" / "c" / "seed0")
+    manifest = pack_run(tmp_path / "r" / "c" / "seed0", tmp_path / "pack")
+    if value is None:
+        manifest.pop(field)
+    else:
+        manifest[field] = value
+    (tmp_path / "pack" / "c_seed0.weights.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match=f"'{field}' (is missing|must be)"):
+        unpack_run(tmp_path / "pack" / "c_seed0.weights.json", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_existing_checkpoint_is_never_overwritten(tmp_path):
     make_run(tmp_path / "r" / "c" / "seed0")
     pack_run(tmp_path / "r" / "c" / "seed0", tmp_path / "pack")

@@ -2,7 +2,9 @@
 
     python -m src.analysis.interchange --run RUN [--variables value,operator] [--limit N] [--device cpu|cuda]
 
-Variables (docs/DESIGN.md section 9), one pair file each, data/counterfactual_<variable>.jsonl:
+Variables (docs/DESIGN.md section 9), one pair file each, data/counterfactual_<variable>.jsonl.gz (read by
+src.data.counterfactual.load_pairs, which checks every line against the causal model; the checks below add
+the run's limits):
     value      V, the value of one bracketed sub-expression: base and source differ only inside that bracket
     operator   the operator that the bracket's result feeds (the one adjacent to the bracket pair, outside it)
 A pair (base, source) shares one template (same length, same bracket and operator positions, numbers of
@@ -50,7 +52,6 @@ after the last block), residual stream, one line per position class, one panel p
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import time
@@ -69,6 +70,7 @@ from src.analysis.common import (
 )
 from src.cli import ArgumentParser, check_output_file, comma_list, int_in, path_arg
 from src.data import ExpressionError, evaluate
+from src.data import counterfactual
 from src.device import autocast
 from src.errors import UserError, run_main
 from src.model import CompactTransformer, Hooks, Patch
@@ -103,7 +105,7 @@ METRIC = {
            "base's result; 95% Wilson interval",
     "kept_base": "share of pairs whose decoded answer is exactly the base's own answer; 95% Wilson interval",
 }
-PAIRS_COMMAND = "python -m src.data --seed 42 --out data"
+PAIRS_COMMAND = counterfactual.PAIRS_COMMAND
 IIA_REACH = 0.9  # the level whose first relative depth the summary reports (docs/PREREGISTRATION.md, H2)
 DEFAULT_CHUNK = 8192
 OPERATORS = "+-*"
@@ -143,7 +145,8 @@ class Pair:
 
 
 def pairs_path(directory: Path, variable: str) -> Path:
-    return Path(directory) / f"counterfactual_{variable}.jsonl"
+    """The pair file of `variable` in `directory`: counterfactual_<variable>.jsonl.gz."""
+    return Path(directory) / counterfactual.FILES[variable]
 
 
 def _int(value) -> bool:
@@ -237,26 +240,15 @@ def parse_pair(obj, variable: str, line: int, where: str, max_seq_len: int, answ
 
 def load_pairs(path: Path, variable: str, max_seq_len: int, answer_format: str = "plain",
                limit: int | None = None) -> list[Pair]:
-    """The pairs of one file, every line checked (the first `limit` lines with --limit)."""
+    """The pairs of one file (the first `limit` lines with --limit), read and checked line by line by the pair
+    files' reader (src.data.counterfactual.load_pairs), then each against this analysis's format and the run's
+    max_seq_len (`parse_pair`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: not found; the {variable} pairs are made with `{PAIRS_COMMAND}` (or pass --pairs-dir)")
-    pairs = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if limit is not None and len(pairs) >= limit:
-                break
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                obj = json.loads(line)
-            except ValueError as err:
-                raise UserError(f"{where}: not valid JSON ({str(err)[:80]}); regenerate the pairs with `{PAIRS_COMMAND}`") from None
-            pairs.append(parse_pair(obj, variable, line_no, where, max_seq_len, answer_format))
-    if not pairs:
-        raise UserError(f"{path}: holds no pairs; regenerate the pairs with `{PAIRS_COMMAND}`")
-    return pairs
+    rows = counterfactual.load_pairs(path, variable, limit)
+    return [parse_pair(obj, variable, line_no, f"{path}:{line_no}", max_seq_len, answer_format)
+            for line_no, obj in enumerate(rows, start=1)]
 
 
 # ---------------------------------------------------------------------------- sites
@@ -596,7 +588,7 @@ def build_parser() -> ArgumentParser:
     add_run_arguments(parser)
     parser.add_argument("--variables", type=comma_list(VARIABLES, what="variables from " + ", ".join(VARIABLES)),
                         default=list(VARIABLES), help="causal variables to test (default: value,operator); each needs "
-                        "its pair file counterfactual_<variable>.jsonl")
+                        "its pair file counterfactual_<variable>.jsonl.gz")
     parser.add_argument("--pairs-dir", type=Path, default=None,
                         help="directory of the pair files (default: the directory of the run's test_flat file, data/)")
     parser.add_argument("--chunk", type=int_in(1, 1_000_000), default=DEFAULT_CHUNK,

@@ -240,6 +240,11 @@ def _run_name(run: dict) -> str:
     return f"{run.get('config', '?')} seed {run.get('seed', '?')}"
 
 
+def _table_cell(text: str) -> str:
+    """A name as a Markdown table cell: undecodable bytes shown escaped (src.text.shown), a "|" escaped."""
+    return shown(text).replace("|", "\\|")
+
+
 def match_roles(runs: list[dict]) -> list[dict]:
     """For each role, each run's head that holds it (head_roles: share and share_distinct at least the
     threshold) with the largest combined share, else the head with the largest share (`passes` False).
@@ -284,7 +289,7 @@ def role_table_markdown(runs: list[dict]) -> str:
     names = [_run_name(r) for r in runs]
     if len(set(names)) < len(names):  # two runs of one config and seed: tell them apart by directory
         names = [f"{n} ({Path(str(r.get('run'))).name})" for n, r in zip(names, runs)]
-    lines = ["| role | " + " | ".join(names) + " | every run |",
+    lines = ["| role | " + " | ".join(map(_table_cell, names)) + " | every run |",
              "|---|" + "---|" * len(names) + "---|"]
     for entry in matched:
         cells = []

@@ -3,10 +3,14 @@
     python -m src.data --seed 42 --out data     # also writes the three files below, byte for byte
 
 writes
-    data/counterfactual_value.jsonl      variable "value" (V): the value of a bracketed sub-expression
-    data/counterfactual_operator.jsonl   variable "operator": the operator that the bracket's result feeds
-    data/counterfactual_manifest.json    sha256 and line count of each file, the seed, counts, schema
+    data/counterfactual_value.jsonl.gz      variable "value" (V): the value of a bracketed sub-expression
+    data/counterfactual_operator.jsonl.gz   variable "operator": the operator that the bracket's result feeds
+    data/counterfactual_manifest.json       sha256 of each file (as shipped and decompressed), line count, the
+                                            seed, counts, schema
 
+Each file is gzip-compressed reproducibly (level 9, no file name, a zero time stamp: the same lines give the
+same bytes with the same zlib), as the lines are 2.7 and 1.8 MB. `load_pairs` is the one reader of both
+files, for the interchange analysis and the near-twin exclusion alike; it reads a plain .jsonl file as well.
 One JSON object per line (the format the interchange analysis reads; `load_pairs` checks it):
     variable, control ("interchange", "value_preserving", "random"), template (every digit -> "N",
     every operator -> "o"; base and source share it), template_class {depth, inner_ops, outer_op,
@@ -45,10 +49,12 @@ How the pairs are drawn (one generator, random.Random("<seed>-counterfactual")):
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import random
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -62,11 +68,15 @@ from src.errors import UserError
 from src.tokenizer import sequence_ids
 
 SCHEMA = "counterfactual/1"
-MANIFEST_SCHEMA = "counterfactual_manifest/1"
+MANIFEST_SCHEMA = "counterfactual_manifest/2"
 VARIABLES = ("value", "operator")
 CONTROLS = {"value": ("interchange", "value_preserving", "random"), "operator": ("interchange", "random")}
-FILES = {v: f"counterfactual_{v}.jsonl" for v in VARIABLES}
+FILES = {v: f"counterfactual_{v}.jsonl.gz" for v in VARIABLES}
 MANIFEST = "counterfactual_manifest.json"
+COMPRESSION = "gzip, level 9, no file name, time stamp 0 (src.rundir.atomic.gzip_bytes)"
+PAIRS_COMMAND = "python -m src.data --seed 42 --out data"
+MAX_LINE_BYTES = 1 << 16     # one pair line: about 450 bytes
+MAX_FILE_BYTES = 64 << 20    # a pair file, decompressed: 2.7 MB as shipped
 OPERATORS = "+-*"
 TIGHTER = {"+": 1, "-": 1, "*": 2}
 PER_CELL = {"value": 144, "operator": 168}  # 14 x 144 = 2,016 and 12 x 168 = 2,016 bases
@@ -409,13 +419,16 @@ def class_key(template_class: dict) -> str:
     return "|".join(f"{k}={template_class[k]}" for k in ("depth", "inner_ops", "outer_op", "operands"))
 
 
-def manifest(seed: int, texts: dict[str, str], lines: dict[str, list[dict]], stats: Stats, sources: dict,
-             recorded: dict) -> dict:
+def manifest(seed: int, texts: dict[str, str], packed: dict[str, bytes], lines: dict[str, list[dict]], stats: Stats,
+             sources: dict, recorded: dict) -> dict:
+    """`texts`: each variable's lines as text; `packed`: the bytes of its file (the text gzip-compressed)."""
     files = {}
     for variable, name in FILES.items():
         data = texts[variable].encode()
         rows = lines[variable]
-        files[name] = {"variable": variable, "sha256": hashlib.sha256(data).hexdigest(), "lines": len(rows),
+        files[name] = {"variable": variable, "sha256": hashlib.sha256(packed[variable]).hexdigest(),
+                       "bytes": len(packed[variable]), "compression": COMPRESSION,
+                       "content_sha256": hashlib.sha256(data).hexdigest(), "content_bytes": len(data), "lines": len(rows),
                        "by_control": dict(Counter(r["control"] for r in rows)),
                        "interchange_by_template_class": dict(sorted(Counter(
                            class_key(r["template_class"]) for r in rows if r["control"] == "interchange").items()))}
@@ -433,17 +446,18 @@ def write_counterfactuals(out_dir: Path, seed: int, shipped_forms: set[str], sou
     `recorded`: {"set": name, "sha256": ..., "forms": [...]}, the near twins of a generated training set
     found before (regenerating with it gives the same files); or `generated`: (name, sha256, canonical forms)
     of a generated training set, to find them afresh and record them."""
-    from src.rundir.atomic import atomic_write_json, atomic_write_text
+    from src.rundir.atomic import atomic_write_bytes, atomic_write_json, gzip_bytes
 
     twins = set(generated[2] if generated is not None else (recorded or {}).get("forms", ()))
     lines, stats = generate_counterfactuals(seed, shipped_forms, twins, max_seq_len)
     if generated is not None:
         recorded = {"set": generated[0], "sha256": generated[1], "forms": sorted(stats.recorded_twins)}
     texts = {v: "".join(map(line_text, rows)) for v, rows in lines.items()}
+    packed = {v: gzip_bytes(text.encode()) for v, text in texts.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     for variable, name in FILES.items():
-        atomic_write_text(out_dir / name, texts[variable])
-    meta = manifest(seed, texts, lines, stats, sources, recorded or {})
+        atomic_write_bytes(out_dir / name, packed[variable])
+    meta = manifest(seed, texts, packed, lines, stats, sources, recorded or {})
     atomic_write_json(out_dir / MANIFEST, meta)
     return meta
 
@@ -496,25 +510,95 @@ def _check_line(obj) -> None:
         raise ValueError(f"predicted {obj['predicted']!r} is not the causal model's answer {predicted}")
 
 
-def load_pairs(path, variable: str | None = None) -> list[dict]:
-    """The lines of a pair file, each checked (fields, alignment of base and source, bracket, sites); a UserError
-    names the file and line of the first bad one. `variable`: every line must be of it."""
+def _raw_lines(path: Path, limit: int | None) -> list[bytes]:
+    """The first `limit` lines (all without it) of a pair file, gunzipped when its name ends in .gz. The whole
+    file is read and decompressed first, so that damaged or truncated compressed data (OSError, EOFError,
+    zlib.error) is met before any line is used; at most MAX_FILE_BYTES of it, and lines of at most
+    MAX_LINE_BYTES (UserError)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        data = fh.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise UserError(f"{path}: more than {MAX_FILE_BYTES:,} bytes{' decompressed' if opener is gzip.open else ''}; "
+                        f"the pair files hold under 3 MB: regenerate it with `{PAIRS_COMMAND}`")
+    lines = data.splitlines(keepends=True)[:limit]
+    for line_no, raw in enumerate(lines, start=1):
+        if len(raw) > MAX_LINE_BYTES:
+            raise UserError(f"{path}:{line_no}: a line longer than {MAX_LINE_BYTES:,} bytes (a pair line holds about "
+                            f"450): not a pair file; regenerate it with `{PAIRS_COMMAND}`")
+    return lines
+
+
+MAX_MANIFEST_BYTES = 1 << 20  # the manifest: 35 KB as shipped
+
+
+def check_generation(path: Path) -> None:
+    """Where the pair file's directory holds the manifest that lists it (a directory `python -m src.data --out`
+    wrote, data/ as shipped): the file is the one the manifest lists (sha256), and the data files the manifest
+    records as excluded are those beside it. A generation over an old directory, stopped between the splits and
+    the pair files, leaves old pair files beside new splits; they are refused here. UserError naming the files."""
+    meta_path = path.parent / MANIFEST
+    if not meta_path.is_file():
+        return  # pair files made or copied by hand: each line is still checked
+    fix = f"generate the files again with `python -m src.data --out {path.parent}` (with the seed used before)"
+    try:
+        with meta_path.open("rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise ValueError(f"larger than {MAX_MANIFEST_BYTES:,} bytes")
+        meta = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        raise UserError(f"{meta_path}: unreadable ({' '.join(str(err).split())[:120]}); {fix}") from None
+    files, excluded = (meta.get("files"), meta.get("excluded_shipped_files")) if isinstance(meta, dict) else (None, None)
+    if (meta.get("schema") if isinstance(meta, dict) else None) != MANIFEST_SCHEMA or not isinstance(files, dict) \
+            or not isinstance(excluded, dict):
+        raise UserError(f"{meta_path}: not a pair-file manifest of schema {MANIFEST_SCHEMA}; {fix}")
+    entry = files.get(path.name)
+    if entry is None:
+        return  # a file the generator did not write (another name): its lines are checked
+    from src.data.integrity import file_sha256
+
+    if not isinstance(entry, dict) or file_sha256(path)[0] != entry.get("sha256"):
+        raise UserError(f"{path}: not the file {MANIFEST} lists (its sha256 differs): it was changed or comes from "
+                        f"another generation; {fix}")
+    for name, sha256 in sorted(excluded.items()):
+        other = path.parent / name
+        if other.is_file() and file_sha256(other)[0] != sha256:
+            raise UserError(f"{path}: made against other data files than those beside it ({name} differs from what "
+                            f"{MANIFEST} records): the pairs were not drawn free of its near twins (a generation "
+                            f"stopped half-way, or files of two generations); {fix}")
+
+
+def load_pairs(path, variable: str | None = None, limit: int | None = None) -> list[dict]:
+    """The lines of a pair file (the first `limit` of them), each checked (fields, alignment of base and source,
+    bracket, sites, the causal model's answer); a one-line UserError names the file, and the line of the first
+    bad one. `variable`: every line must be of it. The one reader of the pair files (module docstring). First,
+    `check_generation`: the file belongs with its manifest and the data files beside it."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: counterfactual pair file not found; generate it with "
-                        "`python -m src.data --seed 42 --out data`")
+        raise UserError(f"{path}: counterfactual pair file not found; generate it with `{PAIRS_COMMAND}`")
+    try:
+        check_generation(path)
+        lines = _raw_lines(path, limit)
+    except (OSError, EOFError, zlib.error) as err:
+        why = " ".join(str(err).split()) or type(err).__name__
+        raise UserError(f"{path}: unreadable ({why[:200]}): damaged or truncated; restore it with "
+                        f"`git checkout data/` or regenerate it with `{PAIRS_COMMAND}`") from None
     rows = []
-    for line_no, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, raw in enumerate(lines, start=1):
+        where = f"{path}:{line_no}"
         try:
-            obj = json.loads(raw)
+            obj = json.loads(raw.decode("utf-8"))
             _check_line(obj)
+        except UnicodeDecodeError as err:
+            raise UserError(f"{where}: not UTF-8 text (byte {err.start}); regenerate the file with `{PAIRS_COMMAND}`") from None
         except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{line_no}: not valid JSON ({err.msg}); regenerate the file") from None
+            raise UserError(f"{where}: not valid JSON ({err.msg}); regenerate the file with `{PAIRS_COMMAND}`") from None
         except ValueError as err:
-            raise UserError(f"{path}:{line_no}: {err}; every pair must align position for position "
-                            "(regenerate with `python -m src.data --seed 42 --out data`)") from None
+            raise UserError(f"{where}: {err}; every pair must align position for position "
+                            f"(regenerate with `{PAIRS_COMMAND}`)") from None
         if variable is not None and obj["variable"] != variable:
-            raise UserError(f"{path}:{line_no}: variable {obj['variable']!r}, expected {variable!r} in this file")
+            raise UserError(f"{where}: variable {obj['variable']!r}, expected {variable!r} in this file")
         rows.append(obj)
     if not rows:
         raise UserError(f"{path}: file is empty")

@@ -149,11 +149,18 @@ def manifest_path(path: Path) -> Path:
     return path.with_name(path.name.removesuffix(".jsonl") + ".manifest.json")
 
 
+def _file_name(name: str) -> str:
+    """The file of a shipped split or pair set: NAME.jsonl, the counterfactual pairs gzip-compressed (.jsonl.gz)."""
+    from src.data.counterfactual import FILES
+
+    return next((f for f in FILES.values() if f.startswith(name + ".")), f"{name}.jsonl")
+
+
 def _sources(data_dir: Path, kind: str = "plain") -> dict[str, str]:
     """sha256 of each shipped file a set is built on: the pilot training file and the held-out files."""
     sources = {}
     for name in (TRAIN_SPLIT, *(NEAR_TWIN_HELD_OUT if kind == "near_twin_free" else HELD_OUT)):
-        path = data_dir / f"{name}.jsonl"
+        path = data_dir / _file_name(name)
         try:
             sources[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError as err:
@@ -267,7 +274,7 @@ def near_twin_forms(data_dir=DATA_DIR) -> set[str]:
 
     data_dir, exprs = Path(data_dir), []
     for name in NEAR_TWIN_HELD_OUT:
-        path = data_dir / f"{name}.jsonl"
+        path = data_dir / _file_name(name)
         if name == PRECEDENCE_SPLIT:
             exprs += [pair.record.expr for pair in load_precedence(path)]
         elif name.startswith("counterfactual_"):
