@@ -19,11 +19,18 @@ def run(tmp_path_factory):
     return write_tiny_run(tmp_path_factory.mktemp("battery"))
 
 
-@pytest.mark.slow
-def test_the_battery_runs_every_step_and_records_its_time(run, monkeypatch):
-    for name in FILES.values():  # the interchange step reads the pair files beside test_flat
+def with_pairs(run: Path) -> Path:
+    """The run, with the first 40 pairs of each shipped pair file beside its data files: the interchange
+    step reads them there."""
+    for name in FILES.values():
         lines = gzip.decompress((REPO_ROOT / "data" / name).read_bytes()).splitlines(keepends=True)[:40]
         (run.parent / "data" / name).write_bytes(gzip_bytes(b"".join(lines)))
+    return run
+
+
+@pytest.mark.slow
+def test_the_battery_runs_every_step_and_records_its_time(run, monkeypatch):
+    with_pairs(run)
     loads, reads = [], []
     real_load, real_read = common.load_model, common.split_records
     monkeypatch.setattr(common, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
@@ -77,7 +84,7 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
 
 @pytest.mark.gpu
 def test_the_battery_runs_on_cuda(tmp_path):
-    run = write_tiny_run(tmp_path)
+    run = with_pairs(write_tiny_run(tmp_path))
     assert battery.main(["--run", str(run), "--device", "cuda", "--limit", "30", "--quiet"]) == 0
     record = json.loads((run / "battery.limit30.json").read_text())
     assert record["failed"] == [] and record["device"] != "cpu"
