@@ -338,6 +338,7 @@ def test_synthetic_files_pass_the_readers_and_have_the_shape_interchange_writes(
     assert read_result(d / "eval.json", "eval")["schema"] == "eval/2"
     assert read_result(d / "interchange.json", "interchange")["schema"] == "interchange/1"
     from types import SimpleNamespace
+
     from tests.test_interchange import TOY, parsed, toy_model, toy_records
     cfg = SimpleNamespace(model=TOY, data=SimpleNamespace(answer_format="plain"))
     real = interchange.interchange_variable(toy_model(), parsed(toy_records()["value"], "value"), cfg, "fp32", 50,

@@ -71,6 +71,7 @@ SIMULATIONS = 20_000   # t-tests' power; the permutation test's uses a tenth, as
 STUDY_HINT = "SEEDS=... SCALES=... bash scripts/study.sh (results/study/PLAN.md gives the groups)"
 SEED_DIR = re.compile(r"^seed(\d+)$")
 RESIDUAL = ("embed", "resid")
+IIA_TABLE_CLASSES = ("close", "inside", "operator")  # PRIMARY.md's IIA table; primary.json holds every class
 NEAR_TWIN_SPLITS = ("test_flat", "test_paren", "test_paren_matched", "test_paren_precedence", "test_depth3")
 TESTS = {
     "H1-flat": {"hypothesis": "H1", "statistic": "exact_match on test_flat, per seed", "method": "welch_t",
@@ -644,11 +645,13 @@ def markdown(rep: dict) -> str:
                "inverts the test."), ""]
     md += [head("Per seed: the statistics of the tests"), ""]
     rows = []
+    left_out = {(p["scale"], p["seed"]) for p in chk["left_out_of_h2"]}
     for scale, rs in rep["runs"].items():
         for r in rs:
             ic = r["interchange"]
+            depth = _num(ic["first_reach_close"], ".3f") if ic["first_reach_close"] is not None else "none (1)"
             rows.append([scale, r["seed"], f"{r['test_flat']:.4f}", f"{r['test_paren']:.4f}",
-                         _num(ic["first_reach_close"], ".3f") if ic["first_reach_close"] is not None else "none (1)",
+                         depth + (" (left out of H2)" if (scale, r["seed"]) in left_out else ""),
                          ic["value_pairs_right"], f"{r['precedence_changing']['cost']:+.4f}",
                          (f"{r['precedence_changing']['p_value']:.3g} (d = {r['precedence_changing']['discordant']}, floor "
                          f"{r['precedence_changing']['p_floor']:.3g})")])
@@ -674,16 +677,23 @@ def markdown(rep: dict) -> str:
     md += _table(["scale", "value-preserving (matched pairs)", "precedence-changing (H3's statistic)",
                   "precedence-changing minus value-preserving"], rows)
     md += [head("IIA on the residual stream, by variable, control and position class"), "",
-           ("Per seed over the residual sites: the peak IIA (for the value-preserving control: kept_base, its lowest is "
-           "the figure), the relative depth where it first reaches 0.9; then over seeds."), ""]
+           ("Per seed over the residual sites (embedding and block outputs): the peak IIA, and the relative depth where "
+            "it first reaches 0.9; for the value-preserving control the figure is kept_base, and its lowest over the "
+            "sites is shown (a site that carries the digits rather than the value lowers it). Then mean over seeds. "
+            f"Position classes {', '.join(IIA_TABLE_CLASSES)} here; every class is in primary.json."), ""]
     rows = []
     for s, cells in ex["iia"].items():
         for e in cells.values():
-            rows.append([s, e["variable"], e["control"], e["position_class"], e["figure"], e["seeds"],
-                         _mean_ci(e["peak"], ".3f"), _mean_ci(e["lowest"], ".3f"), e["seeds_reaching"],
-                         _mean_ci(e["first_reach"], ".3f")])
-    md += _table(["scale", "variable", "control", "position", "figure", "seeds", "peak", "lowest", "seeds reaching 0.9",
-                  "first reach depth"], rows)
+            if e["position_class"] not in IIA_TABLE_CLASSES:
+                continue
+            kept = e["control"] == "value_preserving"
+            rows.append([s, e["variable"], e["control"], e["position_class"],
+                         "kept_base, lowest" if kept else "IIA, peak", e["seeds"],
+                         _mean_ci(e["lowest"] if kept else e["peak"], ".3f"),
+                         "—" if kept else f"{e['seeds_reaching']} of {e['seeds']}",
+                         "—" if kept else _mean_ci(e["first_reach"], ".3f")])
+    md += _table(["scale", "variable", "control", "position", "figure", "seeds", "mean [95% CI]", "seeds reaching 0.9",
+                  "first reach depth (seeds reaching)"], rows)
     md += [head("exact_match by class"), ""]
     keys = list(dict.fromkeys(k for cells in ex["exact_match_by_class"].values() for k in cells))
     rows = [[*class_key(k), *[_mean_ci(ex["exact_match_by_class"][s].get(k), ".3f") for s in ex["exact_match_by_class"]]]
