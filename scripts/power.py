@@ -11,7 +11,6 @@ power under Holm). Every number is printed; the preregistration quotes this outp
 
 from __future__ import annotations
 
-import itertools
 import json
 import statistics
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from src.stats import t_two_sided_p  # noqa: E402
+from src import stats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent / "results" / "extension"
 SCALES = {"pilot": "ext_pilot_n2000000", "10M": "ext_10m_n2000000"}
@@ -44,43 +43,17 @@ def committed() -> dict:
     return out
 
 
-def welch_p(a: np.ndarray, b: np.ndarray) -> float:
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    t = (b.mean() - a.mean()) / np.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    return t_two_sided_p(float(t), float(df))
-
-
-def one_sample_p(x: np.ndarray) -> float:
-    t = x.mean() / (x.std(ddof=1) / np.sqrt(len(x)))
-    return t_two_sided_p(float(t), len(x) - 1)
-
-
 def power_welch(effect: float, sd_a: float, sd_b: float, rng, n=SEEDS_PER_SCALE, sims=SIMULATIONS) -> float:
-    threshold = ALPHA / FAMILY_SIZE
-    hits = 0
-    for _ in range(sims):
-        a, b = rng.normal(0.0, sd_a, n), rng.normal(effect, sd_b, n)
-        hits += welch_p(a, b) < threshold
-    return hits / sims
+    return stats.power_welch(effect, sd_a, sd_b, rng, n, n, sims, ALPHA / FAMILY_SIZE)
 
 
 def power_one_sample(effect: float, sd: float, rng, n=SEEDS_PER_SCALE, sims=SIMULATIONS) -> float:
-    threshold = ALPHA / FAMILY_SIZE
-    return sum(one_sample_p(rng.normal(effect, sd, n)) < threshold for _ in range(sims)) / sims
+    return stats.power_one_sample(effect, sd, rng, n, sims, ALPHA / FAMILY_SIZE)
 
 
 def power_permutation(effect: float, sd: float, rng, n=SEEDS_PER_SCALE, sims=2_000) -> tuple[float, float]:
     """Exact two-sided permutation test of the difference in means, all C(2n, n) splits; (power, floor)."""
-    splits = np.array([[1.0 if i in c else 0.0 for i in range(2 * n)] for c in itertools.combinations(range(2 * n), n)])
-    threshold = ALPHA / FAMILY_SIZE
-    hits = 0
-    for _ in range(sims):
-        x = np.concatenate([rng.normal(0.0, sd, n), rng.normal(effect, sd, n)])
-        diffs = (splits @ x - (1 - splits) @ x) / n
-        observed = abs(diffs[-1])  # the last combination is the second half: the real split
-        hits += (np.abs(diffs) >= observed - 1e-12).mean() < threshold
-    return hits / sims, 2 / len(splits)
+    return stats.power_permutation(effect, sd, sd, rng, n, n, sims, ALPHA / FAMILY_SIZE)
 
 
 def main(argv=None) -> None:

@@ -21,6 +21,10 @@ Which test for which outcome (docs/DESIGN.md section 5):
   a paired t-test on each example's linearised contribution to the contrast (`paired_contrast`); with
   a constant denominator this is the ordinary paired t-test on per-example differences. Its floor is 0,
   so it can reach any corrected threshold.
+- one statistic per replicate (a seed), two groups of replicates: Welch's t-test (`welch_t`), or the exact
+  permutation test of the difference in means over every split of the pooled replicates (`permutation_test`,
+  floor 2 / C(2n, n) for two groups of n); one group against 0: the one-sample t-test (`one_sample_t`).
+  Their power for a planned number of replicates: `power_welch`, `power_permutation`, `power_one_sample`.
 
 Per-example scores come as (numerator, denominator) pairs so that token-weighted metrics and
 per-example ones share one code path; resampling and pairing are always over examples, never over
@@ -262,6 +266,174 @@ def welch_t(a, b) -> dict:
     t = estimate / se
     half = t_quantile_975(df) * se
     return {**out, "df": df, "t": t, "ci95": [estimate - half, estimate + half], "p_value": t_two_sided_p(t, df)}
+
+
+def mean_interval(values) -> dict:
+    """Mean of replicates (e.g. one statistic per seed) with its 95% t interval (n - 1 degrees of freedom),
+    not clipped: {n, mean, sd, ci95}. One value: sd and ci95 are None; none: mean too."""
+    values = [float(x) for x in values]
+    n = len(values)
+    if n == 0:
+        return {"n": 0, "mean": None, "sd": None, "ci95": None}
+    mean = sum(values) / n
+    if n == 1:
+        return {"n": 1, "mean": mean, "sd": None, "ci95": None}
+    sd = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1))
+    half = t_quantile_975(n - 1) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "ci95": [mean - half, mean + half]}
+
+
+def one_sample_t(values, mu: float = 0.0) -> dict:
+    """mean(values) - mu for independent replicates, with the two-sided one-sample t-test that it is 0 and its
+    95% interval (n - 1 degrees of freedom). Analytic: p_floor = 0. Needs two values or more."""
+    values = [float(x) for x in values]
+    n = len(values)
+    if n < 2:
+        raise ValueError(f"one_sample_t needs two values or more (got {n})")
+    m = mean_interval(values)
+    estimate, sd = m["mean"] - mu, m["sd"]
+    out = {"test": "one_sample_t", "n": n, "df": n - 1, "mean": m["mean"], "mu": mu, "sd": sd, "estimate": estimate,
+           "p_floor": 0.0}
+    se = sd / math.sqrt(n)
+    if se == 0.0:  # every replicate the same: nothing to test the mean against
+        return {**out, "t": float("nan") if estimate == 0 else math.copysign(math.inf, estimate),
+                "ci95": [estimate, estimate], "p_value": 1.0 if estimate == 0.0 else 0.0}
+    t = estimate / se
+    half = t_quantile_975(n - 1) * se
+    return {**out, "t": t, "ci95": [estimate - half, estimate + half], "p_value": t_two_sided_p(t, n - 1)}
+
+
+# ---------------------------------------------------------------------------- the exact permutation test
+
+MAX_SPLITS = 2_000_000  # C(n_a + n_b, n_b) splits enumerated: C(16, 8) = 12,870; C(24, 12) = 2.7 million is too many
+
+
+def _splits(n_a: int, n_b: int):
+    """[C, n_a + n_b] float64 (numpy): row r marks with 1 the members of group b in split r, every split once;
+    the last row marks the last n_b positions (the observed split when the values are a then b)."""
+    import itertools
+
+    import numpy as np
+
+    n = n_a + n_b
+    count = math.comb(n, n_b)
+    if count > MAX_SPLITS:
+        raise ValueError(f"an exact permutation test of {n_a} against {n_b} values needs {count:,} splits, more than "
+                         f"{MAX_SPLITS:,}")
+    rows = np.zeros((count, n))
+    for r, members in enumerate(itertools.combinations(range(n), n_b)):
+        rows[r, list(members)] = 1.0
+    return rows
+
+
+def permutation_floor(n_a: int, n_b: int) -> float:
+    """The smallest p the exact two-sided permutation test of a difference in means can give, on values without
+    ties: 1 / C(n_a + n_b, n_b), and twice that for equal groups (swapping the groups gives the same |difference|)."""
+    count = math.comb(n_a + n_b, n_b)
+    return min(1.0, (2.0 if n_a == n_b else 1.0) / count)
+
+
+def _permutation_p(splits, a, b, shift: float = 0.0) -> tuple[float, float]:
+    """(p, p of the most extreme split) of mean(b - shift) - mean(a) over every split of the pooled values."""
+    import numpy as np
+
+    x = np.array(list(a) + [v - shift for v in b], dtype=np.float64)
+    n_a, n_b = len(a), len(b)
+    diffs = (splits @ x) / n_b - ((1.0 - splits) @ x) / n_a
+    tol = 1e-9 * max(1.0, float(np.abs(x).max()))  # the same difference summed in another order is a tie
+    observed = abs(diffs[-1])
+    extreme = float(np.abs(diffs).max())
+    return float((np.abs(diffs) >= observed - tol).mean()), float((np.abs(diffs) >= extreme - tol).mean())
+
+
+def permutation_test(a, b, alpha_ci: float = 0.95) -> dict:
+    """mean(b) - mean(a) for two independent groups of replicates, with the exact two-sided permutation test:
+    p = the share of all C(n_a + n_b, n_b) splits of the pooled values into groups of the same sizes whose
+    |difference in means| is at least the observed one (the observed split counted). Its floor `p_floor` is
+    permutation_floor (values without ties); `p_floor_data` is the p of the most extreme split of these very
+    values, the smallest p their ties allow. The 95% interval inverts the test: the shifts d for which the test
+    of (b - d) against a gives p > 0.05 (None for a bound the test cannot set, when its floor is not below 0.05)."""
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    if not a or not b:
+        raise ValueError(f"permutation_test needs a value or more in each group (got {len(a)} and {len(b)})")
+    splits = _splits(len(a), len(b))
+    estimate = sum(b) / len(b) - sum(a) / len(a)
+    p, data_floor = _permutation_p(splits, a, b)
+    level = 1.0 - alpha_ci
+    span = max(a + b) - min(a + b)
+
+    def bound(direction: float):
+        inner, outer = estimate, estimate + direction * (4 * span + 1.0)
+        for _ in range(8):  # far enough that b - shift lies wholly on one side of a: p is at its floor there
+            if _permutation_p(splits, a, b, outer)[0] <= level:
+                break
+            outer = estimate + 2 * (outer - estimate)
+        else:
+            return None
+        for _ in range(60):
+            mid = (inner + outer) / 2
+            inner, outer = (mid, outer) if _permutation_p(splits, a, b, mid)[0] > level else (inner, mid)
+        return (inner + outer) / 2
+
+    return {"test": "permutation_exact", "n_a": len(a), "n_b": len(b), "mean_a": sum(a) / len(a),
+            "mean_b": sum(b) / len(b), "estimate": estimate, "ci95": [bound(-1.0), bound(1.0)],
+            "interval": "inversion of the exact permutation test (shifts of b not rejected at 0.05)",
+            "p_value": p, "p_floor": permutation_floor(len(a), len(b)), "p_floor_data": data_floor,
+            "splits": len(splits)}
+
+
+# ---------------------------------------------------------------------------- power by simulation
+# The power of the study's primary tests (docs/PREREGISTRATION.md): replicates drawn from normal distributions
+# with given spreads, power = the share of simulated studies whose p is below `threshold` (Holm's first
+# threshold alpha / m: a lower bound on the power under Holm). `rng` is a numpy Generator; the p-values are
+# computed in numpy (welch_t and one_sample_t also compute intervals, which a simulation does not need).
+
+
+def welch_p(a, b) -> float:
+    """Two-sided p of Welch's t-test of mean(b) - mean(a) (numpy arrays)."""
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:  # no spread on either side (a spread measured as 0)
+        return 1.0 if b.mean() == a.mean() else 0.0
+    t = (b.mean() - a.mean()) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return t_two_sided_p(float(t), float(df))
+
+
+def one_sample_p(x) -> float:
+    """Two-sided p of the one-sample t-test that mean(x) is 0 (a numpy array)."""
+    sd = x.std(ddof=1)
+    if sd == 0:
+        return 1.0 if x.mean() == 0 else 0.0
+    t = x.mean() / (sd / math.sqrt(len(x)))
+    return t_two_sided_p(float(t), len(x) - 1)
+
+
+def power_welch(effect: float, sd_a: float, sd_b: float, rng, n_a: int, n_b: int, sims: int, threshold: float) -> float:
+    hits = 0
+    for _ in range(sims):
+        a, b = rng.normal(0.0, sd_a, n_a), rng.normal(effect, sd_b, n_b)
+        hits += welch_p(a, b) < threshold
+    return hits / sims
+
+
+def power_one_sample(effect: float, sd: float, rng, n: int, sims: int, threshold: float) -> float:
+    return sum(one_sample_p(rng.normal(effect, sd, n)) < threshold for _ in range(sims)) / sims
+
+
+def power_permutation(effect: float, sd_a: float, sd_b: float, rng, n_a: int, n_b: int, sims: int,
+                      threshold: float) -> tuple[float, float]:
+    """Power of the exact two-sided permutation test of the difference in means (all C(n_a + n_b, n_b) splits),
+    and its floor: (power, floor)."""
+    import numpy as np
+
+    splits = _splits(n_a, n_b)
+    hits = 0
+    for _ in range(sims):
+        x = np.concatenate([rng.normal(0.0, sd_a, n_a), rng.normal(effect, sd_b, n_b)])
+        diffs = (splits @ x) / n_b - ((1 - splits) @ x) / n_a
+        observed = abs(diffs[-1])  # the last split is the second group as drawn: the real one
+        hits += (np.abs(diffs) >= observed - 1e-12).mean() < threshold
+    return hits / sims, permutation_floor(n_a, n_b)
 
 
 # ---------------------------------------------------------------------------- corrections

@@ -144,3 +144,88 @@ def test_welch_t_without_spread_or_replicates():
     assert stats.welch_t([0.5, 0.5], [0.6, 0.6])["p_value"] == 0.0
     with pytest.raises(ValueError, match="two values or more"):
         stats.welch_t([0.5], [0.6, 0.7])
+
+
+def test_one_sample_t_matches_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    values = [0.031, -0.004, 0.052, 0.017, 0.009, 0.044, -0.012, 0.025]
+    r = stats.one_sample_t(values)
+    ref = scipy_stats.ttest_1samp(values, 0.0)
+    assert (r["test"], r["p_floor"], r["df"], r["n"]) == ("one_sample_t", 0.0, 7, 8)
+    assert r["t"] == pytest.approx(ref.statistic, rel=1e-12) and r["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+    lo, hi = ref.confidence_interval(0.95)
+    assert r["ci95"] == pytest.approx([lo, hi], rel=1e-9)
+    assert r["estimate"] == pytest.approx(sum(values) / 8)
+    assert stats.one_sample_t([0.25, 0.25, 0.25])["p_value"] == 0.0 and stats.one_sample_t([0.0, 0.0])["p_value"] == 1.0
+    with pytest.raises(ValueError, match="two values or more"):
+        stats.one_sample_t([0.1])
+
+
+def test_mean_interval_is_the_t_interval_over_replicates():
+    m = stats.mean_interval([1.0, 2.0, 3.0])
+    half = stats.t_quantile_975(2) * 1.0 / math.sqrt(3)  # sd 1
+    assert m["mean"] == 2.0 and m["sd"] == 1.0 and m["ci95"] == pytest.approx([2 - half, 2 + half])
+    assert stats.mean_interval([0.4])["ci95"] is None and stats.mean_interval([])["mean"] is None
+
+
+def test_permutation_test_hand_computed_and_its_floors():
+    # 3 against 3 wholly apart: of the C(6, 3) = 20 splits only the observed one and its swap reach |3|
+    r = stats.permutation_test([0, 1, 2], [3, 4, 5])
+    assert (r["test"], r["splits"], r["estimate"]) == ("permutation_exact", 20, 3.0)
+    assert r["p_value"] == pytest.approx(2 / 20) and r["p_floor"] == pytest.approx(2 / 20)
+    assert r["p_floor_data"] == pytest.approx(2 / 20)
+    # ties: with values 0, 0, 1, 1 every split is at most as extreme as the observed: p = 1 of the data floor
+    tied = stats.permutation_test([0, 0], [1, 1])
+    assert tied["p_value"] == pytest.approx(2 / 6) and tied["p_floor_data"] == pytest.approx(2 / 6)
+    assert stats.permutation_test([1, 1, 1], [1, 1, 1])["p_value"] == 1.0
+    # the registered design: 8 against 8, floor 2 / 12,870
+    assert stats.permutation_floor(8, 8) == pytest.approx(1.554e-4, rel=1e-3)
+    assert stats.permutation_floor(7, 8) == pytest.approx(1 / 6435)  # unequal groups: no mirror split
+    with pytest.raises(ValueError, match="splits"):
+        stats.permutation_test(list(range(13)), list(range(13)))
+
+
+def test_permutation_test_matches_scipy_and_brute_force():
+    np = pytest.importorskip("numpy")
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.5, 0.2, 6).round(3).tolist(), rng.normal(0.7, 0.2, 6).round(3).tolist()
+    r = stats.permutation_test(a, b)
+    ref = scipy_stats.permutation_test((b, a), lambda x, y: np.mean(x) - np.mean(y), permutation_type="independent",
+                                       n_resamples=np.inf, alternative="two-sided")
+    assert r["p_value"] == pytest.approx(ref.pvalue, rel=1e-12)  # equal groups: a symmetric null, scipy's 2 x one tail
+    # unequal groups: every split counted by hand
+    import itertools
+    a, b = [0.1, 0.4, 0.35, 0.2, 0.3], [0.5, 0.45, 0.6]
+    pooled, observed = a + b, abs(np.mean(b) - np.mean(a))
+    count = 0
+    for members in itertools.combinations(range(8), 3):
+        gb = [pooled[i] for i in members]
+        ga = [pooled[i] for i in range(8) if i not in members]
+        count += abs(np.mean(gb) - np.mean(ga)) >= observed - 1e-12
+    assert stats.permutation_test(a, b)["p_value"] == pytest.approx(count / 56)
+
+
+def test_permutation_interval_inverts_the_test():
+    a, b = [0.25, 0.5, 0.5, 0.75, 0.25, 0.5, 0.5, 0.25], [0.5, 0.667, 0.833, 0.667, 0.5, 0.667, 0.833, 0.667]
+    r = stats.permutation_test(a, b)
+    lo, hi = r["ci95"]
+    assert lo < r["estimate"] < hi
+    for bound, outward in ((lo, -1), (hi, 1)):  # inside the bound the shifted test keeps p > 0.05, outside not
+        assert stats.permutation_test(a, [v - (bound - outward * 1e-6) for v in b])["p_value"] > 0.05
+        assert stats.permutation_test(a, [v - (bound + outward * 1e-6) for v in b])["p_value"] <= 0.05
+    # too few replicates to reject anything at 0.05: the interval is unbounded
+    assert stats.permutation_test([0.1, 0.2], [0.5, 0.6])["ci95"] == [None, None]
+
+
+def test_power_by_simulation_on_cases_with_a_known_answer():
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(0)
+    # a huge effect is always found, no effect at the threshold's rate
+    assert stats.power_welch(10.0, 0.1, 0.1, rng, 8, 8, 200, 0.01) == 1.0
+    assert stats.power_one_sample(10.0, 0.1, rng, 8, 200, 0.01) == 1.0
+    null = stats.power_one_sample(0.0, 1.0, rng, 8, 4000, 0.05)
+    assert 0.035 < null < 0.065
+    power, floor = stats.power_permutation(10.0, 0.1, 0.1, rng, 4, 4, 50, 0.05)
+    assert power == 1.0 and floor == pytest.approx(2 / 70)
+    assert stats.power_permutation(10.0, 0.1, 0.1, rng, 3, 3, 20, 0.05)[0] == 0.0  # floor 0.1: never below 0.05

@@ -29,6 +29,7 @@ SCHEMAS = {
     "rolematch": "rolematch/1",  # src.analysis.rolematch: rolematch.json
     "mechanisms": "mechanisms/1",  # src.report.analyses: mechanisms.json
     "interchange": "interchange/1",  # src.analysis.interchange: interchange.json
+    "study_primary": "study_primary/1",  # src.report.study: results/study/primary.json
 }
 REGENERATE = {
     "summary": "python -m src.train --config CONFIG --output-dir {run} ...",
@@ -45,6 +46,7 @@ REGENERATE = {
     "rolematch": "python -m src.analysis.rolematch --pilot RUN ... --large RUN ...",
     "mechanisms": "python -m src.report.analyses RUN ... --out DIR",
     "interchange": "python -m src.analysis.interchange --run {run}",
+    "study_primary": "python -m src.report.study --results results/study --out results/study",
 }
 
 
