@@ -36,7 +36,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def analysed_tiny_runs(tmp_path_factory) -> dict:
     """Two seeds of tests/tiny.py's run, every analysis the report reads run on them (small, full data):
-    one pair for the report's tests in test_report.py and test_reliability_analysis.py, built once.
+    one pair for the report's tests in test_report.py, built once.
     The tests copy a run before changing it; these directories stay as built."""
     from src.analysis import ablate, evaluate, probe, roles
     from tests.tiny import tiny_config, write_data, write_run
@@ -55,3 +55,66 @@ def analysed_tiny_runs(tmp_path_factory) -> dict:
         assert probe.main([*cpu, "--max-iter", "20", "--resamples", "200"]) == 0  # the report reads probe.json
         runs.append(run)
     return {"root": root, "runs": runs}
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict:
+    """Small data files, a tiny config (4 epochs of 8 steps), and two real runs made with it:
+    `paused` stopped after epoch 2 (resumable), `finished` ran all 4 epochs. Built once, on one thread
+    (so that a test's own training compares with them bit for bit); tests copy a run before changing it."""
+    import src.train
+    from src.errors import run_main
+    from tests.runs import tiny_raw, train_argv, write_data, write_yaml
+
+    root = tmp_path_factory.mktemp("tiny")
+    data_dir = write_data(root / "data")
+    config = write_yaml(root / "tiny.yaml", tiny_raw(data_dir))
+    runs = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, extra in (("paused", ["--stop-after-epoch", "2"]), ("finished", [])):
+            assert run_main(src.train.main, [str(a) for a in train_argv(config, root / name, *extra)]) == 0
+            runs[name] = root / name
+    finally:
+        torch.set_num_threads(before)
+    return {"root": root, "data": data_dir, "config": config, **runs}
+
+
+@pytest.fixture(scope="session")
+def crash(tmp_path_factory) -> dict:
+    """A config of 8 epochs x 32 steps, a checkpoint every epoch, and the run that never stopped (a
+    subprocess, as the killed and resumed runs of the tests are)."""
+    import json
+
+    from tests.runs import (
+        CRASH_EPOCHS,
+        run_cli,
+        tiny_raw,
+        train_argv,
+        write_data,
+        write_yaml,
+    )
+
+    root = tmp_path_factory.mktemp("crash")
+    data_dir = write_data(root / "data", n_train=256, n_val=16)
+    config = write_yaml(root / "crash.yaml", tiny_raw(data_dir, epochs=CRASH_EPOCHS, warmup_steps=8))
+    reference = root / "uninterrupted"
+    proc = run_cli(["-m", "src.train", *train_argv(config, reference)])
+    assert proc.returncode == 0, proc.stderr
+    seconds = json.loads((reference / "summary.json").read_text())["wall_time_s"]  # after start-up
+    return {"root": root, "config": config, "reference": reference, "seconds": seconds}
+
+
+@pytest.fixture(scope="session")
+def analysis_run(tmp_path_factory) -> dict:
+    """tests/tiny.py's run (data, config, a briefly trained model, seed 0), built once: the analysis tests
+    copy it (tests/analysis_runs.py: copy_run) before they change anything in it."""
+    from tests.tiny import tiny_config, write_data, write_run
+
+    root = tmp_path_factory.mktemp("analysis")
+    write_data(root / "data")
+    raw = tiny_config(root / "data")
+    run = root / "run"
+    write_run(run, raw)
+    return {"root": root, "raw": raw, "run": run}

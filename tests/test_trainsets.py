@@ -21,7 +21,7 @@ from src.errors import UserError
 from src.tokenizer import sequence_ids
 from src.data.trainsets import (HELD_OUT, check_training_set, ensure_training_set, manifest_path, training_lines,
                            training_set_path, training_set_problem, write_training_set)
-from tests.test_reliability import cli, expect_error  # the one runner of an entry point, as its __main__ runs it
+from tests.runs import cli, expect_error  # the one runner of an entry point, as its __main__ runs it
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
