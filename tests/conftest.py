@@ -28,6 +28,35 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def held_out_expressions_read_once():
+    """Every training and every check of a training set reads the shipped validation and test files and
+    validates each of their records (src.data.trainsets._held_out_expressions): about a tenth of the
+    suite's time, for the same few files again and again. Within the test session the result is kept
+    per file name and content (sha256), so that a file a test changes, or one named elsewhere, is read
+    again; a file that cannot be read, and every error, goes to the real function each time. Callers get
+    their own copy of the dict."""
+    import hashlib
+
+    from src.data import trainsets
+
+    real = trainsets._held_out_expressions
+    kept: dict[tuple, dict] = {}
+
+    def held_out_expressions(files):
+        try:
+            key = tuple((str(path), hashlib.sha256(Path(path).read_bytes()).hexdigest()) for path in files)
+        except OSError:
+            return real(files)
+        if key not in kept:
+            kept[key] = real(files)
+        return dict(kept[key])
+
+    trainsets._held_out_expressions = held_out_expressions
+    yield
+    trainsets._held_out_expressions = real
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
