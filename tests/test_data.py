@@ -128,13 +128,18 @@ def test_depth_labels_hand_written(expr, depth):
 # ---------------------------------------------------------------------------- generator and shipped files
 
 
-def test_generator_is_deterministic():
-    assert generate_splits(42) == generate_splits(42)
+@pytest.fixture(scope="module")
+def splits_42():
+    """The splits of seed 42, generated once for the two tests below."""
+    return generate_splits(42)
 
 
-def test_generator_seed_matters():
-    a, b = generate_splits(42), generate_splits(43)
-    assert a["pilot_train"] != b["pilot_train"]
+def test_generator_is_deterministic(splits_42):
+    assert generate_splits(42) == splits_42
+
+
+def test_generator_seed_matters(splits_42):
+    assert splits_42["pilot_train"] != generate_splits(43)["pilot_train"]
 
 
 @pytest.mark.slow
