@@ -12,6 +12,9 @@ from src.metrics import METRICS
 from src.analysis.common import load_split_batches
 from src.model import CompactTransformer, Hooks
 from tests.tiny import SPLIT_SIZES, tiny_config, write_data, write_run
+import shutil
+from tests.runs import cli
+from tests.analysis_runs import copy_run, expect_user_error, full_disk_on, snapshot
 
 FAST = ["--device", "cpu"]
 SPLITS = {"test_flat", "test_paren_matched", "test_paren", "test_depth3"}
@@ -247,3 +250,28 @@ def test_the_scan_table_defines_every_column_it_abbreviates(tiny, capsys):
     header = ablate.format_scan(rows, "zero").splitlines()[1]
     for short in ("rel", "dAL", "dEM", "p_adj"):
         assert short in header and f"{short} = " in ablate.SCAN_LEGEND, short
+
+
+# ---------------------------------------------------------------------------- refused outputs and a full disk (docs/RELIABILITY.md)
+
+
+def test_ablate_out_flag_that_is_a_directory(analysis_run, tmp_path, capsys):
+    run = copy_run(analysis_run, tmp_path)
+    before = snapshot(run)
+    expect_user_error(cli(ablate.main, ["--run", run, "--device", "cpu", "--out", tmp_path], capsys),
+                      f"--out {tmp_path}", "is a directory")
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("suffix", [".json", ".png"])
+def test_ablate_full_disk_leaves_no_partial_file(analysis_run, tmp_path, capsys, monkeypatch, suffix):
+    run = tmp_path / "run"
+    shutil.copytree(analysis_run["run"], run)
+    full_disk_on(monkeypatch, suffix)
+    err = expect_user_error(cli(ablate.main, ["--run", run, "--device", "cpu", "--max-set-size", "1", "--limit", "8",
+                                              "--modes", "zero"], capsys), "disk is full")
+    assert not (run / "ablation.limit8_heatmap.png").exists() and not list(run.glob("*.tmp"))
+    if suffix == ".json":  # the first write failed: nothing at all
+        assert "ablation.limit8.json" in err and not (run / "ablation.limit8.json").exists()
+    else:
+        assert "ablation.limit8_heatmap.png" in err

@@ -28,6 +28,9 @@ from src.data import (
 )
 from src.errors import UserError, run_main
 from src.tokenizer import EOS_ID, IGNORE_INDEX, PAD_ID, decode, prompt_ids, sequence_ids
+import src.train
+from tests.runs import GOOD_LINES, tiny_raw, train_argv, write_yaml
+from tests.runs import cli as entry_cli, expect_error as expect_entry_error
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
@@ -125,13 +128,18 @@ def test_depth_labels_hand_written(expr, depth):
 # ---------------------------------------------------------------------------- generator and shipped files
 
 
-def test_generator_is_deterministic():
-    assert generate_splits(42) == generate_splits(42)
+@pytest.fixture(scope="module")
+def splits_42():
+    """The splits of seed 42, generated once for the two tests below."""
+    return generate_splits(42)
 
 
-def test_generator_seed_matters():
-    a, b = generate_splits(42), generate_splits(43)
-    assert a["pilot_train"] != b["pilot_train"]
+def test_generator_is_deterministic(splits_42):
+    assert generate_splits(42) == splits_42
+
+
+def test_generator_seed_matters(splits_42):
+    assert splits_42["pilot_train"] != generate_splits(43)["pilot_train"]
 
 
 @pytest.mark.slow
@@ -500,3 +508,82 @@ def test_generation_gives_up_after_a_bounded_number_of_attempts(tmp_path, capsys
     assert "--max-seq-len 19: 1000 expressions in a row" in err and "pilot_test_depth3" in err
     assert "raise --max-seq-len" in err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- bad records, through python -m src.train (docs/RELIABILITY.md)
+
+
+RECORD = {"expr": "(1+2)*3", "result": 9, "depth": [1, 1, 1, 1, 0, 0, 0]}
+
+DROP = object()  # record_line(field=DROP) leaves the field out
+
+
+def record_line(**changes) -> str:
+    obj = {**RECORD, **changes}
+    return json.dumps({k: v for k, v in obj.items() if v is not DROP})
+
+
+LONG_EXPR = "(" * 12 + "1+2" + ")" * 12  # valid, but 33 tokens as "<BOS>expr = 3<EOS>"
+
+# id -> (file, its bad line 3, what the message must say)
+BAD_RECORDS = {
+    "blank_line": ("train", "", "empty line"),
+    "not_json": ("train", '{"expr": "1+2", "result": 3', "not valid JSON"),
+    "not_json_in_val": ("val", '{"expr": "1+2" "result": 3}', "not valid JSON"),
+    "not_an_object": ("train", "[1, 2, 3]", "expected a JSON object, got list"),
+    "missing_field": ("train", record_line(depth=DROP), "missing field 'depth'"),
+    "unknown_field": ("train", record_line(note="x"), "unknown field 'note'"),
+    "expr_wrong_type": ("train", record_line(expr=123), "field 'expr' must be a string, got int"),
+    "result_wrong_type": ("train", record_line(result="9"), "field 'result' must be an integer, got str"),
+    "result_bool": ("train", record_line(result=True), "field 'result' must be an integer, got bool"),
+    "depth_wrong_type": ("train", record_line(depth="1110000"), "field 'depth' must be a list of integers"),
+    "char_outside_vocabulary": ("train", record_line(expr="1x2", depth=[0, 0, 0]), "has character 'x'"),
+    "char_outside_grammar": ("train", record_line(expr="8/2", result=4, depth=[0, 0, 0]), "has character '/'"),
+    "invalid_expression": ("train", record_line(expr="1++2", result=3, depth=[0, 0, 0, 0]),
+                           "is not a valid expression"),
+    "too_many_numbers": ("train", record_line(expr="1+2+3+4+5", result=15, depth=[0] * 9), "has 5 numbers"),
+    "result_mismatch": ("train", record_line(result=10),
+                        "result 10 does not match expr '(1+2)*3', which evaluates to 9"),
+    "result_mismatch_in_val": ("val", record_line(result=-9), "result -9 does not match expr '(1+2)*3'"),
+    "depth_mismatch": ("train", record_line(depth=[0] * 7),
+                       "does not match expr '(1+2)*3'; expected [1, 1, 1, 1, 0, 0, 0]"),
+    "sequence_longer_than_max_seq_len": (
+        "val", record_line(expr=LONG_EXPR, result=3, depth=[*range(1, 13), 12, 12, 12, *range(11, -1, -1)]),
+        "sequence of 33 tokens (<BOS>expr = result<EOS>) is longer than max_seq_len 32",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_RECORDS))
+def test_bad_record_names_file_and_line(case, tiny, tmp_path, capsys):
+    split, bad_line, says = BAD_RECORDS[case]
+    data = tmp_path / f"{split}.jsonl"
+    data.write_text("\n".join([GOOD_LINES[0], GOOD_LINES[1], bad_line, GOOD_LINES[2]]) + "\n", encoding="utf-8")
+    raw = tiny_raw(tiny["data"])
+    raw["data"][split] = str(data)
+    out = tmp_path / "run"
+    result = entry_cli(src.train.main, train_argv(write_yaml(tmp_path / "c.yaml", raw), out), capsys)
+    expect_entry_error(result, f"{data}:3: ", says)
+    assert not out.exists(), "a run that failed on its data must write nothing"
+
+
+def test_data_file_empty(tiny, tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_text("")
+    raw = tiny_raw(tiny["data"])
+    raw["data"]["train"] = str(data)
+    out = tmp_path / "run"
+    result = entry_cli(src.train.main, train_argv(write_yaml(tmp_path / "c.yaml", raw), out), capsys)
+    expect_entry_error(result, f"{data}: file is empty")
+    assert not out.exists()
+
+
+def test_data_file_not_utf8(tiny, tmp_path, capsys):
+    data = tmp_path / "train.jsonl"
+    data.write_bytes((GOOD_LINES[0] + "\n").encode() + b'{"expr": "1\xff2"}\n')
+    raw = tiny_raw(tiny["data"])
+    raw["data"]["train"] = str(data)
+    out = tmp_path / "run"
+    result = entry_cli(src.train.main, train_argv(write_yaml(tmp_path / "c.yaml", raw), out), capsys)
+    expect_entry_error(result, f"{data}:2: not UTF-8 text")
+    assert not out.exists()

@@ -1,5 +1,6 @@
 """src.data's output as a whole (a manifest readers check), pair files checked pair by pair, signals."""
 
+import functools
 import glob
 import json
 import os
@@ -23,8 +24,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SMALL = ("pilot_test_flat", "pilot_test_paren")  # MATCHED_SPLIT comes with test_flat
 
 
-def small_splits(seed):
+@functools.cache
+def _small_splits(seed):
     return generate_splits(seed, only=SMALL)
+
+
+def small_splits(seed):
+    """The two small splits of `seed`, generated once per seed (the generator is deterministic:
+    tests/test_data.py::test_generator_is_deterministic); each caller gets its own lists."""
+    return {name: list(records) for name, records in _small_splits(seed).items()}
 
 
 def test_a_generation_interrupted_half_way_is_refused_by_readers(tmp_path, monkeypatch):

@@ -47,3 +47,23 @@ def test_train_sets_the_cpu_threads_before_reading_data(monkeypatch, tmp_path, r
         src.train.main(["--config", "configs/quickstart.yaml", "--output-dir", str(tmp_path / "run"),
                         "--device", "cpu", "--no-progress"])
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------- precision a GPU cannot run
+
+
+def test_a_gpu_without_float16_or_bfloat16_is_a_clear_error(monkeypatch):
+    """fp16 needs native float16 arithmetic (compute capability 5.3), bf16 a card that supports it:
+    each is refused before anything runs, naming the card (simulated: this machine may have none)."""
+    from src.device import check_precision
+    from src.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (5, 2))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Old GPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(UserError, match=r"precision fp16: the GPU Old GPU \(compute capability 5\.2\) has no native "
+                                        "float16 arithmetic; use training.precision fp32"):
+        check_precision("fp16", torch.device("cuda"))
+    with pytest.raises(UserError, match=r"precision bf16: the GPU Old GPU .* does not support bfloat16"):
+        check_precision("bf16", torch.device("cuda"))
+    check_precision("fp32", torch.device("cuda"))  # fp32 runs anywhere

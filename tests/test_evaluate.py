@@ -6,10 +6,13 @@ import math
 import pytest
 import torch
 
+import src.analysis.evaluate
 from src import stats
 from src.data import make_batch, make_record
 from src.metrics import greedy_decode, per_example_scores, summarize
+from src.rundir.checkpoint import load_checkpoint
 from src.tokenizer import VOCAB_SIZE, sequence_ids
+from tests.runs import cli, expect_error, truncated_checkpoint
 
 EXPRS = ["1+2", "(3*4)-5", "99*99*99*99", "7-(8+9)", "((2+3)*4)"]
 
@@ -171,3 +174,61 @@ def test_no_bar_reaches_a_stderr_that_is_not_a_terminal(tiny_run, capsys):
     capsys.readouterr()
     assert evaluate.main(["--run", str(tiny_run), "--device", "cpu", "--limit", "3"]) == 0
     assert capsys.readouterr().err == ""  # a log file or a captured message holds no progress bar
+
+
+# ---------------------------------------------------------------------------- bad inputs of python -m src.analysis.evaluate (docs/RELIABILITY.md)
+
+
+def test_data_file_missing_at_evaluation(tiny, tmp_path, capsys):
+    """src.analysis.evaluate reads the test files named in the checkpoint's config; one has been deleted."""
+    ckpt = load_checkpoint(tiny["finished"] / "checkpoint_best.pt")
+    missing = tmp_path / "moved" / "test_depth3.jsonl"
+    ckpt["config"]["data"]["test_depth3"] = str(missing)
+    path = tmp_path / "checkpoint_moved_data.pt"
+    torch.save(ckpt, path)
+    result = cli(src.analysis.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys)
+    expect_error(result, f"{missing}: data file not found", "python -m src.data")
+
+
+def test_unknown_device_evaluate(tiny, capsys):
+    argv = ["--run", tiny["finished"], "--device", "tpu"]
+    expect_error(cli(src.analysis.evaluate.main, argv, capsys), "--device 'tpu'", "use cpu or cuda")
+
+
+def test_evaluate_run_without_checkpoints(tmp_path, capsys):
+    run = tmp_path / "empty_run"
+    run.mkdir()
+    expect_error(cli(src.analysis.evaluate.main, ["--run", run, "--device", "cpu"], capsys),
+                 f"{run / 'checkpoint_best.pt'}: no best checkpoint in run directory", "python -m src.train")
+    assert not any(run.iterdir())
+
+
+def test_evaluate_checkpoint_path_missing(tiny, tmp_path, capsys):
+    path = tmp_path / "nope.pt"
+    expect_error(cli(src.analysis.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys),
+                 f"{path}: checkpoint not found")
+
+
+def test_evaluate_truncated_checkpoint(tiny, tmp_path, capsys):
+    path = tmp_path / "half.pt"
+    path.write_bytes(truncated_checkpoint(tiny))
+    expect_error(cli(src.analysis.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys),
+                 f"{path}: not a readable checkpoint (truncated or corrupt")
+
+
+def test_evaluate_weights_do_not_fit_model_config(tiny, tmp_path, capsys):
+    ckpt = load_checkpoint(tiny["finished"] / "checkpoint_best.pt")
+    ckpt["model_config"]["d_ff"] = 128  # the weights are d_ff 64
+    path = tmp_path / "mismatch.pt"
+    torch.save(ckpt, path)
+    expect_error(cli(src.analysis.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys),
+                 f"{path}: weights do not fit the model (size mismatch for ")
+
+
+def test_evaluate_model_config_not_a_compact_transformer(tiny, tmp_path, capsys):
+    ckpt = load_checkpoint(tiny["finished"] / "checkpoint_best.pt")
+    ckpt["model_config"]["num_experts"] = 8
+    path = tmp_path / "alien.pt"
+    torch.save(ckpt, path)
+    expect_error(cli(src.analysis.evaluate.main, ["--run", tiny["finished"], "--checkpoint", path, "--device", "cpu"], capsys),
+                 f"{path}: model_config does not describe a CompactTransformer")

@@ -17,8 +17,8 @@ from src.errors import UserError
 from src.tokenizer import ANSWER_FORMATS, answer_text, decode, sequence_ids
 from src.train import selection_key
 from src.data.trainsets import training_set_path
-from tests.test_reliability import (  # noqa: F401  (one_thread and tiny are fixtures)
-    GOOD_LINES, PILOT, cli, expect_error, one_thread, tiny, tiny_raw, write_yaml)
+from tests.runs import (  # noqa: F401  (one_thread is an autouse fixture; tiny comes from conftest.py)
+    GOOD_LINES, PILOT, cli, expect_error, one_thread, tiny_raw, write_yaml)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +192,7 @@ def test_the_extension_configs_are_what_the_script_writes_and_load():
     import subprocess
     import sys
 
-    from tests.test_reliability import REPO_ROOT
+    from tests.runs import REPO_ROOT
 
     result = subprocess.run([sys.executable, "scripts/make_extension_configs.py", "--check"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=120)
@@ -234,7 +234,7 @@ def reference_batch(records, max_seq_len, answer_format="plain"):
 @pytest.mark.parametrize("answer_format", ["plain", "reversed"])
 def test_make_batch_equals_the_record_by_record_construction(answer_format):
     from src.data import load_jsonl
-    from tests.test_reliability import REPO_ROOT
+    from tests.runs import REPO_ROOT
 
     for name in ("pilot_train", "pilot_test_depth3", "pilot_test_paren_matched"):
         records = load_jsonl(REPO_ROOT / "data" / f"{name}.jsonl", 32)
@@ -257,7 +257,7 @@ def test_a_config_naming_its_training_set_by_size_generates_it_and_trains(tiny, 
     """data.train_size 2,100: the pilot's 2,000 training lines and 100 generated ones, made on the
     first run (into a temporary directory here), verified and reused on the next."""
     import src.config
-    from tests.test_reliability import REPO_ROOT
+    from tests.runs import REPO_ROOT
 
     monkeypatch.setattr(src.config, "GENERATED_DIR", tmp_path / "generated")
     raw = tiny_raw(tiny["data"], epochs=1, batch_size=64, eval_interval=1)
@@ -293,7 +293,7 @@ def test_the_sweep_refuses_a_config_whose_name_and_training_set_size_disagree(tm
 @pytest.mark.slow
 def test_the_report_tool_appends_the_extension_section_with_its_figures_linked(tmp_path, capsys):
     from src.report.cli import main as report_main
-    from tests.test_reliability import REPO_ROOT
+    from tests.runs import REPO_ROOT
 
     runs = [REPO_ROOT / "results" / config / f"seed{seed}" for config in ("pilot", "scale_10m") for seed in (42, 123, 7)]
     out = tmp_path / "REPORT.md"

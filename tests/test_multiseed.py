@@ -18,8 +18,8 @@ from src.config import load_config
 from src.data import load_jsonl, make_batch
 from src.model import CompactTransformer
 from src.training.trainer import DeviceData, SeedRNG, Trainer, run_epochs
-from tests.test_reliability import (  # noqa: F401  (one_thread and tiny are fixtures)
-    assert_same_training, cli, expect_error, one_thread, snapshot, tiny, tiny_raw, write_yaml)
+from tests.runs import (  # noqa: F401  (one_thread is an autouse fixture; tiny comes from conftest.py)
+    assert_same_training, cli, expect_error, one_thread, snapshot, tiny_raw, write_yaml)
 
 SEEDS = (42, 7)
 

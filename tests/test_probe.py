@@ -21,6 +21,9 @@ from src.errors import run_main
 from src.metrics import EVAL_SPLITS
 from src.analysis.common import load_split_batches
 from src.model import CompactTransformer
+import shutil
+from tests.runs import cli
+from tests.analysis_runs import FAST as ANALYSIS_FAST, expect_user_error, full_disk_on
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPLIT_SIZES = {"train": 80}  # every other split: 40 expressions
@@ -327,3 +330,16 @@ def test_splits_flag_takes_any_evaluation_split(tiny, tmp_path):
     assert set(res["sites"][0]["binary"]["selectivity"]) == {matched}
     assert res["summary"]["in_distribution"] == [matched] and set(res["summary"]["tasks"]["exact"]) == {matched}
     assert not list(tmp_path.glob("probe_layers*.png"))  # the figure needs test_paren
+
+
+# ---------------------------------------------------------------------------- a full disk (docs/RELIABILITY.md)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".png"])
+def test_probe_full_disk_leaves_no_partial_file(analysis_run, tmp_path, capsys, monkeypatch, suffix):
+    run = tmp_path / "run"
+    shutil.copytree(analysis_run["run"], run)
+    full_disk_on(monkeypatch, suffix)
+    expect_user_error(cli(probe.main, ["--run", run, "--device", "cpu", *ANALYSIS_FAST["probe"], "--limit", "8"], capsys),
+                      "disk is full")
+    assert not (run / "probe_layers.limit8.png").exists() and not list(run.glob("*.tmp"))

@@ -4,10 +4,13 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from src.analysis import ablate, evaluate, probe, roles
 from src.errors import run_main
 from src.report import main as report_main
+from tests.analysis_runs import expect_user_error, full_disk_on, snapshot
+from tests.runs import cli
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +127,111 @@ def test_the_report_writes_nowhere_it_is_not_told_to(analysed, capsys, monkeypat
     err = capsys.readouterr().err
     assert err.startswith("error: --out is required") and err.count("\n") == 1
     assert not (analysed["runs"][0] / "training_curve.png").exists()
+
+
+# ---------------------------------------------------------------------------- refused outputs, a full disk, the report's inputs (docs/RELIABILITY.md)
+
+
+@pytest.fixture(scope="module")
+def analysed_runs(analysed_tiny_runs):
+    """Two seeds of the tiny config, every analysis run, for the report (tests/conftest.py builds them once)."""
+    return analysed_tiny_runs["runs"]
+
+
+REPORT_FILES = ("REPORT.md", "report.json", "training_curves.png", "probe_relative_depth.png",
+                "head_specialization.png", "attention_roles.png")
+
+
+@pytest.mark.parametrize("target", REPORT_FILES)
+def test_report_output_that_is_a_directory_is_refused_before_writing(analysed_runs, tmp_path, capsys, target):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / target).mkdir()
+    before = snapshot(out)
+    expect_user_error(cli(report_main, [*analysed_runs, "--out", out / "REPORT.md"], capsys),
+                      str(out / target), "is a directory")
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("suffix", [".png", ".md", ".json"])
+def test_report_full_disk_leaves_no_partial_file(analysed_runs, tmp_path, capsys, monkeypatch, suffix):
+    out = tmp_path / "results" / "REPORT.md"
+    full_disk_on(monkeypatch, suffix)
+    expect_user_error(cli(report_main, [*analysed_runs, "--out", out], capsys), "disk is full")
+    files = {p.name: p.stat().st_size for p in out.parent.iterdir()}
+    assert not [n for n in files if n.endswith(".tmp")] and all(size > 0 for size in files.values()), files
+    assert not [n for n in files if n.endswith(suffix)], files
+
+
+def test_report_renders_every_figure_before_writing_any(analysed_runs, tmp_path, capsys, monkeypatch):
+    from src.report import figures
+
+    def broken(*args, **kwargs):
+        raise ValueError("a figure that cannot be drawn")
+
+    monkeypatch.setattr(figures, "attention_roles", broken)  # the last figure
+    out = tmp_path / "results" / "REPORT.md"
+    with pytest.raises(ValueError):
+        report_main([*map(str, analysed_runs), "--out", str(out)])
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+def test_report_counts_a_run_given_twice_once(analysed_runs, tmp_path, capsys):
+    out = tmp_path / "R.md"
+    link = tmp_path / "link"
+    link.symlink_to(analysed_runs[0])
+    rc, stdout, _ = cli(report_main, [analysed_runs[0], f"{analysed_runs[0]}/", link, analysed_runs[1], "--out", out], capsys)
+    assert rc == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["configs"]["tiny"]["seeds"] == [1, 2]
+    assert sum("counted once" in n for n in rep["notes"]) == 2 and "counted once" in stdout
+
+
+def test_two_architectures_under_one_config_name_name_both_runs_and_the_keys(analysed_runs, tmp_path, capsys):
+    other = tmp_path / "wider"
+    shutil.copytree(analysed_runs[1], other)
+    raw = yaml.safe_load((other / "config.yaml").read_text())
+    raw["model"]["d_model"] = 64
+    raw["model"]["d_ff"] = 128
+    (other / "config.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "R.md"
+    err = expect_user_error(cli(report_main, [analysed_runs[0], other, "--out", out], capsys),
+                            str(analysed_runs[0]), str(other), "d_model 32 vs 64", "d_ff 64 vs 128", "'tiny'")
+    assert not out.exists()
+    assert "num_layers" not in err  # only the keys that differ
+
+
+BAD_METRICS_ROWS = {  # what each bad row is -> the row
+    "not-json": "{not json",
+    "not-a-dict": '["a list"]',
+    "train_loss-text": '{"schema": "metrics/1", "epoch": 2, "step": 80, "train_loss": "x", "val": {"loss": 2.0}}',
+    "val-number": '{"schema": "metrics/1", "epoch": 2, "step": 80, "train_loss": 2.0, "val": 5}',
+    "val-loss-null": '{"schema": "metrics/1", "epoch": 2, "step": 80, "train_loss": 2.0, "val": {"loss": null, '
+                     '"exact_match": 0, "end_of_answer_acc": 0.5}}',
+    "epoch-text": '{"schema": "metrics/1", "epoch": "2", "step": 80}',
+}
+
+
+def test_a_bad_metrics_row_is_reported_with_its_line_and_skipped(analysed_runs, tmp_path, capsys):
+    """Each kind of bad row, one per line (lines 2-7, a good row after them), in one report: every
+    one is noted with its own line and skipped, in the full report and with --curves-only."""
+    run = tmp_path / "badrow"
+    shutil.copytree(analysed_runs[0], run)
+    with (run / "metrics.jsonl").open("a") as fh:
+        for line in BAD_METRICS_ROWS.values():
+            fh.write(line + "\n")
+        fh.write(json.dumps({"schema": "metrics/1", "epoch": 3, "step": 120, "train_loss": 2.1,
+                             "val": {"loss": 2.0, "exact_match": 0.0, "end_of_answer_acc": 0.5}}) + "\n")
+    bad_lines = {kind: 2 + i for i, kind in enumerate(BAD_METRICS_ROWS)}
+    out = tmp_path / "R.md"
+    rc, stdout, err = cli(report_main, [run, "--out", out], capsys)
+    assert rc == 0, err
+    notes = json.loads((tmp_path / "report.json").read_text())["notes"]
+    for kind, number in bad_lines.items():
+        assert any(f"{run / 'metrics.jsonl'}:{number}:" in n and "skipped" in n for n in notes), (kind, notes)
+    assert not any(f"{run / 'metrics.jsonl'}:8:" in n for n in notes), notes  # the good row after them is read
+    assert (tmp_path / "training_curves.png").stat().st_size > 0
+    rc, stdout, err = cli(report_main, [run, "--out", out, "--curves-only"], capsys)
+    assert rc == 0, err
+    for kind, number in bad_lines.items():
+        assert f"metrics.jsonl:{number}:" in stdout, (kind, stdout)

@@ -11,8 +11,8 @@ from src.analysis import evaluate
 from src.errors import UserError, run_main
 from src.rundir.directory import RunDir, hold_run_shared, release_shared
 
-from tests.test_reliability import REPO_ROOT, SUBPROCESS_ENV
 from tests.quickrun import quick_run
+from tests.runs import REPO_ROOT, SUBPROCESS_ENV, assert_same_training, copy_run, expect_error, snapshot, train_argv, train_entry
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,38 @@ def test_the_shared_lock_is_released_when_the_command_ends(tiny_run, capsys):
 
     assert os.path.realpath(tiny_run) not in directory._SHARED
     assert not (tiny_run / ".lock").exists()  # the last reader removes the empty .lock it made
+
+
+# ---------------------------------------------------------------------------- one training per run directory, through python -m src.train (docs/RELIABILITY.md)
+
+
+def test_a_second_training_into_a_locked_directory_is_refused_with_the_holders_pid(tiny, tmp_path, capsys):
+    run = copy_run(tiny, "paused", tmp_path)
+    holder = RunDir(run, resume=True)  # as a training in progress holds it
+    try:
+        before = {k: v for k, v in snapshot(run).items() if k != ".lock"}
+        message = expect_error(train_entry(train_argv(tiny["config"], run, "--resume"), capsys),
+                               f"--output-dir {run} is in use by PID ", "one training writes into a run directory at a time")
+        import os
+        assert f"PID {os.getpid()} on " in message
+        assert {k: v for k, v in snapshot(run).items() if k != ".lock"} == before
+        # a new run into a fresh directory that another process holds: refused the same way
+        other = tmp_path / "other"
+        held = RunDir(other, resume=False)
+        expect_error(train_entry(train_argv(tiny["config"], other), capsys), f"--output-dir {other} is in use by PID ")
+        held.release()
+    finally:
+        holder.release()
+    assert not (run / ".lock").exists()
+    assert train_entry(train_argv(tiny["config"], run, "--resume"), capsys)[0] == 0  # free again
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tiny, tmp_path, capsys):
+    run = copy_run(tiny, "paused", tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / ".lock").write_text(f"PID {dead.stdout.strip()} on somehost\n")  # no process holds it any more
+    rc, out, err = train_entry(train_argv(tiny["config"], run, "--resume"), capsys)
+    assert rc == 0, err
+    assert f"was left by PID {dead.stdout.strip()} on somehost, which no longer holds it" in err
+    assert_same_training(tiny["finished"], run)
+    assert not (run / ".lock").exists()

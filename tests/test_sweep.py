@@ -23,7 +23,7 @@ import src.train
 from src.config import load_config
 from src.errors import run_main
 from src.rundir.directory import RunDir
-from tests.test_reliability import (  # noqa: F401  (one_thread is an autouse fixture)
+from tests.runs import (  # noqa: F401  (one_thread is an autouse fixture)
     REPO_ROOT, cli, expect_error, one_thread, tiny_raw, write_data, write_yaml)
 
 SEEDS = (42, 7)

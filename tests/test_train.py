@@ -5,6 +5,7 @@ section 7, resume, the out-of-memory policy, the fast step against the textbook 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -17,14 +18,33 @@ import yaml
 
 import src.data
 import src.train
+import src.training.trainer
 from src.config import load_config
 from src.data import load_jsonl, make_batch
 from src.errors import UserError, run_main
 from src.model import CompactTransformer
+from src.rundir.checkpoint import load_checkpoint
 from src.tokenizer import BOS_ID, EOS_ID, IGNORE_INDEX, PAD_ID, encode
 from src.train import main
 from src.training.reference import reference_training
 from src.training.trainer import DeviceData, Trainer
+from tests.runs import (
+    SUBPROCESS_ENV,
+    assert_same_training,
+    cli,
+    copy_run,
+    expect_error,
+    load_all_checkpoints,
+    pickled_code_checkpoint,
+    replace_file,
+    saved_bytes,
+    snapshot,
+    tiny_raw,
+    train_argv,
+    train_entry,
+    truncated_checkpoint,
+    write_yaml,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PILOT = REPO_ROOT / "configs" / "pilot.yaml"
@@ -169,7 +189,7 @@ def test_gpu_only_check_comes_before_anything_else(tmp_path, monkeypatch, device
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_no_cuda)])
 def test_fp16_without_cuda_is_an_error(tmp_path, device, capsys):
-    """In-process, as the __main__ block runs it (the real entry point's exit path is in test_reliability.py)."""
+    """In-process, as the __main__ block runs it (the real entry point's exit path is in test_errors.py)."""
     out = tmp_path / "run"
     rc = run_main(main, ["--config", str(PILOT), "--output-dir", str(out), "--device", device, "--fp16"])
     stderr = capsys.readouterr().err
@@ -465,8 +485,16 @@ def test_fast_step_equals_reference_training(tmp_path, loss_on):
     """Trainer's device-side step against the textbook loop, same seed, dropout 0.
 
     The pilot's learning rate (3e-4): at 3e-3 the rounding differences between the fused and the
-    unfused AdamW kernels (1e-7 per step) grow chaotically to ~1e-5 within two epochs."""
-    cfg = load_config(write_tiny_config(tmp_path, loss_on=loss_on, learning_rate=3e-4))
+    unfused AdamW kernels (1e-7 per step) grow chaotically to ~1e-5 within two epochs.
+    The first 512 training lines (8 steps an epoch: past the 10 warm-up steps into the decay, and
+    across an epoch's reshuffle); the comparison is step by step, so more steps would test nothing new."""
+    config = write_tiny_config(tmp_path, loss_on=loss_on, learning_rate=3e-4)
+    lines = (REPO_ROOT / "data" / "pilot_train.jsonl").read_text().splitlines()[:512]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    raw = yaml.safe_load(config.read_text())
+    raw["data"]["train"] = str(tmp_path / "train.jsonl")
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    cfg = load_config(config)
     cfg = type(cfg)(**{**cfg.__dict__, "model": type(cfg.model)(**{**cfg.model.__dict__, "dropout": 0.0})})
     batch = make_batch(load_jsonl(cfg.data.path("train"), cfg.model.max_seq_len), cfg.model.max_seq_len)
     cpu = torch.device("cpu")
@@ -732,3 +760,376 @@ def test_ctrl_c_while_torch_imports_ends_in_one_line_and_exit_130(command, tmp_p
     assert result.returncode == 130, result.stderr
     assert result.stderr.startswith("interrupted: ") and result.stderr.count("\n") == 1, result.stderr
     assert result.stdout == ""
+
+
+# ---------------------------------------------------------------------------- bad flags, output directories and resumes (docs/RELIABILITY.md)
+
+
+def test_unknown_device(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--config", tiny["config"], "--output-dir", out, "--device", "tpu"]
+    expect_error(cli(src.train.main, argv, capsys), "--device 'tpu'", "use cpu or cuda")
+    assert not out.exists()
+
+
+@needs_no_cuda
+def test_fp16_without_cuda(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--config", tiny["config"], "--output-dir", out, "--device", "cpu", "--fp16"]
+    expect_error(cli(src.train.main, argv, capsys), "--fp16 needs a CUDA device")
+    assert not out.exists()
+
+
+@needs_no_cuda
+def test_gpu_only_without_cuda_is_a_runtime_error_with_exit_1(tiny, tmp_path, capsys):
+    """DESIGN.md section 2 makes this a RuntimeError: exit 1 (not 2), still one line and no traceback."""
+    out = tmp_path / "run"
+    argv = ["--config", tiny["config"], "--output-dir", out, "--device", "cuda", "--gpu-only"]
+    expect_error(cli(src.train.main, argv, capsys), "CUDA requested but not available", "--gpu-only", code=1)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", "abc", str(2**64)])
+def test_seed_out_of_range(seed, tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--config", tiny["config"], "--output-dir", out, "--device", "cpu", "--seed", seed]
+    expect_error(cli(src.train.main, argv, capsys), "argument --seed", f"{seed}: must be an integer written in digits, at least 0 and at most",
+                 usage=True)
+    assert not out.exists()
+
+
+def test_missing_config_flag(tmp_path, capsys):
+    expect_error(cli(src.train.main, ["--output-dir", tmp_path / "run"], capsys),
+                 "the following arguments are required: --config", usage=True)
+
+
+def test_stop_after_epoch_not_positive(tiny, tmp_path, capsys):
+    argv = train_argv(tiny["config"], tmp_path / "run", "--stop-after-epoch", "0")
+    expect_error(cli(src.train.main, argv, capsys), "argument --stop-after-epoch", "0: must be an integer written in digits, at least 1",
+                 usage=True)
+
+
+def test_stop_after_epoch_beyond_epochs(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = train_argv(tiny["config"], out, "--stop-after-epoch", "9")
+    expect_error(cli(src.train.main, argv, capsys), "--stop-after-epoch 9 is beyond training.epochs (4)",
+                 tiny["config"])
+    assert not out.exists()
+
+
+def test_output_dir_is_a_file(tiny, tmp_path, capsys):
+    out = tmp_path / "a_file"
+    out.write_text("not a directory")
+    expect_error(cli(src.train.main, train_argv(tiny["config"], out), capsys),
+                 f"--output-dir {out}: is an existing file, not a directory")
+    assert out.read_text() == "not a directory"
+
+
+def test_output_dir_under_a_file(tiny, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "a_file" / "run"
+    expect_error(cli(src.train.main, train_argv(tiny["config"], out), capsys),
+                 f"--output-dir {out}: {tmp_path / 'a_file'} is a file, not a directory, so nothing can be created under it")
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """A directory path that cannot be created or written. Root ignores permission bits, so where
+    chmod has no effect a path under /sys is used, which the kernel refuses to create even for root."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if not os.access(locked, os.W_OK):
+            yield locked / "run"
+            return
+        candidate = Path("/sys/reliability_test_run")
+        try:
+            candidate.mkdir()
+        except OSError:
+            yield candidate
+            return
+        candidate.rmdir()
+        pytest.skip("no directory here refuses writes (running as root, /sys writable)")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_output_dir_not_writable(unwritable_dir, tiny, capsys):
+    with pytest.raises(OSError):  # the test is meaningful: the path really cannot be written
+        unwritable_dir.mkdir(parents=True)
+    expect_error(cli(src.train.main, train_argv(tiny["config"], unwritable_dir), capsys),
+                 f"--output-dir {unwritable_dir}: cannot be created: {unwritable_dir.parent} is not writable",
+                 "choose another directory")
+
+
+def test_output_dir_already_holds_a_run(tiny, tmp_path, capsys):
+    run = copy_run(tiny, "finished", tmp_path)
+    before = snapshot(run)
+    expect_error(cli(src.train.main, train_argv(tiny["config"], run), capsys),
+                 f"--output-dir {run} already holds a run", "--resume")
+    assert snapshot(run) == before, "nothing may be overwritten"
+
+
+def test_resume_with_nothing_to_resume(tiny, tmp_path, capsys):
+    out = tmp_path / "new_run"
+    expect_error(cli(src.train.main, train_argv(tiny["config"], out, "--resume"), capsys),
+                 f"--resume: nothing to resume in {out} (no checkpoint_latest.pt)", "start without --resume")
+    assert not out.exists()
+
+
+def test_resume_run_that_died_before_its_first_checkpoint(tiny, tmp_path, capsys):
+    run = copy_run(tiny, "paused", tmp_path)
+    for path in run.glob("checkpoint_*.pt"):
+        path.unlink()
+    before = snapshot(run)
+    expect_error(cli(src.train.main, train_argv(tiny["config"], run, "--resume"), capsys),
+                 f"nothing to resume in {run}", "stopped before its first checkpoint")
+    assert snapshot(run) == before
+
+
+def test_resume_finished_run(tiny, tmp_path, capsys):
+    run = copy_run(tiny, "finished", tmp_path)
+    before = snapshot(run)
+    expect_error(cli(src.train.main, train_argv(tiny["config"], run, "--resume"), capsys),
+                 f"--resume: the run in {run} already finished all 4 epochs", "training.epochs = 4")
+    assert snapshot(run) == before
+
+
+def test_resume_stop_after_epoch_already_passed(tiny, tmp_path, capsys):
+    run = copy_run(tiny, "paused", tmp_path)
+    before = snapshot(run)
+    expect_error(cli(src.train.main, train_argv(tiny["config"], run, "--resume", "--stop-after-epoch", "1"), capsys),
+                 "--stop-after-epoch 1", "already at epoch 2")
+    assert snapshot(run) == before
+
+
+def _weights_only(tiny, tmp_path) -> bytes:
+    ckpt = load_checkpoint(tiny["paused"] / "checkpoint_latest.pt")
+    return saved_bytes(tmp_path, {"model": ckpt["model"], "model_config": ckpt["model_config"]})
+
+
+# id -> (content of checkpoint_latest.pt, what the message must say)
+BAD_LATEST = {
+    "truncated": (lambda tiny, tmp: truncated_checkpoint(tiny), "not a readable checkpoint (truncated or corrupt"),
+    "empty_file": (lambda tiny, tmp: b"", "not a readable checkpoint (truncated or corrupt"),
+    "text_file": (lambda tiny, tmp: b"hello, not a checkpoint\n", "not a readable checkpoint (truncated or corrupt"),
+    "pickled_code": (lambda tiny, tmp: pickled_code_checkpoint(tmp),
+                     "refused by torch.load(weights_only=True): the file holds an object of class"),
+    "not_a_checkpoint_dict": (lambda tiny, tmp: saved_bytes(tmp, torch.zeros(3)), "not a checkpoint of this project"),
+    "no_training_state": (_weights_only, "holds weights but no training state"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LATEST))
+def test_resume_from_bad_checkpoint(case, tiny, tmp_path, capsys):
+    make, says = BAD_LATEST[case]
+    content = make(tiny, tmp_path)
+    run = copy_run(tiny, "paused", tmp_path)
+    replace_file(run / "checkpoint_latest.pt", content)
+    before = snapshot(run)
+    message = expect_error(cli(src.train.main, train_argv(tiny["config"], run, "--resume"), capsys),
+                           f"{run / 'checkpoint_latest.pt'}: ", says)
+    if case == "pickled_code":
+        assert "NotWeights" in message
+    assert snapshot(run) == before, "a failed resume must change nothing"
+
+
+def test_resume_from_another_architecture(tiny, tmp_path, capsys):
+    """The user resumes a run with the wrong config: d_model 64 against a d_model 32 checkpoint."""
+    raw = tiny_raw(tiny["data"])
+    raw["model"]["d_model"] = 64
+    config = write_yaml(tmp_path / "wider.yaml", raw)
+    run = copy_run(tiny, "paused", tmp_path)
+    before = snapshot(run)
+    expect_error(cli(src.train.main, train_argv(config, run, "--resume"), capsys),
+                 f"--resume: a resumed run keeps its own config and seed, and these differ from the run in {run}",
+                 f"model.d_model: run 32, {config} 64")
+    assert snapshot(run) == before
+
+
+# ---------------------------------------------------------------------------- signals, resume promises, damaged run files, precision (docs/RELIABILITY.md)
+
+
+def signalled_run(crash, run, point: str, name: str):
+    """A training subprocess that sends itself SIG`name` at `point` (tests/killpoint.py)."""
+    return subprocess.run([sys.executable, "-m", "tests.killpoint", f"{point}:{name}", "--", "src.train",
+                           *map(str, train_argv(crash["config"], run))],
+                          cwd=REPO_ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["TERM", "INT"])
+def test_sigterm_and_sigint_save_checkpoint_latest_say_how_to_resume_and_exit_non_zero(name, crash, tmp_path):
+    """The signal arrives just after epoch 3's metrics row is written (before its checkpoint): the
+    epoch's checkpoint is written as checkpoint_latest.pt, the run stops, and --resume ends bit for
+    bit where the uninterrupted run ends. (A signal in the middle of an epoch: the next test.)"""
+    run = tmp_path / "signalled"
+    proc = signalled_run(crash, run, "metrics.jsonl@3:after", name)
+    signum = getattr(signal, f"SIG{name}")
+    assert proc.returncode == 128 + signum, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: interrupted by SIG{name} after epoch 3 (step 96)")
+    assert f"Continue with: python -m src.train --output-dir {run} --resume" in last
+    latest = torch.load(run / "checkpoint_latest.pt", weights_only=True)
+    assert latest["epoch"] == 3 and latest["epoch_step"] == 0
+    assert not (run / "summary.json").exists() and not (run / ".lock").exists()
+
+    proc = subprocess.run([sys.executable, "-m", "src.train", "--output-dir", str(run), "--resume", "--device", "cpu",
+                           "--no-progress"], cwd=REPO_ROOT, env=SUBPROCESS_ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert_same_training(crash["reference"], run)
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_mid_epoch_checkpoint_resumes_bit_for_bit(tiny, tmp_path, capsys, monkeypatch):
+    """SIGTERM in the middle of epoch 3 (after its 5th step, in-process): the checkpoint holds the
+    epoch's order and running sums, and the resumed run equals the one that never stopped."""
+    run = tmp_path / "mid"
+    real = src.training.trainer.Trainer.run_step
+    count = {"steps": 0}
+
+    def run_step(self):
+        real(self)
+        count["steps"] += 1
+        if count["steps"] == 2 * 8 + 5:  # 8 steps per epoch
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(src.training.trainer.Trainer, "run_step", run_step)
+    rc, out, err = train_entry(train_argv(tiny["config"], run), capsys)
+    assert rc == 128 + signal.SIGTERM and "interrupted by SIGTERM in epoch 3 at step 21" in err, err
+    latest = torch.load(run / "checkpoint_latest.pt", weights_only=True)
+    assert (latest["epoch"], latest["epoch_step"], latest["step"]) == (2, 5, 21)
+    monkeypatch.undo()
+    rc, out, err = train_entry(train_argv(tiny["config"], run, "--resume"), capsys)
+    assert rc == 0, err
+    assert "Resuming from epoch 2 (step 21), 5 steps into epoch 3" in out
+    assert_same_training(tiny["finished"], run)
+
+
+def test_resume_with_another_seed_is_an_error(tiny, tmp_path, capsys):
+    run = copy_run(tiny, "paused", tmp_path)  # trained with --seed 7
+    before = snapshot(run)
+    argv = [a if a != "7" else "42" for a in train_argv(tiny["config"], run, "--resume")]
+    expect_error(train_entry(argv, capsys), "a resumed run keeps its own config and seed", "seed: run 7, --seed 42")
+    assert snapshot(run) == before
+
+
+def test_resume_without_config_or_seed_takes_the_runs_own(tiny, tmp_path, capsys):
+    run = copy_run(tiny, "paused", tmp_path)
+    rc, out, err = train_entry(["--output-dir", run, "--resume", "--device", "cpu", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "Seed: 7" in out
+    assert json.loads((run / "summary.json").read_text())["seed"] == 7
+    assert_same_training(tiny["finished"], run)
+
+
+def test_resume_with_a_changed_config_lists_the_differences(tiny, tmp_path, capsys):
+    raw = tiny_raw(tiny["data"], learning_rate=0.5, batch_size=4)
+    config = write_yaml(tmp_path / "changed.yaml", raw)
+    run = copy_run(tiny, "paused", tmp_path)
+    before = snapshot(run)
+    message = expect_error(train_entry(train_argv(config, run, "--resume"), capsys), "a resumed run keeps its own config",
+                           f"training.batch_size: run 8, {config} 4", "training.learning_rate: run 0.0003")
+    assert "only training.epochs may change" in message
+    assert snapshot(run) == before
+    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["learning_rate"] != 0.5
+
+
+def test_resume_may_change_the_number_of_epochs_and_records_it(tiny, tmp_path, capsys):
+    config = write_yaml(tmp_path / "longer.yaml", tiny_raw(tiny["data"], epochs=6))
+    run = copy_run(tiny, "finished", tmp_path)
+    rc, out, err = train_entry(train_argv(config, run, "--resume"), capsys)
+    assert rc == 0, err
+    assert "training.epochs changes from 4 to 6 at epoch 4" in err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 6 and summary["epoch_changes"] == [{"at_epoch": 4, "from": 4, "to": 6}]
+    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["epochs"] == 6
+    assert torch.load(run / "checkpoint_latest.pt", weights_only=True)["epoch_changes"] == summary["epoch_changes"]
+
+
+def test_resume_records_precision_and_refuses_another(tiny, tmp_path, capsys):
+    run = copy_run(tiny, "paused", tmp_path)
+    ckpt = torch.load(run / "checkpoint_latest.pt", weights_only=True)
+    assert ckpt["precision"] == "fp32" and ckpt["seed"] == 7
+    config = write_yaml(tmp_path / "fp16.yaml", {**tiny_raw(tiny["data"]),
+                                                 "training": {**tiny_raw(tiny["data"])["training"], "precision": "bf16"}})
+    expect_error(train_entry(train_argv(config, run, "--resume"), capsys), "training.precision: run 'fp32'")
+
+
+@needs_no_cuda
+def test_low_precision_without_cuda_is_an_error_before_anything_is_written(tiny, tmp_path, capsys):
+    for precision in ("fp16", "bf16"):
+        config = write_yaml(tmp_path / f"{precision}.yaml",
+                            {**tiny_raw(tiny["data"]), "training": {**tiny_raw(tiny["data"])["training"],
+                                                                    "precision": precision}})
+        out = tmp_path / precision
+        expect_error(train_entry(train_argv(config, out), capsys), "needs a CUDA device")
+        assert not out.exists()
+
+
+def test_damaged_metrics_lines_are_reported_and_the_run_goes_on(tiny, tmp_path, capsys):
+    run = copy_run(tiny, "paused", tmp_path)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n" + '{"epoch": 2, "st\n')  # row 2 cut short
+    rc, out, err = train_entry(train_argv(tiny["config"], run, "--resume"), capsys)
+    assert rc == 0, err
+    assert f"{run / 'metrics.jsonl'}:2: not valid JSON" in err and "line skipped" in err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 3, 4]  # the damaged row is gone, the run went on from its checkpoint
+    finished = load_all_checkpoints(run)["checkpoint_latest.pt"]
+    assert finished["epoch"] == 4
+
+
+@pytest.mark.parametrize("dangling", [True, False], ids=["dangling_link", "missing"])
+def test_missing_checkpoint_latest_advice_never_destroys_data(dangling, tiny, tmp_path, capsys):
+    run = copy_run(tiny, "paused", tmp_path)
+    (run / "checkpoint_latest.pt").unlink()
+    if dangling:
+        (run / "checkpoint_latest.pt").symlink_to(run / "gone.pt")
+    before = snapshot(run)
+    message = expect_error(train_entry(train_argv(tiny["config"], run, "--resume"), capsys),
+                           "checkpoint_epoch_2.pt is in", f"cp {run / 'checkpoint_epoch_2.pt'} {run / 'checkpoint_latest.pt'}")
+    assert ("link to a file that does not exist" in message) == dangling
+    for destructive in ("delete", "rm ", "remove"):
+        assert destructive not in message
+    assert snapshot(run) == before
+
+
+@pytest.mark.gpu
+def test_bf16_run_on_cuda_has_no_loss_scaling_and_travels_with_the_run(tiny, tmp_path, capsys):
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU does not support bfloat16")
+    raw = tiny_raw(tiny["data"])
+    raw["training"]["precision"] = "bf16"
+    config = write_yaml(tmp_path / "bf16.yaml", raw)
+    run = tmp_path / "bf16"
+    rc, out, err = train_entry(["--config", config, "--output-dir", run, "--device", "cuda", "--no-progress"], capsys)
+    assert rc == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["precision"].startswith("bf16") and summary["fp16"] is False and summary["status"] == "completed"
+    ckpt = torch.load(run / "checkpoint_latest.pt", weights_only=True)
+    assert ckpt["precision"] == "bf16" and float(ckpt["scaler"]["scale"]) == 1.0  # no loss scaling
+    import src.analysis.evaluate
+    rc, out, err = cli(src.analysis.evaluate.main, ["--run", run, "--device", "cuda"], capsys)
+    assert rc == 0, err
+    assert json.loads((run / "eval.json").read_text())["precision"] == "bf16"  # the run's own, by default
+
+
+@pytest.mark.parametrize("case", ["empty", "name_too_long", "dangling_symlink"])
+def test_bad_output_dir_is_rejected_up_front(case, tiny, tmp_path, capsys, monkeypatch):
+    """`--output-dir ""` used to write the run into the current directory (the repository root), a
+    300-character name gave an ENAMETOOLONG traceback, a dangling symlink a wrong message."""
+    monkeypatch.chdir(tmp_path)
+    out, says = {
+        "empty": ("", "--output-dir: the path is empty"),
+        "name_too_long": (str(tmp_path / ("r" * 300)), "more than the 255 the file system allows"),
+        "dangling_symlink": (str(tmp_path / "link"), "is a symlink to"),
+    }[case]
+    if case == "dangling_symlink":
+        (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    expect_error(train_entry(train_argv(tiny["config"], out), capsys), says)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, here or anywhere under it

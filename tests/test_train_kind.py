@@ -12,7 +12,7 @@ from src.analysis import bracket_cost
 from src.config import load_config
 from src.data import make_record, trainsets
 from src.errors import UserError
-from tests.test_reliability import PILOT, write_yaml
+from tests.runs import PILOT, write_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ from src.errors import UserError
 from src.tokenizer import sequence_ids
 from src.data.trainsets import (HELD_OUT, check_training_set, ensure_training_set, manifest_path, training_lines,
                            training_set_path, training_set_problem, write_training_set)
-from tests.test_reliability import cli, expect_error  # the one runner of an entry point, as its __main__ runs it
+from tests.runs import cli, expect_error  # the one runner of an entry point, as its __main__ runs it
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
@@ -202,13 +202,15 @@ def test_damaged_set_is_found_and_remade(made, damage, says, capsys):
     assert says in training_set_problem(made)
     with pytest.raises(UserError, match=f"{made}: .*{says}.*--train-size 2500"):
         ensure_training_set(2500, made.parent, repair=False)
-    assert ensure_training_set(2500, made.parent) == made
+    # one process: the stream is the same for any number (test_output_does_not_depend_on_the_number_of_processes),
+    # and a pool of them costs more than the 2,500 lines; test_command_writes_the_set runs the pool
+    assert ensure_training_set(2500, made.parent, processes=1) == made
     assert f"note: {made}: " in capsys.readouterr().err
     assert made.read_bytes() == good and training_set_problem(made) is None
 
 
 def test_missing_set_is_generated_without_a_note(tmp_path, capsys):
-    path = ensure_training_set(2001, tmp_path)
+    path = ensure_training_set(2001, tmp_path, processes=1)  # one process, as in the test above
     assert path == training_set_path(2001, tmp_path) and training_set_problem(path) is None
     assert capsys.readouterr().err == ""
 

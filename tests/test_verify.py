@@ -1,5 +1,5 @@
 """verify_10m_config.py: output lines and exit status. Every case calls its main() in-process, as its
-__main__ block does; test_reliability.py runs the script itself as a subprocess."""
+__main__ block does; test_errors.py runs the script itself as a subprocess."""
 
 import subprocess
 from pathlib import Path
@@ -29,7 +29,7 @@ def verify_here(capsys, monkeypatch):
 
 @pytest.fixture(scope="module")
 def default_run():
-    """`verify_10m_config.py` with no arguments, in-process (test_reliability.py runs the script itself)."""
+    """`verify_10m_config.py` with no arguments, in-process (test_errors.py runs the script itself)."""
     import contextlib
     import io
     import os

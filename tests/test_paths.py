@@ -1,8 +1,8 @@
-"""Reliability: bad paths on the command line are one clear line, never a traceback.
+"""src/rundir/paths.py: bad paths on the command line are one clear line, never a traceback.
 
 The checks of src/rundir/paths.py are tested directly on files made in tmp_path; then `python -m src.data --out`
-is tested through `run_main(main, argv)`, as its __main__ block runs it, in the style of
-tests/test_reliability.py. Every case checks that nothing was written. docs/RELIABILITY.md lists the cases.
+is tested through `run_main(main, argv)`, as its __main__ block runs it, as the other entry-point tests do
+(tests/runs.py). Every case checks that nothing was written. docs/RELIABILITY.md lists the cases.
 """
 
 import errno
@@ -17,7 +17,7 @@ import src.data.cli
 import src.rundir.paths
 from src.errors import UserError
 from src.rundir.paths import check_input_file, check_output_dir, check_output_file
-from tests.test_reliability import cli  # the one runner of an entry point, as its __main__ runs it
+from tests.runs import cli  # the one runner of an entry point, as its __main__ runs it
 
 LONG_NAME = "x" * 300  # longer than any file system's NAME_MAX (255 on Linux, macOS and Windows)
 is_root = hasattr(os, "geteuid") and os.geteuid() == 0
