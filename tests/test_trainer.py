@@ -86,7 +86,7 @@ def test_fp16_overflow_steps_are_skipped_and_reported(tiny, tmp_path, capsys, mo
     backs off, the steps are skipped, and summary.json counts them."""
     raw = tiny_raw(tiny["data"], epochs=3, max_bad_steps=50)
     config = write_yaml(tmp_path / "fp16.yaml", raw)
-    monkeypatch.setattr(src.train, "INIT_SCALE", 2.0**24)
+    monkeypatch.setattr(src.training.trainer, "INIT_SCALE", 2.0**24)  # read when a Trainer is made
     run = tmp_path / "fp16"
     rc, out, err = cli(src.train.main, ["--config", config, "--output-dir", run, "--device", "cuda", "--fp16",
                                         "--no-progress"], capsys)
