@@ -63,7 +63,8 @@ def test_the_study_configs_are_the_extension_configs_on_the_near_twin_free_set(s
     assert study.model == ext.model
     same = {k: v for k, v in vars(ext.training).items() if k not in ("precision", "packing", "epochs")}
     assert same == {k: v for k, v in vars(study.training).items() if k in same}
-    assert "before any test file is read" in (REPO_ROOT / "configs" / "study" / f"study_{scale}.yaml").read_text()
+    text = (REPO_ROOT / "configs" / "study" / f"study_{scale}.yaml").read_text()
+    assert "chosen on validation exact_match" in text and "before any run of the study read a test file" in text
 
 
 def test_the_trainer_asks_for_the_configured_kind(tmp_path, sized_raw, monkeypatch, capsys):
