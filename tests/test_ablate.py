@@ -35,6 +35,7 @@ def row(result: dict, mode: str, label: str) -> dict:
     return next(r for r in result["scan"]["modes"][mode] if r["head"] == label)
 
 
+@pytest.mark.slow
 def test_ablation_json_follows_the_statistical_standard(tiny):
     res = tiny["ablation"]
     assert res["schema"] == "ablation/2"
@@ -68,6 +69,7 @@ def test_ablation_json_follows_the_statistical_standard(tiny):
     assert png.is_file() and png.stat().st_size < 200_000
 
 
+@pytest.mark.slow
 def test_holm_adjusted_p_values_match_the_family(tiny):
     from src import stats
     res = tiny["ablation"]
@@ -78,6 +80,7 @@ def test_holm_adjusted_p_values_match_the_family(tiny):
     assert [e["p_adjusted"] for e in entries] == pytest.approx(stats.holm([e["p_value"] for e in entries]))
 
 
+@pytest.mark.slow
 def test_signal_head_is_significant_and_silent_head_is_exactly_null(tiny):
     res = tiny["ablation"]
     signal = row(res, "zero", "L0-H1")
@@ -95,6 +98,7 @@ def test_signal_head_is_significant_and_silent_head_is_exactly_null(tiny):
         assert e["estimate"] == 0.0 and e["p_value"] == 1.0, metric
 
 
+@pytest.mark.slow
 def test_targeted_set_is_tested_only_on_examples_it_was_not_chosen_on(tiny, monkeypatch):
     cfg = config_from_dict(tiny["raw"])
     torch.manual_seed(0)
@@ -126,6 +130,7 @@ def test_targeted_set_is_tested_only_on_examples_it_was_not_chosen_on(tiny, monk
     assert ranked == [f"L{l}-H{h}" for (l, h) in sorted(est, key=lambda k: -est[k])]
 
 
+@pytest.mark.slow
 def test_heads_flag_ablates_together_under_both_modes(tiny):
     run = tiny["run"]
     assert ablate.main(["--run", str(run), *FAST, "--heads", "0.1,1.2", "--limit", "20"]) == 0
@@ -137,6 +142,7 @@ def test_heads_flag_ablates_together_under_both_modes(tiny):
     assert "scan" not in res
 
 
+@pytest.mark.slow
 def test_training_means_are_per_position_means_over_real_tokens(tiny):
     cfg = config_from_dict(tiny["raw"])
     torch.manual_seed(0)
@@ -160,6 +166,7 @@ def test_training_means_are_per_position_means_over_real_tokens(tiny):
     (["--max-set-size", "0"], "at least 1"),
     (["--checkpoint", "latest"], "no latest checkpoint"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_a_user_error_and_writes_nothing(tiny, capsys, argv, message):
     before = sorted(p.name for p in tiny["run"].iterdir())
     assert run_main(ablate.main, ["--run", str(tiny["run"]), "--device", "cpu", *argv]) == 2
@@ -219,6 +226,7 @@ class BracketHeadModel(torch.nn.Module):
 
 
 @pytest.mark.parametrize("signal", [(0, 1), None], ids=["one_signal_head", "no_signal_head"])
+@pytest.mark.slow
 def test_targeted_set_is_the_known_signal_head_and_nothing_else(tiny, signal):
     """With one head that matters for brackets only, the targeted set chosen on the even half is
     exactly that head, its effect on the odd half is significant after Holm, and every other
@@ -245,6 +253,7 @@ def test_targeted_set_is_the_known_signal_head_and_nothing_else(tiny, signal):
     assert flat["estimate"] == 0.0  # flat expressions are untouched by construction
 
 
+@pytest.mark.slow
 def test_the_scan_table_defines_every_column_it_abbreviates(tiny, capsys):
     rows = tiny["ablation"]["scan"]["modes"]["zero"]
     header = ablate.format_scan(rows, "zero").splitlines()[1]

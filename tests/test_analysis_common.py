@@ -124,6 +124,7 @@ def test_an_fp16_run_is_analysed_in_fp16_on_cuda_by_default(analysis_run, tmp_pa
 # ---------------------------------------------------------------------------- opening a run: its seed and its state
 
 
+@pytest.mark.slow
 def test_the_seed_comes_from_the_checkpoint_and_the_control_is_built_from_it(tmp_path, capsys):
     write_data(tmp_path / "data")
     run = tmp_path / "run"

@@ -53,6 +53,7 @@ def test_the_battery_runs_every_step_and_records_its_time(run, monkeypatch):
     assert record["total_s"] >= sum(s["wall_s"] for s in record["steps"])
 
 
+@pytest.mark.slow
 def test_a_failing_step_is_reported_and_the_others_still_run(tmp_path, capsys):
     run = write_tiny_run(tmp_path)
     (tmp_path / "data" / "pilot_test_paren_matched.jsonl").write_text("not json\n")  # patching reads it

@@ -40,6 +40,7 @@ def load_train_speed():
     return module
 
 
+@pytest.mark.slow
 def test_train_speed_paths_run_on_the_cpu_and_write_every_figure(tmp_path):
     """benchmarks/train_speed.py --quick (tiny models, a few steps) on one batch-256 config of the pilot's
     data: a row per path, each with its ratio to the padded path (several seeds: the slow test below)."""

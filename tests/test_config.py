@@ -217,6 +217,7 @@ def test_check_data_paths_names_the_missing_key(tmp_path, pilot_raw):
     check_data_paths(cfg, str(path), splits=("val",))  # the other files are still there
 
 
+@pytest.mark.slow
 def test_find_configs_lists_a_directory_of_configs_and_the_report_needs_no_sweep_runner(tmp_path):
     """find_configs lives with the configs: src.report.scaling lists a grid without importing src.sweep."""
     from src.config import find_configs

@@ -463,6 +463,7 @@ def no_generation(monkeypatch):
     monkeypatch.setattr(data_module, "random_expression", tripped)
 
 
+@pytest.mark.slow
 def test_max_seq_len_5_exits_at_once_with_the_minimum(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(

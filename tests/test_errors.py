@@ -79,6 +79,7 @@ MODULE_MAINS = {"src.train": src.train.main, "src.analysis.evaluate": src.analys
 
 
 @pytest.mark.parametrize("case", SUBPROCESS_CASES)
+@pytest.mark.slow
 def test_real_entry_point_reports_bad_input_without_traceback(case, tiny, tmp_path):
     argv, code, says = _subprocess_cases(tiny, tmp_path)[case]
     proc = run_cli(argv)

@@ -106,6 +106,7 @@ def test_one_seed_says_so_and_keeps_its_wilson_interval(tmp_path, real):
     assert e["mean"] == 0.25 and e["ci95"] == pytest.approx(list(wilson_interval(500, 2000)), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_class_cells_are_averaged_over_seeds_at_the_largest_n_and_pooled_over_the_test_sets(tmp_path, real):
     results = tmp_path / "results"
     n = real["eval"]["exact_match_by_class"]["test_flat"]["by_class"][FLAT_KEY]["n"]
@@ -151,6 +152,7 @@ def test_the_grid_runs_not_made_yet_are_listed(tmp_path, real):
     assert "`ext_pilot_n20000` seeds 42, 7" in (tmp_path / "out" / "EXTENSION.md").read_text()
 
 
+@pytest.mark.slow
 def test_the_figures_are_written_and_small(tmp_path, real):
     results = tmp_path / "results"
     for config, size in (("ext_pilot_n2000", 2000), ("ext_pilot_n2000000", 2000000), ("ext_10m_n2000000", 2000000)):
@@ -213,6 +215,7 @@ def test_help_explains_every_flag(capsys):
         assert flag in text
 
 
+@pytest.mark.slow
 def test_configs_are_compared_over_seeds_with_welch_and_holm_and_single_seeds_stay_untested(tmp_path, real):
     results = tmp_path / "results"
     for seed, flat in ((42, 0.50), (123, 0.52), (7, 0.54)):
@@ -239,6 +242,7 @@ def test_configs_are_compared_over_seeds_with_welch_and_holm_and_single_seeds_st
     assert "Untested (fewer than two seeds on a side): 10m: reversed − plain at N = 2,000,000 (3 / 1 seeds)" in text
 
 
+@pytest.mark.slow
 def test_validation_progress_at_the_largest_n_is_read_from_metrics_jsonl(tmp_path, real):
     results = tmp_path / "results"
     run_dir = write_run(results, real, "ext_10m_n2000000", 42, flat=0.8)
@@ -255,6 +259,7 @@ def test_validation_progress_at_the_largest_n_is_read_from_metrics_jsonl(tmp_pat
     assert "| `ext_10m_n2000000` | 42 | 3 | 0.100, 0.300, 0.500 | +0.200 | yes |" in (tmp_path / "out" / "EXTENSION.md").read_text()
 
 
+@pytest.mark.slow
 def test_exact_match_by_class_against_n_pools_test_sets_and_depths(tmp_path, real):
     results = tmp_path / "results"
     write_run(results, real, "ext_10m_n2000", 42, class_correct=10, train_size=2000)

@@ -45,6 +45,7 @@ def test_fresh_files_avoid_every_shipped_and_training_expression_and_are_drawn_l
         data.load_jsonl(fresh / "fresh" / f"{name}.jsonl", 32)
 
 
+@pytest.mark.slow
 def test_fresh_files_are_reproducible_and_differ_from_the_shipped_ones(fresh, tmp_path, monkeypatch):
     monkeypatch.setattr(src.config, "GENERATED_DIR", fresh / "generated")
     assert data_cli.main(["--fresh-test", "7", "--exclude-train", "2100", "--out", str(tmp_path / "again")]) == 0
@@ -55,6 +56,7 @@ def test_fresh_files_are_reproducible_and_differ_from_the_shipped_ones(fresh, tm
     assert "".join(r.to_json() + "\n" for r in splits["pilot_test_flat"]) == (REPO_ROOT / "data" / "pilot_test_flat.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_a_run_is_evaluated_on_the_fresh_files(fresh, tmp_path, capsys):
     run = write_tiny_run(tmp_path)
     assert evaluate.main(["--run", str(run), "--device", "cpu", "--limit", "50", "--data-dir", str(fresh / "fresh")]) == 0

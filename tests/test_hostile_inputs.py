@@ -160,6 +160,7 @@ def test_a_data_line_nested_thousands_deep_is_a_one_line_error(tmp_path):
         load_jsonl(path, 32)
 
 
+@pytest.mark.slow
 def test_a_manifest_place_with_a_nul_byte_is_an_error(tmp_path):
     import carry_weights
 

@@ -116,6 +116,7 @@ def test_trainers_side_by_side_equal_trainers_alone(tiny, precision):
 # ---------------------------------------------------------------------------- resume, per seed
 
 
+@pytest.mark.slow
 def test_a_killed_multi_seed_run_resumes_per_seed(tiny, alone, tmp_path, capsys, monkeypatch):
     """SIGTERM in the middle of epoch 3: every seed saves a mid-epoch checkpoint. Seed 7 is then
     resumed on its own, seed 42 through --seeds; each equals its run alone."""

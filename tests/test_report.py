@@ -19,6 +19,7 @@ def analysed(analysed_tiny_runs):
     return analysed_tiny_runs
 
 
+@pytest.mark.slow
 def test_report_aggregates_seeds_and_states_the_tests_behind_each_section(analysed):
     out = analysed["root"] / "results" / "REPORT.md"
     assert report_main([*map(str, analysed["runs"]), "--out", str(out)]) == 0
@@ -45,6 +46,7 @@ def test_report_aggregates_seeds_and_states_the_tests_behind_each_section(analys
         assert (out.parent / f"{png}.png").is_file(), png
 
 
+@pytest.mark.slow
 def test_the_same_run_twice_counts_once(analysed):
     out = analysed["root"] / "twice" / "REPORT.md"
     run = str(analysed["runs"][0])
@@ -54,6 +56,7 @@ def test_the_same_run_twice_counts_once(analysed):
     assert any("counted once" in n for n in rep["notes"])
 
 
+@pytest.mark.slow
 def test_a_stale_result_file_names_the_file_and_the_command(analysed, tmp_path, capsys):
     run = tmp_path / "stale"
     shutil.copytree(analysed["runs"][0], run)
@@ -66,6 +69,7 @@ def test_a_stale_result_file_names_the_file_and_the_command(analysed, tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_two_architectures_under_one_config_name_are_an_error(analysed, tmp_path, capsys):
     run = tmp_path / "other"
     shutil.copytree(analysed["runs"][1], run)
@@ -75,6 +79,7 @@ def test_two_architectures_under_one_config_name_are_an_error(analysed, tmp_path
     assert "different architectures" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_bad_metrics_row_is_reported_and_skipped(analysed, tmp_path):
     run = tmp_path / "badrow"
     shutil.copytree(analysed["runs"][0], run)
@@ -117,6 +122,7 @@ def test_report_help(capsys):
         assert flag in text
 
 
+@pytest.mark.slow
 def test_the_report_writes_nowhere_it_is_not_told_to(analysed, capsys, monkeypatch):
     """No default output: without --out, src.report stops before reading a run, and writes nothing
     (the committed results/REPORT.md is never replaced by accident); --curves-only needs no --out."""
@@ -143,6 +149,7 @@ REPORT_FILES = ("REPORT.md", "report.json", "training_curves.png", "probe_relati
 
 
 @pytest.mark.parametrize("target", REPORT_FILES)
+@pytest.mark.slow
 def test_report_output_that_is_a_directory_is_refused_before_writing(analysed_runs, tmp_path, capsys, target):
     out = tmp_path / "results"
     out.mkdir()
@@ -154,6 +161,7 @@ def test_report_output_that_is_a_directory_is_refused_before_writing(analysed_ru
 
 
 @pytest.mark.parametrize("suffix", [".png", ".md", ".json"])
+@pytest.mark.slow
 def test_report_full_disk_leaves_no_partial_file(analysed_runs, tmp_path, capsys, monkeypatch, suffix):
     out = tmp_path / "results" / "REPORT.md"
     full_disk_on(monkeypatch, suffix)
@@ -163,6 +171,7 @@ def test_report_full_disk_leaves_no_partial_file(analysed_runs, tmp_path, capsys
     assert not [n for n in files if n.endswith(suffix)], files
 
 
+@pytest.mark.slow
 def test_report_renders_every_figure_before_writing_any(analysed_runs, tmp_path, capsys, monkeypatch):
     from src.report import figures
 
@@ -176,6 +185,7 @@ def test_report_renders_every_figure_before_writing_any(analysed_runs, tmp_path,
     assert not out.parent.exists() or not list(out.parent.iterdir())
 
 
+@pytest.mark.slow
 def test_report_counts_a_run_given_twice_once(analysed_runs, tmp_path, capsys):
     out = tmp_path / "R.md"
     link = tmp_path / "link"
@@ -187,6 +197,7 @@ def test_report_counts_a_run_given_twice_once(analysed_runs, tmp_path, capsys):
     assert sum("counted once" in n for n in rep["notes"]) == 2 and "counted once" in stdout
 
 
+@pytest.mark.slow
 def test_two_architectures_under_one_config_name_name_both_runs_and_the_keys(analysed_runs, tmp_path, capsys):
     other = tmp_path / "wider"
     shutil.copytree(analysed_runs[1], other)
@@ -212,6 +223,7 @@ BAD_METRICS_ROWS = {  # what each bad row is -> the row
 }
 
 
+@pytest.mark.slow
 def test_a_bad_metrics_row_is_reported_with_its_line_and_skipped(analysed_runs, tmp_path, capsys):
     """Each kind of bad row, one per line (lines 2-7, a good row after them), in one report: every
     one is noted with its own line and skipped, in the full report and with --curves-only."""

@@ -28,6 +28,7 @@ SLEEPER = ("import signal, sys, time\n"
 
 
 @pytest.mark.parametrize("mode", ["obey", "ignore"])
+@pytest.mark.slow
 def test_the_budget_ends_the_child_with_sigterm_then_sigkill(mode):
     script = load_script()
     tic = time.perf_counter()

@@ -199,6 +199,7 @@ def test_fp16_without_cuda_is_an_error(tmp_path, device, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_cuda_fallback_is_loud_and_recorded(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     config = write_tiny_config(tmp_path, epochs=1)
@@ -218,6 +219,7 @@ def test_cuda_fallback_is_loud_and_recorded(tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------------------- a short CPU run
 
 
+@pytest.mark.slow
 def test_short_run_lowers_training_loss(full_run):
     run = full_run[1]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -268,6 +270,7 @@ def test_resume_after_an_epoch_without_evaluation_writes_the_rows_of_an_uninterr
     assert (out / "metrics.jsonl").read_bytes() == (tmp_path / "whole" / "metrics.jsonl").read_bytes()
 
 
+@pytest.mark.slow
 def test_run_directory_holds_every_file(full_run, tiny_config):
     work, run, scratch_files, _ = full_run
     assert sorted(p.name for p in run.iterdir()) == [
@@ -281,6 +284,7 @@ def test_run_directory_holds_every_file(full_run, tiny_config):
     assert scratch_files == []
 
 
+@pytest.mark.slow
 def test_trains_on_the_configured_pilot_files_only(full_run, tiny_config):
     """DESIGN.md section 2: the very files of the config, read as they are; nothing generated."""
     cfg = load_config(tiny_config)
@@ -288,6 +292,7 @@ def test_trains_on_the_configured_pilot_files_only(full_run, tiny_config):
     assert [p.name for p in full_run[3]] == ["pilot_train.jsonl", "pilot_val.jsonl"]
 
 
+@pytest.mark.slow
 def test_summary_has_the_fields_of_spec_section_7(full_run):
     run = full_run[1]
     summary = json.loads((run / "summary.json").read_text())
@@ -304,6 +309,7 @@ def test_summary_has_the_fields_of_spec_section_7(full_run):
     assert summary["best_val_metrics"] == best["val"]
 
 
+@pytest.mark.slow
 def test_make_checkpoint_builds_what_src_train_writes(full_run, tmp_path):
     """The one checkpoint builder: its entries are those of a trained run's checkpoint (which adds the
     training state), with the same model_config and config, and load_model reads it back."""
@@ -322,6 +328,7 @@ def test_make_checkpoint_builds_what_src_train_writes(full_run, tmp_path):
     assert ckpt["seed"] == 42 and ckpt["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_checkpoints_load_with_weights_only(full_run):
     run = full_run[1]
     epochs = {}
@@ -341,6 +348,7 @@ def test_checkpoints_load_with_weights_only(full_run):
 # ---------------------------------------------------------------------------- determinism and resume
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics(full_run, tiny_config, tmp_path):
     run = full_run[1]
     assert train(tiny_config, tmp_path / "again") == 0
@@ -349,6 +357,7 @@ def test_same_seed_gives_identical_metrics(full_run, tiny_config, tmp_path):
                         model_tensors(run / "checkpoint_latest.pt"))
 
 
+@pytest.mark.slow
 def test_stop_and_resume_equals_an_uninterrupted_run(full_run, tiny_config, tmp_path):
     """Dropout is 0.1 in this config, so this also checks that the RNG states are restored."""
     run = full_run[1]
@@ -405,6 +414,7 @@ def test_resume_with_nothing_to_resume_is_a_clean_error(tiny_config, tmp_path, c
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(full_run, tiny_config, capsys):
     run = full_run[1]
     before = file_bytes(run)
@@ -589,6 +599,7 @@ def test_fp16_run_on_cuda(tmp_path, monkeypatch):
 
 @needs_no_cuda
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.slow
 def test_launcher_stops_before_training_without_cuda(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHON=sys.executable)

@@ -48,6 +48,7 @@ def test_first_2000_lines_are_pilot_train_byte_for_byte(lines_20k):
     assert "".join(training_lines(123, processes=1)).encode() == b"".join(PILOT.read_bytes().splitlines(True)[:123])
 
 
+@pytest.mark.slow
 def test_sets_are_nested(lines_20k):
     for n in (1, 1999, 2000, 2001, 2500, 5000, 13_333):
         assert list(training_lines(n, processes=1)) == lines_20k[:n], n
