@@ -16,10 +16,17 @@ import torch
 
 from src.interop.transformer_lens import INSTALL
 
-transformer_lens = pytest.importorskip("transformer_lens", reason=f"TransformerLens is not installed: {INSTALL}")
+# TransformerLens takes about 9 s to import (7 s more than torch), a twelfth of the default run: its tests
+# are slow-marked (CI runs them with -m slow), and it is imported by the fixtures, not at collection.
+pytestmark = pytest.mark.slow
 
-import pandas as pd
-from transformer_lens import patching
+
+def transformer_lens_patching():
+    """transformer_lens.patching, or a skip where TransformerLens is not installed."""
+    pytest.importorskip("transformer_lens", reason=f"TransformerLens is not installed: {INSTALL}")
+    from transformer_lens import patching
+
+    return patching
 
 from src import export
 from src.data import load_jsonl, make_batch
@@ -41,6 +48,7 @@ KINDS = ("random", "trained")
 
 @pytest.fixture(scope="module")
 def raw():
+    pytest.importorskip("transformer_lens", reason=f"TransformerLens is not installed: {INSTALL}")
     return tiny_config(REPO_ROOT / "data")
 
 
@@ -257,6 +265,9 @@ def aligned_pairs(n=8):
 
 @torch.no_grad()
 def test_residual_patching_equals_transformer_lens_patching(models):
+    import pandas as pd  # a TransformerLens dependency
+
+    patching = transformer_lens_patching()
     model, tl_model = models["trained"]
     base, source = aligned_pairs()
     assert torch.equal(base.prompt_len, source.prompt_len)
