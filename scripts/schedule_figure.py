@@ -41,14 +41,16 @@ def val_curve(metrics: Path) -> tuple[list[int], list[float]]:
     return [r["step"] for r in rows], [r["val"]["exact_match"] for r in rows]
 
 
-def schedule_runs(schedules: Path, scale: str) -> dict[int, Path]:
-    """{budget multiple: metrics.jsonl} of one scale's schedule runs, in budget order."""
+def schedule_runs(schedules: Path, scale: str) -> dict[str, Path]:
+    """{'<k>x' or '<k>x <variant>': metrics.jsonl} of one scale's schedule runs, in budget order
+    (ext_<scale>_n2000000_x<k>[_<variant>]_metrics.jsonl; a variant such as fp32 is a change of path)."""
     found = {}
     for path in schedules.glob(f"ext_{scale}_n2000000_x*_metrics.jsonl"):
-        match = re.fullmatch(rf"ext_{scale}_n2000000_x(\d+)_metrics\.jsonl", path.name)
+        match = re.fullmatch(rf"ext_{scale}_n2000000_x(\d+)(?:_([a-z0-9]+))?_metrics\.jsonl", path.name)
         if match:
-            found[int(match.group(1))] = path
-    return dict(sorted(found.items()))
+            k, variant = int(match.group(1)), match.group(2)
+            found[(k, variant or "")] = (f"{k}x {variant}" if variant else f"{k}x", path)
+    return dict(found[key] for key in sorted(found))
 
 
 def scores(eval_json: Path) -> dict[str, str]:
@@ -85,10 +87,10 @@ def main(argv=None) -> int:
                 rows.append((scale, "1x", "padded", seed, scores(run / "eval.json")))
         for budget, metrics in schedule_runs(args.schedules, scale).items():
             steps, em = val_curve(metrics)
-            ax.plot(steps, em, lw=1.6, label=f"{budget}x packed, seed 42")
+            ax.plot(steps, em, lw=1.6, label=f"{budget} packed, seed 42")
             eval_json = metrics.with_name(metrics.name.replace("_metrics.jsonl", "_eval.json"))
             if eval_json.is_file():
-                rows.append((scale, f"{budget}x", "packed", 42, scores(eval_json)))
+                rows.append((scale, budget, "packed", 42, scores(eval_json)))
         ax.set_title(f"{SHOWN[scale]}: validation exact_match (200 items) by budget", fontsize=10)
         ax.set_xlabel("optimizer steps (batch 256)")
         ax.grid(alpha=0.3)
