@@ -541,14 +541,9 @@ def check_generation(path: Path) -> None:
     if not meta_path.is_file():
         return  # pair files made or copied by hand: each line is still checked
     fix = f"generate the files again with `python -m src.data --out {path.parent}` (with the seed used before)"
-    try:
-        with meta_path.open("rb") as fh:
-            raw = fh.read(MAX_MANIFEST_BYTES + 1)
-        if len(raw) > MAX_MANIFEST_BYTES:
-            raise ValueError(f"larger than {MAX_MANIFEST_BYTES:,} bytes")
-        meta = json.loads(raw.decode("utf-8"))
-    except (OSError, ValueError, RecursionError) as err:
-        raise UserError(f"{meta_path}: unreadable ({' '.join(str(err).split())[:120]}); {fix}") from None
+    from src.data.integrity import file_sha256, read_small_json
+
+    meta = read_small_json(meta_path, MAX_MANIFEST_BYTES, fix)
     files, excluded = (meta.get("files"), meta.get("excluded_shipped_files")) if isinstance(meta, dict) else (None, None)
     if (meta.get("schema") if isinstance(meta, dict) else None) != MANIFEST_SCHEMA or not isinstance(files, dict) \
             or not isinstance(excluded, dict):
@@ -556,7 +551,6 @@ def check_generation(path: Path) -> None:
     entry = files.get(path.name)
     if entry is None:
         return  # a file the generator did not write (another name): its lines are checked
-    from src.data.integrity import file_sha256
 
     if not isinstance(entry, dict) or file_sha256(path)[0] != entry.get("sha256"):
         raise UserError(f"{path}: not the file {MANIFEST} lists (its sha256 differs): it was changed or comes from "

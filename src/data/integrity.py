@@ -34,6 +34,19 @@ def file_sha256(path) -> tuple[str, int]:
             size += len(block)
     return digest.hexdigest(), size
 
+def read_small_json(path: Path, limit: int, fix: str) -> object:
+    """The JSON of a small file (a manifest), read at most `limit` bytes deep: too large, undecodable or
+    too deeply nested is a UserError naming the file, ending with `fix`."""
+    try:
+        with Path(path).open("rb") as fh:
+            raw = fh.read(limit + 1)
+        if len(raw) > limit:
+            raise ValueError(f"larger than {limit:,} bytes")
+        return json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        raise UserError(f"{path}: unreadable ({' '.join(str(err).split())[:120]}); {fix}") from None
+
+
 def _regenerate(directory: Path) -> str:
     return f"generate the files again with `python -m src.data --out {directory}` (with the seed used before)"
 
@@ -43,14 +56,7 @@ def read_manifest(directory: Path) -> dict | None:
     path = Path(directory) / MANIFEST
     if not path.is_file():
         return None
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_MANIFEST + 1)
-        if len(raw) > MAX_MANIFEST:
-            raise ValueError(f"larger than {MAX_MANIFEST} bytes")
-        manifest = json.loads(raw.decode("utf-8"))
-    except (OSError, ValueError, RecursionError) as err:
-        raise UserError(f"{path}: unreadable ({str(err)[:120]}); {_regenerate(path.parent)}") from None
+    manifest = read_small_json(path, MAX_MANIFEST, _regenerate(path.parent))
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if (not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA or not isinstance(files, dict)
             or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values())):
