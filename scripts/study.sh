@@ -6,7 +6,8 @@
 #   2. the first scale with a seed left: its seeds left (of SEEDS) trained side by side for at most BUDGET_S
 #      seconds (scripts/resumable_train.py); a run is finished when its run directory has summary.json, and a
 #      seed is done when its files are in RESULTS (so a later command, on another machine, skips it)
-#   3. the battery (python -m src.analysis.run_all) on every finished seed without battery.json
+#   3. the battery (python -m src.analysis.run_all) on every finished seed without battery.json, side by side
+#      (each seed's output in its run directory's battery.log)
 #   4. each finished seed's eval.json, summary.json, metrics.jsonl, config.yaml and the battery's JSON into
 #      results/study/<config>/seed<S>/, gzip-compressed (X.json.gz, read by src/rundir/results.py) above 300 KB
 #   5. seed 42 of each finished scale exported (python -m src.export; the 10M model in float16) into models/<config>/
@@ -61,10 +62,20 @@ for scale in $SCALES; do
     run python scripts/resumable_train.py --budget-s "$BUDGET_S" -- --config "configs/study/$config.yaml" \
       --output-dir "$out" --seeds "$todo" --device cuda --gpu-only --no-progress
   fi
+  batteries=()  # the finished seeds without a battery: run side by side, as one battery leaves the GPU mostly idle
+  for s in ${SEEDS//,/ }; do
+    d="$out/seed$s"
+    finished "$d" && [ ! -f "$d/battery.json" ] && batteries+=("$d")
+  done
+  for d in ${batteries[@]+"${batteries[@]}"}; do
+    echo "+ python -m src.analysis.run_all --run $d --device cuda --quiet --no-progress > $d/battery.log"
+    [ "$DRY_RUN" = 1 ] || python -m src.analysis.run_all --run "$d" --device cuda --quiet --no-progress > "$d/battery.log" 2>&1 &
+  done
+  wait
+  for d in ${batteries[@]+"${batteries[@]}"}; do [ "$DRY_RUN" = 1 ] || tail -n 1 "$d/battery.log"; done
   for s in ${SEEDS//,/ }; do
     d="$out/seed$s"
     finished "$d" || continue
-    [ -f "$d/battery.json" ] || run python -m src.analysis.run_all --run "$d" --device cuda --quiet --no-progress
     dest="$RESULTS/$config/seed$s"
     run mkdir -p "$dest"
     for f in eval.json summary.json metrics.jsonl config.yaml $BATTERY_FILES; do copy_result "$d/$f" "$dest"; done

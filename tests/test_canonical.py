@@ -112,6 +112,16 @@ def test_training_forms_are_cached_and_the_cache_follows_the_file(tmp_path, monk
     assert training_forms(path) == {"5-3"}
 
 
+def test_training_forms_in_worker_processes_are_those_of_one_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(canonical_module, "_CHUNK", 7)  # 40 lines: six chunks for the workers
+    rng = random.Random(3)
+    exprs = [random_expression(rng, rng.randint(0, 2)) for _ in range(40)]
+    path = tmp_path / "train_40.jsonl"
+    _write(path, exprs)
+    one = training_forms(path, processes=1)
+    assert training_forms(path, processes=3) == one == {canonical(e) for e in exprs}
+
+
 @pytest.fixture(scope="module")
 def held_out_forms():
     return trainsets.near_twin_forms()

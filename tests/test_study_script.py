@@ -67,3 +67,18 @@ def test_a_seed_group_trains_only_its_seeds_and_the_study_is_done_when_all_are_c
             commit(tmp_path, config, seed)
     rc, out = plan(tmp_path)
     assert rc == 0 and "all done" in out and "resumable_train" not in out
+
+
+def test_the_batteries_of_a_group_are_planned_side_by_side_each_with_its_log(tmp_path):
+    for seed, has_battery in ((42, False), (123, False), (7, True)):
+        d = tmp_path / "runs" / "10m" / f"seed{seed}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text("{}")
+        if has_battery:
+            (d / "battery.json").write_text("{}")
+    rc, out = plan(tmp_path, SEEDS="42,123,7", SCALES="10m")
+    batteries = [line for line in out.splitlines() if "src.analysis.run_all" in line]
+    assert rc == 75 and len(batteries) == 2 and "resumable_train" not in out
+    for seed, line in zip((42, 123), batteries):
+        assert f"10m/seed{seed} --device cuda" in line and line.endswith(f"10m/seed{seed}/battery.log")
+    assert "src.export --run" in out and "--dtype float16" in out

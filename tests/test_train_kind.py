@@ -53,7 +53,7 @@ def test_a_bad_kind_is_an_error_naming_the_key(tmp_path, sized_raw, change, frag
     assert fragment in str(info.value) and str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("scale, precision", [("pilot", "bf16"), ("10m", "fp16")])
+@pytest.mark.parametrize("scale, precision", [("pilot", "fp32"), ("10m", "fp16")])
 def test_the_study_configs_are_the_extension_configs_on_the_near_twin_free_set(scale, precision):
     study = load_config(REPO_ROOT / "configs" / "study" / f"study_{scale}.yaml")
     ext = load_config(REPO_ROOT / "configs" / "extension" / f"ext_{scale}_n2000000.yaml")

@@ -136,7 +136,7 @@ def training_forms(path, processes: int = 1, progress: bool | None = None) -> se
     show = len(lines) >= 100_000 if progress is None else progress
     with tqdm(total=len(lines), desc=f"canonical forms of {path.name}", unit=" lines", unit_scale=True,
               disable=not show, file=sys.stderr) as bar:
-        if processes > 1:
+        if processes > 1 and len(chunks) > 1:
             context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
             with ProcessPoolExecutor(processes, mp_context=context) as pool:
                 for chunk, found in zip(chunks, pool.map(_forms_of_lines, chunks)):
