@@ -278,24 +278,15 @@ def test_config_missing(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_config_not_yaml(tmp_path, capsys):
-    config, out = tmp_path / "broken.yaml", tmp_path / "run"
-    config.write_text("name: tiny\nmodel: [1, 2\ntraining: {}\n")
-    expect_entry_error(entry_cli(src.train.main, train_argv(config, out), capsys), f"{config}:3: not valid YAML")
-    assert not out.exists()
-
-
-def test_config_not_utf8(tmp_path, capsys):
-    config, out = tmp_path / "binary.yaml", tmp_path / "run"
-    config.write_bytes(b"name: \xff\xfe\x00\n")
-    expect_entry_error(entry_cli(src.train.main, train_argv(config, out), capsys), f"{config}: not a YAML config (not UTF-8")
-    assert not out.exists()
-
-
-def test_config_not_a_mapping(tmp_path, capsys):
-    config, out = tmp_path / "list.yaml", tmp_path / "run"
-    config.write_text("- model\n- training\n")
-    expect_entry_error(entry_cli(src.train.main, train_argv(config, out), capsys), f"{config}: 'top level' must be a mapping")
+@pytest.mark.parametrize("name, content, says", [
+    ("broken.yaml", b"name: tiny\nmodel: [1, 2\ntraining: {}\n", ":3: not valid YAML"),
+    ("binary.yaml", b"name: \xff\xfe\x00\n", ": not a YAML config (not UTF-8"),
+    ("list.yaml", b"- model\n- training\n", ": 'top level' must be a mapping"),
+], ids=["not_yaml", "not_utf8", "not_a_mapping"])
+def test_config_file_that_is_no_config(tmp_path, capsys, name, content, says):
+    config, out = tmp_path / name, tmp_path / "run"
+    config.write_bytes(content)
+    expect_entry_error(entry_cli(src.train.main, train_argv(config, out), capsys), f"{config}{says}")
     assert not out.exists()
 
 

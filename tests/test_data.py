@@ -568,23 +568,16 @@ def test_bad_record_names_file_and_line(case, tiny, tmp_path, capsys):
     assert not out.exists(), "a run that failed on its data must write nothing"
 
 
-def test_data_file_empty(tiny, tmp_path, capsys):
+@pytest.mark.parametrize("content, says", [
+    (b"", ": file is empty"),
+    ((GOOD_LINES[0] + "\n").encode() + b'{"expr": "1\xff2"}\n', ":2: not UTF-8 text"),
+], ids=["empty", "not_utf8"])
+def test_data_file_unreadable(tiny, tmp_path, capsys, content, says):
     data = tmp_path / "train.jsonl"
-    data.write_text("")
+    data.write_bytes(content)
     raw = tiny_raw(tiny["data"])
     raw["data"]["train"] = str(data)
     out = tmp_path / "run"
     result = entry_cli(src.train.main, train_argv(write_yaml(tmp_path / "c.yaml", raw), out), capsys)
-    expect_entry_error(result, f"{data}: file is empty")
-    assert not out.exists()
-
-
-def test_data_file_not_utf8(tiny, tmp_path, capsys):
-    data = tmp_path / "train.jsonl"
-    data.write_bytes((GOOD_LINES[0] + "\n").encode() + b'{"expr": "1\xff2"}\n')
-    raw = tiny_raw(tiny["data"])
-    raw["data"]["train"] = str(data)
-    out = tmp_path / "run"
-    result = entry_cli(src.train.main, train_argv(write_yaml(tmp_path / "c.yaml", raw), out), capsys)
-    expect_entry_error(result, f"{data}:2: not UTF-8 text")
+    expect_entry_error(result, f"{data}{says}")
     assert not out.exists()
