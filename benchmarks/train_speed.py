@@ -160,6 +160,15 @@ def profile_step(trainer, device, steps: int = 20) -> dict:
             "most_launched": [row(name, t, c) for name, (t, c) in most]}
 
 
+def print_profile(prof: dict | None) -> None:
+    if not prof:
+        return
+    print(f"      {prof['kernels_per_step']:.0f} kernels per step, GPU busy {prof['gpu_busy_ms_per_step']:.3f} "
+          "ms per step; slowest:")
+    for k in prof["top_kernels"]:
+        print(f"        {k['us_per_step']:8.1f} us  x{k['calls_per_step']:.0f}  {k['name']}")
+
+
 # ---------------------------------------------------------------------------- paths (--paths)
 
 PATHS = {  # name -> (training.packing, precision; None: the config's own)
@@ -200,9 +209,11 @@ def advance(trainers, steps: int) -> None:
         run_epochs(trainers, stop=StopAfterSteps(left))
 
 
-def time_path(cfg, data, device, first_seed: int, seeds: int, warmup: int, steps: int) -> dict:
+def time_path(cfg, data, device, first_seed: int, seeds: int, warmup: int, steps: int, profile: bool = False,
+              compile_scope: str = "blocks") -> dict:
     """`seeds` trainers of `cfg` side by side (as src.train --seeds), accelerated as the config says;
-    after `warmup` steps, `steps` timed steps of each."""
+    after `warmup` steps, `steps` timed steps of each; with `profile`, then the kernels of 20 more steps of
+    the first (profile_step)."""
     cuda = device.type == "cuda"
     trainers = []
     tic = time.perf_counter()
@@ -210,7 +221,8 @@ def time_path(cfg, data, device, first_seed: int, seeds: int, warmup: int, steps
         rng = SeedRNG(s, device)
         with rng:
             model = CompactTransformer(cfg.model).to(device)
-        trainer = Trainer(cfg, model, data, device, cfg.training.precision, s, log=lambda *_: None, rng=rng)
+        trainer = Trainer(cfg, model, data, device, cfg.training.precision, s, log=lambda *_: None, rng=rng,
+                          compile_scope=compile_scope)
         if seeds > 1 and cuda:
             trainer.stream = torch.cuda.Stream(device)  # as src.train --seeds: captured and replayed there
         with rng:
@@ -235,7 +247,8 @@ def time_path(cfg, data, device, first_seed: int, seeds: int, warmup: int, steps
             "examples_per_s": steps * seeds * data.batch_size / elapsed, "ms_per_step": 1000 * elapsed / steps,
             "positions_per_step": positions, "setup_s": setup,
             "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
-            "final_train_loss": first.mean_loss(), "skipped_steps": int(first.skipped_steps)}
+            "final_train_loss": first.mean_loss(), "skipped_steps": int(first.skipped_steps),
+            **({"profile": profile_step(first, device)} if profile and cuda else {})}
 
 
 def compare_paths(args) -> int:
@@ -282,7 +295,8 @@ def compare_paths(args) -> int:
                 row = {"config": base.name, "config_path": str(config_path), "path": path,
                        "batch_size": cfg.training.batch_size, "parameters": CompactTransformer(cfg.model).num_parameters(),
                        "train_examples": len(records), "train_data": source, "data_width": data.width}
-                row.update(time_path(cfg, data, device, args.seed, seeds, warmup, steps))
+                row.update(time_path(cfg, data, device, args.seed, seeds, warmup, steps, args.profile and seeds == 1,
+                                     args.compile_scope))
                 if path == "padded":
                     padded[seeds] = row["examples_per_s"]
                 row["ratio_to_padded"] = row["examples_per_s"] / padded[seeds] if seeds in padded else None
@@ -290,6 +304,7 @@ def compare_paths(args) -> int:
                 print(f"      {row['steps_per_s']:9.1f} steps/s  {row['seed_steps_per_s']:9.1f} seed-steps/s  "
                       f"{row['examples_per_s']:11.0f} examples/s  x{row['ratio_to_padded'] or float('nan'):.2f} "
                       f"padded  (setup {row['setup_s']:.1f} s, loss {row['final_train_loss']:.3f})", flush=True)
+                print_profile(row.get("profile"))
                 save()
                 gc.collect()  # the row's trainers and CUDA graphs, before the next row allocates
                 if device.type == "cuda":
@@ -325,7 +340,8 @@ def main(argv=None):
     p.add_argument("--repeat-data", type=int, default=1, metavar="K", help="tile the training set K times")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--no-plain", action="store_true", help="skip the plain loop")
-    p.add_argument("--profile", action="store_true", help="kernel count and slowest kernels of one step")
+    p.add_argument("--profile", action="store_true", help="kernel count and slowest kernels of one step (with --paths: "
+                   "of each one-seed row)")
     p.add_argument("--sdpa", nargs="+", default=["default"], choices=list(SDPA_BACKENDS),
                    help="attention backends to time each variant with (default: PyTorch's choice)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="N",
@@ -340,6 +356,8 @@ def main(argv=None):
                    help="--paths: the generated training set a config of a generated set is timed on")
     p.add_argument("--budget-s", type=float, default=None,
                    help="--paths: skip the rows that would start after this many seconds (listed as skipped)")
+    p.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks",
+                   help="--paths: what training.compile compiles: each block (the training path) or the whole loss")
     p.add_argument("--quick", action="store_true", help="--paths on the CPU: tiny models, 1 + 2 steps, seeds 1 and 2, "
                    "1,024 training examples (a smoke test of the code, not a measurement)")
     args = p.parse_args(argv)
@@ -388,12 +406,7 @@ def main(argv=None):
         for name, r in rows.items():
             print(f"  {name:<36}{r['steps_per_s']:>10.1f}{r['ms_per_step']:>10.3f}{r['ratio_to_plain']:>9.1f}"
                   f"{r.get('setup_s', float('nan')):>9.1f}{r['peak_memory_mb']:>9.0f}")
-            if "profile" in r:
-                prof = r["profile"]
-                print(f"      {prof['kernels_per_step']:.0f} kernels per step, GPU busy {prof['gpu_busy_ms_per_step']:.3f} "
-                      "ms per step; slowest:")
-                for k in prof["top_kernels"]:
-                    print(f"        {k['us_per_step']:8.1f} us  x{k['calls_per_step']:.0f}  {k['name']}")
+            print_profile(r.get("profile"))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
