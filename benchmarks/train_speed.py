@@ -210,7 +210,7 @@ def advance(trainers, steps: int) -> None:
 
 
 def time_path(cfg, data, device, first_seed: int, seeds: int, warmup: int, steps: int, profile: bool = False,
-              compile_scope: str = "blocks") -> dict:
+              compile_scope: str | None = None) -> dict:
     """`seeds` trainers of `cfg` side by side (as src.train --seeds), accelerated as the config says;
     after `warmup` steps, `steps` timed steps of each; with `profile`, then the kernels of 20 more steps of
     the first (profile_step)."""
@@ -356,8 +356,9 @@ def main(argv=None):
                    help="--paths: the generated training set a config of a generated set is timed on")
     p.add_argument("--budget-s", type=float, default=None,
                    help="--paths: skip the rows that would start after this many seconds (listed as skipped)")
-    p.add_argument("--compile-scope", choices=["blocks", "model"], default="blocks",
-                   help="--paths: what training.compile compiles: each block (the training path) or the whole loss")
+    p.add_argument("--compile-scope", choices=["blocks", "model"], default=None,
+                   help="--paths: what training.compile compiles: each block or the whole loss (default: the "
+                   "config's training.compile_scope)")
     p.add_argument("--quick", action="store_true", help="--paths on the CPU: tiny models, 1 + 2 steps, seeds 1 and 2, "
                    "1,024 training examples (a smoke test of the code, not a measurement)")
     args = p.parse_args(argv)

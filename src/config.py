@@ -73,6 +73,10 @@ class TrainingConfig:
     # several training sequences per row (src/data/packing.py), with attention kept within each and the
     # same batches and loss as padded rows, fewer positions computed (added later: older configs lack it)
     packing: bool = False
+    # what training.compile compiles on CUDA: "blocks", each transformer block (one compiled code object,
+    # reused by every block), or "model", the whole loss: 1.07x the 10M step on packed rows at twice the
+    # compile time, with the rounding of every step changed (BENCHMARKS.md, "Where a packed 10M step goes")
+    compile_scope: str = "blocks"
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,7 @@ GENERATED_DIR = REPO_ROOT / "data" / "generated"  # the extension's generated tr
 MAX_TRAIN_SIZE = 20_000_000  # 10 x 2,000,000: 1.7 GB of JSONL, 3.6 GB of memory, 8 minutes on two cores
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+COMPILE_SCOPES = ("blocks", "model")
 
 MAX_CONFIG_BYTES = 64 * 1024  # a real config is about 1 KiB
 MAX_DEPTH = 4  # levels of mappings and lists; a config has 2 (top level, sections)
@@ -310,6 +315,8 @@ def _check_values(cfg: Config, source: str) -> None:
         bad("training.loss_on", f"must be one of {', '.join(LOSS_ON)}, got {_show(t.loss_on)}")
     if t.select_on not in SELECT_ON:
         bad("training.select_on", f"must be one of {', '.join(SELECT_ON)}, got {_show(t.select_on)}")
+    if t.compile_scope not in COMPILE_SCOPES:
+        bad("training.compile_scope", f"must be one of {', '.join(COMPILE_SCOPES)}, got {_show(t.compile_scope)}")
     d = cfg.data
     if d.train and d.train_size:
         bad("data.train_size", f"names a generated training set, and data.train names the file {_show(d.train)}: "

@@ -68,11 +68,35 @@ def test_bad_select_on_is_named(tmp_path, pilot_raw):
     assert "training.select_on" in message and "val_exact_match" in message
 
 
+def test_bad_compile_scope_is_named(tmp_path, pilot_raw):
+    raw = copy.deepcopy(pilot_raw)
+    raw["training"]["compile_scope"] = "layers"
+    message = config_error(tmp_path, raw)
+    assert "training.compile_scope" in message and "blocks, model" in message
+
+
+def test_the_trainer_compiles_what_the_config_names_unless_told(tiny):
+    import dataclasses
+
+    from src.data import load_jsonl
+    from src.model import CompactTransformer
+    from src.training.trainer import DeviceData, Trainer
+
+    base = load_config(tiny["config"])
+    batch = make_batch(load_jsonl(base.data.path("train"), base.model.max_seq_len), base.model.max_seq_len)
+    cpu = torch.device("cpu")
+    for scope, other in (("blocks", "model"), ("model", "blocks")):
+        cfg = dataclasses.replace(base, training=dataclasses.replace(base.training, compile_scope=scope))
+        data, model = DeviceData(batch, cfg, cpu), CompactTransformer(cfg.model)
+        assert Trainer(cfg, model, data, cpu, "fp32", 0, log=lambda *_: None).compile_scope == scope
+        assert Trainer(cfg, model, data, cpu, "fp32", 0, log=lambda *_: None, compile_scope=other).compile_scope == other
+
+
 def test_the_shipped_configs_keep_their_defaults():
     for name in ("pilot", "scale_10m"):
         cfg = load_config(PILOT.parent / f"{name}.yaml")
         assert cfg.data.train_size == 0 and cfg.data.answer_format == "plain"
-        assert cfg.training.select_on == "val_loss"
+        assert cfg.training.select_on == "val_loss" and cfg.training.compile_scope == "blocks"
 
 
 # ---------------------------------------------------------------------------- selection

@@ -215,15 +215,16 @@ class Trainer:
     """Owns the model, optimizer and every piece of training state that a checkpoint holds."""
 
     def __init__(self, cfg: Config, model: CompactTransformer, data: DeviceData, device: torch.device,
-                 precision: str, seed: int, log=print, compile_scope: str = "blocks", rng: SeedRNG | None = None):
+                 precision: str, seed: int, log=print, compile_scope: str | None = None, rng: SeedRNG | None = None):
         """`rng`: the seed's own random state (SeedRNG), for a trainer that shares its process with
-        other seeds; None draws from the process's global generators."""
+        other seeds; None draws from the process's global generators. `compile_scope`: "blocks" or
+        "model" (see _compiled_loss); None takes training.compile_scope."""
         self.cfg, self.model, self.data, self.device, self.precision = cfg, model, data, device, precision
         self.seed = seed
         self.rng = rng if rng is not None else contextlib.nullcontext()
         self.stream = None  # the CUDA stream its graph is captured and replayed on, when seeds train side by side
         self.scaled = uses_loss_scaling(precision)  # fp16 only: bf16 has float32's range
-        self.compile_scope = compile_scope  # "blocks" (one compiled block, reused) or "model" (benchmark only)
+        self.compile_scope = compile_scope or cfg.training.compile_scope  # "blocks" (one compiled block, reused) or "model"
         t = cfg.training
         self.total_steps = t.epochs * data.steps_per_epoch
         dev = dict(device=device)
