@@ -82,3 +82,36 @@ def test_the_batteries_of_a_group_are_planned_side_by_side_each_with_its_log(tmp
     for seed, line in zip((42, 123), batteries):
         assert f"10m/seed{seed} --device cuda" in line and line.endswith(f"10m/seed{seed}/battery.log")
     assert "src.export --run" in out and "--dtype float16" in out
+
+
+DETACHED = SCRIPT.parent / "study_detached.sh"
+
+
+def detached(tmp_path, *args, **extra) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DRY_RUN="1", RUNS=str(tmp_path / "runs"), RESULTS=str(tmp_path / "res"),
+               MODELS=str(tmp_path / "models"), LOG_DIR=str(tmp_path / "log"), SEEDS="42", SCALES="10m", **extra)
+    return subprocess.run(["bash", str(DETACHED), *args], env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+def test_the_detached_study_runs_on_after_start_and_wait_reports_and_copies_it(tmp_path):
+    import tarfile
+
+    nothing = detached(tmp_path, "wait", "1")
+    assert nothing.returncode == 1 and "nothing was started" in nothing.stderr
+    commit(tmp_path, "study_pilot", 42)  # a seed's files, to be copied
+    (tmp_path / "models" / "study_pilot").mkdir(parents=True)
+    (tmp_path / "models" / "study_pilot" / "model.safetensors").write_bytes(b"weights")
+    started = detached(tmp_path, "start")
+    assert started.returncode == 0 and "started scripts/study.sh" in started.stdout
+    out = tmp_path / "out"
+    waited = detached(tmp_path, "wait", "50", str(out))
+    # the 10M seed is not trained (nothing runs under DRY_RUN): study.sh ends with work left, exit 75
+    assert waited.returncode == 75 and "ended with exit status 75" in waited.stdout
+    assert "not done: run the same command again" in (tmp_path / "log" / "study.log").read_text()
+    with tarfile.open(out / "results.tgz") as t:
+        assert "res/study_pilot/seed42/summary.json" in t.getnames()
+    with tarfile.open(out / "logs.tgz") as t:
+        assert any(name.endswith("log/study.log") for name in t.getnames())
+    parts = sorted(out.glob("models.tar.part_*"))
+    assert parts and b"weights" in b"".join(p.read_bytes() for p in parts)
