@@ -52,7 +52,7 @@ wait_for() {  # wait_for SECONDS [DIR]
     return 1
   fi
   local end=$((SECONDS + ${1:-540}))
-  while running && [ "$SECONDS" -lt "$end" ]; do sleep 5; done
+  while running && [ "$SECONDS" -lt "$end" ]; do sleep 1; done
   tail -n 12 "$LOG_DIR/study.log" 2>/dev/null | cut -c1-300
   for f in "$RUNS"/*/seed*/metrics.jsonl; do
     [ -f "$f" ] && echo "$f: $(wc -l < "$f") rows; last: $(tail -n 1 "$f" | cut -c1-200)"
