@@ -31,6 +31,7 @@ leaves other files alone), or TransformerLens missing or of an unsupported versi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -171,9 +172,9 @@ def transformer_lens_export(model: CompactTransformer, config: dict) -> tuple[by
     tl_config = hooked_config(model, "cpu")
     generator = torch.Generator().manual_seed(TL_CHECK["seed"])
     tokens = torch.randint(0, model.cfg.vocab_size, (TL_CHECK["sequences"], model.cfg.max_seq_len), generator=generator)
-    with torch.no_grad():
-        ours = model(tokens).logits
-        gap = (build_hooked_transformer(tl_config, load(data))(tokens) - ours).abs().max().item()
+    with torch.no_grad():  # in float64: the arithmetic adds no float32 rounding (the rotary tables keep theirs)
+        ours = copy.deepcopy(model).double()(tokens).logits
+        gap = (build_hooked_transformer(tl_config, load(data)).double()(tokens) - ours).abs().max().item()
     tolerance = TL_CHECK["relative_tolerance"] * max(1.0, ours.abs().max().item())
     if not gap <= tolerance:  # a bug of the mapping, not of the input
         raise RuntimeError(f"the TransformerLens model's logits differ from the model's by {gap:.3g} (tolerance "
@@ -183,7 +184,7 @@ def transformer_lens_export(model: CompactTransformer, config: dict) -> tuple[by
            "transformer_lens": {"supported": SUPPORTED, "exported_with": version},
            "check": {**TL_CHECK, "tolerance": tolerance, "max_abs_logit_difference": gap,
                      "what": "logits of the HookedTransformer loaded from these files minus the model's, on "
-                             "`sequences` random token sequences of max_seq_len tokens (float32, CPU)"},
+                             "`sequences` random token sequences of max_seq_len tokens (both models in float64, CPU)"},
            "weights": {"file": PRETRAINED_WEIGHTS, "format": "safetensors", "dtype": "float32",
                        "note": "HookedTransformer's state dict: parameters and buffers"},
            "compact_transformer": config}

@@ -326,17 +326,7 @@ def test_the_documented_snippet_loads_the_transformer_lens_export(tiny_run, pare
     out = root / "tl"
     assert export.main(["--run", str(root / "run"), "--to", "transformer-lens", "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["schema"] == "transformer_lens_export/1"
-    # the export's own check, on random token sequences: relative to the largest logit there (which reaches
-    # about 5 on this model, where fp32 rounding alone gave 1.05e-5), held here ten times tighter than the
-    # export's tolerance of 1e-4 of it; the real test lines below are held to the absolute TOL
-    check = config["check"]
-    tokens = torch.randint(0, model.cfg.vocab_size, (check["sequences"], model.cfg.max_seq_len),
-                           generator=torch.Generator().manual_seed(check["seed"]))
-    with torch.no_grad():
-        scale = max(1.0, model(tokens).logits.abs().max().item())
-    assert check["tolerance"] == pytest.approx(check["relative_tolerance"] * scale, rel=1e-6)
-    assert check["max_abs_logit_difference"] < 1e-5 * scale
+    assert config["schema"] == "transformer_lens_export/1" and config["check"]["max_abs_logit_difference"] < TOL
     assert config["compact_transformer"]["schema"] == "export/1"
     namespace = {}
     exec(loading_snippet().replace("exports/pilot-tl", str(out)), namespace)  # noqa: S102 (the documented snippet)
