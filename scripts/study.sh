@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The study on one CUDA GPU (docs/PREREGISTRATION.md): both scales on the near-twin-free set of 2,000,000
 # expressions, the 8 preregistered seeds of a scale side by side, each command resuming where the last one
-# stopped. Run the same command again until it prints "all done"; it exits 75 while work is left.
+# stopped. Run the same command again until it prints "group done" (SEEDS of SCALES all committed or finished
+# with their batteries; exit 0), and "all done" once the whole study is; it exits 75 while the group has work left.
 #   1. the near-twin-free set (python -m src.data --train-size 2000000 --near-twin-free), made or verified
 #   2. the first scale with a seed left: its seeds left (of SEEDS) trained side by side for at most BUDGET_S
 #      seconds (scripts/resumable_train.py); a run is finished when its run directory has summary.json, and a
@@ -49,7 +50,8 @@ copy_result() {  # copy_result SRC DEST_DIR: SRC, or SRC.gz where SRC is above C
 }
 
 run python -m src.data --train-size 2000000 --near-twin-free
-left=0
+left=0  # 1 while a seed of this group (SEEDS of SCALES) is not done
+study_left=""  # the seeds of the whole study not done, by config
 trained=0
 for scale in $SCALES; do
   config="study_$scale"; out="$RUNS/$scale"
@@ -84,8 +86,13 @@ for scale in $SCALES; do
     dtype=float32; [ "$scale" = 10m ] && dtype=float16  # about 21 MB instead of 43 for the 10M model
     run python -m src.export --run "$out/seed42" --out "$MODELS/$config" --dtype "$dtype"
   fi
+  rest=""
   for s in ${ALL_SEEDS//,/ }; do
-    committed "$config" "$s" || { finished "$out/seed$s" && [ -f "$out/seed$s/battery.json" ]; } || left=1
+    committed "$config" "$s" || { finished "$out/seed$s" && [ -f "$out/seed$s/battery.json" ]; } && continue
+    rest="$rest${rest:+,}$s"
+    case ",$SEEDS," in *",$s,"*) left=1 ;; esac
   done
+  [ -n "$rest" ] && study_left="$study_left $config: $rest;"
 done
-if [ "$left" = 0 ]; then echo "all done"; else echo "not done: run the same command again"; exit 75; fi
+if [ "$left" = 1 ]; then echo "not done: run the same command again"; exit 75; fi
+if [ -z "$study_left" ]; then echo "all done"; else echo "group done; the study has seeds left:$study_left"; fi

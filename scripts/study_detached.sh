@@ -9,8 +9,9 @@
 #       waits up to SECONDS (default 540) for it to end, then prints where it is: the log's last lines and
 #       each run's last metrics row. With DIR, also copies what it has made so far into DIR: results.tgz
 #       (RESULTS), logs.tgz (the log, and each run's metrics.jsonl and battery.log) and models.tar.part_*
-#       (MODELS, in parts of 15 MB; join them with cat). Exit status: 0 once study.sh ended with everything
-#       done, 75 while it runs or when it ended with work left (start it again), else study.sh's own.
+#       (MODELS, in parts of 15 MB; join them with cat). Exit status: 0 once study.sh ended with its group
+#       done (the log's last line says what the study has left), 75 while it runs or when it ended with work
+#       left (start it again), else study.sh's own.
 #   LOG_DIR (default runs/study_detached): study.log, pid and exit_status.
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -70,5 +71,5 @@ wait_for() {  # wait_for SECONDS [DIR]
 case "${1:-}" in
   start) start ;;
   wait) shift; wait_for "$@" ;;
-  *) sed -n 2,16p "$0" | sed 's/^# \{0,1\}//'; [ "${1:-}" = -h ] || [ "${1:-}" = --help ] ;;
+  *) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; [ "${1:-}" = -h ] || [ "${1:-}" = --help ] ;;
 esac

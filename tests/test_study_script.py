@@ -115,3 +115,13 @@ def test_the_detached_study_runs_on_after_start_and_wait_reports_and_copies_it(t
         assert any(name.endswith("log/study.log") for name in t.getnames())
     parts = sorted(out.glob("models.tar.part_*"))
     assert parts and b"weights" in b"".join(p.read_bytes() for p in parts)
+
+
+def test_a_group_whose_seeds_are_done_exits_0_and_names_what_the_study_has_left(tmp_path):
+    for seed in (42, 123):
+        commit(tmp_path, "study_10m", seed)
+    rc, out = plan(tmp_path, SEEDS="42,123", SCALES="10m")
+    assert rc == 0 and "resumable_train" not in out
+    assert out.strip().splitlines()[-1] == "group done; the study has seeds left: study_10m: 7,1,2,3,4,5;"
+    rc, out = plan(tmp_path, SEEDS="42,7", SCALES="10m")  # seed 7 of this group is left
+    assert rc == 75 and "--seeds 7 " in out and "not done: run the same command again" in out
