@@ -127,6 +127,75 @@ def test_batched_runs_agree_with_one_patch_at_a_time(small):
             assert torch.equal(run[key], interchange.matches(gen, t.targets[key])[run["rows"]]), (site.label, cls, key)
 
 
+def _hit_and_missed_targets(generated: torch.Tensor) -> dict:
+    """Targets built from a greedy decoding: its own answer (a hit wherever it ended with <EOS>), the same with
+    one token changed, and the same cut one token short (<EOS> a step early)."""
+    own = torch.where(generated == 0, torch.full_like(generated, -1), generated)  # <PAD> (id 0) after <EOS> ends it
+    changed = own.clone()
+    changed[:, 0] = torch.where(own[:, 0] == 4, 5, 4)  # the first answer token, another digit
+    short = own.clone()
+    length = (own >= 0).sum(1)
+    for i, n in enumerate(length.tolist()):
+        if n >= 2:
+            short[i, n - 2], short[i, n - 1] = EOS_ID, -1
+    return {"own": own, "changed": changed, "short": short}
+
+
+def test_teacher_forced_hits_are_the_step_by_step_decoding_s_answers(small):
+    """answer_hits against decode + matches on targets that greedy decoding does and does not give, with and
+    without a patch, on pairs of two widths."""
+    pairs = parsed([make_pair(*p) for p in RANDOM_PAIRS])
+    t = interchange.pair_tensors(pairs, SMALL.max_seq_len)
+    acts = interchange.record_sources(small, t, ["blocks.0.hook_resid_post"], "fp32", chunk=4)
+    patch = Hooks(patch={"blocks.0.hook_resid_post": Patch(acts["blocks.0.hook_resid_post"], t.masks["inside"][:, :, None])})
+    seen_hit = seen_miss = 0
+    for hooks in (None, patch):
+        generated = interchange.decode(small, t.base, t.prompt_len, t.steps, hooks)
+        targets = {**_hit_and_missed_targets(generated), **t.targets}
+        hits = interchange.answer_hits(small, t.base, t.prompt_len, targets, hooks)
+        for key, target in targets.items():
+            assert torch.equal(hits[key], interchange.matches(generated, target)), key
+        seen_hit += int(hits["own"].sum())
+        seen_miss += int((~hits["changed"]).sum() + (~hits["short"]).sum())
+    assert seen_hit > 0 and seen_miss > 0  # both answers were decided
+
+
+def test_teacher_forced_hits_agree_with_decoding_on_the_shipped_pilot_model():
+    """The shipped pilot model (trained: it gets many pairs right) on the first value pairs, unpatched and with
+    a patch at every site: the battery's answers are those of step-by-step decoding, pair for pair."""
+    from src.model import load_pretrained
+    from tests.tiny import REPO_ROOT
+
+    model, meta = load_pretrained(REPO_ROOT / "models" / "study_pilot")
+    max_len = meta["model_config"]["max_seq_len"]
+    pairs = interchange.load_pairs(REPO_ROOT / "data" / "counterfactual_value.jsonl.gz", "value", max_len, limit=48)
+    t = interchange.pair_tensors(pairs, max_len)
+    clean = interchange.unpatched(model, t, "fp32", chunk=16)
+    for side in ("base", "source"):
+        reference = interchange.matches(interchange.decode(model, getattr(t, side), t.prompt_len, t.steps),
+                                        t.targets[side])
+        assert torch.equal(clean[f"{side}_correct"], reference), side
+    assert clean["base_correct"].sum() > 10  # a model that answers: hits are tested, not only misses
+    sites, _ = interchange.sites_of(model.cfg)
+    names = sorted({s.name for s in sites})
+    acts = interchange.record_sources(model, t, names, "fp32", chunk=16)
+    jobs = [(s, c) for s in sites[:4] + sites[-2:] for c in ("inside", "close")]
+    runs = interchange.patched_runs(model, t, jobs, acts, "fp32", chunk=40)
+    hits = 0
+    for site, cls in jobs:
+        if site.head is None:
+            mask = t.masks[cls][:, :, None]
+        else:
+            mask = torch.zeros(t.masks[cls].shape + (model.cfg.num_heads, 1), dtype=torch.bool)
+            mask[:, :, site.head] = t.masks[cls][:, :, None]
+        gen = interchange.decode(model, t.base, t.prompt_len, t.steps, Hooks(patch={site.name: Patch(acts[site.name], mask)}))
+        run = runs[(site.label, cls)]
+        for key in ("predicted", "base", "source"):
+            assert torch.equal(run[key], interchange.matches(gen, t.targets[key])[run["rows"]]), (site.label, cls, key)
+            hits += int(run[key].sum())
+    assert hits > 0
+
+
 def test_the_last_block_is_excluded_and_every_other_site_kept():
     sites, excluded = interchange.sites_of(SMALL)
     labels = [s.label for s in sites]

@@ -42,7 +42,9 @@ Every figure is read only on pairs whose base and source the model answers right
 decoding); `counts` says how many that leaves, per control and template class.
 
 Batching: all pairs of one site (every position class, and for the heads every head of the layer) are one
-batch, split into chunks of --chunk rows, one forward pass per decoding step.
+batch, split into chunks of --chunk rows. Whether greedy decoding gives an answer is read in one
+teacher-forced forward pass per answer compared (`answer_hits`: the causal model's, the base's and the
+source's, one pass for two that coincide), which decides exactly what decoding step by step decides.
 
 Output: RUN/interchange.json (schema interchange/1), or RUN/interchange.limit<N>.json with --limit, and
 the figure beside it (.png): IIA of the interchange control against relative depth (0 = embedding, 1 =
@@ -334,7 +336,9 @@ def pair_tensors(pairs: list[Pair], max_seq_len: int, answer_format: str = "plai
 def decode(model: CompactTransformer, prompts: torch.Tensor, prompt_len: torch.Tensor, steps: int,
            hooks: Hooks | None = None, precision: str = "fp32") -> torch.Tensor:
     """Greedy decoding of every row at once, `hooks` (the patch) held at every step: [R, steps] generated ids,
-    <PAD> after a row's <EOS>. The buffer keeps its width, so a patch of that width applies at every step."""
+    <PAD> after a row's <EOS>. The buffer keeps its width, so a patch of that width applies at every step.
+    The battery reads its answers with `answer_hits`, which decides the same in fewer passes; this is the
+    step-by-step rule it is tested against."""
     device = prompts.device
     tokens = prompts.clone()
     n, width = tokens.shape
@@ -358,9 +362,58 @@ def decode(model: CompactTransformer, prompts: torch.Tensor, prompt_len: torch.T
     return generated
 
 
+@torch.no_grad()
+def answer_hits(model: CompactTransformer, prompts: torch.Tensor, prompt_len: torch.Tensor, targets: dict,
+                hooks: Hooks | None = None, precision: str = "fp32") -> dict:
+    """{key: [R] bool}: would greedy decoding, `hooks` held at every step, give exactly targets[key] ([R, S]
+    answer ids then <EOS>, -1 after)? The same answer as `matches(decode(...), target)`, in one teacher-forced
+    forward pass per distinct target instead of one pass per decoding step.
+
+    Greedy decoding gives a target iff at each of the target's positions the argmax of the logits, given the
+    prompt and the target's tokens before that position, is the target's token: while the target is right so
+    far, the decoded prefix is the target's prefix. In a causal decoder a position's logits depend only on the
+    tokens up to it, so the teacher-forced pass computes, at every position it reads, what the decoding step
+    there computes; the buffer has the same width, so a patch of that width applies as it does there."""
+    device = prompts.device
+    n, width = prompts.shape
+    rows = torch.arange(n, device=device)[:, None]
+    start = prompt_len.to(device)[:, None]
+    out: dict = {}
+    done: list[tuple[str, torch.Tensor]] = []
+    for key, target in targets.items():
+        target = target.to(device)
+        same = next((k for k, t in done if torch.equal(t, target)), None)
+        if same is not None:
+            out[key] = out[same]
+            continue
+        steps = target.shape[1]
+        read = (start - 1 + torch.arange(steps, device=device)[None, :]).clamp(max=width - 1)  # [R, S]
+        tokens = prompts.clone()
+        write = (start + torch.arange(steps, device=device)[None, :]).clamp(max=width - 1)
+        keep = (target >= 0) & (start + torch.arange(steps, device=device)[None, :] < width)
+        tokens[rows.expand_as(write)[keep], write[keep]] = target[keep]
+        with autocast(device, precision):
+            logits = model(tokens, hooks=hooks).logits
+        predicted = logits[rows, read].argmax(-1)  # [R, S]
+        out[key] = ((predicted == target) | (target < 0)).all(1)
+        done.append((key, target))
+    return out
+
+
 def matches(generated: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """[R] bool: the generated ids are exactly the target's (answer then <EOS>; -1 marks the target's end)."""
     return ((generated == target) | (target < 0)).all(1)
+
+
+def hits_of(model, prompts, prompt_len, targets: dict, hooks: Hooks | None, precision: str,
+            step_by_step: bool = False) -> dict:
+    """`answer_hits`, or with step_by_step=True the same answers read from `decode` (one pass per decoding
+    step: the reference, kept for the benchmark that times the two)."""
+    if not step_by_step:
+        return answer_hits(model, prompts, prompt_len, targets, hooks, precision)
+    steps = max(t.shape[1] for t in targets.values())
+    generated = decode(model, prompts, prompt_len, steps, hooks, precision)
+    return {k: matches(generated[:, :t.shape[1]], t.to(prompts.device)) for k, t in targets.items()}
 
 
 def _chunks(n: int, size: int):
@@ -382,21 +435,22 @@ def record_sources(model, tensors: PairTensors, names: list[str], precision: str
 
 
 @torch.no_grad()
-def unpatched(model, tensors: PairTensors, precision: str, chunk: int) -> dict:
+def unpatched(model, tensors: PairTensors, precision: str, chunk: int, step_by_step: bool = False) -> dict:
     """Greedy answers of the bases and the sources, unpatched: {base_correct, source_correct} [N] bool."""
     device = next(model.parameters()).device
     out = {"base_correct": [], "source_correct": []}
     for idx in _chunks(len(tensors.base), chunk):
         for side in ("base", "source"):
             prompts = getattr(tensors, side)[idx].to(device)
-            generated = decode(model, prompts, tensors.prompt_len[idx], tensors.steps, None, precision)
-            out[f"{side}_correct"].append(matches(generated, tensors.targets[side][idx].to(device)).cpu())
+            hit = hits_of(model, prompts, tensors.prompt_len[idx], {side: tensors.targets[side][idx]}, None,
+                          precision, step_by_step)
+            out[f"{side}_correct"].append(hit[side].cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 
 
 @torch.no_grad()
 def patched_runs(model, tensors: PairTensors, jobs: list[tuple], source_acts: dict, precision: str, chunk: int,
-                 progress=None) -> dict:
+                 progress=None, step_by_step: bool = False) -> dict:
     """Every job (site, position class) on every pair that has the class, batched by activation name.
 
     Returns {(site.label, cls): {"rows": pair indices, "predicted": [R] bool, "base": [R] bool, "source": [R] bool}}."""
@@ -429,10 +483,10 @@ def patched_runs(model, tensors: PairTensors, jobs: list[tuple], source_acts: di
             else:
                 mask = pos[:, :, None]
             hooks = Hooks(patch={name: Patch(values, mask)})
-            generated = decode(model, tensors.base[pairs].to(device), tensors.prompt_len[pairs], tensors.steps, hooks,
-                               precision)
+            here = hits_of(model, tensors.base[pairs].to(device), tensors.prompt_len[pairs],
+                           {k: tensors.targets[k][pairs] for k in hits}, hooks, precision, step_by_step)
             for k, hit in hits.items():
-                hit[idx] = matches(generated, tensors.targets[k][pairs].to(device)).cpu()
+                hit[idx] = here[k].cpu()
         for j, (site, cls) in enumerate(group):
             sel = job_of == j
             results[(site.label, cls)] = {"rows": pair_of[sel], **{k: v[sel] for k, v in hits.items()}}
