@@ -160,40 +160,45 @@ def test_teacher_forced_hits_are_the_step_by_step_decoding_s_answers(small):
     assert seen_hit > 0 and seen_miss > 0  # both answers were decided
 
 
-def test_teacher_forced_hits_agree_with_decoding_on_the_shipped_pilot_model():
-    """The shipped pilot model (trained: it gets many pairs right) on the first value pairs, unpatched and with
-    a patch at every site: the battery's answers are those of step-by-step decoding, pair for pair."""
+def _agrees_with_decoding(directory: str, device: str, precision: str, n_pairs: int, all_sites: bool) -> None:
+    """A shipped model on the first value pairs, unpatched and patched: the battery's teacher-forced answers are
+    those of step-by-step decoding, pair for pair, and some of them are hits."""
     from src.model import load_pretrained
     from tests.tiny import REPO_ROOT
 
-    model, meta = load_pretrained(REPO_ROOT / "models" / "study_pilot")
+    model, meta = load_pretrained(REPO_ROOT / "models" / directory)
+    model = model.to(device).eval()
     max_len = meta["model_config"]["max_seq_len"]
-    pairs = interchange.load_pairs(REPO_ROOT / "data" / "counterfactual_value.jsonl.gz", "value", max_len, limit=48)
+    pairs = interchange.load_pairs(REPO_ROOT / "data" / "counterfactual_value.jsonl.gz", "value", max_len, limit=n_pairs)
     t = interchange.pair_tensors(pairs, max_len)
-    clean = interchange.unpatched(model, t, "fp32", chunk=16)
-    for side in ("base", "source"):
-        reference = interchange.matches(interchange.decode(model, getattr(t, side), t.prompt_len, t.steps),
-                                        t.targets[side])
-        assert torch.equal(clean[f"{side}_correct"], reference), side
-    assert clean["base_correct"].sum() > 10  # a model that answers: hits are tested, not only misses
+    forced = interchange.unpatched(model, t, precision, chunk=4096)
+    stepped = interchange.unpatched(model, t, precision, chunk=4096, step_by_step=True)
+    for key in forced:
+        assert torch.equal(forced[key], stepped[key]), key
+    assert forced["base_correct"].sum() > n_pairs // 4  # a model that answers: hits are tested, not only misses
     sites, _ = interchange.sites_of(model.cfg)
     names = sorted({s.name for s in sites})
-    acts = interchange.record_sources(model, t, names, "fp32", chunk=16)
-    jobs = [(s, c) for s in sites[:4] + sites[-2:] for c in ("inside", "close")]
-    runs = interchange.patched_runs(model, t, jobs, acts, "fp32", chunk=40)
+    acts = interchange.record_sources(model, t, names, precision, chunk=4096)
+    chosen = sites if all_sites else sites[:4] + sites[-2:]
+    jobs = [(s, c) for s in chosen for c in interchange.POSITION_CLASSES]
+    forced = interchange.patched_runs(model, t, jobs, acts, precision, chunk=40 if device == "cpu" else 4096)
+    stepped = interchange.patched_runs(model, t, jobs, acts, precision, chunk=4096, step_by_step=True)
     hits = 0
-    for site, cls in jobs:
-        if site.head is None:
-            mask = t.masks[cls][:, :, None]
-        else:
-            mask = torch.zeros(t.masks[cls].shape + (model.cfg.num_heads, 1), dtype=torch.bool)
-            mask[:, :, site.head] = t.masks[cls][:, :, None]
-        gen = interchange.decode(model, t.base, t.prompt_len, t.steps, Hooks(patch={site.name: Patch(acts[site.name], mask)}))
-        run = runs[(site.label, cls)]
+    for job in forced:
         for key in ("predicted", "base", "source"):
-            assert torch.equal(run[key], interchange.matches(gen, t.targets[key])[run["rows"]]), (site.label, cls, key)
-            hits += int(run[key].sum())
+            assert torch.equal(forced[job][key], stepped[job][key]), (job, key)
+            hits += int(forced[job][key].sum())
     assert hits > 0
+
+
+def test_teacher_forced_hits_agree_with_decoding_on_the_shipped_pilot_model():
+    _agrees_with_decoding("study_pilot", "cpu", "fp32", n_pairs=48, all_sites=False)
+
+
+@pytest.mark.gpu
+def test_teacher_forced_hits_agree_with_decoding_on_the_shipped_10m_model_in_fp16_on_cuda():
+    """The battery's own setting: the 10M model under float16 autocast on the GPU, every site."""
+    _agrees_with_decoding("study_10m", "cuda", "fp16", n_pairs=1000, all_sites=True)
 
 
 def test_the_last_block_is_excluded_and_every_other_site_kept():
