@@ -4,7 +4,9 @@
 #   bash scripts/study_detached.sh start
 #       starts scripts/study.sh in a session of its own (setsid), so that it outlives this shell; the
 #       environment it reads (SEEDS, SCALES, BUDGET_S, RUNS, RESULTS, MODELS, DRY_RUN) passes through.
-#       Refuses while an earlier start is still running.
+#       Refuses while an earlier start is still running. With ONE_BY_ONE=1, one study.sh per seed of SEEDS,
+#       in order, each started once the one before has ended with its group done (a 10M seed alone trains
+#       as fast as two side by side, and its files are ready sooner).
 #   bash scripts/study_detached.sh wait [SECONDS] [DIR]
 #       waits up to SECONDS (default 540) for it to end, then prints where it is: the log's last lines and
 #       each run's last metrics row. With DIR, also copies what it has made so far into DIR: results.tgz
@@ -28,9 +30,21 @@ start() {
   mkdir -p "$LOG_DIR"
   rm -f "$LOG_DIR/exit_status"
   export RUNS RESULTS MODELS
-  # the exit status is written by the detached shell itself, once study.sh has ended
-  setsid nohup bash -c 'bash scripts/study.sh > "$1/study.log" 2>&1; echo $? > "$1/exit_status"' _ "$LOG_DIR" \
-    > /dev/null 2>&1 < /dev/null &
+  : > "$LOG_DIR/study.log"
+  local groups="${SEEDS:-default}"  # one study.sh for SEEDS ("default": study.sh's own, all 8) ...
+  if [ "${ONE_BY_ONE:-0}" = 1 ]; then
+    [ -n "${SEEDS:-}" ] || { echo "study_detached.sh: ONE_BY_ONE=1 needs SEEDS, e.g. SEEDS=7,1" >&2; return 1; }
+    groups="${SEEDS//,/ }"  # ... or one per seed, in order
+  fi
+  # the exit status is written by the detached shell itself once the last study.sh has ended: that of the
+  # first one that did not end with its group done, else 0
+  setsid nohup bash -c 'status=0
+    for group in $2; do
+      if [ "$group" = default ]; then bash scripts/study.sh >> "$1/study.log" 2>&1
+      else SEEDS="$group" bash scripts/study.sh >> "$1/study.log" 2>&1; fi
+      status=$?; [ "$status" = 0 ] || break
+    done
+    echo "$status" > "$1/exit_status"' _ "$LOG_DIR" "$groups" > /dev/null 2>&1 < /dev/null &
   echo $! > "$LOG_DIR/pid"
   echo "study_detached.sh: started scripts/study.sh (pid $!, log $LOG_DIR/study.log)"
 }

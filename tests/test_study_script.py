@@ -89,7 +89,8 @@ DETACHED = SCRIPT.parent / "study_detached.sh"
 
 def detached(tmp_path, *args, **extra) -> subprocess.CompletedProcess:
     env = dict(os.environ, DRY_RUN="1", RUNS=str(tmp_path / "runs"), RESULTS=str(tmp_path / "res"),
-               MODELS=str(tmp_path / "models"), LOG_DIR=str(tmp_path / "log"), SEEDS="42", SCALES="10m", **extra)
+               MODELS=str(tmp_path / "models"), LOG_DIR=str(tmp_path / "log"), SCALES="10m")
+    env.update({"SEEDS": "42", **extra})
     return subprocess.run(["bash", str(DETACHED), *args], env=env, capture_output=True, text=True, timeout=60,
                           check=False)
 
@@ -125,3 +126,19 @@ def test_a_group_whose_seeds_are_done_exits_0_and_names_what_the_study_has_left(
     assert out.strip().splitlines()[-1] == "group done; the study has seeds left: study_10m: 7,1,2,3,4,5;"
     rc, out = plan(tmp_path, SEEDS="42,7", SCALES="10m")  # seed 7 of this group is left
     assert rc == 75 and "--seeds 7 " in out and "not done: run the same command again" in out
+
+
+def test_one_by_one_runs_a_study_per_seed_in_order_and_stops_at_the_first_with_work_left(tmp_path):
+    for seed in (42, 123):
+        commit(tmp_path, "study_10m", seed)
+    assert detached(tmp_path, "start", ONE_BY_ONE="1", SEEDS="42,123").returncode == 0
+    waited = detached(tmp_path, "wait", "50")
+    log = (tmp_path / "log" / "study.log").read_text()
+    assert waited.returncode == 0 and log.count("group done; the study has seeds left") == 2
+    assert "--seeds" not in log  # both seeds committed: nothing trained
+    assert detached(tmp_path, "start", ONE_BY_ONE="1", SEEDS="7,1").returncode == 0
+    waited = detached(tmp_path, "wait", "50")
+    log = (tmp_path / "log" / "study.log").read_text()
+    # under DRY_RUN seed 7 is not trained, so its study.sh ends with work left and seed 1 is not started
+    assert waited.returncode == 75 and "--seeds 7 " in log and "--seeds 1 " not in log
+    assert detached(tmp_path, "start", ONE_BY_ONE="1", SEEDS="").returncode == 1
