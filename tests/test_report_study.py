@@ -240,6 +240,11 @@ def test_exploratory_section_and_deviations_verbatim(report):
     assert "operator/interchange/close" in ex["iia"]["10M"] and ex["iia"]["10M"]["value/value_preserving/close"]["figure"] == "kept_base"
     assert md.index("## Exploratory") > md.index("### Primary tests")
     assert rep["runs"]["10M"][0]["interchange"]["first_reach_close"] == pytest.approx(1 / 6)  # read from the .gz
+    target = ex["targets"]["10M"]["test_flat"]  # the 10M schedule's aim; the pilot has none
+    mean = sum(FLAT["10M"]) / 8 / N
+    assert list(ex["targets"]) == ["10M"] and target["target"] == 0.95 and target["whole"]["mean"] == pytest.approx(mean)
+    assert target["met"] == {"whole": False, "unseen": False}
+    assert f"| 10M | test_flat | 0.95 | {mean:.4f} [" in md and f"| {mean - 0.95:+.4f} |" in md
 
 
 def test_no_deviations_file_says_none_recorded(results, no_figures):
