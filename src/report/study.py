@@ -44,6 +44,7 @@ import math
 import os
 import re
 import subprocess
+import textwrap
 from pathlib import Path
 
 from src import stats
@@ -491,6 +492,11 @@ def _title(text: str, label: str) -> str:
     return f"{text} ({label})" if label else text
 
 
+def _figure_title(text: str, label: str, width: int) -> str:
+    """_title in lines of at most `width` characters, so that a figure's title is never cut at its edges."""
+    return "\n".join(textwrap.wrap(_title(text, label), width))
+
+
 @plain_text()
 def iia_figure(runs: dict, check: dict, label: str) -> bytes:
     plt = pyplot()
@@ -510,8 +516,9 @@ def iia_figure(runs: dict, check: dict, label: str) -> bytes:
                     means.setdefault(x, []).append(y)
             if means:
                 xs = sorted(means)
+                n = max(len(v) for v in means.values())
                 ax.plot(xs, [sum(means[x]) / len(means[x]) for x in xs], color=colour, lw=2.6, marker="o", ms=4,
-                        label=f"{scale}: mean of {max(len(v) for v in means.values())} seeds")
+                        label=f"{scale}: mean of {n} seed{'s' if n > 1 else ''}")
         ax.axhline(IIA_REACH, color="grey", ls="--", lw=0.8)
         ax.set_xlim(-0.03, 1.0)
         ax.set_ylim(-0.03, 1.03)
@@ -520,8 +527,9 @@ def iia_figure(runs: dict, check: dict, label: str) -> bytes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("IIA, value interchange pairs answered right")
-    fig.suptitle(_title("IIA for V against relative depth, residual stream: seeds thin (dotted: fewer than "
-                        f"{MIN_VALUE_PAIRS} pairs, left out of the mean), mean thick; dashed: 0.9", label), fontsize=8)
+    fig.suptitle(_figure_title("IIA for V against relative depth, residual stream: seeds thin (dotted: fewer than "
+                               f"{MIN_VALUE_PAIRS} pairs, left out of the mean), mean thick; dashed: 0.9", label, 120),
+                 fontsize=8)
     fig.tight_layout()
     return plain_png(fig, dpi=100)
 
@@ -552,8 +560,8 @@ def class_figure(classes: dict, label: str) -> bytes:
     ax.set_xlabel("class: operands, operators (+- only, or with *), depth")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(_title("exact_match by class, test_flat + test_paren + test_depth3 pooled per seed; mean over seeds, "
-                        "bars = 95% t interval", label), fontsize=8)
+    ax.set_title(_figure_title("exact_match by class, test_flat + test_paren + test_depth3 pooled per seed; mean over "
+                               "seeds, bars = 95% t interval", label, 160), fontsize=8)
     fig.tight_layout()
     return plain_png(fig, dpi=100)
 
@@ -581,7 +589,8 @@ def cost_figure(runs: dict, cost: dict, label: str) -> bytes:
     ax.set_xticks(ticks, names, fontsize=7)
     ax.set_ylabel("cost: exact_match flat minus bracketed")
     ax.grid(alpha=0.3, axis="y")
-    ax.set_title(_title("the cost of brackets, per seed (points) and mean with 95% t interval (squares)", label), fontsize=8)
+    ax.set_title(_figure_title("the cost of brackets, per seed (points) and mean with 95% t interval (squares)", label, 80),
+                 fontsize=8)
     fig.tight_layout()
     return plain_png(fig, dpi=100)
 
