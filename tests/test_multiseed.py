@@ -340,33 +340,21 @@ def test_training_at_batch_256_repeats_bit_for_bit(config, deterministic):
 
 
 @pytest.mark.gpu
-def test_the_whole_loss_compiled_repeats_bit_for_bit_on_packed_rows():
-    """training.compile_scope: model, on the study's 10M config (packed rows, fp16, CUDA graph): seed 42
-    alone twice and beside two others give the same weights bit for bit, as the compiled blocks do."""
+@pytest.mark.parametrize("config,scope", [("configs/study/study_pilot.yaml", "blocks"),
+                                          ("configs/study/study_10m.yaml", "blocks"),
+                                          ("configs/study/study_10m.yaml", "model")],
+                         ids=["study_pilot", "study_10m", "study_10m-whole_loss_compiled"])
+def test_the_study_s_path_repeats_bit_for_bit(config, scope):
+    """The study's configs as they train (packed rows, compiled blocks + CUDA graph; the pilot in fp32, 10M in
+    fp16), and the 10M one with the whole loss compiled (training.compile_scope: model), on the shipped
+    training set tiled: seed 42 alone twice and beside two others give the same weights bit for bit, so a
+    study run repeats on the GPU kind that trained it."""
     import dataclasses
 
     device = torch.device("cuda")
-    cfg = load_config("configs/study/study_10m.yaml")
-    cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, compile_scope="model"))
-    records = load_jsonl(Path(__file__).resolve().parent.parent / "data" / "pilot_train.jsonl",
-                         cfg.model.max_seq_len) * 10
-    data = DeviceData(make_batch(records, cfg.model.max_seq_len), cfg, device)
-    first = trained_weights(cfg, data, [42], device)[42]
-    rerun = trained_weights(cfg, data, [42], device)[42]
-    side = trained_weights(cfg, data, [42, 123, 7], device)[42]
-    assert all(torch.equal(a, b) for a, b in zip(first, rerun))
-    assert all(torch.equal(a, b) for a, b in zip(first, side))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("config", ["configs/study/study_pilot.yaml", "configs/study/study_10m.yaml"])
-def test_the_study_s_path_repeats_bit_for_bit(config):
-    """The study's configs as they train (packed rows, compiled blocks + CUDA graph; the pilot in fp32, 10M in
-    fp16), on the shipped training set tiled: seed 42 alone twice and beside two others give the same weights
-    bit for bit, so a study run repeats on the GPU kind that trained it."""
-    device = torch.device("cuda")
     cfg = load_config(config)
-    assert cfg.training.packing and cfg.training.compile_scope == "blocks"
+    assert cfg.training.packing and cfg.training.compile_scope == "blocks"  # as the study trains
+    cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, compile_scope=scope))
     records = load_jsonl(Path(__file__).resolve().parent.parent / "data" / "pilot_train.jsonl",
                          cfg.model.max_seq_len) * 10
     data = DeviceData(make_batch(records, cfg.model.max_seq_len), cfg, device)

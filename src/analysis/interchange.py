@@ -373,7 +373,10 @@ def answer_hits(model: CompactTransformer, prompts: torch.Tensor, prompt_len: to
     prompt and the target's tokens before that position, is the target's token: while the target is right so
     far, the decoded prefix is the target's prefix. In a causal decoder a position's logits depend only on the
     tokens up to it, so the teacher-forced pass computes, at every position it reads, what the decoding step
-    there computes; the buffer has the same width, so a patch of that width applies as it does there."""
+    there computes; the buffer has the same width, so a patch of that width applies as it does there, and the
+    passes have the same shape, so not even a near-tie can fall differently. The rule is exact_match's
+    "teacher_forced" method (src.metrics.EXACT_MATCH_METHODS, used by the ablation scan); it is written on
+    the pair tensors here, not on a Batch, because the patch is laid out on the decoding buffer's width."""
     device = prompts.device
     n, width = prompts.shape
     rows = torch.arange(n, device=device)[:, None]
