@@ -23,22 +23,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from src.plotting import png_bytes, pyplot  # noqa: E402
+from src.report.schedule import val_curve  # noqa: E402
 from src.rundir.atomic import atomic_write_bytes  # noqa: E402
-from src.rundir.results import evaluated, read_metrics  # noqa: E402
 
 SCALES = ("pilot", "10m")
 SHOWN = {"pilot": "pilot (0.66M)", "10m": "10M (10.65M)"}
 SPLITS = ("val", "test_flat", "test_paren", "test_depth3")
 PADDED_SEEDS = (42, 123, 7)
-
-
-def val_curve(metrics: Path) -> tuple[list[int], list[float]]:
-    """(steps, validation exact_match) of each evaluated epoch of a metrics.jsonl."""
-    rows, problems = read_metrics(metrics)
-    for problem in problems:
-        print(f"warning: {problem}", file=sys.stderr)
-    rows = evaluated(rows)
-    return [r["step"] for r in rows], [r["val"]["exact_match"] for r in rows]
 
 
 def schedule_runs(schedules: Path, scale: str) -> dict[str, Path]:

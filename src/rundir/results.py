@@ -30,6 +30,7 @@ SCHEMAS = {
     "mechanisms": "mechanisms/1",  # src.report.analyses: mechanisms.json
     "interchange": "interchange/1",  # src.analysis.interchange: interchange.json
     "study_primary": "study_primary/1",  # src.report.study: results/study/primary.json
+    "schedule": "schedule/1",  # src.report.schedule: results/extension/schedule.json
 }
 REGENERATE = {
     "summary": "python -m src.train --config CONFIG --output-dir {run} ...",
@@ -47,6 +48,7 @@ REGENERATE = {
     "mechanisms": "python -m src.report.analyses RUN ... --out DIR",
     "interchange": "python -m src.analysis.interchange --run {run}",
     "study_primary": "python -m src.report.study --results results/study --out results/study",
+    "schedule": "python -m src.report.schedule --out results/extension",
 }
 
 
