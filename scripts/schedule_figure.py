@@ -22,8 +22,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from src.plotting import png_bytes, pyplot  # noqa: E402
-from src.report.schedule import val_curve  # noqa: E402
+from src.plotting import pyplot  # noqa: E402
+from src.report.schedule import val_axes_png, val_curve  # noqa: E402
 from src.rundir.atomic import atomic_write_bytes  # noqa: E402
 
 SCALES = ("pilot", "10m")
@@ -83,13 +83,9 @@ def main(argv=None) -> int:
             if eval_json.is_file():
                 rows.append((scale, budget, "packed", 42, scores(eval_json)))
         ax.set_title(f"{SHOWN[scale]}: validation exact_match (200 items) by budget", fontsize=10)
-        ax.set_xlabel("optimizer steps (batch 256)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    axes[0].set_ylabel("validation exact_match")
-    fig.tight_layout()
+    png = val_axes_png(fig, axes)
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out / "val_curves.png", png_bytes(fig, dpi=120))
+    atomic_write_bytes(args.out / "val_curves.png", png)
 
     print("| scale | budget | rows | seed | " + " | ".join(SPLITS) + " |")
     print("|---|---|---|---:|" + "---|" * len(SPLITS))

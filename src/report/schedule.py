@@ -209,6 +209,12 @@ def figure(doc: dict, extension: Path) -> bytes:
             c = r["val_curve"]
             ax.plot(c["steps"], c["exact_match"], lw=1.4, label=f"2x (chosen), seed {r['seed']}")
         ax.set_title(f"{scale}: validation exact_match (200 items), seeds {', '.join(map(str, doc['seeds']))}", fontsize=10)
+    return val_axes_png(fig, axes)
+
+
+def val_axes_png(fig, axes) -> bytes:
+    """The PNG of a row of validation-curve panels, each given its axis label, grid and legend."""
+    for ax in axes:
         ax.set_xlabel("optimizer steps (batch 256)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
