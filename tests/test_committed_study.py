@@ -1,0 +1,48 @@
+"""The study's committed report agrees with its committed runs: PRIMARY.md and primary.json are what
+`python -m src.report.study` makes from results/study today, and the README counts the runs that are there."""
+
+import json
+import re
+
+import pytest
+
+from src.errors import run_main
+from src.report import study
+from tests.tiny import REPO_ROOT
+
+RESULTS = REPO_ROOT / "results" / "study"
+TOTAL = len(study.REGISTERED_SEEDS) * len(study.SCALES)
+
+
+def committed_seeds() -> list[str]:
+    """<config>/seed<S> of every seed whose run and battery are committed."""
+    return sorted(f"{d.parent.name}/{d.name}" for d in RESULTS.glob("study_*/seed*")
+                  if (d / "summary.json").is_file() and any((d / f).is_file() for f in ("battery.json", "battery.json.gz")))
+
+
+def test_the_readme_counts_the_committed_runs():
+    n = len(committed_seeds())
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    if n < TOTAL:
+        assert f"({n} of {TOTAL} runs)" in readme, f"README.md should say the study is at {n} of {TOTAL} runs"
+    else:
+        assert not re.search(rf"\(\d+ of {TOTAL} runs\)", readme), "README.md still calls the study under way"
+
+
+@pytest.mark.slow
+def test_the_committed_primary_report_is_what_the_committed_runs_give(tmp_path, capsys):
+    partial = len(committed_seeds()) < TOTAL
+    argv = ["--results", str(RESULTS), "--out", str(tmp_path)] + (["--partial"] if partial else [])
+    assert run_main(study.main, argv) == 0
+    # the files name where they were read from: the same place, written as the command was given it
+    made = json.loads((tmp_path / "primary.json").read_text().replace(json.dumps(str(RESULTS))[1:-1], "results/study"))
+    committed = json.loads((RESULTS / "primary.json").read_text())
+    for doc in (made, committed):  # where it was read from and written to, not what it says
+        doc.pop("results")
+        doc["registration"].pop("link")
+    assert made == committed, "results/study/primary.json is stale: run python -m src.report.study" + \
+        (" --partial" if partial else "")
+    made_md = (tmp_path / "PRIMARY.md").read_text().replace(str(RESULTS), "results/study")
+    committed_md = (RESULTS / "PRIMARY.md").read_text()
+    link = re.compile(r"\]\([^)]*PREREGISTRATION\.md\)")
+    assert link.sub("](REGISTRATION)", made_md) == link.sub("](REGISTRATION)", committed_md)
