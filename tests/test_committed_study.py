@@ -25,8 +25,15 @@ def test_the_readme_counts_the_committed_runs():
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     if n < TOTAL:
         assert f"({n} of {TOTAL} runs)" in readme, f"README.md should say the study is at {n} of {TOTAL} runs"
-    else:
+    else:  # the study is in: the README answers in at most five sentences, each tied to a test or labelled
         assert not re.search(rf"\(\d+ of {TOTAL} runs\)", readme), "README.md still calls the study under way"
+        section = re.search(r"^## The answer\n(.*?)(?=^## )", readme, re.S | re.M)
+        assert section, "README.md has no section '## The answer'"
+        prose = re.sub(r"\]\([^)]*\)", "]", section[1])  # links hold dots that end no sentence
+        sentences = [s for s in re.split(r"(?<=[.!?])\s+(?=[-*A-Z])", prose.strip()) if s.strip()]
+        assert 1 <= len(sentences) <= 5, f"the answer has {len(sentences)} sentences, at most 5 allowed"
+        for s in sentences:
+            assert re.search(r"\bH[123]\b|exploratory", s, re.I), f"a sentence tied to no test and not labelled: {s[:80]!r}"
 
 
 @pytest.mark.slow
