@@ -20,6 +20,21 @@ def committed_seeds() -> list[str]:
                   if (d / "summary.json").is_file() and any((d / f).is_file() for f in ("battery.json", "battery.json.gz")))
 
 
+def answer_sentences(readme: str) -> list[str] | None:
+    """The sentences of the README's section '## The answer' (None without one); links are dropped first, since
+    their paths hold dots that end no sentence."""
+    section = re.search(r"^## The answer\n(.*?)(?=^## |\Z)", readme, re.S | re.M)
+    if not section:
+        return None
+    prose = re.sub(r"\]\([^)]*\)", "]", section[1])
+    return [s for s in re.split(r"(?<=[.!?])\s+(?=[-*A-Z])", prose.strip()) if s.strip()]
+
+
+def untied(sentences: list[str]) -> list[str]:
+    """The sentences that name no primary test (H1, H2, H3) and are not labelled exploratory."""
+    return [s for s in sentences if not re.search(r"\bH[123]\b|exploratory", s, re.I)]
+
+
 def test_the_readme_counts_the_committed_runs():
     n = len(committed_seeds())
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
@@ -27,13 +42,20 @@ def test_the_readme_counts_the_committed_runs():
         assert f"({n} of {TOTAL} runs)" in readme, f"README.md should say the study is at {n} of {TOTAL} runs"
     else:  # the study is in: the README answers in at most five sentences, each tied to a test or labelled
         assert not re.search(rf"\(\d+ of {TOTAL} runs\)", readme), "README.md still calls the study under way"
-        section = re.search(r"^## The answer\n(.*?)(?=^## )", readme, re.S | re.M)
-        assert section, "README.md has no section '## The answer'"
-        prose = re.sub(r"\]\([^)]*\)", "]", section[1])  # links hold dots that end no sentence
-        sentences = [s for s in re.split(r"(?<=[.!?])\s+(?=[-*A-Z])", prose.strip()) if s.strip()]
+        sentences = answer_sentences(readme)
+        assert sentences is not None, "README.md has no section '## The answer'"
         assert 1 <= len(sentences) <= 5, f"the answer has {len(sentences)} sentences, at most 5 allowed"
-        for s in sentences:
-            assert re.search(r"\bH[123]\b|exploratory", s, re.I), f"a sentence tied to no test and not labelled: {s[:80]!r}"
+        assert not untied(sentences), f"sentences tied to no test and not labelled exploratory: {untied(sentences)}"
+
+
+def test_the_answer_check_counts_sentences_and_finds_an_untied_one():
+    readme = ("# T\n\n## The answer\n\n- H1: the 10M model is ahead by +0.29 [0.26, 0.32] "
+              "([PRIMARY.md](results/study/PRIMARY.md)).\n- H2 cannot decide at power 0.10. Exploratory: brackets that "
+              "change the value cost more at 10M (bracket_cost.png). The pilot is small.\n\n## Next\n\ntext. More.\n")
+    sentences = answer_sentences(readme)
+    assert len(sentences) == 4
+    assert untied(sentences) == ["The pilot is small."]
+    assert answer_sentences("# T\n\n## Results\n\nNo answer.\n") is None
 
 
 @pytest.mark.slow
