@@ -123,3 +123,22 @@ def test_the_committed_figures_are_those_the_committed_runs_give(tmp_path):
     for doc in (made, committed):
         doc.pop("study"), doc.pop("extension")
     assert made == committed
+
+
+def test_the_line_in_log_steps_is_read_one_doubling_past_a_longer_schedule(dirs):
+    """At 4x the 1x steps, 1x to the chosen schedule is two doublings: one more adds half the change."""
+    study, extension, out = dirs
+    for summary in study.glob("study_*/seed*/summary.json"):
+        summary.write_text(json.dumps({**json.loads(summary.read_text()), "steps": 4 * schedule.ONE_X_STEPS}))
+    assert run_main(schedule.main, ["--study", str(study), "--extension", str(extension), "--out", str(out)]) == 0
+    row = json.loads((out / "schedule.json").read_text())["scales"]["10M"]["splits"]["test_flat"]
+    assert row["next_doubling_extrapolated"] == pytest.approx(0.92 + (0.92 - 0.87) / 2, rel=1e-4)
+    assert "10M 500,032 (4x)" in (out / "SCHEDULE.md").read_text()
+
+
+def test_seeds_of_one_scale_on_two_schedules_are_refused(dirs, capsys):
+    study, extension, out = dirs
+    summary = study / "study_10m" / "seed7" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "steps": 125_008}))
+    assert run_main(schedule.main, ["--study", str(study), "--extension", str(extension), "--out", str(out)]) == 2
+    assert "one schedule per scale" in capsys.readouterr().err

@@ -93,12 +93,13 @@ def read_seed(study: Path, config: str, seed: int) -> dict:
         raise UserError(f"{shown(d / 'metrics.jsonl')}: missing or without an evaluated epoch; copy the run's "
                         "metrics.jsonl there (scripts/study.sh does)")
     last = val[-LAST_EPOCHS:]
+    epochs = max(r["epoch"] for r in rows)
     return {"seed": seed, "gpu_name": summary.get("gpu_name"), "steps": summary.get("steps"),
-            "epochs": len(val), "best_epoch": summary.get("best_epoch"),
+            "epochs": epochs, "best_epoch": summary.get("best_epoch"),
             "val_last": val[-1], "val_best": max(val), "val_change_last_epochs": (last[-1] - last[0]) / (len(last) - 1)
             if len(last) > 1 else None,
             "train_loss_by_quarter": {r["epoch"]: r["train_loss"] for r in rows
-                                      if r["epoch"] in _quarters(len(rows)) and r.get("train_loss") is not None},
+                                      if r["epoch"] in _quarters(epochs) and r.get("train_loss") is not None},
             "whole": whole, "unseen": unseen, "val_curve": {"steps": steps, "exact_match": val}}
 
 
@@ -128,6 +129,7 @@ def summarise(study: Path, extension: Path) -> dict:
             raise UserError(f"{shown(study / config)}: seeds {', '.join(map(str, SEEDS))} ran "
                             f"{', '.join(str(r['steps']) for r in seeds)} steps; the figures need one schedule per scale")
         base = one_x(extension, ext_config)
+        doublings = math.log2(next(iter(steps)) / ONE_X_STEPS)  # from 1x to the chosen schedule
         rows = {}
         for split in SPLITS:
             whole = stats.mean_interval([r["whole"][split] for r in seeds])
@@ -135,7 +137,8 @@ def summarise(study: Path, extension: Path) -> dict:
             unseen = stats.mean_interval(parts) if None not in parts else None
             gain = whole["mean"] - base[split]["mean"]
             row = {"whole": whole, "unseen": unseen, "one_x": base[split], "change_from_one_x": gain,
-                   "next_doubling_extrapolated": min(1.0, whole["mean"] + gain) if gain > 0 else None}
+                   "next_doubling_extrapolated": min(1.0, whole["mean"] + gain / doublings)
+                   if gain > 0 and doublings > 0 else None}
             target = TARGETS.get(scale, {}).get(split)
             if target is not None:
                 row["target"] = target
