@@ -15,6 +15,7 @@ WHOLE = {"pilot": {"test_flat": [0.60, 0.62, 0.64], "test_paren": [0.50, 0.49, 0
          "10M": {"test_flat": [0.90, 0.92, 0.94], "test_paren": [0.88, 0.86, 0.90], "test_depth3": [0.66, 0.68, 0.70]}}
 ONE_X = {"pilot": {"test_flat": 0.70, "test_paren": 0.56, "test_depth3": 0.27},
          "10M": {"test_flat": 0.87, "test_paren": 0.82, "test_depth3": 0.52}}
+ONE_X_OFFSET = (-0.01, 0.01, 0.0)  # each 1x seed's exact_match minus the 1x mean
 EPOCHS = 8
 T975_DF2 = 4.302652729911275  # the 97.5% quantile of Student's t with 2 degrees of freedom
 
@@ -44,7 +45,9 @@ def dirs(tmp_path):
     for scale, (config, _) in schedule.SCALES.items():
         for i, seed in enumerate(SEEDS):
             write_seed(study, scale, config, i, seed)
-    configs = {ext: {"splits": {split: {"seeds": 3, "mean": m, "ci95": [m - 0.01, m + 0.01]}
+    # the 1x seeds: the mean, less 0.01 for seed 42, plus 0.01 for seed 123
+    configs = {ext: {"splits": {split: {"seeds": 3, "mean": m, "ci95": [m - 0.01, m + 0.01],
+                                        "per_seed": [{"seed": s, "exact_match": m + d} for s, d in zip(SEEDS, ONE_X_OFFSET)]}
                                 for split, m in ONE_X[scale].items()}} for scale, (_, ext) in schedule.SCALES.items()}
     extension.mkdir()
     (extension / "extension.json").write_text(json.dumps(stamp("extension", {"configs": configs})))
@@ -67,6 +70,12 @@ def test_means_intervals_targets_and_the_extrapolation(dirs, capsys):
             assert row["unseen"]["mean"] == pytest.approx(mean - 0.001, rel=1e-4)
             gain = mean - ONE_X[scale][split]
             assert row["change_from_one_x"] == pytest.approx(gain, rel=1e-4, abs=1e-9)
+            diffs = [v - ONE_X[scale][split] - d for v, d in zip(values, ONE_X_OFFSET)]  # paired by seed
+            sd_d = math.sqrt(sum((x - gain) ** 2 for x in diffs) / 2)
+            paired = row["change_from_one_x_paired"]
+            assert paired["mean"] == pytest.approx(gain, rel=1e-4, abs=1e-9)
+            assert paired["ci95"] == pytest.approx([gain - T975_DF2 * sd_d / math.sqrt(3), gain + T975_DF2 * sd_d / math.sqrt(3)],
+                                                   rel=1e-4, abs=1e-9)
             if gain > 0:
                 assert row["next_doubling_extrapolated"] == pytest.approx(min(1.0, mean + gain), rel=1e-4)
             else:  # 2x below 1x: no line is drawn
@@ -81,8 +90,8 @@ def test_means_intervals_targets_and_the_extrapolation(dirs, capsys):
     assert [s["val_change_last_epochs"] for s in pilot["seeds"]] == pytest.approx([0.01, 0.01, (0.03 - 0.05) / 3], rel=1e-4)
     assert list(pilot["seeds"][0]["train_loss_by_quarter"]) == ["2", "4", "6", "8"]
     md = (out / "SCHEDULE.md").read_text()
-    assert "| 10M | test_flat | 0.870 [0.860, 0.880] | **0.920 [" in md and "| -0.030 | +0.050 | 0.970 (extrapolated) |" in md
-    assert "| pilot | test_flat | 0.700 [0.690, 0.710] | **0.620 [" in md and "— (below 1x)" in md
+    assert "| 10M | test_flat | 0.870 [0.860, 0.880] | **0.920 [" in md and "| -0.030 | +0.050 [" in md and "| 0.970 (extrapolated) |" in md
+    assert "| pilot | test_flat | 0.700 [0.690, 0.710] | **0.620 [" in md and "— (mean below 1x)" in md
     assert "in 2 of 3 seeds" in md
     assert (out / "schedule_val.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "wrote" in capsys.readouterr().out
@@ -142,3 +151,14 @@ def test_seeds_of_one_scale_on_two_schedules_are_refused(dirs, capsys):
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "steps": 125_008}))
     assert run_main(schedule.main, ["--study", str(study), "--extension", str(extension), "--out", str(out)]) == 2
     assert "one schedule per scale" in capsys.readouterr().err
+
+
+def test_a_1x_seed_missing_from_the_extension_is_named(dirs, capsys):
+    study, extension, out = dirs
+    ext = json.loads((extension / "extension.json").read_text())
+    cell = ext["configs"]["ext_10m_n2000000"]["splits"]["test_paren"]
+    cell["per_seed"] = [c for c in cell["per_seed"] if c["seed"] != 123]
+    (extension / "extension.json").write_text(json.dumps(ext))
+    assert run_main(schedule.main, ["--study", str(study), "--extension", str(extension), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "ext_10m_n2000000 has no test_paren figure of seed(s) 123" in err and "paired by seed" in err
