@@ -32,7 +32,7 @@ from src import stats
 from src.cli import ArgumentParser, path_arg
 from src.errors import UserError, run_main
 from src.plotting import png_bytes, pyplot
-from src.report.study import TARGETS
+from src.report.study import TARGETS, read_seed_files
 from src.rundir.atomic import atomic_write_bytes, atomic_write_text
 from src.rundir.paths import check_output_dir
 from src.rundir.results import SCHEMAS, evaluated, metrics_row_problem, read_metrics, read_result, rounded
@@ -66,18 +66,8 @@ def read_seed(study: Path, config: str, seed: int) -> dict:
     d = study / config / f"seed{seed}"
     if not d.is_dir():
         raise UserError(f"{shown(d)}: no such directory: seed {seed} of {config} is not in yet; train it with `{STUDY_HINT}`")
-    summary = read_result(d / "summary.json", "summary")
-    if summary.get("status") != "completed":
-        raise UserError(f"{shown(d / 'summary.json')}: status {str(summary.get('status'))[:40]!r}, not 'completed'; "
-                        f"finish the run with `{STUDY_HINT}`")
-    ev = read_result(d / "eval.json", "eval")
-    for name, obj in (("summary.json", summary), ("eval.json", ev)):
-        if obj.get("config") not in (None, config) or obj.get("seed") not in (None, seed):
-            raise UserError(f"{shown(d / name)}: is config {str(obj.get('config'))[:40]!r} seed {obj.get('seed')!r}, but "
-                            f"lies in {config}/seed{seed}; put each seed's files in STUDY/<config>/seed<S>")
-    if ev.get("limit") is not None:
-        raise UserError(f"{shown(d / 'eval.json')}: made with --limit {ev['limit']}; the figures need the whole files "
-                        f"(python -m src.analysis.evaluate --run RUN)")
+    files = read_seed_files(d, config, seed, ("summary", "eval"))
+    summary, ev = files["summary"], files["eval"]
     whole, unseen = {}, {}
     for split in SPLITS:
         try:

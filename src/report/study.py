@@ -256,10 +256,11 @@ def _eval_summary(ev: dict, path: Path) -> dict:
     return out
 
 
-def read_seed(seed_dir: Path, config: str, seed: int) -> dict:
-    """One seed's eval.json, interchange.json and summary.json, read and checked, as the figures the study uses."""
+def read_seed_files(seed_dir: Path, config: str, seed: int, kinds: tuple[str, ...]) -> dict[str, dict]:
+    """{kind: the seed's KIND.json}, each read and checked: it belongs to this config and seed, was made on the whole
+    files (no --limit), and summary.json, where read, says the run completed."""
     files = {}
-    for kind in ("summary", "eval", "interchange"):
+    for kind in kinds:
         files[kind] = read_result(seed_dir / f"{kind}.json", kind)
         path = result_file(seed_dir / f"{kind}.json")
         obj = files[kind]
@@ -267,12 +268,19 @@ def read_seed(seed_dir: Path, config: str, seed: int) -> dict:
             raise UserError(f"{shown(path)}: is config {str(obj.get('config'))[:40]!r} seed {obj.get('seed')!r}, but lies "
                             f"in {config}/seed{seed}; put each seed's files in RESULTS/<config>/seed<S>")
         if obj.get("limit") is not None:
-            raise UserError(f"{shown(path)}: made with --limit {obj['limit']}; the primary tests need the whole files "
+            raise UserError(f"{shown(path)}: made with --limit {obj['limit']}; the study's figures need the whole files "
                             f"(`{regenerate_hint(kind, seed_dir)}`)")
-    summary = files["summary"]
-    if summary.get("status") != "completed":
+    summary = files.get("summary")
+    if summary is not None and summary.get("status") != "completed":
         raise UserError(f"{shown(result_file(seed_dir / 'summary.json'))}: status {str(summary.get('status'))[:40]!r}, "
                         f"not 'completed': the run is not finished; finish it with `{STUDY_HINT}`")
+    return files
+
+
+def read_seed(seed_dir: Path, config: str, seed: int) -> dict:
+    """One seed's eval.json, interchange.json and summary.json, read and checked, as the figures the study uses."""
+    files = read_seed_files(seed_dir, config, seed, ("summary", "eval", "interchange"))
+    summary = files["summary"]
     ev, ic = files["eval"], files["interchange"]
     if (ev.get("epoch"), ev.get("step")) != (ic.get("epoch"), ic.get("step")):
         raise UserError(f"{shown(seed_dir)}: eval.json is of epoch {ev.get('epoch')} step {ev.get('step')}, interchange.json "
