@@ -39,6 +39,9 @@ FLAT = {"pilot": [120, 126, 118, 130, 124, 122, 128, 116], "10M": [160, 164, 158
 PAREN = {"pilot": [100, 104, 98, 106, 102, 101, 99, 103], "10M": [101, 99, 105, 100, 103, 98, 104, 102]}
 PREC_LOST = {"pilot": [20, 22, 18, 24, 21, 19, 23, 20], "10M": [1, -1, 0, 2, -2, 1, 0, -1]}  # of N flat-correct lines
 REACH = {"pilot": [0.5, 0.5, 0.75, 0.5, 0.5, 0.25, 0.5, 0.5], "10M": [1 / 6, 1 / 6, 2 / 6, 1 / 6, 1 / 6, 1 / 6, 0.5, 1 / 6]}
+# training curves of 8 epochs: a slow fall of 0.01 an epoch and one drop of 0.3 at this epoch (the last: still dropping)
+DROP = {"pilot": [8, 8, 4, 8, 8, 3, 8, 8], "10M": [3, 3, 3, 4, 3, 3, 3, 3]}
+EPOCHS = 8
 
 
 def outcomes(k: int, n: int = N) -> list[bool]:
@@ -111,10 +114,23 @@ def interchange_json(config: str, seed: int, scale: str, i: int, right: int = 15
                                  "variables": {"value": {"controls": value}, "operator": {"controls": operator}}})
 
 
+def metrics_jsonl(drop: int) -> str:
+    """src.train's metrics rows (schema metrics/1) of an 8-epoch run whose training loss drops by 0.3 at `drop`,
+    evaluated every other epoch."""
+    rows = []
+    for e in range(1, EPOCHS + 1):
+        row = {"schema": "metrics/1", "epoch": e, "step": 100 * e, "train_loss": 1.0 - 0.01 * e - 0.3 * (e >= drop)}
+        if e % 2 == 0:
+            row["val"] = {"loss": 1.0, "exact_match": 0.1 * e, "end_of_answer_acc": 1.0}
+        rows.append(json.dumps(row))
+    return "\n".join(rows) + "\n"
+
+
 def write_seed(results, scale: str, seed: int, **kw) -> None:
     config, i = study.SCALES[scale], SEEDS.index(seed)
     d = results / config / f"seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
+    (d / "metrics.jsonl").write_text(metrics_jsonl(DROP[scale][i]))
     (d / "eval.json").write_text(json.dumps(eval_json(config, seed, scale, i)))
     (d / "interchange.json").write_text(json.dumps(interchange_json(config, seed, scale, i, **kw)))
     (d / "summary.json").write_text(json.dumps({"schema": "summary/1", "status": "completed", "config": config,
@@ -140,7 +156,7 @@ def results(complete, tmp_path):
 @pytest.fixture
 def no_figures(monkeypatch):
     """The figures drawn as a stub: tests of what PRIMARY.md and primary.json say need not spend a second on them."""
-    for name in ("iia_figure", "class_figure", "cost_figure"):
+    for name in ("iia_figure", "class_figure", "cost_figure", "curves_figure"):
         monkeypatch.setattr(study, name, lambda *args: b"\x89PNG stub")
 
 
@@ -221,7 +237,7 @@ def test_the_five_tests_match_scipy_with_holm_floors_and_verdicts(report):
     md = (results / "PRIMARY.md").read_text()
     assert "no difference" not in md and "Exploratory (not part of the preregistered family)" in md
     assert md.count("\n| H") == 5 and "../../docs/PREREGISTRATION.md" not in md  # --out is not two levels below the root
-    for name in ("iia_depth.png", "class_exact_match.png", "bracket_cost.png"):
+    for name in ("iia_depth.png", "class_exact_match.png", "bracket_cost.png", "training_curves.png"):
         assert (results / name).read_bytes()[:4] == b"\x89PNG"
     # every test's numbers of PRIMARY.md are those of primary.json
     for t in tests.values():
@@ -245,6 +261,23 @@ def test_exploratory_section_and_deviations_verbatim(report):
     assert list(ex["targets"]) == ["10M"] and target["target"] == 0.95 and target["whole"]["mean"] == pytest.approx(mean)
     assert target["met"] == {"whole": False, "unseen": False}
     assert f"| 10M | test_flat | 0.95 | {mean:.4f} [" in md and f"| {mean - 0.95:+.4f} |" in md
+
+
+def test_training_curves_say_where_each_seed_fell_and_are_drawn(report):
+    results, rep, _ = report
+    curves = rep["exploratory"]["training_curves"]
+    assert [c["seed"] for c in curves["pilot"]] == list(SEEDS)
+    assert [c["steepest_fall"]["epoch"] for c in curves["pilot"]] == DROP["pilot"]
+    assert all(c["steepest_fall"]["fall"] == pytest.approx(0.31) for cs in curves.values() for c in cs)
+    late = curves["pilot"][0]
+    assert late["epochs"] == EPOCHS and late["train_loss_last"] == pytest.approx(1.0 - 0.08 - 0.3)
+    assert late["val_last"] == pytest.approx(0.8) and late["val_best_epoch"] == EPOCHS
+    md = (results / "PRIMARY.md").read_text()
+    assert "| pilot | 42 | GPU | 8 | 0.6200 | 0.800 | 0.800 (epoch 8) | epoch 8 (-0.3100) |" in md
+    assert "| pilot | 7 | GPU | 8 | 0.6200 | 0.800 | 0.800 (epoch 8) | epoch 4 (-0.3100) |" in md
+    assert rep["runs"]["10M"][0]["curve"]["epoch"] == list(range(1, EPOCHS + 1))
+    assert "training_curves.png" in rep["figures"] and "![training_curves.png](training_curves.png)" in md
+    assert (results / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_no_deviations_file_says_none_recorded(results, no_figures):
@@ -325,6 +358,7 @@ def test_a_scale_whose_seeds_never_reach_is_reported_as_vanishing(results, no_fi
     (lambda d: (d / "summary.json").write_text('{"schema": "summary/1", "status": "stopped_after_epoch"}'),
      r"not 'completed'"),
     (lambda d: (d.parent / "seed99").mkdir(), r"seed 99 is not one of the registered seeds"),
+    (lambda d: (d / "metrics.jsonl").unlink(), r"metrics.jsonl: missing or without an epoch; copy the run's metrics"),
 ])
 def test_damaged_files_give_one_line_errors_and_write_nothing(results, capsys, damage, message):
     import re

@@ -32,10 +32,11 @@ from src import stats
 from src.cli import ArgumentParser, path_arg
 from src.errors import UserError, run_main
 from src.plotting import png_bytes, pyplot
+from src.report.curves import metrics_rows
 from src.report.study import TARGETS, read_seed_files
 from src.rundir.atomic import atomic_write_bytes, atomic_write_text
 from src.rundir.paths import check_output_dir
-from src.rundir.results import SCHEMAS, evaluated, metrics_row_problem, read_metrics, read_result, rounded
+from src.rundir.results import SCHEMAS, evaluated, read_result, rounded
 from src.text import shown
 
 SCHEMA = SCHEMAS["schedule"]
@@ -45,14 +46,6 @@ SPLITS = ("test_flat", "test_paren", "test_depth3")
 ONE_X_STEPS = 125_008  # the extension's N = 2,000,000 runs: 16 epochs of batch 256
 LAST_EPOCHS = 4  # the mean change of validation exact_match over a run's last this-many epochs
 STUDY_HINT = "SEEDS=42,123,7 SCALES=... bash scripts/study.sh (results/study/PLAN.md)"
-
-
-def metrics_rows(metrics: Path) -> list[dict]:
-    """The rows of a metrics.jsonl (none when it is missing), a warning for each line that cannot be used."""
-    rows, problems = read_metrics(metrics, metrics_row_problem)
-    for problem in problems:
-        print(f"warning: {problem}")
-    return rows
 
 
 def val_curve(metrics: Path) -> tuple[list[int], list[float]]:

@@ -3,8 +3,8 @@
     python -m src.report.study [--results results/study] [--out results/study] [--partial]
 
 Reads every seed of study_pilot and study_10m under --results: RESULTS/<config>/seed<S>/ with eval.json,
-interchange.json and summary.json (each may be X.json.gz; scripts/study.sh copies them there), through the
-project's readers (src.rundir.results). A missing or damaged file, a seed directory that is not one of the
+interchange.json, summary.json (each may be X.json.gz) and metrics.jsonl (scripts/study.sh copies them there),
+through the project's readers (src.rundir.results). A missing or damaged file, a seed directory that is not one of the
 registered seeds (42, 123, 7, 1, 2, 3, 4, 5), a --limit result or an eval.json and interchange.json of two
 different checkpoints is a one-line error. A scale with fewer than its 8 seeds is incomplete: an error naming
 the seeds missing, unless --partial, which computes every test on the seeds there and says "partial: n seeds"
@@ -31,7 +31,8 @@ whose floor is then that of the seeds left.
 Written to --out, once everything is read, tested and drawn: PRIMARY.md, primary.json (schema study_primary/1,
 every number of PRIMARY.md) and the figures iia_depth.png (IIA for V against relative depth at the `)` and
 inside the bracket, seeds thin, mean thick), class_exact_match.png (exact_match by class, both scales) and
-bracket_cost.png (the cost of value-preserving and of precedence-changing brackets, seeds and mean). The
+bracket_cost.png (the cost of value-preserving and of precedence-changing brackets, seeds and mean), and
+training_curves.png (training loss and validation exact_match per epoch, every seed; metrics.jsonl). The
 registration's commit comes from git (the last commit of docs/PREREGISTRATION.md) or --preregistration-commit;
 RESULTS/DEVIATIONS.md, where present, is included verbatim as the deviations from the registration.
 """
@@ -51,6 +52,7 @@ from src import stats
 from src.cli import ArgumentParser, int_in, path_arg
 from src.errors import UserError, run_main
 from src.plotting import pyplot
+from src.report.curves import curves_figure, summary as curve_summary, training_curve
 from src.report.scaling import class_key, pooled_cells
 from src.rundir.atomic import atomic_write_bytes, atomic_write_text
 from src.rundir.paths import check_output_dir
@@ -278,7 +280,8 @@ def read_seed_files(seed_dir: Path, config: str, seed: int, kinds: tuple[str, ..
 
 
 def read_seed(seed_dir: Path, config: str, seed: int) -> dict:
-    """One seed's eval.json, interchange.json and summary.json, read and checked, as the figures the study uses."""
+    """One seed's eval.json, interchange.json, summary.json and metrics.jsonl, read and checked, as the figures the
+    study uses."""
     files = read_seed_files(seed_dir, config, seed, ("summary", "eval", "interchange"))
     summary = files["summary"]
     ev, ic = files["eval"], files["interchange"]
@@ -288,6 +291,7 @@ def read_seed(seed_dir: Path, config: str, seed: int) -> dict:
                         f"(`{regenerate_hint('interchange', seed_dir)}`)")
     return {"seed": seed, "path": str(seed_dir), "epoch": ev.get("epoch"), "step": ev.get("step"),
             "gpu_name": summary.get("gpu_name"), "steps": summary.get("steps"),
+            "curve": training_curve(seed_dir, STUDY_HINT),
             **_eval_summary(ev, result_file(seed_dir / "eval.json")),
             "interchange": _interchange_summary(ic, result_file(seed_dir / "interchange.json"))}
 
@@ -481,8 +485,10 @@ def exploratory(runs: dict) -> dict:
                            "met": {part: near[s][split][part]["mean"] is not None
                                    and near[s][split][part]["mean"] >= target for part in ("whole", "unseen")}}
                    for split, target in TARGETS[s].items()} for s in runs if s in TARGETS}
+    curves = {s: [{"seed": r["seed"], "gpu_name": r["gpu_name"], **curve_summary(r["curve"])} for r in rs]
+              for s, rs in runs.items()}
     return {"near_twin_free": near, "targets": targets, "bracket_cost": cost, "iia": iia,
-            "exact_match_by_class": classes}
+            "exact_match_by_class": classes, "training_curves": curves}
 
 
 def class_cells(rs: list[dict]) -> dict:
@@ -731,6 +737,18 @@ def markdown(rep: dict) -> str:
     rows = [[*class_key(k), *[_mean_ci(ex["exact_match_by_class"][s].get(k), ".3f") for s in ex["exact_match_by_class"]]]
             for k in keys]
     md += _table(["operands", "operators", "depth", *ex["exact_match_by_class"]], rows)
+    md += [head("Training curves"), "",
+           ("Per seed, from its metrics.jsonl: the last epoch's training loss and validation exact_match (200 "
+            "items), the best validation epoch, and the epoch (from epoch 3 on) whose training loss fell most below "
+            "the epoch before. A steepest fall at the last epoch means the run was still dropping when it stopped "
+            "(training_curves.png)."), ""]
+    rows = [[s, c["seed"], c["gpu_name"] or "—", c["epochs"], _num(c["train_loss_last"]), _num(c["val_last"], ".3f"),
+             "—" if c["val_best_epoch"] is None else f"{c['val_best']:.3f} (epoch {c['val_best_epoch']})",
+             "—" if c["steepest_fall"] is None else f"epoch {c['steepest_fall']['epoch']} "
+                                                    f"(-{c['steepest_fall']['fall']:.4f})"]
+            for s, cs in ex["training_curves"].items() for c in cs]
+    md += _table(["scale", "seed", "card", "epochs", "training loss, last", "validation, last", "validation, best",
+                  "steepest fall of training loss"], rows)
     md += ["## Figures", ""] + [f"![{name}]({name})" for name in rep["figures"]] + [""]
     return "\n".join(md)
 
@@ -798,7 +816,10 @@ def build(args) -> dict:
            "exploratory": ex}
     pngs = {"iia_depth.png": iia_figure(runs, check, label),
             "class_exact_match.png": class_figure(ex["exact_match_by_class"], label),
-            "bracket_cost.png": cost_figure(runs, ex["bracket_cost"], label)}
+            "bracket_cost.png": cost_figure(runs, ex["bracket_cost"], label),
+            "training_curves.png": curves_figure(
+                {s: [(r["seed"], r["curve"]) for r in rs] for s, rs in runs.items()},
+                _figure_title("training loss and validation exact_match per epoch, one line per seed", label, 120))}
     rep["figures"] = list(pngs)
     text = markdown(rep)
     out.mkdir(parents=True, exist_ok=True)
