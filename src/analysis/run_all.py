@@ -24,7 +24,8 @@ failure that every step shares (the run cannot be opened: no checkpoint yet, a t
 writing into it, an interrupted run) stops the battery before its first step, with one message and
 no battery.json. A step that fails alone is reported and the others still run; the exit status is
 then 1. D/battery.json (schema battery/1) records each step's command, wall time and outcome, the
-device and the total: the battery's own benchmark (target: at most 60 s for a 10M run on an H100).
+device and the total: the battery's own benchmark (target: at most 90 s for a 10M run, interchange
+interventions included; BENCHMARKS.md has the measured times).
 Under --limit N every file is named NAME.limitN.json (battery.limitN.json too), beside the full-data
 ones.
 """
