@@ -263,6 +263,21 @@ def test_exploratory_section_and_deviations_verbatim(report):
     assert f"| 10M | test_flat | 0.95 | {mean:.4f} [" in md and f"| {mean - 0.95:+.4f} |" in md
 
 
+def test_h1_is_checked_by_the_exact_permutation_test_outside_the_family(report):
+    results, rep, _ = report
+    check = rep["exploratory"]["h1_permutation"]
+    flat = check["test_flat"]
+    # the two scales' test_flat values do not overlap: only the observed split and its mirror are as extreme
+    assert flat["splits"] == 12870 and flat["p_value"] == pytest.approx(2 / 12870)
+    assert flat["estimate"] == pytest.approx((sum(FLAT["10M"]) - sum(FLAT["pilot"])) / 8 / N)
+    assert flat["ci95"][0] < flat["estimate"] < flat["ci95"][1]
+    assert [t["id"] for t in rep["tests"]] == list(study.TESTS)  # not a member of the family
+    md = (results / "PRIMARY.md").read_text()
+    section = md[md.index("### H1's difference without assuming normal seeds"):]
+    assert md.index("## Exploratory") < md.index("### H1's difference without assuming normal seeds")
+    assert f"| test_flat | {flat['estimate']:+.4f} [" in section and f"| {flat['p_value']:.3g} |" in section
+
+
 def test_training_curves_say_where_each_seed_fell_and_are_drawn(report):
     results, rep, _ = report
     curves = rep["exploratory"]["training_curves"]
@@ -305,6 +320,14 @@ def test_an_incomplete_study_names_the_missing_seeds_and_partial_tests_what_is_t
     md = (results / "PRIMARY.md").read_text()
     headings = [line for line in md.splitlines() if line.startswith("#") and not line.startswith("## ")]
     assert headings and all("partial: 12 seeds" in h for h in headings), headings
+
+
+def test_a_study_with_one_scale_only_has_no_check_of_h1(results, no_figures):
+    shutil.rmtree(results / "study_10m")
+    rep = run(results, "--partial", "--preregistration-commit", "cc50020")
+    assert rep["exploratory"]["h1_permutation"] == {}
+    assert "without assuming normal seeds" not in (results / "PRIMARY.md").read_text()
+    assert not {t["id"]: t for t in rep["tests"]}["H1-flat"]["computed"]
 
 
 def test_a_failed_ceiling_check_writes_nothing_and_names_the_run(results, capsys):
