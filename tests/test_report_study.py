@@ -365,6 +365,18 @@ def test_a_scale_whose_seeds_never_reach_is_reported_as_vanishing(results, no_fi
     h2 = next(t for t in run(results, "--preregistration-commit", "cc50020")["tests"] if t["id"] == "H2")
     assert h2["values"]["10M"] == [1.0] * 8
     assert "no seed of the 10M reaches 0.9: the 10M does not carry V at the `)` (vanishes there)" in h2["verdict"]
+    # the 10M's spread of 0 is the censoring's: its power uses the registration's assumed sd there, not 0
+    assert h2["power_basis"].startswith(f"at the registration's assumed seed sd {study.H2_ASSUMED_SD:g} for the 10M,")
+    measured, _ = study._power("H2", {"pilot": h2["values"]["pilot"], "10M": [1.0] * 7 + [0.99]}, 200)
+    assumed, _ = study._power("H2", h2["values"], 200)
+    assert measured > assumed  # a near-zero measured spread would claim a power the censored seeds do not have
+    assert f"| {h2['power']:.2f} (sd assumed) |" in (results / "PRIMARY.md").read_text()
+
+
+def test_h2_power_uses_the_measured_spreads_where_the_seeds_differ(report):
+    _, rep, _ = report
+    h2 = next(t for t in rep["tests"] if t["id"] == "H2")
+    assert h2["power_basis"] is None and h2["power"] is not None
 
 
 # ---------------------------------------------------------------------------- damaged input

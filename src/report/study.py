@@ -21,7 +21,8 @@ The five primary tests, one family (preregistered_primary: Holm, alpha 0.05), ea
                         effect named 0.05
 Each is reported with its estimate and 95% interval, p, Holm-adjusted p, its floor and floor x 5, its power at
 the effect named (the registration's method, scripts/power.py: normal seeds with the measured seed spreads,
-Holm's first threshold 0.01, the seeds there) and its verdict in the registration's words.
+Holm's first threshold 0.01, the seeds there; for H2 at a scale whose seeds all lie at one value, the
+registration's assumed seed sd 0.125 instead) and its verdict in the registration's words.
 
 The checks that must hold: the all-position embedding patch (interchange.json ceiling.check) passed on every
 control of every run, else nothing is written and the command fails naming the runs; a seed with fewer than
@@ -71,6 +72,10 @@ MIN_VALUE_PAIRS = 100  # value interchange pairs answered right unpatched, per s
 IIA_REACH = 0.9        # H2's level (src.analysis.interchange IIA_REACH, first_reach)
 NO_REACH = 1.0         # H2: a seed at which no site reaches 0.9
 SIMULATIONS = 20_000   # t-tests' power; the permutation test's uses a tenth, as scripts/power.py
+# H2's power where a scale's seeds all lie at one value (every seed at d = 1 when none reaches 0.9): a spread of
+# 0 is then the censoring's, not the depth's, and would make any shift certain to be found; the registration's
+# power analysis assumed this seed sd of the first-reach depth instead (docs/PREREGISTRATION.md, Power)
+H2_ASSUMED_SD = 0.125
 STUDY_HINT = "SEEDS=... SCALES=... bash scripts/study.sh (results/study/PLAN.md gives the groups)"
 SEED_DIR = re.compile(r"^seed(\d+)$")
 RESIDUAL = ("embed", "resid")
@@ -335,8 +340,9 @@ def checks(runs: dict) -> dict:
             "min_value_pairs": MIN_VALUE_PAIRS, "left_out_of_h2": [p for p in pairs if not p["kept_for_h2"]]}
 
 
-def _power(test_id: str, values: dict, simulations: int) -> float | None:
-    """Power at the effect named, the registration's method (scripts/power.py) with the measured seed spreads."""
+def _power(test_id: str, values: dict, simulations: int) -> tuple[float | None, str | None]:
+    """(power at the effect named, the registration's method (scripts/power.py) with the measured seed spreads;
+    None, or a note where H2's spread at a scale is not measured but the registration's assumed one)."""
     import numpy as np
 
     effect = TESTS[test_id]["effect_named"]
@@ -344,17 +350,22 @@ def _power(test_id: str, values: dict, simulations: int) -> float | None:
     if TESTS[test_id]["method"] == "one_sample_t":
         v = values[TESTS[test_id]["scale"]]
         sd = stats.mean_interval(v)["sd"]
-        return None if sd is None else stats.power_one_sample(effect, sd, rng, len(v), simulations, FIRST_THRESHOLD)
+        return (None if sd is None else stats.power_one_sample(effect, sd, rng, len(v), simulations, FIRST_THRESHOLD)), None
     a, b = values["pilot"], values["10M"]
     sd_a, sd_b = stats.mean_interval(a)["sd"], stats.mean_interval(b)["sd"]
     if TESTS[test_id]["method"] == "welch_t":
         if sd_a is None or sd_b is None:
-            return None
-        return stats.power_welch(effect, sd_a, sd_b, rng, len(a), len(b), simulations, FIRST_THRESHOLD)
+            return None, None
+        return stats.power_welch(effect, sd_a, sd_b, rng, len(a), len(b), simulations, FIRST_THRESHOLD), None
     if not a or not b:
-        return None
+        return None, None
+    tied = [s for s, v in (("pilot", a), ("10M", b)) if len(set(v)) == 1]
+    if tied:
+        sd_a, sd_b = (H2_ASSUMED_SD if "pilot" in tied else sd_a), (H2_ASSUMED_SD if "10M" in tied else sd_b)
+    note = (f"at the registration's assumed seed sd {H2_ASSUMED_SD:g} for the {' and the '.join(tied)}, whose seeds all "
+            "lie at one value (a spread of 0 measures nothing)") if tied else None
     return stats.power_permutation(effect, sd_a or 0.0, sd_b or 0.0, rng, len(a), len(b), max(1, simulations // 10),
-                                   FIRST_THRESHOLD)[0]
+                                   FIRST_THRESHOLD)[0], note
 
 
 def _ci(ci) -> str:
@@ -370,7 +381,8 @@ def verdict(test: dict, reach: dict | None = None) -> str:
     if not test["computed"]:
         return f"not computed: {test['why']}"
     est = f"{test['estimate']:+.4f} {_ci(test['ci95'])}"
-    power = "" if test["power"] is None else f"; power {test['power']:.2f} at the effect named {test['effect_named']:g}"
+    power = "" if test["power"] is None else (f"; power {test['power']:.2f} at the effect named {test['effect_named']:g}"
+                                              + (f", {test['power_basis']}" if test.get("power_basis") else ""))
     if test["p_floor"] * FAMILY_SIZE >= ALPHA:
         return (f"cannot decide: its floor {test['p_floor']:.3g} x {FAMILY_SIZE} = {test['p_floor'] * FAMILY_SIZE:.3g} is "
                 f"not below {ALPHA:g} with these seeds (estimate {est})")
@@ -441,12 +453,13 @@ def primary_tests(runs: dict, check: dict, simulations: int) -> tuple[list[dict]
         t["p_adjusted"] = adj if t["computed"] else None
         t["significant"] = bool(t["computed"] and adj < ALPHA)
         t["p_floor_x_family"] = t["p_floor"] * FAMILY_SIZE if t["computed"] else None
-        t["power"] = _power(t["id"], values[t["id"]], simulations) if t["computed"] else None
+        t["power"], t["power_basis"] = _power(t["id"], values[t["id"]], simulations) if t["computed"] else (None, None)
         t["verdict"] = verdict(t, reach if t["id"] == "H2" else None)
     family = {"name": FAMILY, "size": FAMILY_SIZE, "correction": "holm", "alpha": ALPHA, "members": list(TESTS),
               "first_threshold": FIRST_THRESHOLD, "significant": sum(t["significant"] for t in tests),
               "not_computed": [t["id"] for t in tests if not t["computed"]], "h2_reach": reach,
-              "power_method": (f"normal seeds with the measured seed sd at each scale, the seeds there, the effect named; "
+              "power_method": (f"normal seeds with the measured seed sd at each scale (H2 at a scale whose seeds all lie "
+                               f"at one value: the registration's assumed sd {H2_ASSUMED_SD:g}), the seeds there, the effect named; "
                                f"share of {SIMULATIONS:,} simulated studies (the permutation test: a tenth) with p below "
                                f"Holm's first threshold {FIRST_THRESHOLD:g} (a lower bound under Holm); scripts/power.py")}
     return tests, family
@@ -666,14 +679,17 @@ def markdown(rep: dict) -> str:
     md += [head("Primary tests (family preregistered_primary: 5 tests, Holm, alpha 0.05)"), "",
            ("Estimates in absolute units: H1 10M minus pilot (exact_match), H2 10M minus pilot (relative depth), "
            "H3 the scale's mean cost (exact_match on test_flat minus on the precedence-changing twins). Power: at the "
-           "effect named, from the measured seed spreads, at Holm's first threshold 0.01 (a lower bound)."), ""]
+           "effect named, from the measured seed spreads, at Holm's first threshold 0.01 (a lower bound); for H2 at a "
+           "scale whose seeds all lie at one value (all at d = 1 where none reaches 0.9), the registration's assumed "
+           f"seed sd {H2_ASSUMED_SD:g} of the depth instead (\"sd assumed\"), since a spread of 0 there comes from the "
+           "censoring, not from the depth."), ""]
     rows = []
     for t in rep["tests"]:
         seeds = " / ".join(f"{s} {len(v)}" for s, v in t["seeds"].items())
         rows.append([t["id"], METHODS[t["method"]], seeds,
                      f"{t['estimate']:+.4f} {_ci(t['ci95'])}" if t["computed"] else "—",
                      _num(t.get("p_value"), ".3g"), _num(t["p_adjusted"], ".3g"), _num(t.get("p_floor"), ".3g"),
-                     _num(t["p_floor_x_family"], ".3g"), f"{t['effect_named']:g}", _num(t["power"], ".2f"),
+                     _num(t["p_floor_x_family"], ".3g"), f"{t['effect_named']:g}", _num(t["power"], ".2f") + (" (sd assumed)" if t.get("power_basis") else ""),
                      "yes" if t["significant"] else "no"])
     md += _table(["test", "method", "seeds", "estimate [95% CI]", "p", "p (Holm)", "floor", "floor x 5", "effect named",
                   "power", "significant"], rows)
