@@ -368,12 +368,15 @@ def _power(test_id: str, values: dict, simulations: int) -> tuple[float | None, 
                                    FIRST_THRESHOLD)[0], note
 
 
+def _signed(x: float) -> str:
+    """+0.1234; a value that rounds to 0 is +0.0000 whatever its sign (a bisection's -1e-12 says no direction)."""
+    return f"{0.0 if abs(x) < 5e-5 else x:+.4f}"
+
+
 def _ci(ci) -> str:
-    if not ci or ci[0] is None or ci[1] is None:
-        lo = "-inf" if not ci or ci[0] is None else f"{ci[0]:+.4f}"
-        hi = "+inf" if not ci or ci[1] is None else f"{ci[1]:+.4f}"
-        return f"[{lo}, {hi}]"
-    return f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+    lo = "-inf" if not ci or ci[0] is None else _signed(ci[0])
+    hi = "+inf" if not ci or ci[1] is None else _signed(ci[1])
+    return f"[{lo}, {hi}]"
 
 
 def verdict(test: dict, reach: dict | None = None) -> str:
