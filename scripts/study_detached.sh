@@ -6,7 +6,9 @@
 #       environment it reads (SEEDS, SCALES, BUDGET_S, RUNS, RESULTS, MODELS, DRY_RUN) passes through.
 #       Refuses while an earlier start is still running. With ONE_BY_ONE=1, one study.sh per seed of SEEDS,
 #       in order, each started once the one before has ended with its group done (a 10M seed alone trains
-#       as fast as two side by side, and its files are ready sooner).
+#       as fast as two side by side, and its files are ready sooner). With QUEUE="SCALE:SEEDS ...", e.g.
+#       QUEUE="10m:2 pilot:3", one study.sh per item, in order, the same way (SCALES=SCALE SEEDS=SEEDS):
+#       a 10M seed and then a pilot seed alone from one start, never side by side.
 #   bash scripts/study_detached.sh wait [SECONDS] [DIR]
 #       waits up to SECONDS (default 540) for it to end, then prints where it is: the log's last lines and
 #       each run's last metrics row. With DIR, also copies what it has made so far into DIR: results.tgz
@@ -32,7 +34,15 @@ start() {
   export RUNS RESULTS MODELS
   : > "$LOG_DIR/study.log"
   local groups="${SEEDS:-default}"  # one study.sh for SEEDS ("default": study.sh's own, all 8) ...
-  if [ "${ONE_BY_ONE:-0}" = 1 ]; then
+  if [ -n "${QUEUE:-}" ]; then
+    local item
+    for item in $QUEUE; do  # ... or one per SCALE:SEEDS item
+      [[ "$item" =~ ^(pilot|10m):[0-9]+(,[0-9]+)*$ ]] || {
+        echo "study_detached.sh: QUEUE item '$item' is not SCALE:SEEDS (SCALE pilot or 10m, SEEDS e.g. 2 or 2,3), e.g. QUEUE=\"10m:2 pilot:3\"" >&2
+        return 1; }
+    done
+    groups="$QUEUE"
+  elif [ "${ONE_BY_ONE:-0}" = 1 ]; then
     [ -n "${SEEDS:-}" ] || { echo "study_detached.sh: ONE_BY_ONE=1 needs SEEDS, e.g. SEEDS=7,1" >&2; return 1; }
     groups="${SEEDS//,/ }"  # ... or one per seed, in order
   fi
@@ -40,8 +50,11 @@ start() {
   # first one that did not end with its group done, else 0
   setsid nohup bash -c 'status=0
     for group in $2; do
-      if [ "$group" = default ]; then bash scripts/study.sh >> "$1/study.log" 2>&1
-      else SEEDS="$group" bash scripts/study.sh >> "$1/study.log" 2>&1; fi
+      case "$group" in
+        default) bash scripts/study.sh >> "$1/study.log" 2>&1 ;;
+        *:*) SCALES="${group%%:*}" SEEDS="${group#*:}" bash scripts/study.sh >> "$1/study.log" 2>&1 ;;
+        *) SEEDS="$group" bash scripts/study.sh >> "$1/study.log" 2>&1 ;;
+      esac
       status=$?; [ "$status" = 0 ] || break
     done
     echo "$status" > "$1/exit_status"' _ "$LOG_DIR" "$groups" > /dev/null 2>&1 < /dev/null &

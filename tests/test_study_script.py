@@ -4,6 +4,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "study.sh"
 
 
@@ -142,3 +144,25 @@ def test_one_by_one_runs_a_study_per_seed_in_order_and_stops_at_the_first_with_w
     # under DRY_RUN seed 7 is not trained, so its study.sh ends with work left and seed 1 is not started
     assert waited.returncode == 75 and "--seeds 7 " in log and "--seeds 1 " not in log
     assert detached(tmp_path, "start", ONE_BY_ONE="1", SEEDS="").returncode == 1
+
+
+def test_a_queue_runs_one_study_per_scale_and_seeds_in_order_and_stops_at_the_first_with_work_left(tmp_path):
+    commit(tmp_path, "study_10m", 42)
+    commit(tmp_path, "study_pilot", 123)
+    assert detached(tmp_path, "start", QUEUE="10m:42 pilot:123").returncode == 0
+    waited = detached(tmp_path, "wait", "50")
+    log = (tmp_path / "log" / "study.log").read_text()
+    assert waited.returncode == 0 and log.count("group done; the study has seeds left") == 2 and "--seeds" not in log
+    # under DRY_RUN the 10M seed 7 is not trained: its study.sh ends with work left, and the pilot's is not started
+    assert detached(tmp_path, "start", QUEUE="10m:7 pilot:1").returncode == 0
+    waited = detached(tmp_path, "wait", "50")
+    log = (tmp_path / "log" / "study.log").read_text()
+    assert waited.returncode == 75 and "--seeds 7 " in log and "study_10m.yaml" in log
+    assert "--seeds 1 " not in log and "study_pilot.yaml" not in log
+
+
+@pytest.mark.parametrize("queue", ["10M:2", "10m", "pilot:2 10m:", "pilot:two", "10m:2;pilot:3"])
+def test_a_queue_item_that_is_not_scale_colon_seeds_is_refused_before_anything_starts(tmp_path, queue):
+    started = detached(tmp_path, "start", QUEUE=queue)
+    assert started.returncode == 1 and "is not SCALE:SEEDS" in started.stderr and 'QUEUE="10m:2 pilot:3"' in started.stderr
+    assert not (tmp_path / "log" / "pid").exists()
