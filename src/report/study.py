@@ -509,7 +509,7 @@ def exploratory(runs: dict) -> dict:
 
 def h1_permutation(runs: dict) -> dict:
     """H1's statistics under the exact permutation test H2 uses, which assumes no normal spread of the seeds
-    (a scale whose seeds fall in two groups is far from normal); outside the family. {} without both scales."""
+    (a scale whose seeds learn at very different times is far from normal); outside the family. {} without both scales."""
     if not all(runs.get(s) for s in SCALES):
         return {}
     return {split: {k: v for k, v in stats.permutation_test([r[split] for r in runs["pilot"]],
@@ -769,9 +769,10 @@ def markdown(rep: dict) -> str:
     md += _table(["operands", "operators", "depth", *ex["exact_match_by_class"]], rows)
     if ex["h1_permutation"]:
         md += [head("H1's difference without assuming normal seeds"), "",
-               ("H1's registered test is Welch's t, which leans on seeds spread normally at each scale; seeds that fall "
-                "in two groups (training curves below) are not. The same difference under the exact permutation test "
-                "of H2, which assumes no shape: outside the family, a check of H1's test, not a test of its own."), ""]
+               ("H1's registered test is Welch's t, which leans on seeds spread normally at each scale; seeds that "
+                "learn at very different times (training curves below) need not be. The same difference under the "
+                "exact permutation test of H2, which assumes no shape: outside the family, a check of H1's test, not "
+                "a test of its own."), ""]
         rows = [[split, f"{e['estimate']:+.4f} {_ci(e['ci95'])}", f"{e['p_value']:.3g}", f"{e['p_floor']:.3g}",
                  f"{e['splits']:,}"] for split, e in ex["h1_permutation"].items()]
         md += _table(["statistic (10M - pilot)", "estimate [95% CI, the test inverted]", "p", "floor", "splits"], rows)
