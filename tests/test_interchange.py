@@ -201,6 +201,36 @@ def test_teacher_forced_hits_agree_with_decoding_on_the_shipped_10m_model_in_fp1
     _agrees_with_decoding("study_10m", "cuda", "fp16", n_pairs=1000, all_sites=True)
 
 
+def test_a_cell_s_counts_overall_and_by_class_are_the_plain_counts_of_its_scored_rows():
+    """cell_summary counts with one pass over precomputed pair facts; here every figure is checked against a
+    plain count over the pairs, on random cells that skip pairs, leave classes out and score a subset."""
+    gen = torch.Generator().manual_seed(0)
+    n = 300
+    pairs = [SimpleNamespace(predicted=int(p), base_result=int(b), template_class=f"class{int(c)}")
+             for p, b, c in zip(torch.randint(0, 4, (n,), generator=gen), torch.randint(0, 4, (n,), generator=gen),
+                                torch.randint(0, 5, (n,), generator=gen))]
+    facts = interchange.pair_facts(pairs)
+    scored = torch.rand(n, generator=gen) < 0.8
+    for size in (0, 1, 40, n):
+        rows = torch.randperm(n, generator=gen)[:size]
+        run = {k: torch.rand(size, generator=gen) < 0.5 for k in ("predicted", "base", "source")}
+        run["rows"] = rows
+        out = interchange.cell_summary(run, facts, scored)
+        kept = [(int(r), bool(run["predicted"][j]), bool(run["base"][j])) for j, r in enumerate(rows) if scored[r]]
+        differs = lambda r: pairs[r].predicted != pairs[r].base_result  # noqa: E731
+        assert out["n"] == len(kept)
+        assert out["iia"]["hits"] == sum(pred and differs(r) for r, pred, _ in kept)
+        assert out["iia"]["n"] == sum(differs(r) for r, _, _ in kept)
+        assert out["kept_base"]["hits"] == sum(base for _, _, base in kept)
+        classes = sorted({pairs[r].template_class for r, _, _ in kept})
+        assert list(out["by_class"]) == classes
+        for cls in classes:
+            mine = [(r, pred, base) for r, pred, base in kept if pairs[r].template_class == cls]
+            assert out["by_class"][cls]["iia"]["hits"] == sum(pred and differs(r) for r, pred, _ in mine)
+            assert out["by_class"][cls]["iia"]["n"] == sum(differs(r) for r, _, _ in mine)
+            assert out["by_class"][cls]["kept_base"] == interchange.proportion(sum(b for _, _, b in mine), len(mine))
+
+
 def test_the_last_block_is_excluded_and_every_other_site_kept():
     sites, excluded = interchange.sites_of(SMALL)
     labels = [s.label for s in sites]

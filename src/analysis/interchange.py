@@ -506,20 +506,37 @@ def proportion(hits: int, n: int) -> dict:
             "ci95": list(stats.wilson_interval(hits, n)) if n else None}
 
 
-def cell_summary(run: dict, pairs: list[Pair], scored: torch.Tensor) -> dict:
-    """IIA and kept_base of one cell, overall and per template class. `scored`: [N] bool, the pairs counted."""
+@dataclass(frozen=True)
+class PairFacts:
+    """What a cell's summary reads of each pair, worked out once for all the cells of a group of pairs."""
+    differs: torch.Tensor      # [N] bool: the pair's predicted answer differs from the base's (counted by IIA)
+    class_id: torch.Tensor     # [N] long: the pair's template class, an index into `classes`
+    classes: tuple[str, ...]   # the template classes, sorted
+
+
+def pair_facts(pairs: list[Pair]) -> PairFacts:
+    classes = tuple(sorted({p.template_class for p in pairs}))
+    index = {c: i for i, c in enumerate(classes)}
+    return PairFacts(torch.tensor([p.predicted != p.base_result for p in pairs], dtype=torch.bool),
+                     torch.tensor([index[p.template_class] for p in pairs], dtype=torch.long), classes)
+
+
+def cell_summary(run: dict, facts: PairFacts, scored: torch.Tensor) -> dict:
+    """IIA and kept_base of one cell, overall and per template class (the classes the cell's pairs have, in
+    sorted order). `scored`: [N] bool, the pairs counted."""
     rows = run["rows"]
     keep = scored[rows]
     rows = rows[keep]
     pred, base = run["predicted"][keep], run["base"][keep]
-    differs = torch.tensor([pairs[i].predicted != pairs[i].base_result for i in rows.tolist()], dtype=torch.bool)
+    differs, class_id = facts.differs[rows], facts.class_id[rows]
     out = {"n": len(rows), "iia": proportion(int((pred & differs).sum()), int(differs.sum())),
            "kept_base": proportion(int(base.sum()), len(rows)), "by_class": {}}
-    classes = [pairs[i].template_class for i in rows.tolist()]
-    for cls in sorted(set(classes)):
-        sel = torch.tensor([c == cls for c in classes], dtype=torch.bool)
-        out["by_class"][cls] = {"iia": proportion(int((pred & differs & sel).sum()), int((differs & sel).sum())),
-                                "kept_base": proportion(int((base & sel).sum()), int(sel.sum()))}
+    per_class = lambda mask: torch.bincount(class_id[mask], minlength=len(facts.classes)).tolist()  # noqa: E731
+    pairs_in, iia_hits, iia_n, kept = (per_class(m) for m in (torch.ones_like(base), pred & differs, differs, base))
+    for i, cls in enumerate(facts.classes):
+        if pairs_in[i]:
+            out["by_class"][cls] = {"iia": proportion(iia_hits[i], iia_n[i]),
+                                    "kept_base": proportion(kept[i], pairs_in[i])}
     return out
 
 
@@ -574,17 +591,18 @@ def interchange_variable(model, pairs: list[Pair], cfg, precision: str, chunk: i
                             progress=lambda name, rows, tic=tic: log(f"    {name}: {rows} patched decodings "
                                                                      f"({time.perf_counter() - tic:.1f} s)"))
         scored = torch.ones(len(group), dtype=torch.bool)
+        facts = pair_facts(group)
         for site, cls in jobs:
             cell = {"site": site.label, "name": site.name, "kind": site.kind, "layer": site.layer,
                     "head": site.head, "relative_depth": site.relative_depth, "position_class": cls}
-            cell.update(cell_summary(runs[(site.label, cls)], group, scored))
+            cell.update(cell_summary(runs[(site.label, cls)], facts, scored))
             entry["cells"].append(cell)
         ceiling = runs[(ceiling_site.label, "prompt")]
         source_share = proportion(int(ceiling["source"].sum()), len(ceiling["source"]))
         entry["ceiling"] = {"what": CEILING, "source_answer": source_share,
                             "check": "passed" if source_share["hits"] == source_share["n"] else "FAILED"}
         if control == "interchange":
-            entry["ceiling"]["iia"] = cell_summary(ceiling, group, scored)["iia"]
+            entry["ceiling"]["iia"] = cell_summary(ceiling, facts, scored)["iia"]
         if entry["ceiling"]["check"] != "passed":
             print(f"warning: {control}: the all-position embedding patch gave the source's answer on "
                   f"{source_share['hits']} of {source_share['n']} pairs, not all: the patch or the decoding is not "
