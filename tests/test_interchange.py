@@ -127,6 +127,20 @@ def test_batched_runs_agree_with_one_patch_at_a_time(small):
             assert torch.equal(run[key], interchange.matches(gen, t.targets[key])[run["rows"]]), (site.label, cls, key)
 
 
+def test_the_whole_bracket_at_the_embedding_of_a_value_pair_gives_the_source_run_exactly(small):
+    """A value pair differs only inside its bracket, so the exploratory class `bracket` patched at the
+    embedding makes the base run as its source, bit for bit; the registered classes stay as they were."""
+    pairs = parsed([make_pair(*p) for p in RANDOM_PAIRS if p[1] == "interchange"])
+    t = interchange.pair_tensors(pairs, SMALL.max_seq_len, classes=("inside", "bracket"))
+    assert set(t.masks) == {"inside", "bracket", "prompt"}
+    assert [int(i) for i in t.masks["bracket"][0].nonzero()] == [1, 2, 3, 4, 5, 6]  # <BOS>(12+3)*4: `(` to `)`
+    ends = t.base[t.masks["bracket"] & ~t.masks["inside"]].view(-1, 2)  # the bracket's own two tokens, per pair
+    assert (ends[:, 0] == tid("(")).all() and (ends[:, 1] == tid(")")).all()
+    acts = interchange.record_sources(small, t, ["hook_embed"], "fp32", chunk=3)
+    hooks = Hooks(patch={"hook_embed": Patch(acts["hook_embed"], t.masks["bracket"][:, :, None])})
+    assert torch.equal(small(t.base, hooks=hooks).logits, small(t.source).logits)
+
+
 def _hit_and_missed_targets(generated: torch.Tensor) -> dict:
     """Targets built from a greedy decoding: its own answer (a hit wherever it ended with <EOS>), the same with
     one token changed, and the same cut one token short (<EOS> a step early)."""
@@ -358,6 +372,37 @@ def test_the_value_preserving_control_keeps_the_base_where_the_value_is_carried(
         assert c["iia"]["n"] == 0 and c["iia"]["value"] is None  # predicted is the base's answer: no IIA
         assert c["kept_base"]["value"] == 1.0  # the `)` carries the value, not the digits
     assert vp["first_reach"]["close"] is None
+
+
+def test_the_exploratory_bracket_class_holds_the_value_wherever_the_toy_keeps_it_inside_the_bracket():
+    """The toy keeps the value inside the bracket at every patched site (the digits at the embedding, the `)`
+    after block 0), so patching the whole bracket gives the source's value everywhere; asking for it changes
+    nothing in the registered classes."""
+    cfg = SimpleNamespace(model=TOY, data=SimpleNamespace(answer_format="plain"))
+    pairs = parsed(toy_records()["value"], "value")
+    both = interchange.interchange_variable(toy_model(), pairs, cfg, "fp32", 50, log=lambda *_: None,
+                                            classes=("close", "bracket"))["controls"]["interchange"]
+    alone = interchange.interchange_variable(toy_model(), pairs, cfg, "fp32", 50, log=lambda *_: None,
+                                             classes=("close",))["controls"]["interchange"]
+    bracket = [c for c in both["cells"] if c["position_class"] == "bracket"]
+    assert {c["site"] for c in bracket} == {"embed", "resid L0", "L0-H0", "L0-H1", "L0-H2", "L0-H3"}
+    for c in bracket:
+        expected = 0.0 if c["kind"] == "head" and c["head"] != 0 else 1.0  # only head 0 of block 0 carries it
+        assert c["iia"]["value"] == expected and c["iia"]["n"] == 21, (c["site"], c["iia"])
+    assert [c for c in both["cells"] if c["position_class"] == "close"] == alone["cells"]
+    assert both["first_reach"]["bracket"]["relative_depth"] == 0.0 and set(both["first_reach"]) == {"close", "bracket"}
+
+
+@pytest.mark.slow
+def test_other_classes_than_the_battery_s_go_to_their_own_file(toy_run):
+    root, _ = toy_run
+    run = root / "run"
+    before = (run / "interchange.json").read_bytes()
+    assert interchange.main(["--run", str(run), "--device", "cpu", "--variables", "value", "--classes", "bracket"]) == 0
+    res = json.loads((run / "interchange.bracket.json").read_text())
+    assert list(res["position_classes"]) == ["bracket"] and "exploratory" in res["position_classes"]["bracket"]
+    assert {c["position_class"] for c in res["variables"]["value"]["controls"]["interchange"]["cells"]} == {"bracket"}
+    assert (run / "interchange.json").read_bytes() == before  # the battery's file is left alone
 
 
 def test_pairs_the_model_gets_wrong_are_not_read(toy_result):

@@ -20,7 +20,10 @@ prompt alone, so the source's values are the same at every step.
                      l) and each head's output blocks.{l}.attn.hook_z[:, :, h]
     position classes inside (the characters strictly inside the bracket pair), open (its `(`), close (its
                      `)`), operator (the operator the bracket's result feeds; pairs without one are left out
-                     of that class), equals (the `=` token)
+                     of that class), equals (the `=` token); with --classes, also bracket (exploratory, outside
+                     the registered battery: the whole bracket pair, `(` to `)`; for a value pair it patches all
+                     that differs at the embedding, and deeper its IIA falls as far as later positions have read
+                     the bracket's value below the patched site)
 Excluded by construction: the last block's residual output and its heads' outputs. In a causal decoder
 the last block's output at a prompt position feeds only that position's own logits, and no class holds the
 last prompt position (the space after `=`, whose logits give the first answer token), so a patch there
@@ -101,6 +104,13 @@ POSITION_CLASSES = {
     "operator": "the operator the bracket's result feeds (pairs without one are left out of this class)",
     "equals": "the `=` token",
 }
+# Asked for by --classes only, never in the registered battery: exploratory, read beside it.
+EXPLORATORY_CLASSES = {
+    "bracket": "the whole bracket pair, its `(`, the characters inside and its `)` (exploratory): at the embedding "
+               "a value pair's base then runs as its source; deeper, the IIA falls as far as later positions have "
+               "already read the bracket's value below the patched site",
+}
+ALL_CLASSES = {**POSITION_CLASSES, **EXPLORATORY_CLASSES}
 METRIC = {
     "iia": "interchange intervention accuracy: share of pairs whose greedily decoded answer (patch held at every "
            "step) is exactly str(predicted) then <EOS>, over the pairs whose predicted answer differs from the "
@@ -235,7 +245,8 @@ def parse_pair(obj, variable: str, line: int, where: str, max_seq_len: int, answ
         raise bad(f"{base!r} with an answer of {longest} characters needs {need} tokens, more than max_seq_len "
                   f"{max_seq_len} + 1")
     positions = {"inside": tuple(c + 1 for c in inside), "open": (i_open + 1,), "close": (i_close + 1,),
-                 "operator": () if op is None else (op + 1,), "equals": (len(base) + 2,)}
+                 "operator": () if op is None else (op + 1,), "equals": (len(base) + 2,),
+                 "bracket": tuple(range(i_open + 1, i_close + 2))}
     return Pair(line, control, class_key(tc), base, sides["base"]["result"], source, sides["source"]["result"],
                 predicted, positions)
 
@@ -305,7 +316,8 @@ def answer_ids(result: int, answer_format: str) -> list[int]:
     return encode(answer_text(result, answer_format)) + [EOS_ID]
 
 
-def pair_tensors(pairs: list[Pair], max_seq_len: int, answer_format: str = "plain") -> PairTensors:
+def pair_tensors(pairs: list[Pair], max_seq_len: int, answer_format: str = "plain",
+                 classes=tuple(POSITION_CLASSES)) -> PairTensors:
     n = len(pairs)
     answers = {"predicted": [answer_ids(p.predicted, answer_format) for p in pairs],
                "base": [answer_ids(p.base_result, answer_format) for p in pairs],
@@ -314,12 +326,12 @@ def pair_tensors(pairs: list[Pair], max_seq_len: int, answer_format: str = "plai
     width = min(max_seq_len, max(p.prompt_len for p in pairs) + steps - 1)
     base = torch.full((n, width), PAD_ID, dtype=torch.long)
     source = torch.full((n, width), PAD_ID, dtype=torch.long)
-    masks = {c: torch.zeros(n, width, dtype=torch.bool) for c in (*POSITION_CLASSES, "prompt")}
+    masks = {c: torch.zeros(n, width, dtype=torch.bool) for c in (*classes, "prompt")}
     for i, p in enumerate(pairs):
         for row, expr in ((base, p.base), (source, p.source)):
             ids = [BOS_ID] + encode(expr + ANSWER_SEPARATOR)
             row[i, :len(ids)] = torch.tensor(ids)
-        for cls in POSITION_CLASSES:
+        for cls in classes:
             masks[cls][i, list(p.positions[cls])] = True
         masks["prompt"][i, :p.prompt_len] = True
     targets = {}
@@ -559,8 +571,10 @@ def first_reach(cells: list[dict], cls: str, level: float = IIA_REACH) -> dict |
     return {"site": best["site"], "relative_depth": best["relative_depth"], "iia": best["iia"]["value"]}
 
 
-def interchange_variable(model, pairs: list[Pair], cfg, precision: str, chunk: int, log=print) -> dict:
-    """Every control of one variable's pairs: counts, the ceiling (interchange pairs) and every cell."""
+def interchange_variable(model, pairs: list[Pair], cfg, precision: str, chunk: int, log=print,
+                         classes=tuple(POSITION_CLASSES)) -> dict:
+    """Every control of one variable's pairs: counts, the ceiling (interchange pairs) and every cell of the
+    position classes `classes`."""
     answer_format = cfg.data.answer_format
     sites, _ = sites_of(cfg.model)
     out = {"controls": {}}
@@ -580,10 +594,10 @@ def interchange_variable(model, pairs: list[Pair], cfg, precision: str, chunk: i
         if len(kept) == 0:
             continue
         group = [group[i] for i in kept.tolist()]
-        tensors = pair_tensors(group, cfg.model.max_seq_len, answer_format)
+        tensors = pair_tensors(group, cfg.model.max_seq_len, answer_format, classes)
         names = sorted({s.name for s in sites})
         acts = record_sources(model, tensors, names, precision, chunk)
-        jobs = [(s, cls) for s in sites for cls in POSITION_CLASSES]
+        jobs = [(s, cls) for s in sites for cls in classes]
         embed = sites[0]
         ceiling_site = Site(embed.name, "embed", None, None, 0.0)
         tic = time.perf_counter()
@@ -607,22 +621,28 @@ def interchange_variable(model, pairs: list[Pair], cfg, precision: str, chunk: i
             print(f"warning: {control}: the all-position embedding patch gave the source's answer on "
                   f"{source_share['hits']} of {source_share['n']} pairs, not all: the patch or the decoding is not "
                   "what it should be", file=sys.stderr)
-        entry["first_reach"] = {cls: first_reach(entry["cells"], cls) for cls in POSITION_CLASSES}
+        entry["first_reach"] = {cls: first_reach(entry["cells"], cls) for cls in classes}
     return out
 
 
 # ---------------------------------------------------------------------------- output
 
 
+def cell_classes(cells: list[dict]) -> list[str]:
+    """The position classes of a variable's cells, in the order they were run."""
+    return list(dict.fromkeys(c["position_class"] for c in cells))
+
+
 def format_table(variable: str, entry: dict) -> str:
     cells = [c for c in entry["cells"] if c["kind"] != "head"]
+    classes = cell_classes(cells)
     lines = [f"{variable}, interchange: IIA by residual site (rows) and position class (columns), n in brackets",
-             f"{'site':<10} {'depth':>5}  " + "  ".join(f"{c:>14}" for c in POSITION_CLASSES)]
+             f"{'site':<10} {'depth':>5}  " + "  ".join(f"{c:>14}" for c in classes)]
     for label in dict.fromkeys(c["site"] for c in cells):
         row = {c["position_class"]: c for c in cells if c["site"] == label}
         any_cell = next(iter(row.values()))
         texts = []
-        for cls in POSITION_CLASSES:
+        for cls in classes:
             iia = row[cls]["iia"]
             texts.append("n/a" if iia["value"] is None else f"{iia['value']:.3f} ({iia['n']})")
         lines.append(f"{label:<10} {any_cell['relative_depth']:>5.2f}  " + "  ".join(f"{t:>14}" for t in texts))
@@ -640,7 +660,7 @@ def render_figure(result: dict, title: str) -> bytes | None:
     fig, axes = plt.subplots(1, len(variables), figsize=(4.2 * len(variables), 3.4), dpi=100, squeeze=False)
     for ax, variable in zip(axes[0], variables):
         cells = [c for c in result["variables"][variable]["controls"]["interchange"]["cells"] if c["kind"] != "head"]
-        for cls in POSITION_CLASSES:
+        for cls in cell_classes(cells):
             pts = [(c["relative_depth"], c["iia"]["value"]) for c in cells
                    if c["position_class"] == cls and c["iia"]["value"] is not None]
             if pts:
@@ -666,6 +686,11 @@ def build_parser() -> ArgumentParser:
                         "its pair file counterfactual_<variable>.jsonl.gz")
     parser.add_argument("--pairs-dir", type=Path, default=None,
                         help="directory of the pair files (default: the directory of the run's test_flat file, data/)")
+    parser.add_argument("--classes", type=comma_list(ALL_CLASSES, what="position classes from " + ", ".join(ALL_CLASSES)),
+                        default=list(POSITION_CLASSES), metavar="CLASS,...",
+                        help="position classes to patch (default: the battery's " + ", ".join(POSITION_CLASSES)
+                        + "); 'bracket' (the whole bracket pair) is exploratory, and without --out a run that asks "
+                        "for other classes than the default writes interchange.<classes>.json, never the battery's file")
     parser.add_argument("--chunk", type=int_in(1, 1_000_000), default=DEFAULT_CHUNK,
                         help="rows per forward pass (pairs x position classes x heads; default: %(default)s)")
     parser.add_argument("--compress", action="store_true",
@@ -681,8 +706,9 @@ def interchange_run(run: Run, data: RunData, args) -> dict:
     """interchange.json of an opened run (RUN/interchange.limitN.json under --limit), the figure beside it;
     returns what it wrote. src.analysis.run_all calls it with the run it opened once."""
     model, ckpt, cfg, device = run.model, run.ckpt, run.cfg, run.device
-    out_path = check_output_file(run.output("interchange.json", args.out), "--out" if args.out else "output",
-                                 "interchange.json")
+    classes = [c for c in ALL_CLASSES if c in args.classes]
+    name = "interchange.json" if classes == list(POSITION_CLASSES) else f"interchange.{'+'.join(classes)}.json"
+    out_path = check_output_file(run.output(name, args.out), "--out" if args.out else "output", name)
     png = check_output_file(out_path.with_suffix(".png"), "figure")
     pairs_dir = args.pairs_dir or cfg.data.path("test_flat").parent
     variables = [v for v in VARIABLES if v in args.variables]
@@ -695,7 +721,7 @@ def interchange_run(run: Run, data: RunData, args) -> dict:
         "config": cfg.name, "seed": run.seed, "device": str(device), "precision": run.precision,
         "limit": run.limit, "num_layers": cfg.model.num_layers, "num_heads": cfg.model.num_heads,
         "metric": "iia", "metric_definitions": METRIC, "controls": {**CONTROLS, "ceiling": CEILING},
-        "position_classes": POSITION_CLASSES, "sites": {"patched": [s.label for s in sites], "excluded": excluded},
+        "position_classes": {c: ALL_CLASSES[c] for c in classes}, "sites": {"patched": [s.label for s in sites], "excluded": excluded},
         "relative_depth": "0 = the embedding, (l + 1) / L = after block l; a head of block l at (l + 0.5) / L",
         "decoding": "greedy, the patch held at every step (the patched positions are prompt positions)",
         "restriction": "every figure is read on the pairs whose base and source the model answers right unpatched",
@@ -704,7 +730,7 @@ def interchange_run(run: Run, data: RunData, args) -> dict:
     for variable in variables:
         path = pairs_path(pairs_dir, variable)
         print(f"{variable}: {len(pairs[variable])} pairs from {shown(path)} ...")
-        entry = interchange_variable(model, pairs[variable], cfg, run.precision, args.chunk)
+        entry = interchange_variable(model, pairs[variable], cfg, run.precision, args.chunk, classes=classes)
         result["variables"][variable] = {"what": VARIABLES[variable], "file": str(path),
                                          "lines_read": len(pairs[variable]), **entry}
         if entry["controls"].get("interchange", {}).get("cells"):
