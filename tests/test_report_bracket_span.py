@@ -2,6 +2,7 @@
 figures, the committed BRACKET.md is what the report makes from the committed files, and bad input says what
 to run."""
 
+import gzip
 import json
 import shutil
 
@@ -15,8 +16,9 @@ COMMITTED = REPO_ROOT / "results" / "study" / "exploratory"
 
 
 def _copy(tmp_path, names=("bracket_pilot.json",)):
+    """The committed files (stored compressed) into tmp_path, under the names given, unpacked."""
     for name in names:
-        shutil.copy(COMMITTED / name, tmp_path / name)
+        (tmp_path / name).write_bytes(gzip.decompress((COMMITTED / (name + ".gz")).read_bytes()))
     return tmp_path
 
 
@@ -43,8 +45,11 @@ def test_the_table_holds_each_site_s_figures_from_the_interchange_file(tmp_path)
 
 
 def test_the_committed_report_is_what_the_committed_files_make(tmp_path):
-    names = [n for n in bracket_span.SCALES.values() if (COMMITTED / n).exists()]
-    d = _copy(tmp_path, names)
+    names = [n for n in bracket_span.SCALES.values() if (COMMITTED / (n + ".gz")).exists()]
+    assert names, "no committed interchange file in results/study/exploratory"
+    d = tmp_path
+    for name in names:  # as committed, compressed
+        shutil.copy(COMMITTED / (name + ".gz"), d / (name + ".gz"))
     assert bracket_span.main(["--dir", str(d)]) == 0
     made = (d / "BRACKET.md").read_text().replace(str(d), "results/study/exploratory")
     assert made == (COMMITTED / "BRACKET.md").read_text()

@@ -12,8 +12,9 @@ value-preserving control (other digits, the same inner value) asks the converse:
 later positions hold the base's digits and the bracket the source's, an answer computed from the inner value
 still comes out as the base's; one assembled from digits read at different depths need not.
 
-Reads DIR/bracket_pilot.json and DIR/bracket_10m.json (either may be missing), each written by
-    python -m src.analysis.interchange --run MODEL --variables value --classes inside,close,bracket --out FILE
+Reads DIR/bracket_pilot.json and DIR/bracket_10m.json (or their .json.gz; either scale may be missing), each
+written by
+    python -m src.analysis.interchange --run MODEL --variables value --classes inside,close,bracket --out FILE --compress
 on one seed's model, and writes DIR/BRACKET.md (the table, for each residual site: IIA of the interchange
 control at the bracket's inside, its `)` and the whole bracket, and kept_base of the value-preserving control
 at the whole bracket, with 95% Wilson intervals) and DIR/bracket_span.png (those curves against relative depth).
@@ -29,13 +30,14 @@ from src.errors import UserError, run_main
 from src.plotting import pyplot
 from src.rundir.atomic import atomic_write_bytes, atomic_write_text
 from src.rundir.paths import check_output_dir
-from src.rundir.results import read_result
+from src.rundir.results import read_result, result_file
 from src.text import plain_png, shown
 
 SCALES = {"pilot": "bracket_pilot.json", "10M": "bracket_10m.json"}
 CLASSES = ("inside", "close", "bracket")
 FALLEN = 0.5  # the IIA below which the table says the bracket's value has mostly left the bracket
-COMMAND = "python -m src.analysis.interchange --run {run} --variables value --classes inside,close,bracket --out {out}"
+COMMAND = ("python -m src.analysis.interchange --run {run} --variables value --classes inside,close,bracket "
+           "--out {out} --compress")
 
 
 def _cells(result: dict, control: str, path: Path) -> list[dict]:
@@ -86,8 +88,8 @@ def markdown(scales: dict) -> str:
     for scale, s in scales.items():
         scope = "every pair" if s["limit"] is None else f"the first {s['limit']} lines of the pair file"
         md += [f"## {scale}: seed {s['seed']}", "",
-               f"`{COMMAND.format(run=s['run'], out=s['file'])}`" + (f" `--limit {s['limit']}`" if s["limit"] else "")
-               + f", {scope}, on {s['device']} in {s['precision']}.", "",
+               f"`{COMMAND.format(run=s['run'], out=s['file'])}" + (f" --limit {s['limit']}" if s["limit"] else "")
+               + f"`, {scope}, on {s['device']} in {s['precision']}.", "",
                "| site | depth | pairs | IIA, inside | IIA, `)` | IIA, whole bracket | kept_base, whole bracket "
                "(value-preserving) |", "|---|---|---|---|---|---|---|"]
         md += [f"| {r['site']} | {r['relative_depth']:.2f} | {r['n']} | {_share(r['inside'])} | {_share(r['close'])} | "
@@ -102,7 +104,7 @@ def markdown(scales: dict) -> str:
 
 def figure(scales: dict) -> bytes:
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(scales), figsize=(4.4 * len(scales), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(scales), figsize=(4.4 * len(scales), 3.8), squeeze=False)
     for ax, (scale, s) in zip(axes[0], scales.items()):
         x = [r["relative_depth"] for r in s["rows"]]
         for i, cls in enumerate(CLASSES):
@@ -116,9 +118,9 @@ def figure(scales: dict) -> bytes:
         ax.set_ylabel("share of pairs", fontsize=8)
         ax.set_title(f"{scale}, seed {s['seed']}" + (f", first {s['limit']} lines" if s["limit"] else ""), fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="lower center", ncol=4, fontsize=7, frameon=False)
     fig.suptitle("Exploratory: the value's interchange at the bracket, by depth of the patch", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return plain_png(fig, dpi=100)
 
 
@@ -135,7 +137,7 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = check_output_dir(str(args.dir), "--dir")
-    found = {scale: args.dir / name for scale, name in SCALES.items() if (out / name).exists()}
+    found = {scale: args.dir / name for scale, name in SCALES.items() if result_file(out / name) is not None}
     if not found:
         raise UserError(f"{shown(out)}: neither {' nor '.join(SCALES.values())}; make one with "
                         f"`{COMMAND.format(run='models/study_pilot', out=out / SCALES['pilot'])}`")
