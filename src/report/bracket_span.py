@@ -3,9 +3,8 @@
     python -m src.report.bracket_span [--dir results/study/exploratory]
 
 H2 patches the `)` alone, and there the value's interchange moves almost no answer at either scale (IIA
-below 0.03), while the digits
-inside the bracket, left unpatched, are still there for later positions to read. Patching the whole bracket
-pair (`(`, the characters inside and `)`) closes that gap. At the embedding a value pair's base then runs as
+below 0.03), while the digits inside the bracket, left unpatched, are still there for later positions to read.
+Patching the whole bracket pair (`(`, the characters inside and `)`) closes that gap. At the embedding a value pair's base then runs as
 its source (the two differ only inside the bracket), so IIA is 1. After block l the positions that follow the
 bracket have already read the base's bracket in blocks 0 to l, and the patch reaches them only from block
 l + 1 on: the IIA falls as far as the answer's information about the bracket has left it by that depth. The
