@@ -79,3 +79,23 @@ def test_train_speed_quick_runs_every_default_config(tmp_path):
     assert {(r["path"], r["seeds"]) for r in rows} == {(p, s) for p in ("padded", "packed", "packed-bf16") for s in (1, 2)}
     assert all(r["ratio_to_padded"] is not None for r in rows)
     assert "examples/s" in done.stdout and "x padded" in done.stdout
+
+
+def test_start_time_times_both_cases_in_fresh_caches_and_names_a_failed_import(tmp_path, capsys):
+    """benchmarks/start_time.py on a small stdlib module: each case timed in new processes, the cache written
+    by the first process with bytecode on, the ratio the medians'; an import that fails is an error, not a time."""
+    from benchmarks import start_time
+
+    out = tmp_path / "start.json"
+    assert start_time.main(["--imports", "json", "--repeats", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["schema"] == "start_time/1"
+    (row,) = result["results"]
+    assert row["imports"] == "json" and len(row["without_bytecode_s"]) == len(row["with_bytecode_s"]) == 2
+    assert row["bytecode_files_written"] > 0
+    assert row["ratio_without_over_with"] == pytest.approx(row["median_without_s"] / row["median_with_s"])
+    assert "import json: without bytecode" in capsys.readouterr().out
+    assert start_time.main(["--imports", "no_such_module_here"]) == 1
+    assert "No module named 'no_such_module_here'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        start_time.main(["--repeats", "0"])
