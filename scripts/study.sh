@@ -95,4 +95,4 @@ for scale in $SCALES; do
   [ -n "$rest" ] && study_left="$study_left $config: $rest;"
 done
 if [ "$left" = 1 ]; then echo "not done: run the same command again"; exit 75; fi
-if [ -z "$study_left" ]; then echo "all done"; else echo "group done; the study has seeds left:$study_left"; fi
+if [ -z "$study_left" ]; then echo "all done"; else echo "group done; seeds not yet in $RESULTS here:$study_left"; fi
