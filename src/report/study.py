@@ -32,7 +32,8 @@ whose floor is then that of the seeds left.
 Written to --out, once everything is read, tested and drawn: PRIMARY.md, primary.json (schema study_primary/1,
 every number of PRIMARY.md) and the figures iia_depth.png (IIA for V against relative depth at the `)` and
 inside the bracket, seeds thin, mean thick), class_exact_match.png (exact_match by class, both scales) and
-bracket_cost.png (the cost of value-preserving and of precedence-changing brackets, seeds and mean), and
+bracket_cost.png (the cost of value-preserving and of precedence-changing brackets, seeds and mean; beside it
+each seed's precedence-changing cost against its test_flat), and
 training_curves.png (training loss and validation exact_match per epoch, every seed; metrics.jsonl). The
 registration's commit comes from git (the last commit of docs/PREREGISTRATION.md) or --preregistration-commit;
 RESULTS/DEVIATIONS.md, where present, is included verbatim as the deviations from the registration.
@@ -610,7 +611,7 @@ def class_figure(classes: dict, label: str) -> bytes:
 @plain_text()
 def cost_figure(runs: dict, cost: dict, label: str) -> bytes:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    fig, (ax, by_skill) = plt.subplots(1, 2, figsize=(10.0, 3.8), gridspec_kw={"width_ratios": [3, 2]})
     kinds = (("redundant", "value-preserving"), ("precedence_changing", "precedence-changing"))
     ticks, names = [], []
     for i, scale in enumerate(runs):
@@ -632,6 +633,17 @@ def cost_figure(runs: dict, cost: dict, label: str) -> bytes:
     ax.grid(alpha=0.3, axis="y")
     ax.set_title(_figure_title("the cost of brackets, per seed (points) and mean with 95% t interval (squares)", label, 80),
                  fontsize=8)
+    # beside it, each seed's precedence-changing cost against how well it does without brackets: a seed that has
+    # not learnt the flat expressions yet has little accuracy for brackets to cost (a description, not a test)
+    for i, scale in enumerate(runs):
+        by_skill.plot([r["test_flat"] for r in runs[scale]], [r["precedence_changing"]["cost"] for r in runs[scale]],
+                      "o^"[i % 2], ms=5, color=f"C{i + 2}", label=scale)
+    by_skill.axhline(0.0, color="grey", lw=0.8)
+    by_skill.set_xlabel("test_flat exact_match")
+    by_skill.set_ylabel("precedence-changing cost")
+    by_skill.grid(alpha=0.3)
+    by_skill.legend(fontsize=7)
+    by_skill.set_title(_figure_title("per seed, against test_flat (exploratory)", label, 60), fontsize=8)
     fig.tight_layout()
     return plain_png(fig, dpi=100)
 
