@@ -33,6 +33,14 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are UserErrors: one line naming the flag and the value, exit status 2
     through src.errors.run_main, never a usage dump or a SystemExit half-way through a caller."""
 
+    @classmethod
+    def from_doc(cls, prog: str, doc: str) -> "ArgumentParser":
+        """A parser whose description is the module docstring's first paragraph and whose epilog is the
+        rest, kept as written (the report commands' --help is their docstring)."""
+        first, *rest = doc.split("\n\n")
+        return cls(prog=prog, description=first, epilog="\n\n".join(rest),
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
     def error(self, message: str):
         found = re.match(r"argument ([^:]+): (.*)$", message, re.S)
         if found:

@@ -97,3 +97,13 @@ def test_cli_helpers():
     for bad in ("", ",", "a,", ",a", "a,,b", "a,a", "c"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse(bad)
+
+
+def test_a_parser_from_a_docstring_shows_the_first_paragraph_above_the_flags_and_the_rest_below_as_written():
+    from src.cli import ArgumentParser
+
+    p = ArgumentParser.from_doc("python -m x", "What it does.\n\n    python -m x --n 3\n\nMore text.")
+    p.add_argument("--n", type=int, default=1, help="how many")
+    text = p.format_help()
+    assert text.index("What it does.") < text.index("options:") < text.index("  --n N  ") < text.index(
+        "    python -m x --n 3\n\nMore text.")

@@ -22,7 +22,6 @@ at the whole bracket, with 95% Wilson intervals) and DIR/bracket_span.png (those
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from src.cli import ArgumentParser, path_arg
@@ -125,9 +124,7 @@ def figure(scales: dict) -> bytes:
 
 
 def parse_args(argv):
-    doc = __doc__.split("\n\n")
-    p = ArgumentParser(prog="python -m src.report.bracket_span", description=doc[0], epilog="\n\n".join(doc[1:]),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser.from_doc("python -m src.report.bracket_span", __doc__)
     p.add_argument("--dir", type=path_arg, default=Path("results/study/exploratory"),
                    help="where bracket_pilot.json and bracket_10m.json are, and BRACKET.md and bracket_span.png go "
                    "(default: %(default)s)")

@@ -23,7 +23,6 @@ A missing seed or file is a one-line error naming it and the command that makes 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -234,9 +233,7 @@ def val_axes_png(fig, axes) -> bytes:
 
 
 def parse_args(argv):
-    doc = __doc__.split("\n\n")
-    p = ArgumentParser(prog="python -m src.report.schedule", description=doc[0], epilog="\n\n".join(doc[1:]),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser.from_doc("python -m src.report.schedule", __doc__)
     p.add_argument("--study", type=path_arg, default=Path("results/study"),
                    help="the study's results: STUDY/<config>/seed<S>/ (default: %(default)s)")
     p.add_argument("--extension", type=path_arg, default=Path("results/extension"),

@@ -41,7 +41,6 @@ RESULTS/DEVIATIONS.md, where present, is included verbatim as the deviations fro
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -882,9 +881,7 @@ def build(args) -> dict:
 
 
 def parse_args(argv):
-    doc = __doc__.split("\n\n")
-    p = ArgumentParser(prog="python -m src.report.study", description=doc[0], epilog="\n\n".join(doc[1:]),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser.from_doc("python -m src.report.study", __doc__)
     p.add_argument("--results", type=path_arg, default=Path("results/study"),
                    help="the study's results: RESULTS/<config>/seed<S>/ (default: %(default)s)")
     p.add_argument("--out", type=path_arg, default=Path("results/study"),
