@@ -1,5 +1,6 @@
 @echo off
-rem The 10M training run (DESIGN.md section 7): checks first, then the one training command.
+rem The 10M training run (DESIGN.md section 7): checks first, then the one training command, in the same
+rem Python process as the checks (verify_10m_config.py --then-train).
 rem
 rem     train_10m_scale.bat                    arguments are passed on to src.train, e.g. --resume
 rem     set PYTHON=C:\path\to\python.exe ^& train_10m_scale.bat
@@ -25,16 +26,10 @@ if not defined NVSMI (
     )
 )
 
-rem one quick Python process for the checks (parameter count, PyTorch's CUDA), then the training
-echo == 2/2 config and CUDA check: %PYTHON% verify_10m_config.py --require-cuda
-"%PYTHON%" verify_10m_config.py --require-cuda
-if errorlevel 1 (
-    echo [ERROR] verify_10m_config.py failed ^(parameter count off target, invalid config, or PyTorch sees no CUDA: install a CUDA build of PyTorch^). Not training.
-    exit /b 1
-)
-
-echo == training
-"%PYTHON%" -m src.train --config configs/scale_10m.yaml --output-dir runs/scale_10m --seed 42 --device cuda --fp16 --gpu-only %*
+rem one Python process for the checks (parameter count, PyTorch's CUDA) and then the training: a second
+rem process would import torch a second time, seconds of a cold start
+echo == 2/2 config and CUDA check, then the training: %PYTHON% verify_10m_config.py --require-cuda --then-train ...
+"%PYTHON%" verify_10m_config.py --require-cuda --then-train --config configs/scale_10m.yaml --output-dir runs/scale_10m --seed 42 --device cuda --fp16 --gpu-only %*
 set "STATUS=%ERRORLEVEL%"
-if not "%STATUS%"=="0" echo [ERROR] training exited with status %STATUS%
+if not "%STATUS%"=="0" echo [ERROR] exited with status %STATUS%: a failed check ^(parameter count off target, invalid config, or PyTorch sees no CUDA: install a CUDA build of PyTorch^) says so above and trained nothing; otherwise it is the training's status
 exit /b %STATUS%

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The 10M training run (DESIGN.md section 7): checks first, then the one training command.
+# The 10M training run (DESIGN.md section 7): checks first, then the one training command, in the same
+# Python process as the checks (verify_10m_config.py --then-train).
 #
 #     bash train_10m_scale.sh                 # arguments are passed on to src.train, e.g. --resume
 #     PYTHON=/path/to/python bash train_10m_scale.sh
@@ -21,17 +22,13 @@ else
     echo "nvidia-smi not found; relying on the PyTorch check below"
 fi
 
-# one quick Python process for the checks (parameter count, PyTorch's CUDA), then the training
-echo "== 2/2 config and CUDA check: $PYTHON verify_10m_config.py --require-cuda"
-if ! "$PYTHON" verify_10m_config.py --require-cuda; then
-    echo "[ERROR] verify_10m_config.py failed (parameter count off target, invalid config, or PyTorch sees no CUDA: install a CUDA build of PyTorch). Not training." >&2
-    exit 1
-fi
-
-echo "== training"
-"$PYTHON" -m src.train --config configs/scale_10m.yaml --output-dir runs/scale_10m --seed 42 --device cuda --fp16 --gpu-only "$@"
+# one Python process for the checks (parameter count, PyTorch's CUDA) and then the training: a second
+# process would import torch a second time, seconds of a cold start
+echo "== 2/2 config and CUDA check, then the training: $PYTHON verify_10m_config.py --require-cuda --then-train ..."
+"$PYTHON" verify_10m_config.py --require-cuda --then-train --config configs/scale_10m.yaml --output-dir runs/scale_10m \
+    --seed 42 --device cuda --fp16 --gpu-only "$@"
 status=$?
 if [ "$status" -ne 0 ]; then
-    echo "[ERROR] training exited with status $status" >&2
+    echo "[ERROR] exited with status $status: a failed check (parameter count off target, invalid config, or PyTorch sees no CUDA: install a CUDA build of PyTorch) says so above and trained nothing; otherwise it is the training's status" >&2
 fi
 exit "$status"

@@ -1,7 +1,7 @@
 """train_10m_scale.sh and train_10m_scale.bat, run for real with PYTHON pointed at a shim, for the same outcomes.
 
-The shim logs its arguments and exits with SHIM_VERIFY_RC for `verify_10m_config.py ...` and SHIM_TRAIN_RC
-for the training command. The .bat runs under Wine's cmd (tests marked `wine`, skipped where `wine` or
+The shim logs its arguments and exits with SHIM_VERIFY_RC for `verify_10m_config.py ...` (the checks and then,
+in the same process, the training) and SHIM_TRAIN_RC for anything else (the Windows nvidia-smi below). The .bat runs under Wine's cmd (tests marked `wine`, skipped where `wine` or
 the MinGW compiler that builds the Windows shim is missing); the .sh under bash.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TRAIN = ("-m src.train --config configs/scale_10m.yaml --output-dir runs/scale_10m --seed 42 --device cuda --fp16 "
-         "--gpu-only --resume")
+RUN = ("verify_10m_config.py --require-cuda --then-train --config configs/scale_10m.yaml --output-dir runs/scale_10m "
+       "--seed 42 --device cuda --fp16 --gpu-only --resume")
 SHIM_C = r"""
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,15 +37,14 @@ echo "$*" >> "$SHIM_LOG"
 case "$1" in *verify_10m_config*) exit "${SHIM_VERIFY_RC:-0}";; esac
 exit "${SHIM_TRAIN_RC:-0}"
 """
-# (nvidia-smi: None missing / exit status; verify status; training status) -> (exit, lines in the output, runs logged)
+# (nvidia-smi: None missing / exit status; the Python process's status) -> (exit, lines in the output, runs logged).
+# What the checks print when they fail, and that nothing trains then: tests/test_verify.py.
 CASES = {
-    "nvidia-smi missing, training status passed through": (None, 0, 7, 7,
-                                                            ["nvidia-smi not found", "[ERROR] training exited with status 7"],
-                                                            ["verify_10m_config.py --require-cuda", TRAIN]),
-    "all good": (None, 0, 0, 0, ["nvidia-smi not found", "== training"], ["verify_10m_config.py --require-cuda", TRAIN]),
-    "verify fails: no training": (None, 1, 0, 1, ["[ERROR] verify_10m_config.py failed"],
-                                  ["verify_10m_config.py --require-cuda"]),
-    "nvidia-smi fails: no training": (1, 0, 0, 1, ["[ERROR] nvidia-smi is installed but failed"], []),
+    "nvidia-smi missing, training status passed through": (None, 7, 7, ["nvidia-smi not found",
+                                                                        "[ERROR] exited with status 7"], [RUN]),
+    "all good": (None, 0, 0, ["nvidia-smi not found", "== 2/2 config and CUDA check, then the training"], [RUN]),
+    "a check fails": (None, 1, 1, ["[ERROR] exited with status 1: a failed check"], [RUN]),
+    "nvidia-smi fails: no training": (1, 0, 1, ["[ERROR] nvidia-smi is installed but failed"], []),
 }
 
 
@@ -66,7 +65,7 @@ def check(result, log: Path, code: int, lines: list[str], runs: list[str]) -> No
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_sh_launcher(case, tmp_path):
-    smi, verify_rc, train_rc, code, lines, runs = CASES[case]
+    smi, python_rc, code, lines, runs = CASES[case]
     shutil.copy(REPO_ROOT / "train_10m_scale.sh", tmp_path)
     shim = executable(tmp_path / "python_shim", SHIM_SH)
     bin_dir = tmp_path / "bin"
@@ -76,8 +75,7 @@ def test_sh_launcher(case, tmp_path):
     if smi is not None:
         executable(bin_dir / "nvidia-smi", f"#!/bin/sh\nexit {smi}\n")
     log = tmp_path / "log"
-    env = {"PATH": str(bin_dir), "PYTHON": str(shim), "SHIM_LOG": str(log), "SHIM_VERIFY_RC": str(verify_rc),
-           "SHIM_TRAIN_RC": str(train_rc)}
+    env = {"PATH": str(bin_dir), "PYTHON": str(shim), "SHIM_LOG": str(log), "SHIM_VERIFY_RC": str(python_rc)}
     result = subprocess.run([shutil.which("bash"), str(tmp_path / "train_10m_scale.sh"), "--resume"], env=env,
                             capture_output=True, text=True, timeout=30)
     check(result, log, code, lines, runs)
@@ -110,11 +108,11 @@ def windows_shim(tmp_path_factory):
 @pytest.mark.wine
 @pytest.mark.parametrize("case", list(CASES))
 def test_bat_launcher_under_wine(case, tmp_path, windows_shim):
-    smi, verify_rc, train_rc, code, lines, runs = CASES[case]
+    smi, python_rc, code, lines, runs = CASES[case]
     shutil.copy(REPO_ROOT / "train_10m_scale.bat", tmp_path)
     log = tmp_path / "log"
     env = {**os.environ, "WINEDEBUG": "-all", "PYTHON": windows_path(windows_shim), "SHIM_LOG": windows_path(log),
-           "SHIM_VERIFY_RC": str(verify_rc), "SHIM_TRAIN_RC": str(train_rc)}
+           "SHIM_VERIFY_RC": str(python_rc), "SHIM_TRAIN_RC": "0"}
     if smi is not None:
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir()
