@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         from src.train import parse_args as training_args  # its usage errors, before any check
 
         train_config = training_args(args.then_train).config
-        if args.config is not None and train_config is not None and Path(args.config).resolve() != Path(train_config).resolve():
+        if args.config and train_config and Path(args.config).resolve() != Path(train_config).resolve():
             raise UserError(f"--config {args.config} and the training's --config {train_config} differ: the config "
                             "checked must be the one trained; give it once, after --then-train")
         args.config = args.config or train_config

@@ -1,8 +1,9 @@
 """train_10m_scale.sh and train_10m_scale.bat, run for real with PYTHON pointed at a shim, for the same outcomes.
 
 The shim logs its arguments and exits with SHIM_VERIFY_RC for `verify_10m_config.py ...` (the checks and then,
-in the same process, the training) and SHIM_TRAIN_RC for anything else (the Windows nvidia-smi below). The .bat runs under Wine's cmd (tests marked `wine`, skipped where `wine` or
-the MinGW compiler that builds the Windows shim is missing); the .sh under bash.
+in the same process, the training) and SHIM_TRAIN_RC for anything else (the Windows nvidia-smi below). The
+.bat runs under Wine's cmd (tests marked `wine`, skipped where `wine` or the MinGW compiler that builds the
+Windows shim is missing); the .sh under bash.
 """
 
 import os
