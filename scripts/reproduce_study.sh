@@ -15,8 +15,8 @@
 # shared with another's.
 #
 # Run directories go to runs/ (ignored by git); each run's small files (summary, metrics, eval /
-# ablation / probe / roles JSON, figures, logs, fresh-process wall time) are copied to
-# $RESULTS/<config>/seed<N>/ as soon as they exist, so a stopped script loses nothing it finished.
+# ablation / probe / roles JSON, gzip-compressed above 300 KB, figures, logs, fresh-process wall time) are
+# copied to $RESULTS/<config>/seed<N>/ as soon as they exist, so a stopped script loses nothing it finished.
 # The report is built from those copies, so it can be rebuilt on any machine.
 #
 # Resumable: a run whose summary.json exists is not trained again, and a run analysed to the end
@@ -45,11 +45,17 @@ run_dir() {  # config seed -> the run directory (the 10M seed-42 run is the laun
   else echo "runs/$1_seed$2"; fi
 }
 
-keep() {  # run_dir dest: copy the run's small outputs
+keep() {  # run_dir dest: copy the run's small outputs; a JSON file above 300 KB goes in gzip-compressed, as
+  # X.json.gz in place of X.json (src/rundir/results.py reads either)
   mkdir -p "$2"
   for f in summary.json metrics.jsonl config.yaml eval.json eval_equal_steps.json ablation.json probe.json roles.json \
            train.log analyse.log wall_time.txt training_curve.png ablation_heatmap.png probe_layers.png roles.png; do
-    if [ -f "$1/$f" ]; then cp "$1/$f" "$2/"; fi
+    [ -f "$1/$f" ] || continue
+    if [[ "$f" == *.json ]] && [ "$(stat -c %s "$1/$f")" -gt 300000 ]; then
+      gzip -n -c "$1/$f" > "$2/$f.gz.tmp" && mv "$2/$f.gz.tmp" "$2/$f.gz" && rm -f "$2/$f"
+    else
+      cp "$1/$f" "$2/" && rm -f "$2/$f.gz"
+    fi
   done
 }
 

@@ -56,3 +56,28 @@ def test_the_report_readers_find_compressed_battery_files(tmp_path):
     loaded = collect.load_run(run)
     assert loaded["ablation"]["schema"] == "ablation/2"
     assert not any("no ablation.json" in note for note in loaded["notes"])
+
+
+def test_the_replication_script_keeps_large_results_compressed(tmp_path):
+    """scripts/reproduce_study.sh's keep(): a JSON result above 300 KB goes in as X.json.gz (no plain copy
+    beside it, which the reader would find first), a small one plain (a stale X.json.gz beside it removed)."""
+    import subprocess
+
+    from tests.tiny import REPO_ROOT
+
+    run, dest = tmp_path / "run", tmp_path / "results" / "pilot" / "seed42"
+    run.mkdir()
+    big = stamp("ablation", {"cells": list(range(60_000))})
+    (run / "ablation.json").write_text(json.dumps(big))
+    assert (run / "ablation.json").stat().st_size > 300_000
+    (run / "eval.json").write_text(json.dumps(stamp("eval", {"v": 1})))
+    dest.mkdir(parents=True)
+    (dest / "ablation.json").write_text("stale")
+    (dest / "eval.json.gz").write_bytes(gzip.compress(b"stale"))
+    script = REPO_ROOT / "scripts" / "reproduce_study.sh"
+    done = subprocess.run(["bash", "-c", f'eval "$(sed -n "/^keep() {{/,/^}}/p" "{script}")"; keep "$1" "$2"', "_",
+                           str(run), str(dest)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["ablation.json.gz", "eval.json"]
+    assert read_result(dest / "ablation.json", "ablation") == big
+    assert read_result(dest / "eval.json", "eval")["v"] == 1

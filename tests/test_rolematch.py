@@ -9,6 +9,7 @@ import pytest
 
 from src.analysis import run_all as battery, rolematch, roles
 from src.errors import run_main
+from src.rundir.results import read_result, result_file
 from src.analysis.rolematch import (LARGE, PILOT, VERDICTS, HeadEffect, RunEvidence, direction, effects_from_ablation,
                            match_across_scales, role_verdict, rolematch_markdown)
 from tests.test_probe import write_tiny_run
@@ -212,9 +213,9 @@ def shipped(scale_dir: str) -> list[RunEvidence]:
     runs = []
     for seed_dir in sorted((REPO_ROOT / "results" / scale_dir).glob("seed*")):
         roles_path, ablation_path = seed_dir / "roles.json", seed_dir / "ablation.json"
-        if roles_path.is_file() and ablation_path.is_file():
-            runs.append(RunEvidence(json.loads(roles_path.read_text()),
-                                    effects_from_ablation(json.loads(ablation_path.read_text()))))
+        if result_file(roles_path) and result_file(ablation_path):  # large results are committed gzipped
+            runs.append(RunEvidence(read_result(roles_path, "roles"),
+                                    effects_from_ablation(read_result(ablation_path, "ablation"))))
     return runs
 
 
