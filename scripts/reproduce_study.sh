@@ -27,6 +27,7 @@
 # 2,500 steps), written as eval_equal_steps.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/result_files.sh
 PYTHON=${PYTHON:-python}
 SEEDS=${SEEDS:-"42 123 7"}
 CONFIGS=${CONFIGS:-"scale_10m pilot"}
@@ -45,17 +46,11 @@ run_dir() {  # config seed -> the run directory (the 10M seed-42 run is the laun
   else echo "runs/$1_seed$2"; fi
 }
 
-keep() {  # run_dir dest: copy the run's small outputs; a JSON file above 300 KB goes in gzip-compressed, as
-  # X.json.gz in place of X.json (src/rundir/results.py reads either)
+keep() {  # run_dir dest: copy the run's small outputs (copy_result: a JSON file above 300 KB gzip-compressed)
   mkdir -p "$2"
   for f in summary.json metrics.jsonl config.yaml eval.json eval_equal_steps.json ablation.json probe.json roles.json \
            train.log analyse.log wall_time.txt training_curve.png ablation_heatmap.png probe_layers.png roles.png; do
-    [ -f "$1/$f" ] || continue
-    if [[ "$f" == *.json ]] && [ "$(stat -c %s "$1/$f")" -gt 300000 ]; then
-      gzip -n -c "$1/$f" > "$2/$f.gz.tmp" && mv "$2/$f.gz.tmp" "$2/$f.gz" && rm -f "$2/$f"
-    else
-      cp "$1/$f" "$2/" && rm -f "$2/$f.gz"
-    fi
+    copy_result "$1/$f" "$2"
   done
 }
 

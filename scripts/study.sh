@@ -23,7 +23,8 @@ cd "$(dirname "$0")/.." || exit 1
 BUDGET_S="${BUDGET_S:-540}"; RUNS="${RUNS:-runs/study}"; RESULTS="${RESULTS:-results/study}"; MODELS="${MODELS:-models}"
 DRY_RUN="${DRY_RUN:-0}"; SCALES="${SCALES:-pilot 10m}"; ALL_SEEDS="42,123,7,1,2,3,4,5"; SEEDS="${SEEDS:-$ALL_SEEDS}"
 BATTERY_FILES="battery.json ablation.json roles.json probe.json patching.json value_probe.json interchange.json"
-COMPRESS_ABOVE=307200  # bytes
+. scripts/result_files.sh  # copy_result: a JSON result above 300 KB goes in gzip-compressed
+RUN_PREFIX=run
 
 run() {  # a command of the plan: printed, and run unless DRY_RUN=1
   echo "+ $*"
@@ -35,18 +36,6 @@ finished() { [ -f "$1/summary.json" ]; }
 committed() {  # committed CONFIG SEED: the seed's run and battery are in RESULTS
   local d="$RESULTS/$1/seed$2"
   [ -f "$d/summary.json" ] && { [ -f "$d/battery.json" ] || [ -f "$d/battery.json.gz" ]; }
-}
-
-copy_result() {  # copy_result SRC DEST_DIR: SRC, or SRC.gz where SRC is above COMPRESS_ABOVE bytes
-  local src="$1" dest="$2/$(basename "$1")"
-  [ -f "$src" ] || return 0
-  if [ "$(stat -c %s "$src")" -gt "$COMPRESS_ABOVE" ]; then
-    [ -f "$dest.gz" ] && [ "$dest.gz" -nt "$src" ] && return 0
-    run sh -c "gzip -n -c '$src' > '$dest.gz.tmp' && mv '$dest.gz.tmp' '$dest.gz' && rm -f '$dest'"
-  else
-    cmp -s "$src" "$dest" && return 0
-    run cp "$src" "$dest"
-  fi
 }
 
 run python -m src.data --train-size 2000000 --near-twin-free

@@ -58,9 +58,10 @@ def test_the_report_readers_find_compressed_battery_files(tmp_path):
     assert not any("no ablation.json" in note for note in loaded["notes"])
 
 
-def test_the_replication_script_keeps_large_results_compressed(tmp_path):
-    """scripts/reproduce_study.sh's keep(): a JSON result above 300 KB goes in as X.json.gz (no plain copy
-    beside it, which the reader would find first), a small one plain (a stale X.json.gz beside it removed)."""
+def test_the_scripts_copy_large_json_results_compressed(tmp_path):
+    """scripts/result_files.sh's copy_result (scripts/study.sh and scripts/reproduce_study.sh's keep() use it): a
+    JSON result above 300 KB goes in as X.json.gz with no plain copy beside it (which the reader would find first),
+    anything else plain, with a stale X.json.gz beside it removed; a large file that is not JSON stays plain."""
     import subprocess
 
     from tests.tiny import REPO_ROOT
@@ -69,15 +70,28 @@ def test_the_replication_script_keeps_large_results_compressed(tmp_path):
     run.mkdir()
     big = stamp("ablation", {"cells": list(range(60_000))})
     (run / "ablation.json").write_text(json.dumps(big))
-    assert (run / "ablation.json").stat().st_size > 300_000
+    assert (run / "ablation.json").stat().st_size > 307_200
     (run / "eval.json").write_text(json.dumps(stamp("eval", {"v": 1})))
+    (run / "train.log").write_text("x" * 400_000)
     dest.mkdir(parents=True)
     (dest / "ablation.json").write_text("stale")
     (dest / "eval.json.gz").write_bytes(gzip.compress(b"stale"))
-    script = REPO_ROOT / "scripts" / "reproduce_study.sh"
-    done = subprocess.run(["bash", "-c", f'eval "$(sed -n "/^keep() {{/,/^}}/p" "{script}")"; keep "$1" "$2"', "_",
-                           str(run), str(dest)], capture_output=True, text=True)
+    keep = f'eval "$(sed -n "/^keep() {{/,/^}}/p" scripts/reproduce_study.sh)"'
+    done = subprocess.run(["bash", "-c", f'. scripts/result_files.sh && {keep} && keep "$1" "$2"', "_", str(run),
+                           str(dest)], capture_output=True, text=True, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in dest.iterdir()) == ["ablation.json.gz", "eval.json"]
+    assert sorted(p.name for p in dest.iterdir()) == ["ablation.json.gz", "eval.json", "train.log"]
     assert read_result(dest / "ablation.json", "ablation") == big
     assert read_result(dest / "eval.json", "eval")["v"] == 1
+    # study.sh's way, each command through its printing runner: the same files, and a rerun copies nothing
+    again = tmp_path / "again"
+    again.mkdir()
+    script = ('. scripts/result_files.sh; run() { echo "+ $*"; "$@"; }; RUN_PREFIX=run; '
+              'for f in ablation.json eval.json; do copy_result "$1/$f" "$2"; done')
+    for expect_commands in (True, False):
+        done = subprocess.run(["bash", "-c", script, "_", str(run), str(again)], capture_output=True, text=True,
+                              cwd=REPO_ROOT)
+        assert done.returncode == 0, done.stderr
+        assert ("+ sh -c gzip" in done.stdout and "+ cp" in done.stdout) == expect_commands, done.stdout
+        assert done.stdout.strip() == "" or expect_commands
+    assert sorted(p.name for p in again.iterdir()) == ["ablation.json.gz", "eval.json"]
