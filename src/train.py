@@ -225,12 +225,20 @@ class SeedRun:
                 "steps": int(self.trainer.step) - self.first_step, "timing": self.timing}
 
     def checkpoint(self, names: list[str]) -> None:
+        """Serialize the state now; the files are written while training goes on (finish_writes)."""
         trainer = self.trainer
         with trainer.rng:  # the seed's own random state goes into its checkpoint
             ckpt = make_checkpoint(trainer.cfg, trainer.model, epoch=self.epoch, best=self.best, **self.run_info,
                                    **trainer.state_dict())
         tic = time.perf_counter()
-        self.run.save_checkpoint(names, ckpt)
+        self.run.save_checkpoint(names, ckpt, behind=True)
+        self.timing["checkpoint_s"] += time.perf_counter() - tic
+
+    def finish_writes(self) -> None:
+        """Wait for the checkpoints handed to the writer; a failed write (a full disk) is raised here.
+        The wait counts as checkpoint time: the time training spent on checkpoints."""
+        tic = time.perf_counter()
+        self.run.writes.wait()
         self.timing["checkpoint_s"] += time.perf_counter() - tic
 
 
@@ -279,9 +287,15 @@ def train(cfg: Config, args, device, fallback, settings: list, source: str, runs
                  train_records, val_batch)
     try:
         train_loop(cfg, args, seed_runs, val_batch, stop)
-    except torch.cuda.OutOfMemoryError as err:
-        detail = str(err).splitlines()[0][:200] if str(err) else "no detail"
-        raise UserError(f"{OOM_ADVICE} (PyTorch said: {detail})") from None
+    except BaseException as err:
+        for r in seed_runs:  # the checkpoints handed over reach the disk; this error is the one reported
+            r.run.writes.drain()
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            detail = str(err).splitlines()[0][:200] if str(err) else "no detail"
+            raise UserError(f"{OOM_ADVICE} (PyTorch said: {detail})") from None
+        raise
+    for r in seed_runs:  # every checkpoint on the disk before the summary says the run is done
+        r.finish_writes()
     wall = time.time() - t0
     for r in seed_runs:
         status = None if r.stopped is None else r.stopped.status
@@ -431,6 +445,7 @@ def train_loop(cfg: Config, args, seed_runs: list[SeedRun], val_batch, stop: Sto
         if not finished:  # SIGINT or SIGTERM in the middle of the epoch
             for r in active:
                 r.checkpoint(["checkpoint_latest.pt"])
+                r.finish_writes()
             if active:
                 raise stop.interrupted(active, active[0].epoch + 1, int(active[0].trainer.step), epoch_done=False,
                                        resume=resume_command(args))
@@ -440,6 +455,8 @@ def train_loop(cfg: Config, args, seed_runs: list[SeedRun], val_batch, stop: Sto
             end_epoch(r, args, val_batch, stop)
         if stop.signum is not None:  # a signal during an evaluation or a checkpoint
             done = [r for r in active if r.stopped is None]
+            for r in done:
+                r.finish_writes()
             if done:
                 raise stop.interrupted(done, done[0].epoch, int(done[0].trainer.step), epoch_done=True,
                                        resume=resume_command(args))
@@ -466,6 +483,7 @@ def end_epoch(r: SeedRun, args, val_batch, stop: StopSignals) -> None:
     """The end of one seed's epoch: its metrics row, validation, checkpoints."""
     trainer, epoch = r.trainer, r.epoch
     t, device = trainer.cfg.training, trainer.device
+    r.finish_writes()  # the last epoch's checkpoints are whole before this epoch's row says it ended
     record = {"schema": SCHEMAS["metrics"], "epoch": epoch, "step": int(trainer.step), "train_loss": trainer.mean_loss(),
               "lr": float(trainer.lr), "skipped_steps": int(trainer.skipped_steps)}
     if device.type == "cuda":

@@ -325,3 +325,61 @@ def test_full_disk_while_writing_metrics_or_summary_leaves_no_half_written_file(
     assert [r["epoch"] for r in rows] == list(range(1, done + 1))
     assert not (run / "summary.json").exists()
     assert load_all_checkpoints(run)["checkpoint_latest.pt"]["epoch"] == done
+
+
+# ---------------------------------------------------------------------------- checkpoints written behind the training
+
+
+def test_write_behind_runs_jobs_in_order_and_raises_the_first_error_once_all_are_done():
+    done = []
+
+    def job(name, fail=False):
+        done.append(name)
+        if fail:
+            raise UserError(f"{name}: could not be written")
+
+    writes = atomic.WriteBehind()
+    writes.wait()  # nothing handed over: returns at once
+    for name, fail in [("a", False), ("b", True), ("c", True), ("d", False)]:
+        writes.submit(job, name, fail)
+    with pytest.raises(UserError, match="^b: could not be written"):
+        writes.wait()
+    assert done == ["a", "b", "c", "d"]  # every job ran, in order, before the error was raised
+    writes.wait()  # the errors were reported once
+    writes.submit(job, "e", True)
+    writes.drain()  # waits, raises nothing
+    assert done[-1] == "e"
+
+
+def test_a_checkpoint_handed_to_the_writer_is_the_state_when_it_was_handed_over(tmp_path):
+    """save_checkpoint(behind=True) serializes at once: a change after the call is not in the file."""
+    run = RunDir(tmp_path / "run", resume=False)
+    weights = torch.zeros(3)
+    run.save_checkpoint(["checkpoint_epoch_1.pt", "checkpoint_latest.pt"], {"w": weights}, behind=True)
+    weights += 1
+    run.writes.wait()
+    for name in ("checkpoint_epoch_1.pt", "checkpoint_latest.pt"):
+        assert torch.equal(torch.load(run.path / name, weights_only=True)["w"], torch.zeros(3))
+    assert os.path.samefile(run.path / "checkpoint_epoch_1.pt", run.path / "checkpoint_latest.pt")
+
+
+def test_a_checkpoint_that_fails_behind_the_training_stops_the_run_at_the_next_epoch_end(tiny, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """Epoch 1's checkpoint fails on a full disk while epoch 2 trains: the error is reported when epoch 2
+    ends, before its metrics row, so the run directory reads as a run killed after epoch 1's row."""
+    run = tmp_path / "full"
+    real = src.rundir.atomic.write_synced
+
+    def write_synced(path, data):
+        if src.rundir.atomic.target_name(path) == "checkpoint_epoch_1.pt":
+            real(path, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, data)
+
+    monkeypatch.setattr(src.rundir.atomic, "write_synced", write_synced)
+    expect_error(cli(src.train.main, train_argv(tiny["config"], run), capsys),  # a checkpoint every epoch
+                 f"{run / 'checkpoint_epoch_1.pt'}: could not be written (No space left on device", "The disk is full")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1]
+    assert not list(run.glob("*.pt")) and not list(run.glob(".*.tmp"))
+    assert not (run / "summary.json").exists()

@@ -157,18 +157,57 @@ def write_result(path, obj, figure: tuple | None = None, compress: bool = False)
     return path
 
 
-def atomic_save(obj, path) -> None:
-    """torch.save into memory, then written atomically like every other file.
+def torch_bytes(obj) -> memoryview:
+    """torch.save into memory: the bytes of a checkpoint file, tensors copied off the device.
 
     Serializing to memory first keeps torch's zip writer away from the disk: on a full disk it
-    raises RuntimeError("unexpected pos ..."), which hides the ENOSPC; the plain write below
-    raises the real OSError, reported as "disk full" with the previous checkpoint intact.
+    raises RuntimeError("unexpected pos ..."), which hides the ENOSPC; the plain write of these
+    bytes raises the real OSError, reported as "disk full" with the previous checkpoint intact.
     """
     import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getbuffer())
+    return buf.getbuffer()
+
+
+def atomic_save(obj, path) -> None:
+    """torch.save, written atomically like every other file (see torch_bytes)."""
+    atomic_write_bytes(path, torch_bytes(obj))
+
+
+class WriteBehind:
+    """Writes handed to a thread of their own, done one at a time in the order given, while the
+    caller goes on (training, for a checkpoint: writing and flushing 128 MB takes tenths of a second).
+
+    Each job is an atomic write, so a crash while one is under way leaves the previous file whole.
+    `wait()` returns once every job handed over is done and raises the first one's error (a full
+    disk: the same UserError as a write made in place); `drain()` waits without raising, for a
+    caller already failing with an error of its own."""
+
+    def __init__(self):
+        self._pool = None
+        self._jobs = []
+
+    def submit(self, fn, *args) -> None:
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind")
+        self._jobs.append(self._pool.submit(fn, *args))
+
+    def wait(self) -> None:
+        jobs, self._jobs = self._jobs, []
+        errors = [job.exception() for job in jobs]  # every job ends before any error is raised
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+
+    def drain(self) -> None:
+        try:
+            self.wait()
+        except Exception:
+            pass
 
 
 def write_files_together(directory, files: dict[str, bytes], manifest_name: str, schema: str) -> None:

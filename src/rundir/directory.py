@@ -23,8 +23,8 @@ import stat
 import sys
 from pathlib import Path
 
-from src.rundir.atomic import (NOFOLLOW, atomic_save, atomic_write_json, atomic_write_text, discard, open_new, replaced,
-                               temporary_path)
+from src.rundir.atomic import (NOFOLLOW, WriteBehind, atomic_write_bytes, atomic_write_json, atomic_write_text, discard,
+                               open_new, replaced, temporary_path, torch_bytes)
 from src.errors import UserError, write_failed
 from src.rundir.paths import check_output_dir
 from src.rundir.results import read_metrics
@@ -178,6 +178,7 @@ class RunDir:
         check_output_dir(str(path), "--output-dir")
         self.path = Path(path)
         self._lock_fd = None
+        self.writes = WriteBehind()  # checkpoints written while training goes on (save_checkpoint)
         if resume and not self.path.is_dir():  # checked before anything is created
             self._check_resumable()
         try:
@@ -285,11 +286,19 @@ class RunDir:
         """On resume: forget the rows of epochs after the checkpoint we continue from (and damaged lines)."""
         self.write_metrics([r for r in self.metrics() if r["epoch"] <= epoch])
 
-    def save_checkpoint(self, names: list[str], obj) -> None:
+    def save_checkpoint(self, names: list[str], obj, behind: bool = False) -> None:
         """Serialize once, atomically, under names[0]; the other names become hard links to it
-        (each swapped in atomically too), or copies where the file system has no links."""
-        first = self.path / names[0]
-        atomic_save(obj, first)
+        (each swapped in atomically too), or copies where the file system has no links. `behind`:
+        serialize now (the state as it is), write on the run's writer thread (`self.writes`), in order;
+        `self.writes.wait()` says when every file is on the disk, and raises what failed."""
+        data = torch_bytes(obj)
+        if behind:
+            self.writes.submit(self._write_checkpoint, names, data)
+        else:
+            self._write_checkpoint(names, data)
+
+    def _write_checkpoint(self, names: list[str], data) -> None:
+        atomic_write_bytes(self.path / names[0], data)
         for name in names[1:]:
             self.link(names[0], name)
 

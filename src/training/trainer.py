@@ -32,6 +32,7 @@ from src.tokenizer import IGNORE_INDEX, PAD_ID
 # dynamic loss scaling, as torch.amp.GradScaler's defaults
 INIT_SCALE, GROWTH_FACTOR, BACKOFF_FACTOR, GROWTH_INTERVAL = 2.0**16, 2.0, 0.5, 2000
 PROGRESS_EVERY = 50  # steps between progress-bar refreshes (each one reads the loss back)
+CAPTURE_WARMUP_STEPS = 3  # eager steps before a capture (compiling, allocating), undone afterwards
 OOM_ADVICE = (
     "CUDA out of memory. Nothing was retried and nothing was scaled down. To fit the run, edit the "
     "config by hand: training.batch_size, or the model size (model.d_model, model.num_layers, "
@@ -68,6 +69,59 @@ def lr_factor(step, warmup: int, total: int):
     if step < warmup:
         return (step + 1) / max(warmup, 1)
     return max(0.0, (total - step) / max(total - warmup, 1))
+
+
+def lr_table(learning_rate: float, warmup: int, total: int, device) -> torch.Tensor:
+    """The learning rate of every step 0 .. total + CAPTURE_WARMUP_STEPS, float32 on `device`: the
+    step reads its rate from here (one gather) instead of computing the schedule (ten small kernels).
+    The values are those of `learning_rate * lr_factor(step)` for a step tensor, bit for bit: the same
+    operations in the same dtype, elementwise. Past `total` the rate is 0; only the warm-up steps of
+    a capture (undone afterwards) reach there."""
+    steps = torch.arange(total + CAPTURE_WARMUP_STEPS + 1, device=device)
+    return learning_rate * lr_factor(steps, warmup, total)
+
+
+def scaled_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all `grads` together, as torch.nn.utils.clip_grad_norm_ computes it (the norm of
+    the per-tensor norms, in that order). On gradients of a loss multiplied by a power of two, it is
+    that power times the norm of the unscaled gradients, exactly: squaring, adding and the square
+    root only move the exponents."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+
+
+def clip_scaled_grads_(grads: list[torch.Tensor], norm: torch.Tensor, scale: torch.Tensor, max_norm: float) -> None:
+    """clip_grad_norm_(max_norm) of the gradients of a loss multiplied by `scale` (a power of two),
+    without dividing them by it first: `norm` is scaled_grad_norm(grads), and the coefficient is the
+    one clip_grad_norm_ finds on the unscaled gradients (norm / scale is exact). Multiplying the
+    scaled gradients by it and dividing by the scale afterwards (the fused AdamW's grad_scale) gives
+    the very values of clipping the unscaled ones: rounding commutes with a power of two."""
+    coef = torch.clamp(max_norm / (norm / scale + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, coef)
+
+
+def check_step(loss: torch.Tensor, norm: torch.Tensor, found_inf: torch.Tensor, step: torch.Tensor,
+               lr: torch.Tensor, lr_table: torch.Tensor) -> None:
+    """Before the optimizer: found_inf (1 where the loss or a gradient is not finite: the norm of all
+    gradients is then not finite either) and this step's learning rate. In place, exact operations only,
+    so that compiled into one kernel (Trainer.accelerate) it gives the eager values bit for bit."""
+    found_inf.copy_((~(torch.isfinite(loss) & torch.isfinite(norm))).float())
+    lr.copy_(lr_table[step])
+
+
+def count_step(loss: torch.Tensor, found_inf: torch.Tensor, loss_sum: torch.Tensor, good_steps: torch.Tensor,
+               skipped_steps: torch.Tensor, bad_streak: torch.Tensor, max_bad_streak: torch.Tensor,
+               step: torch.Tensor, epoch_step: torch.Tensor) -> None:
+    """After the optimizer: the running sums of the epoch and the step counters, in place. Exact
+    operations only (a float64 sum of the loss, integer counts), so one compiled kernel gives the
+    eager values bit for bit."""
+    bad = found_inf.long()
+    loss_sum.add_(torch.where(bad.bool(), 0.0, loss.double()))
+    good_steps.add_(1 - bad)
+    skipped_steps.add_(bad)
+    bad_streak.copy_((bad_streak + 1) * bad)
+    torch.maximum(max_bad_streak, bad_streak, out=max_bad_streak)
+    step.add_(1)
+    epoch_step.add_(1)
 
 
 # ---------------------------------------------------------------------------- data on the device
@@ -170,6 +224,18 @@ class PackedLayout:
         return {"rows": self.rows, "width": self.width, "most_rows_filled": self.own}
 
 
+_COMPILED_BOOKKEEPING = None
+
+
+def compiled_step_bookkeeping():
+    """check_step and count_step compiled (once per process: the seeds side by side share them)."""
+    global _COMPILED_BOOKKEEPING
+    if _COMPILED_BOOKKEEPING is None:
+        _COMPILED_BOOKKEEPING = (torch.compile(check_step, dynamic=False, fullgraph=True),
+                                 torch.compile(count_step, dynamic=False, fullgraph=True))
+    return _COMPILED_BOOKKEEPING
+
+
 def make_optimizer(model, cfg: Config, device: torch.device, lr) -> torch.optim.AdamW:
     t = cfg.training
     return torch.optim.AdamW(model.parameters(), lr=lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay,
@@ -229,11 +295,13 @@ class Trainer:
         self.total_steps = t.epochs * data.steps_per_epoch
         dev = dict(device=device)
         self.lr = torch.tensor(t.learning_rate * lr_factor(0, t.warmup_steps, self.total_steps), dtype=torch.float32, **dev)
+        self.lr_table = lr_table(t.learning_rate, t.warmup_steps, self.total_steps, device)
         self.opt = make_optimizer(model, cfg, device, self.lr)
-        # the fused AdamW kernel skips its update where found_inf is set (the hook GradScaler uses)
+        # the hooks GradScaler uses: the fused AdamW kernel divides every gradient by grad_scale (the
+        # loss scale, a power of two: exact) and skips its update where found_inf is set
         self.found_inf = torch.zeros((), dtype=torch.float32, **dev)
-        self.opt.found_inf = self.found_inf
         self.scale = torch.tensor(INIT_SCALE if self.scaled else 1.0, **dev)
+        self.opt.found_inf, self.opt.grad_scale = self.found_inf, self.scale
         self.growth_tracker = torch.zeros((), dtype=torch.int32, **dev)
         self.step = torch.zeros((), dtype=torch.long, **dev)
         self.epoch_step = torch.zeros((), dtype=torch.long, **dev)
@@ -251,6 +319,7 @@ class Trainer:
         self.shuffle_gen = torch.Generator(device=device).manual_seed(seed + 1)
         self.params = list(model.parameters())
         self.loss_fn = self._plain_loss
+        self.check_step, self.count_step = check_step, count_step  # compiled on CUDA (accelerate)
         self.graph = None
         self.mid_epoch = False  # True between an interruption (or a resume from one) and the epoch's next step
         self.log = log
@@ -289,24 +358,20 @@ class Trainer:
         with autocast(self.device, self.precision):
             loss = self.loss_fn(inputs, labels, **packed)
         (loss * self.scale).backward()
+        loss = loss.detach()
+        # The gradients stay multiplied by the loss scale: the norm and the clipping work on them as they
+        # are, and the optimizer divides by the scale (grad_scale); the same values as unscaling first
+        # (torch.amp's unscale_), without that pass over every gradient.
         grads = [p.grad for p in self.params]
-        self.found_inf.zero_()
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, self.scale.reciprocal())
-        self.found_inf.copy_(torch.maximum(self.found_inf, (~torch.isfinite(loss.detach())).float()))
-        torch.nn.utils.clip_grad_norm_(self.params, t.grad_clip, foreach=True)
-        self.lr.copy_(t.learning_rate * lr_factor(self.step, t.warmup_steps, self.total_steps))
+        norm = scaled_grad_norm(grads)
+        self.check_step(loss, norm, self.found_inf, self.step, self.lr, self.lr_table)
+        clip_scaled_grads_(grads, norm, self.scale, t.grad_clip)
         self.opt.step()
         if self.scaled:
             torch._amp_update_scale_(self.scale, self.growth_tracker, self.found_inf,
                                      GROWTH_FACTOR, BACKOFF_FACTOR, GROWTH_INTERVAL)
-        bad = self.found_inf.long()
-        self.loss_sum.add_(torch.where(bad.bool(), 0.0, loss.detach().double()))
-        self.good_steps.add_(1 - bad)
-        self.skipped_steps.add_(bad)
-        self.bad_streak.copy_((self.bad_streak + 1) * bad)
-        torch.maximum(self.max_bad_streak, self.bad_streak, out=self.max_bad_streak)
-        self.step.add_(1)
-        self.epoch_step.add_(1)
+        self.count_step(loss, self.found_inf, self.loss_sum, self.good_steps, self.skipped_steps, self.bad_streak,
+                        self.max_bad_streak, self.step, self.epoch_step)
 
     # -- acceleration ----------------------------------------------------------------------
 
@@ -331,6 +396,8 @@ class Trainer:
         self.accelerations["attention"] = "memory-efficient"
         if t.compile:
             self.loss_fn = self._compiled_loss()
+            # the step's scalar bookkeeping, one kernel each instead of about twenty small ones
+            self.check_step, self.count_step = compiled_step_bookkeeping()
             self.accelerations["compile"] = self.compile_scope
         if t.cuda_graph:
             with self.attention_kernels():
@@ -376,7 +443,7 @@ class Trainer:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            for _ in range(3):
+            for _ in range(CAPTURE_WARMUP_STEPS):
                 self.opt.zero_grad(set_to_none=True)
                 self.train_step()
         torch.cuda.current_stream(self.device).wait_stream(side)
