@@ -177,3 +177,16 @@ def test_compiled_bookkeeping_equals_the_eager_one_on_cuda():
     eager = run_bookkeeping(check_step, count_step, cuda)
     compiled = run_bookkeeping(*compiled_step_bookkeeping(), cuda)
     assert_same_tensors(eager, compiled)
+
+
+@pytest.mark.slow
+def test_compiled_bookkeeping_equals_the_eager_one_on_the_cpu():
+    """The same on the CPU, where Inductor generates C++ (skipped where it finds no compiler)."""
+    from src.training.trainer import compiled_step_bookkeeping
+    from tests.test_train import cpu_compile_unsupported
+
+    reason = cpu_compile_unsupported()
+    if reason:
+        pytest.skip(reason)
+    cpu = torch.device("cpu")
+    assert_same_tensors(run_bookkeeping(check_step, count_step, cpu), run_bookkeeping(*compiled_step_bookkeeping(), cpu))

@@ -105,7 +105,7 @@ def check_step(loss: torch.Tensor, norm: torch.Tensor, found_inf: torch.Tensor, 
     gradients is then not finite either) and this step's learning rate. In place, exact operations only,
     so that compiled into one kernel (Trainer.accelerate) it gives the eager values bit for bit."""
     found_inf.copy_((~(torch.isfinite(loss) & torch.isfinite(norm))).float())
-    lr.copy_(lr_table[step])
+    lr.copy_(torch.index_select(lr_table, 0, step.view(1)).view(()))
 
 
 def count_step(loss: torch.Tensor, found_inf: torch.Tensor, loss_sum: torch.Tensor, good_steps: torch.Tensor,
@@ -115,7 +115,9 @@ def count_step(loss: torch.Tensor, found_inf: torch.Tensor, loss_sum: torch.Tens
     operations only (a float64 sum of the loss, integer counts), so one compiled kernel gives the
     eager values bit for bit."""
     bad = found_inf.long()
-    loss_sum.add_(torch.where(bad.bool(), 0.0, loss.double()))
+    # through a one-element view: Inductor's CPU code (torch 2.13) drops an in-place add to a 0-d
+    # float64 input (tests/test_step.py holds the compiled function to the eager one)
+    loss_sum.view(1).add_(torch.where(bad.bool(), 0.0, loss.double()).view(1))
     good_steps.add_(1 - bad)
     skipped_steps.add_(bad)
     bad_streak.copy_((bad_streak + 1) * bad)
