@@ -85,7 +85,8 @@ def scaled_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
     """The 2-norm of all `grads` together, as torch.nn.utils.clip_grad_norm_ computes it (the norm of
     the per-tensor norms, in that order). On gradients of a loss multiplied by a power of two, it is
     that power times the norm of the unscaled gradients, exactly: squaring, adding and the square
-    root only move the exponents."""
+    root only move the exponents (short of float32's range: a squared value below 1e-38 or a sum
+    above 3e38)."""
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
 
 
@@ -103,7 +104,9 @@ def check_step(loss: torch.Tensor, norm: torch.Tensor, found_inf: torch.Tensor, 
                lr: torch.Tensor, lr_table: torch.Tensor) -> None:
     """Before the optimizer: found_inf (1 where the loss or a gradient is not finite: the norm of all
     gradients is then not finite either) and this step's learning rate. In place, exact operations only,
-    so that compiled into one kernel (Trainer.accelerate) it gives the eager values bit for bit."""
+    so that compiled into one kernel (Trainer.accelerate) it gives the eager values bit for bit.
+    Unlike torch.amp's unscale_, it also skips a step whose scaled gradients' squared norm overflows
+    float32: a gradient above about 1.8e19 / scale (3e14 at the first scale, 2^16)."""
     found_inf.copy_((~(torch.isfinite(loss) & torch.isfinite(norm))).float())
     lr.copy_(torch.index_select(lr_table, 0, step.view(1)).view(()))
 
