@@ -199,6 +199,9 @@ class WriteBehind:
     def wait(self) -> None:
         jobs, self._jobs = self._jobs, []
         errors = [job.exception() for job in jobs]  # every job ends before any error is raised
+        if self._pool is not None:  # no thread is left idle between checkpoints (nor one per run, in a sweep)
+            self._pool.shutdown()
+            self._pool = None
         first = next((e for e in errors if e is not None), None)
         if first is not None:
             raise first

@@ -1,4 +1,5 @@
-"""Checkpoints: written atomically (src.rundir.atomic.atomic_save), read with `weights_only=True`, one reader for every tool.
+"""Checkpoints: serialized in memory, written atomically (src.rundir.atomic), read with `weights_only=True`,
+one reader for every tool.
 
 A checkpoint is a plain dict of tensors and Python scalars, so it loads without unpickling code:
     model_config, config, model       the architecture, the whole config, the weights
