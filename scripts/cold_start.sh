@@ -2,7 +2,8 @@
 # The 10M launcher (train_10m_scale.sh) from a cold start, as a user's first run on a GPU machine: new, empty
 # Inductor and Triton caches for every run, torch's bytecode cached (as pip leaves it; filled once before the
 # first run). Prints each run's wall seconds from start to exit, and from its summary.json the training's
-# own clock, its steps/s and its compile-and-capture seconds.
+# own clock, its steps/s and its compile-and-capture seconds. Each run trains into a temporary directory
+# (a second --output-dir, which overrides the launcher's), so a run in runs/scale_10m is left alone.
 #   OUT=<dir> bash scripts/cold_start.sh [RUNS]      # RUNS launchers one after another (default 2)
 # Each run's log and summary land in OUT (default runs/cold_start).
 set -u
@@ -13,13 +14,13 @@ unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX="${PYTHONPYCACHEPREFIX
 python -c "import torch, torch._dynamo, torch._inductor.compile_fx, src.train" || exit 1   # the bytecode cache
 status=0
 for i in $(seq 1 "$RUNS"); do
-  caches=$(mktemp -d)
-  export TORCHINDUCTOR_CACHE_DIR="$caches/inductor" TRITON_CACHE_DIR="$caches/triton"
-  rm -rf runs/scale_10m; start=$(date +%s.%N)
-  bash train_10m_scale.sh --no-progress > "$OUT/launcher$i.log" 2>&1; rc=$?
+  scratch=$(mktemp -d)
+  export TORCHINDUCTOR_CACHE_DIR="$scratch/inductor" TRITON_CACHE_DIR="$scratch/triton"
+  start=$(date +%s.%N)
+  bash train_10m_scale.sh --no-progress --output-dir "$scratch/run" > "$OUT/launcher$i.log" 2>&1; rc=$?
   end=$(date +%s.%N)
   [ "$rc" = 0 ] || status=$rc
-  cp runs/scale_10m/summary.json "$OUT/launcher${i}_summary.json" 2>/dev/null
+  cp "$scratch/run/summary.json" "$OUT/launcher${i}_summary.json" 2>/dev/null
   python - "$i" "$rc" "$start" "$end" "$OUT/launcher${i}_summary.json" <<'EOF'
 import json, sys
 i, rc, start, end, path = sys.argv[1:]
@@ -32,6 +33,6 @@ except (OSError, KeyError, ValueError) as e:
     line += f"; no summary ({e})"
 print(line, flush=True)
 EOF
-  rm -rf "$caches"
+  rm -rf "$scratch"
 done
 exit "$status"
