@@ -69,6 +69,9 @@ def main(argv=None) -> int:
     plt = pyplot()
     fig, axes = plt.subplots(1, len(SCALES), figsize=(11, 4.2), sharey=True)
     rows = []
+    runs = {scale: schedule_runs(args.schedules, scale) for scale in SCALES}
+    budgets = sorted({b for r in runs.values() for b in r}, key=lambda b: (int(b.split("x")[0]), b))
+    colour = {b: f"C{i}" for i, b in enumerate(budgets)}  # one colour per budget in both panels
     for ax, scale in zip(axes, SCALES):
         for i, seed in enumerate(PADDED_SEEDS):
             run = args.extension / f"ext_{scale}_n2000000" / f"seed{seed}"
@@ -76,9 +79,9 @@ def main(argv=None) -> int:
             ax.plot(steps, em, color="0.6", lw=0.8, label="1x padded, seeds 42/123/7" if i == 0 else None)
             if (run / "eval.json").is_file():
                 rows.append((scale, "1x", "padded", seed, scores(run / "eval.json")))
-        for budget, metrics in schedule_runs(args.schedules, scale).items():
+        for budget, metrics in runs[scale].items():
             steps, em = val_curve(metrics)
-            ax.plot(steps, em, lw=1.6, label=f"{budget} packed, seed 42")
+            ax.plot(steps, em, lw=1.6, color=colour[budget], label=f"{budget} packed, seed 42")
             eval_json = metrics.with_name(metrics.name.replace("_metrics.jsonl", "_eval.json"))
             if eval_json.is_file():
                 rows.append((scale, budget, "packed", 42, scores(eval_json)))
