@@ -44,6 +44,13 @@ def schedule_runs(schedules: Path, scale: str) -> dict[str, Path]:
     return dict(found[key] for key in sorted(found))
 
 
+def budget_colours(runs: dict[str, dict[str, Path]]) -> dict[str, str]:
+    """One matplotlib colour per budget label ('2x', '1x fp32', ...) over every scale, in budget order, so a
+    budget has the same colour in both panels."""
+    budgets = sorted({b for r in runs.values() for b in r}, key=lambda b: (int(b.split("x")[0]), b))
+    return {b: f"C{i}" for i, b in enumerate(budgets)}
+
+
 def scores(eval_json: Path) -> dict[str, str]:
     """{split: 'em [lo, hi]'} of one eval.json's selected checkpoint."""
     metrics = json.loads(eval_json.read_text())["metrics"]
@@ -70,8 +77,7 @@ def main(argv=None) -> int:
     fig, axes = plt.subplots(1, len(SCALES), figsize=(11, 4.2), sharey=True)
     rows = []
     runs = {scale: schedule_runs(args.schedules, scale) for scale in SCALES}
-    budgets = sorted({b for r in runs.values() for b in r}, key=lambda b: (int(b.split("x")[0]), b))
-    colour = {b: f"C{i}" for i, b in enumerate(budgets)}  # one colour per budget in both panels
+    colour = budget_colours(runs)
     for ax, scale in zip(axes, SCALES):
         for i, seed in enumerate(PADDED_SEEDS):
             run = args.extension / f"ext_{scale}_n2000000" / f"seed{seed}"
